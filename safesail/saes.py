@@ -1,0 +1,199 @@
+"""SAEs in sae-lens format: train candidates, add them from disk or a pretrained release, load them.
+
+sae-lens is imported lazily (it takes seconds); everything here runs offline except
+`add_pretrained`, which needs the hub and says so when it cannot reach it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from sqlmodel import Session
+
+from safesail.config import SaeSpec, TrainConfig
+from safesail.errors import SafesailError
+from safesail.lm import LanguageModel
+from safesail.storage import SaeRecord
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+_HOOK_LAYER = re.compile(r"(?:blocks|layers)\.(\d+)\.")
+
+
+def read_sae_config(path: Path) -> dict[str, Any]:
+    """The cfg.json of a saved SAE, with a clear error when the folder is not one."""
+    cfg_file = path / "cfg.json"
+    if not cfg_file.is_file() or not (path / "sae_weights.safetensors").is_file():
+        raise SafesailError(
+            f"{path} is not an SAE in sae-lens format (needs cfg.json and sae_weights.safetensors)"
+        )
+    try:
+        return json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise SafesailError(f"{cfg_file} is not valid JSON: {exc}") from None
+
+
+def layer_from_config(cfg: dict[str, Any]) -> int | None:
+    hook = (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name") or ""
+    match = _HOOK_LAYER.search(hook)
+    return int(match.group(1)) if match else None
+
+
+def register_sae(
+    session: Session,
+    lm: LanguageModel,
+    path: Path,
+    *,
+    source: str,
+    layer: int | None = None,
+    sae_id: str | None = None,
+    release: str | None = None,
+) -> SaeRecord:
+    """Validate an SAE folder against the model and record it (idempotent for the same id)."""
+    path = path.resolve()
+    cfg = read_sae_config(path)
+    d_in, d_sae = int(cfg.get("d_in", -1)), int(cfg.get("d_sae", -1))
+    if d_in != lm.hidden_size:
+        raise SafesailError(
+            f"SAE {path.name} has d_in={d_in} but {lm.name} has hidden size {lm.hidden_size}; "
+            "it was trained on another model or site"
+        )
+    layer = layer if layer is not None else layer_from_config(cfg)
+    if layer is None:
+        raise SafesailError(f"SAE {path.name}: cannot tell its layer from cfg.json; pass --layer")
+    lm.check_layer(layer)
+    architecture = str(cfg.get("architecture", "standard"))
+    k = cfg.get("k")
+    sae_id = sae_id or f"L{layer}-w{d_sae}" + (f"-k{k}" if k else "") + f"-{path.name}"
+    existing = session.get(SaeRecord, sae_id)
+    if existing is not None:
+        if Path(existing.path) != path:
+            raise SafesailError(f"SAE id '{sae_id}' is already used for {existing.path}; pick --id")
+        return existing
+    record = SaeRecord(
+        id=sae_id,
+        source=source,
+        path=str(path),
+        layer=layer,
+        d_in=d_in,
+        d_sae=d_sae,
+        k=int(k) if k else None,
+        architecture=architecture,
+        release=release,
+    )
+    session.add(record)
+    return record
+
+
+def load_sae(record: SaeRecord) -> SAE:
+    from sae_lens import SAE
+
+    sae = SAE.load_from_disk(record.path, device="cpu")
+    sae.eval()
+    return sae
+
+
+def add_pretrained(release: str, sae_name: str, dest: Path) -> Path:
+    """Download a sae-lens pretrained release once and keep it as a local sae-lens folder."""
+    target = dest / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{release}__{sae_name}")
+    if (target / "cfg.json").exists():
+        return target
+    from sae_lens import SAE
+
+    try:
+        sae = SAE.from_pretrained(release, sae_name, device="cpu")
+    except Exception as exc:  # hub errors come in many types; all mean the same to the user
+        if "offline" in str(exc).lower() or "LocalEntryNotFound" in type(exc).__name__:
+            raise SafesailError(
+                f"cannot fetch sae-lens release '{release}' / '{sae_name}': the Hugging Face hub is "
+                "unreachable (offline); save it with sae-lens where you have access and add the "
+                "folder with `safesail sae add --path DIR`"
+            ) from None
+        raise SafesailError(
+            f"cannot load sae-lens release '{release}' / '{sae_name}': {exc}"
+        ) from None
+    sae.save_model(target)
+    return target
+
+
+def _batches(acts: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless shuffled batches of exactly batch_size rows, as sae-lens's trainer requires."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(acts.shape[0], generator=gen)
+        for start in range(0, acts.shape[0] - batch_size + 1, batch_size):
+            yield acts[order[start : start + batch_size]]
+
+
+def train_sae(
+    acts: torch.Tensor, spec: SaeSpec, cfg: TrainConfig, model_name: str, dest: Path
+) -> Path:
+    """Train one TopK SAE with sae-lens's trainer on residuals of shape [n_tokens, d_in]."""
+    from sae_lens import SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+
+    if acts.shape[0] < cfg.batch_size:
+        raise SafesailError(
+            f"only {acts.shape[0]} training tokens for SAE {spec.sae_id}; need at least one batch of "
+            f"{cfg.batch_size} (use a larger corpus or a smaller batch size)"
+        )
+    torch.manual_seed(cfg.seed)
+    sae = TopKTrainingSAE(
+        TopKTrainingSAEConfig(
+            d_in=acts.shape[1],
+            d_sae=spec.d_sae,
+            k=spec.k,
+            dtype="float32",
+            device="cpu",
+            normalize_activations="expected_average_only_in",
+        )
+    )
+    sae.cfg.metadata.hook_name = f"blocks.{spec.layer}.hook_resid_post"
+    sae.cfg.metadata.model_name = model_name
+    total = max(cfg.batch_size, int(acts.shape[0] * cfg.epochs) // cfg.batch_size * cfg.batch_size)
+    trainer = SAETrainer(
+        cfg=SAETrainerConfig(
+            total_training_samples=total,
+            train_batch_size_samples=cfg.batch_size,
+            lr=cfg.lr,
+            lr_end=cfg.lr,
+            device="cpu",
+            n_batches_for_norm_estimate=min(20, max(1, acts.shape[0] // cfg.batch_size)),
+            dead_feature_window=10**9,
+            feature_sampling_window=10**9,
+        ),
+        sae=sae,
+        data_provider=_batches(acts, cfg.batch_size, cfg.seed),
+    )
+    trained = trainer.fit()
+    target = dest / spec.sae_id
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    trained.save_inference_model(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)  # a half-saved SAE never looks finished
+    return target
+
+
+def gather_residuals(
+    lm: LanguageModel, contexts: Sequence[Sequence[int]], layers: Sequence[int], batch_texts: int
+) -> dict[int, torch.Tensor]:
+    """Residual activations of every real token at the given layers (training data)."""
+    from tqdm.auto import tqdm
+
+    from safesail.lm import batches_by_length
+
+    parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    batches = list(batches_by_length(contexts, batch_texts))
+    for batch in tqdm(batches, desc="Residuals for SAE training", unit="batch"):
+        out = lm.residuals([contexts[i] for i in batch], layers)
+        for layer in layers:
+            parts[layer].append(out[layer])
+    return {layer: torch.cat(chunks) for layer, chunks in parts.items()}
