@@ -1,0 +1,284 @@
+"""`safesail`: one command, a subcommand per pipeline step, one-line errors.
+
+Heavy imports (torch, transformers, sae-lens) happen inside the steps, so `--help` and
+`status` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from safesail.config import (
+    DEFAULT_SAES,
+    CollectConfig,
+    SaeSpec,
+    TrainConfig,
+    WorkspaceConfig,
+    default_cache_dir,
+)
+from safesail.errors import SafesailError
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--workspace",
+        type=Path,
+        default=Path(os.environ.get("SAFESAIL_WORKSPACE", "workspace")),
+        help="workspace folder (default: ./workspace or $SAFESAIL_WORKSPACE)",
+    )
+    common.add_argument(
+        "--db-url",
+        default=os.environ.get("SAFESAIL_DB_URL"),
+        help="SQLAlchemy URL (default: sqlite in the workspace)",
+    )
+    common.add_argument(
+        "--model",
+        default=None,
+        help="HF model name or local folder (default: the embedded SmolLM2)",
+    )
+    common.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="download/conversion cache (default: ~/.cache/safesail)",
+    )
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="safesail", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    corpus = sub.add_parser("corpus", help="build or add to the corpus").add_subparsers(
+        dest="action", required=True
+    )
+    build = corpus.add_parser(
+        "build",
+        parents=[common],
+        help="build the default safety + benign corpus from packaged data",
+    )
+    build.add_argument("--max-benign", type=int, default=3000)
+    build.add_argument(
+        "--taxonomy", type=Path, help="concept taxonomy JSON (default: the packaged one)"
+    )
+    add = corpus.add_parser(
+        "add", parents=[common], help="add your own corpus (JSONL, JSON, CSV, Parquet)"
+    )
+    add.add_argument("path", type=Path)
+    add.add_argument("--text-field", default="text")
+    add.add_argument("--concept-field", default="concept")
+    corpus.add_parser("show", parents=[common], help="texts per concept")
+
+    sae = sub.add_parser("sae", help="train, add or list SAEs").add_subparsers(
+        dest="action", required=True
+    )
+    train = sae.add_parser("train", parents=[common], help="train TopK candidates with sae-lens")
+    train.add_argument(
+        "--spec", action="append", help="LAYER:WIDTH:K, repeatable (default: the demo candidates)"
+    )
+    train.add_argument("--epochs", type=float, default=TrainConfig.epochs)
+    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    sae_add = sae.add_parser(
+        "add", parents=[common], help="add an SAE in sae-lens format or a pretrained release"
+    )
+    sae_add.add_argument("--path", type=Path, help="folder with cfg.json + sae_weights.safetensors")
+    sae_add.add_argument("--release", help="sae-lens pretrained release (needs the hub)")
+    sae_add.add_argument("--sae-id", help="SAE id inside the release")
+    sae_add.add_argument(
+        "--layer", type=int, help="block the SAE reads (default: from its hook name)"
+    )
+    sae_add.add_argument("--id", dest="record_id", help="id to give it here")
+    sae.add_parser("list", parents=[common], help="candidate SAEs and their scores")
+
+    collect = sub.add_parser(
+        "collect", parents=[common], help="build the activation cache (resumable)"
+    )
+    collect.add_argument("--top-k", type=int, default=CollectConfig.top_k)
+    collect.add_argument("--sae", action="append", help="only these SAE ids")
+
+    select_ = sub.add_parser(
+        "select", parents=[common], help="rank SAEs by concept-specific interpretability"
+    )
+    select_.add_argument("--sae", help="select this SAE instead of the best-scoring one")
+
+    triage = sub.add_parser(
+        "triage", parents=[common], help="mark safety-relevant features of the selected SAE"
+    )
+    triage.add_argument("--min-auroc", type=float, default=0.8)
+
+    status = sub.add_parser("status", parents=[common], help="progress of the workspace")
+    status.add_argument("--json", action="store_true", help="one JSON object (stable keys)")
+
+    demo = sub.add_parser(
+        "demo", parents=[common], help="run the whole main job on the embedded default"
+    )
+    demo.add_argument(
+        "--headless", action="store_true", help="never wait on a person; leave no server running"
+    )
+    demo.add_argument("--max-benign", type=int, default=3000)
+    demo.add_argument(
+        "--spec", action="append", help="LAYER:WIDTH:K candidates (default: the demo set)"
+    )
+    demo.add_argument("--epochs", type=float, default=TrainConfig.epochs)
+    return parser
+
+
+def _workspace(args: argparse.Namespace):
+    from safesail.workspace import Workspace
+
+    return Workspace(
+        WorkspaceConfig(args.workspace, args.db_url, args.cache_dir or default_cache_dir()),
+        args.model,
+    )
+
+
+def _specs(values: list[str] | None) -> list[SaeSpec]:
+    if not values:
+        return list(DEFAULT_SAES)
+    try:
+        return [SaeSpec.parse(v) for v in values]
+    except ValueError as exc:
+        raise SafesailError(str(exc)) from None
+
+
+def _print_ranking(ws) -> None:
+    rows = sorted(ws.saes(), key=lambda r: -(r.selection_score or -1))
+    print(
+        f"{'SAE':<22}{'layer':>6}{'d_sae':>7}{'k':>5}{'score':>8}  {'best AUROC / probe F1 per concept'}"
+    )
+    for r in rows:
+        concepts = (r.selection or {}).get("concepts", {})
+        detail = " ".join(
+            f"{c}:{v['best_auroc']:.2f}/{v['probe_f1']:.2f}" for c, v in list(concepts.items())[:4]
+        )
+        mark = " *" if r.selected else ""
+        score = f"{r.selection_score:.3f}" if r.selection_score is not None else "-"
+        print(f"{r.id + mark:<22}{r.layer:>6}{r.d_sae:>7}{r.k or '-':>5}{score:>8}  {detail} ...")
+
+
+def _print_candidates(ws, per_concept: int = 1, contexts: int = 3) -> None:
+    from sqlmodel import Session, select
+
+    from safesail.collect import feature_examples
+    from safesail.storage import Context, Feature
+
+    with Session(ws.engine) as session:
+        rows = session.exec(
+            select(Feature)
+            .where(Feature.sae_id == ws.selected_sae, Feature.candidate)
+            .order_by(Feature.safety_score.desc())
+        ).all()
+        shown: dict[str, int] = {}
+        for feature in rows:
+            if shown.get(feature.concept, 0) >= per_concept:
+                continue
+            shown[feature.concept] = shown.get(feature.concept, 0) + 1
+            print(
+                f"\n  [{feature.concept}] feature {feature.index} (AUROC {feature.auroc:.2f}, fires on {feature.firing_rate:.2%} of tokens)"
+            )
+            for ex in feature_examples(feature)[:contexts]:
+                tokens = session.get(Context, ex.text_id).tokens
+                peak = int(ex.activations.argmax())
+                marked = "".join(f"[[{t}]]" if i == peak else t for i, t in enumerate(tokens))
+                print(f"    {ex.max_act:6.2f}  {marked.strip()[:150]!r}")
+
+
+def run(args: argparse.Namespace) -> int:
+    progress = not args.quiet
+    ws = _workspace(args)
+    cmd = args.command
+    if cmd == "corpus":
+        if args.action == "build":
+            if args.taxonomy:
+                ws.use_taxonomy(args.taxonomy)
+            added = ws.build_default_corpus(max_benign=args.max_benign, progress=progress)
+            print(f"added {added} texts; per concept: {ws.corpus_counts()}")
+        elif args.action == "add":
+            from safesail.corpus import load_corpus_file
+
+            records = load_corpus_file(
+                args.path, ws.taxonomy, text_field=args.text_field, concept_field=args.concept_field
+            )
+            print(
+                f"added {ws.add_corpus(records)} of {len(records)} texts; per concept: {ws.corpus_counts()}"
+            )
+        else:
+            print(json.dumps(ws.corpus_counts(), indent=2))
+    elif cmd == "sae":
+        if args.action == "train":
+            trained = ws.train_saes(
+                _specs(args.spec), TrainConfig(batch_size=args.batch_size, epochs=args.epochs)
+            )
+            print(f"trained {len(trained)} SAE(s): {', '.join(trained) or 'all already trained'}")
+        elif args.action == "add":
+            if args.release:
+                if not args.sae_id:
+                    raise SafesailError("--release needs --sae-id (the SAE inside the release)")
+                print(f"added {ws.add_pretrained(args.release, args.sae_id, layer=args.layer)}")
+            elif args.path:
+                print(f"added {ws.add_sae(args.path, layer=args.layer, sae_id=args.record_id)}")
+            else:
+                raise SafesailError("sae add needs --path DIR or --release NAME --sae-id ID")
+        else:
+            _print_ranking(ws)
+    elif cmd == "collect":
+        done = ws.collect(CollectConfig(top_k=args.top_k), sae_ids=args.sae, progress=progress)
+        print(f"collected {len(done)} SAE(s): {', '.join(done) or 'all already collected'}")
+    elif cmd == "select":
+        ws.select(override=args.sae)
+        _print_ranking(ws)
+    elif cmd == "triage":
+        from safesail.selection import TriageConfig
+
+        counts = ws.triage(TriageConfig(min_auroc=args.min_auroc))
+        print(f"{sum(counts.values())} safety candidates in {ws.selected_sae}: {counts}")
+    elif cmd == "status":
+        status = ws.status()
+        print(json.dumps(status, indent=None if args.json else 2))
+    elif cmd == "demo":
+        return demo(ws, args, progress)
+    return 0
+
+
+def demo(ws, args: argparse.Namespace, progress: bool) -> int:
+    """The main job on the embedded default: corpus, SAEs, collection, selection, triage."""
+    print(f"safesail demo: workspace {ws.config.workspace.resolve()}")
+    if not ws.corpus_counts():
+        ws.build_default_corpus(max_benign=args.max_benign, progress=progress)
+    print(f"corpus: {ws.corpus_counts()}")
+    ws.train_saes(_specs(args.spec), TrainConfig(epochs=args.epochs))
+    ws.collect(progress=progress)
+    ws.select()
+    counts = ws.triage()
+    print("\nSAE ranking (concept-specific interpretability; * = selected):")
+    _print_ranking(ws)
+    print(f"\n{sum(counts.values())} safety candidates in {ws.selected_sae}: {counts}")
+    print("top candidate per concept, with its top contexts ([[peak token]]):")
+    _print_candidates(ws)
+    print(
+        f"\nworkspace: {ws.config.workspace.resolve()}   (safesail status --json --workspace {ws.config.workspace})"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except SafesailError as exc:
+        print(f"safesail: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("safesail: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

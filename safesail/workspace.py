@@ -1,0 +1,337 @@
+"""The Python API other rooms build on: one object per workspace, one method per pipeline step.
+
+Each step reads its inputs from the database and writes its results back in a transaction, so
+steps can be rerun (idempotent) and interrupted (resumable) independently.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from safesail.config import (
+    DEFAULT_SAES,
+    EMBEDDED_MODEL,
+    CollectConfig,
+    SaeSpec,
+    TrainConfig,
+    WorkspaceConfig,
+)
+from safesail.errors import SafesailError
+from safesail.storage import (
+    Context,
+    CorpusText,
+    Explanation,
+    Feature,
+    SaeRecord,
+    get_meta,
+    open_db,
+    session_scope,
+    set_meta,
+)
+from safesail.taxonomy import Taxonomy
+
+STATUS_KEYS = (
+    "features",
+    "features_with_examples",
+    "safety_candidates",
+    "saes",
+    "selected_sae",
+    "labels",
+    "coverage",
+)
+"""The stable keys of `safesail status --json`; later steps add keys, never remove these."""
+
+
+class Workspace:
+    """A folder (and database) holding one project's corpus, SAEs, features and labels."""
+
+    def __init__(self, config: WorkspaceConfig, model_name: str | None = None) -> None:
+        self.config = config
+        config.workspace.mkdir(parents=True, exist_ok=True)
+        self.engine = open_db(config.resolved_db_url)
+        with Session(self.engine) as session:
+            stored = get_meta(session, "model")
+        if model_name and stored and model_name != stored:
+            raise SafesailError(
+                f"this workspace was built with model '{stored}', not '{model_name}'; use another --workspace"
+            )
+        self.model_name = model_name or stored or EMBEDDED_MODEL
+
+    @cached_property
+    def lm(self):
+        from safesail.lm import load_model
+
+        return load_model(self.model_name, self.config.cache_dir)
+
+    # -- corpus -------------------------------------------------------------------------------
+    @property
+    def taxonomy(self) -> Taxonomy:
+        with Session(self.engine) as session:
+            stored = get_meta(session, "taxonomy_path")
+        return Taxonomy.load(Path(stored) if stored else None)
+
+    def use_taxonomy(self, path: Path) -> Taxonomy:
+        taxonomy = Taxonomy.load(path)
+        with session_scope(self.engine) as session:
+            set_meta(session, "taxonomy_path", str(path.resolve()))
+        return taxonomy
+
+    def add_corpus(self, records: Sequence[Any]) -> int:
+        """Insert corpus records, skipping texts already present; returns how many were new."""
+        with session_scope(self.engine) as session:
+            known = set(session.exec(select(CorpusText.text)))
+            next_id = (session.exec(select(func.max(CorpusText.id))).one() or 0) + 1
+            added = 0
+            for record in records:
+                if record.text in known:
+                    continue
+                known.add(record.text)
+                session.add(
+                    CorpusText(
+                        id=next_id + added,
+                        text=record.text,
+                        source=record.source,
+                        license=record.license,
+                        concepts=list(record.concepts),
+                    )
+                )
+                added += 1
+        return added
+
+    def build_default_corpus(self, *, max_benign: int = 3000, progress: bool = True) -> int:
+        from safesail.corpus import build_default_corpus
+
+        records = build_default_corpus(
+            self.config.cache_dir / "corpus",
+            self.taxonomy,
+            max_benign=max_benign,
+            progress=progress,
+        )
+        return self.add_corpus(records)
+
+    def corpus_counts(self) -> dict[str, int]:
+        with Session(self.engine) as session:
+            counts = Counter(c for row in session.exec(select(CorpusText.concepts)) for c in row)
+        return dict(sorted(counts.items()))
+
+    # -- SAEs -----------------------------------------------------------------------------------
+    def train_saes(
+        self,
+        specs: Sequence[SaeSpec] = DEFAULT_SAES,
+        config: TrainConfig | None = None,
+        *,
+        max_tokens: int = CollectConfig.max_tokens,
+    ) -> list[str]:
+        """Train the candidates that are not trained yet (an interrupted run resumes per SAE)."""
+        from safesail.collect import prepare_contexts
+        from safesail.saes import gather_residuals, register_sae, train_sae
+
+        config = config or TrainConfig()
+        for spec in specs:
+            self.lm.check_layer(spec.layer)
+        with Session(self.engine) as session:
+            have = {r.id for r in session.exec(select(SaeRecord))}
+        todo = [s for s in specs if s.sae_id not in have]
+        if not todo:
+            return []
+        prepare_contexts(self.engine, self.lm, max_tokens)
+        with Session(self.engine) as session:
+            contexts = [
+                c.token_ids for c in session.exec(select(Context).order_by(Context.text_id))
+            ]
+        residuals = gather_residuals(self.lm, contexts, sorted({s.layer for s in todo}), 32)
+        for spec in todo:
+            path = self.config.sae_dir / spec.sae_id
+            if not (path / "cfg.json").exists():
+                path = train_sae(
+                    residuals[spec.layer], spec, config, self.model_name, self.config.sae_dir
+                )
+            with session_scope(self.engine) as session:
+                register_sae(session, self.lm, path, source="trained", sae_id=spec.sae_id)
+        return [s.sae_id for s in todo]
+
+    def add_sae(
+        self,
+        path: Path,
+        *,
+        layer: int | None = None,
+        sae_id: str | None = None,
+        release: str | None = None,
+    ) -> str:
+        from safesail.saes import register_sae
+
+        with session_scope(self.engine) as session:
+            record = register_sae(
+                session,
+                self.lm,
+                path,
+                source="pretrained" if release else "disk",
+                layer=layer,
+                sae_id=sae_id,
+                release=release,
+            )
+            return record.id
+
+    def add_pretrained(self, release: str, name: str, *, layer: int | None = None) -> str:
+        from safesail.saes import add_pretrained
+
+        path = add_pretrained(release, name, self.config.sae_dir)
+        return self.add_sae(path, layer=layer, release=release)
+
+    def saes(self) -> list[SaeRecord]:
+        with Session(self.engine) as session:
+            return list(session.exec(select(SaeRecord).order_by(SaeRecord.id)))
+
+    # -- collection, selection, triage ----------------------------------------------------------
+    def collect(
+        self,
+        config: CollectConfig | None = None,
+        *,
+        sae_ids: Sequence[str] | None = None,
+        progress: bool = True,
+    ) -> list[str]:
+        from safesail.collect import collect
+        from safesail.saes import load_sae
+
+        if not self.saes():
+            raise SafesailError(
+                "no SAEs in this workspace: run `safesail sae train` or `safesail sae add`"
+            )
+        return collect(self.engine, self.lm, load_sae, config, sae_ids=sae_ids, progress=progress)
+
+    def select(self, *, override: str | None = None, config: Any = None) -> list[SaeRecord]:
+        """Score every collected SAE for concept-specific interpretability; select the best."""
+        from safesail.collect import text_max_matrix
+        from safesail.selection import SelectionConfig, rank_saes, score_sae
+
+        records = [r for r in self.saes() if r.collected]
+        if not records:
+            raise SafesailError("no collected SAEs: run `safesail collect` first")
+        if override and override not in {r.id for r in records}:
+            raise SafesailError(
+                f"cannot select '{override}': not a collected SAE ({', '.join(r.id for r in records)})"
+            )
+        concepts = self._concepts_by_text()
+        scores = {}
+        for record in records:
+            text_ids, matrix = text_max_matrix(self.engine, record.id)
+            scores[record.id] = score_sae(
+                matrix,
+                [concepts[t] for t in text_ids],
+                self.taxonomy.safety_concepts(),
+                config or SelectionConfig(),
+            )
+        ranking = rank_saes(scores)
+        chosen = override or ranking[0][0]
+        with session_scope(self.engine) as session:
+            for sae_id, score in ranking:
+                record = session.get(SaeRecord, sae_id)
+                record.selection_score = float(score.score)
+                record.selection = {
+                    "concepts": {c.concept: c._asdict() for c in score.concepts},
+                    "skipped": score.skipped,
+                }
+                record.selected = sae_id == chosen
+                session.add(record)
+            set_meta(session, "selected_sae", chosen)
+        return [r for r in self.saes() if r.id in scores]
+
+    @property
+    def selected_sae(self) -> str | None:
+        with Session(self.engine) as session:
+            return get_meta(session, "selected_sae")
+
+    def triage(self, config: Any = None) -> dict[str, int]:
+        """Score every feature of the selected SAE per concept and mark the safety candidates."""
+        from safesail.collect import text_max_matrix
+        from safesail.selection import TriageConfig, feature_selectivity, triage
+
+        sae_id = self.selected_sae
+        if sae_id is None:
+            raise SafesailError("no SAE selected yet: run `safesail select` first")
+        text_ids, matrix = text_max_matrix(self.engine, sae_id)
+        concepts = self._concepts_by_text()
+        selectivity = feature_selectivity(
+            matrix, [concepts[t] for t in text_ids], self.taxonomy.safety_concepts()
+        )
+        candidates = {c.feature: c for c in triage(selectivity, config or TriageConfig())}
+        best = np.argmax(selectivity.auroc, axis=0)
+        with session_scope(self.engine) as session:
+            for feature in session.exec(select(Feature).where(Feature.sae_id == sae_id)):
+                cand = candidates.get(feature.index)
+                feature.candidate = cand is not None
+                feature.concept = (
+                    cand.concept if cand else selectivity.concepts[best[feature.index]]
+                )
+                feature.safety_score = float(cand.score) if cand else 0.0
+                feature.auroc = float(
+                    cand.auroc if cand else selectivity.auroc[best[feature.index], feature.index]
+                )
+                session.add(feature)
+        return dict(Counter(c.concept for c in candidates.values()).most_common())
+
+    def _concepts_by_text(self) -> dict[int, list[str]]:
+        with Session(self.engine) as session:
+            return {row.id: row.concepts for row in session.exec(select(CorpusText))}
+
+    # -- reporting ----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """The `safesail status --json` object (keys in STATUS_KEYS are a contract)."""
+        sae_id = self.selected_sae
+        with Session(self.engine) as session:
+            features = select(func.count()).select_from(Feature).where(Feature.sae_id == sae_id)
+            n_features = session.exec(features).one()
+            with_examples = session.exec(features.where(Feature.examples.is_not(None))).one()
+            candidates = list(
+                session.exec(
+                    select(Feature.index, Feature.concept).where(
+                        Feature.sae_id == sae_id, Feature.candidate
+                    )
+                )
+            )
+            accepted = list(
+                session.exec(
+                    select(Explanation.feature, Explanation.source).where(
+                        Explanation.sae_id == sae_id, Explanation.status == "accepted"
+                    )
+                )
+            )
+            n_texts = session.exec(select(func.count()).select_from(CorpusText)).one()
+        explained = {f for f, _ in accepted}
+        return {
+            "workspace": str(self.config.workspace),
+            "model": self.model_name,
+            "corpus_texts": n_texts,
+            "features": n_features,
+            "features_with_examples": with_examples,
+            "safety_candidates": len(candidates),
+            "candidates_per_concept": dict(Counter(c for _, c in candidates).most_common()),
+            "saes": [
+                {
+                    "id": r.id,
+                    "layer": r.layer,
+                    "d_sae": r.d_sae,
+                    "k": r.k,
+                    "source": r.source,
+                    "collected": r.collected,
+                    "selection_score": r.selection_score,
+                }
+                for r in self.saes()
+            ],
+            "selected_sae": sae_id,
+            "labels": {
+                "human": sum(1 for _, s in accepted if s == "human"),
+                "auto_accepted": sum(1 for _, s in accepted if s == "auto"),
+            },
+            "coverage": (sum(1 for f, _ in candidates if f in explained) / len(candidates))
+            if candidates
+            else 0.0,
+        }
