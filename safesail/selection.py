@@ -1,0 +1,429 @@
+"""Rank candidate SAEs by concept-specific interpretability and triage their safety features.
+
+Safe-SAIL explains features of *one* SAE, so the SAE has to be chosen first, and the
+choice should favour the dictionary whose features line up with the safety concepts we
+want explained, not the one with the best reconstruction. For each safety concept we
+contrast its texts with benign texts and ask: how well does the single best feature
+separate them (AUROC), how many features separate them (Safe-SAIL's "L0 at threshold"),
+and how well does a sparse probe on a handful of features do (SAEBench-style F1).
+
+Every function takes ``X``: one row per text, one column per SAE feature, holding the
+feature's MAX activation over the text's tokens (0 where it never fires). ``X`` may be a
+scipy sparse matrix/array or a dense numpy array; it is never densified as a whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from safesail.errors import SafesailError
+
+BENIGN = "benign"
+
+# Weights of the per-concept selection score; they sum to 1 so the score stays in [0, 1].
+_W_AUROC = 0.45
+_W_PROBE = 0.45
+_W_CONCENTRATION = 0.10
+
+
+def _require_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _require_fraction(name: str, value: object, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """How candidate SAEs are scored against the safety concepts."""
+
+    threshold_auroc: float = 0.75
+    """A feature "separates" a concept when its AUROC against benign texts is >= this."""
+    probe_features: int = 5
+    """How many top-AUROC features the sparse probe may use (SAEBench uses a handful)."""
+    probe_folds: int = 3
+    """Stratified cross-validation folds for the probe F1."""
+    min_texts: int = 10
+    """Concepts with fewer positive (or benign) texts than this are skipped and reported."""
+    seed: int = 0
+    """Seed of the fold shuffling, so scores are reproducible."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold_auroc, bool) or not isinstance(
+            self.threshold_auroc, int | float
+        ):
+            raise ValueError(f"threshold_auroc must be a number, got {self.threshold_auroc!r}")
+        if not 0.5 < self.threshold_auroc <= 1.0:
+            raise ValueError(
+                f"threshold_auroc must be in (0.5, 1] (0.5 is chance), got {self.threshold_auroc}"
+            )
+        _require_int("probe_features", self.probe_features, 1)
+        _require_int("probe_folds", self.probe_folds, 2)
+        _require_int("min_texts", self.min_texts, 2)
+        if self.min_texts < self.probe_folds:
+            raise ValueError(
+                f"min_texts ({self.min_texts}) must be >= probe_folds ({self.probe_folds}) so "
+                "every fold holds texts of both classes"
+            )
+        _require_int("seed", self.seed, 0)
+
+
+class ConceptScore(NamedTuple):
+    """How well one SAE separates one safety concept from benign texts."""
+
+    concept: str
+    n_pos: int
+    n_neg: int
+    best_auroc: float
+    best_feature: int
+    n_separating: int
+    """Features with AUROC >= threshold_auroc (Safe-SAIL's L0 at threshold)."""
+    probe_f1: float
+    """Mean F1 over stratified folds of a logistic probe on the top features of each
+    TRAIN fold (features are re-ranked per fold, so the test fold never chooses them)."""
+
+
+class SaeScore(NamedTuple):
+    """The selection score of one SAE and what it is made of."""
+
+    score: float
+    """Mean over scored concepts of 0.45*max(0, 2*best_auroc - 1) + 0.45*probe_f1
+    + 0.10/n_separating (0 if none separates), in [0, 1]; see ``score_sae``."""
+    concepts: list[ConceptScore]
+    skipped: dict[str, str]
+    """Concept -> why it was not scored (too few texts)."""
+
+
+class FeatureSelectivity(NamedTuple):
+    """Per-feature evidence of safety relevance, one row per scored concept."""
+
+    auroc: np.ndarray
+    """[n_concepts, d_sae] AUROC of each feature for concept texts vs benign texts."""
+    frac_pos: np.ndarray
+    """[n_concepts, d_sae] fraction of the concept's texts on which the feature fires."""
+    frac_benign: np.ndarray
+    """[d_sae] fraction of benign texts on which the feature fires."""
+    concepts: list[str]
+    """Row names of ``auroc``/``frac_pos``: the safety concepts that have any texts."""
+
+
+@dataclass(frozen=True)
+class TriageConfig:
+    """When a feature counts as a safety candidate for a concept."""
+
+    min_auroc: float = 0.8
+    """Minimum AUROC of the feature for the concept vs benign texts."""
+    min_frac_pos: float = 0.1
+    """The feature must fire on at least this fraction of the concept's texts."""
+    max_frac_benign: float = 0.2
+    """... and on at most this fraction of benign texts (rules out always-on features)."""
+
+    def __post_init__(self) -> None:
+        # Below 0.5 a feature would be anti-selective and its candidate score negative.
+        _require_fraction("min_auroc", self.min_auroc, 0.5, 1.0)
+        _require_fraction("min_frac_pos", self.min_frac_pos, 0.0, 1.0)
+        _require_fraction("max_frac_benign", self.max_frac_benign, 0.0, 1.0)
+
+
+class Candidate(NamedTuple):
+    """A feature that looks safety-relevant, with the concept it is most selective for."""
+
+    feature: int
+    concept: str
+    auroc: float
+    frac_pos: float
+    frac_benign: float
+    score: float
+    """(2*auroc - 1) * frac_pos * (1 - frac_benign), in [0, 1]."""
+
+
+def _as_sparse(X: object, fmt: str) -> sp.csr_array | sp.csc_array:
+    """A float copy of ``X`` in ``fmt`` without stored zeros, validated once for all callers.
+
+    A copy, because removing stored zeros must not mutate the caller's matrix; removing
+    them matters because the AUROC treats every zero as one tied block.
+    """
+    if not sp.issparse(X):
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise ValueError(f"X must be 2-D [n_texts, d_sae], got shape {X.shape}")
+    out = (sp.csr_array if fmt == "csr" else sp.csc_array)(X, dtype=np.float64, copy=True)
+    out.eliminate_zeros()
+    if not np.isfinite(out.data).all():
+        raise ValueError("X holds NaN or infinite activations")
+    return out
+
+
+def auroc_per_feature(X: object, positive: np.ndarray) -> np.ndarray:
+    """Exact Mann-Whitney AUROC of every column of ``X`` for ``positive`` vs the other rows.
+
+    Ties get average ranks, as in ``sklearn.metrics.roc_auc_score``. SAE activations are
+    mostly zero, so only the nonzeros of each column are sorted (all columns in one pass)
+    and the zeros are handled as a single tied block whose average rank is known in
+    closed form. Cost is O(nnz log nnz), independent of the zero count.
+    Negative values are also ranked correctly (they sit below the zero block).
+    """
+    Xc = _as_sparse(X, "csc")
+    n, d = Xc.shape
+    pos = np.asarray(positive)
+    if pos.dtype != bool or pos.shape != (n,):
+        raise ValueError(
+            f"positive must be a bool array of shape ({n},), got {pos.dtype} {pos.shape}"
+        )
+    n1 = int(pos.sum())
+    n0 = n - n1
+    if n1 == 0 or n0 == 0:
+        raise ValueError(f"AUROC needs both classes, got {n1} positive and {n0} negative rows")
+
+    nnz_per_col = np.diff(Xc.indptr)
+    # Sort by (column, value): by value first, then stably by column. This is several times
+    # faster than np.lexsort; with uint16 column ids the stable pass is a radix sort.
+    cols = np.repeat(np.arange(d, dtype=np.uint16 if d <= 1 << 16 else np.int64), nnz_per_col)
+    by_value = np.argsort(Xc.data)
+    order = by_value[np.argsort(cols[by_value], kind="stable")]
+    values, cols = Xc.data[order], cols[order]
+    is_pos = pos[Xc.indices[order]]
+
+    # Average 1-based rank among the column's nonzeros: mean of the first and last
+    # position of each run of equal (column, value).
+    k = len(values)
+    in_col = np.arange(k) - Xc.indptr[cols]
+    starts = np.ones(k, dtype=bool)
+    starts[1:] = (values[1:] != values[:-1]) | (cols[1:] != cols[:-1])
+    run = np.cumsum(starts) - 1
+    run_starts = np.flatnonzero(starts)
+    run_ends = np.append(run_starts[1:], k) - 1
+    rank = (in_col[run_starts] + in_col[run_ends])[run] / 2.0 + 1.0
+
+    n_zero = n - nnz_per_col
+    n_below_zero = np.bincount(cols[values < 0], minlength=d)
+    rank += np.where(values > 0, n_zero[cols], 0)
+    zero_rank = n_below_zero + (n_zero + 1) / 2.0
+
+    rank_sum = np.bincount(cols[is_pos], weights=rank[is_pos], minlength=d)
+    pos_zeros = n1 - np.bincount(cols[is_pos], minlength=d)
+    rank_sum += pos_zeros * zero_rank
+    return (rank_sum - n1 * (n1 + 1) / 2.0) / (n1 * n0)
+
+
+def _label_sets(concepts: Sequence[Sequence[str]], n_texts: int) -> list[frozenset[str]]:
+    if len(concepts) != n_texts:
+        raise ValueError(f"got {len(concepts)} label lists for {n_texts} rows of X")
+    out = []
+    for i, labels in enumerate(concepts):
+        if isinstance(labels, str):
+            # A bare string is a Sequence[str] too; iterating it would yield letters.
+            raise ValueError(f"labels of text {i} must be a list of concept names, got {labels!r}")
+        names = frozenset(labels)
+        if BENIGN in names and len(names) > 1:
+            others = sorted(names - {BENIGN})
+            raise SafesailError(f"text {i} is labelled {BENIGN!r} and also {others}")
+        out.append(names)
+    return out
+
+
+def _concept_names(safety_concepts: Sequence[str]) -> list[str]:
+    if isinstance(safety_concepts, str):
+        raise ValueError(f"safety_concepts must be a list of names, got {safety_concepts!r}")
+    names = list(dict.fromkeys(safety_concepts))
+    if not names:
+        raise ValueError("safety_concepts is empty")
+    if BENIGN in names:
+        raise ValueError(f"{BENIGN!r} is the contrast class, not a safety concept")
+    return names
+
+
+def _mask(labels: list[frozenset[str]], name: str) -> np.ndarray:
+    return np.fromiter((name in s for s in labels), dtype=bool, count=len(labels))
+
+
+def _top_features(auroc: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest AUROCs; ties go to the lower index, for determinism."""
+    return np.argsort(-auroc, kind="stable")[:k]
+
+
+def _probe_f1(X: sp.csr_array, y: np.ndarray, config: SelectionConfig) -> float:
+    """Cross-validated F1 of a logistic probe on the top features chosen per TRAIN fold.
+
+    Choosing the features on all rows would let the test fold pick them, and among
+    thousands of noise features some always separate a small sample by chance.
+    """
+    k = min(config.probe_features, X.shape[1])
+    folds = StratifiedKFold(n_splits=config.probe_folds, shuffle=True, random_state=config.seed)
+    f1s = []
+    for train, test in folds.split(np.zeros(len(y)), y):
+        top = _top_features(auroc_per_feature(X[train], y[train]), k)
+        X_top = X[:, top].toarray()
+        # Balanced weights: concepts are often much rarer than benign texts.
+        probe = make_pipeline(
+            StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=1000)
+        )
+        probe.fit(X_top[train], y[train])
+        f1s.append(f1_score(y[test], probe.predict(X_top[test]), zero_division=0.0))
+    return float(np.mean(f1s))
+
+
+def _score_concept(
+    X: sp.csr_array, pos: np.ndarray, benign: np.ndarray, name: str, config: SelectionConfig
+) -> ConceptScore:
+    rows = np.flatnonzero(pos | benign)
+    X_sub, y = X[rows], pos[rows]
+    auroc = auroc_per_feature(X_sub, y)
+    best = int(np.argmax(auroc))
+    return ConceptScore(
+        concept=name,
+        n_pos=int(pos.sum()),
+        n_neg=int(benign.sum()),
+        best_auroc=float(auroc[best]),
+        best_feature=best,
+        n_separating=int((auroc >= config.threshold_auroc).sum()),
+        probe_f1=_probe_f1(X_sub, y, config),
+    )
+
+
+def _concept_value(c: ConceptScore) -> float:
+    concentration = 1.0 / c.n_separating if c.n_separating else 0.0
+    return (
+        _W_AUROC * max(0.0, 2.0 * c.best_auroc - 1.0)
+        + _W_PROBE * c.probe_f1
+        + _W_CONCENTRATION * concentration
+    )
+
+
+def score_sae(
+    X: object,
+    concepts: Sequence[Sequence[str]],
+    safety_concepts: Sequence[str],
+    config: SelectionConfig = SelectionConfig(),
+) -> SaeScore:
+    """Score one SAE by how interpretable its features are for the safety concepts.
+
+    Per scored concept (its texts vs the benign texts) the value is
+
+        0.45 * max(0, 2*best_auroc - 1)   # the best single feature, rescaled so chance is 0
+      + 0.45 * probe_f1                   # a few features together, cross-validated
+      + 0.10 * (1 / n_separating, or 0 when no feature separates)
+
+    and ``score`` is its mean over the scored concepts, in [0, 1]. The first two terms
+    reward an SAE that *has* features for the concept; the small concentration term
+    breaks near-ties in favour of an SAE whose concept lives in few features (Safe-SAIL's
+    low "L0 at threshold"), because then explaining those few features explains the
+    concept. It is kept small since splitting a concept into several clean features is
+    not bad in itself. Concepts with fewer than ``min_texts`` texts (or benign texts) are
+    skipped and listed in ``skipped``; they are skipped for every SAE scored on the same
+    texts, so scores stay comparable.
+    """
+    Xr = _as_sparse(X, "csr")
+    labels = _label_sets(concepts, Xr.shape[0])
+    names = _concept_names(safety_concepts)
+    benign = _mask(labels, BENIGN)
+    n_neg = int(benign.sum())
+    scored: list[ConceptScore] = []
+    skipped: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for name in names:
+        pos = _mask(labels, name)
+        counts[name] = n_pos = int(pos.sum())
+        if n_pos < config.min_texts or n_neg < config.min_texts:
+            skipped[name] = (
+                f"{n_pos} concept texts and {n_neg} benign texts; "
+                f"need at least {config.min_texts} of each"
+            )
+            continue
+        scored.append(_score_concept(Xr, pos, benign, name, config))
+    if not scored:
+        got = ", ".join(f"{name}={n}" for name, n in counts.items())
+        raise SafesailError(
+            f"no safety concept has enough texts to score an SAE: each concept needs at least "
+            f"{config.min_texts} texts and there must be at least {config.min_texts} benign "
+            f"texts (got {got}, {BENIGN}={n_neg})"
+        )
+    score = float(np.mean([_concept_value(c) for c in scored]))
+    return SaeScore(score=score, concepts=scored, skipped=skipped)
+
+
+def rank_saes(scores: dict[str, SaeScore]) -> list[tuple[str, SaeScore]]:
+    """SAEs best first; equal scores are ordered by name so the ranking is reproducible."""
+    return sorted(scores.items(), key=lambda item: (-item[1].score, item[0]))
+
+
+def feature_selectivity(
+    X: object, concepts: Sequence[Sequence[str]], safety_concepts: Sequence[str]
+) -> FeatureSelectivity:
+    """How selectively each feature fires on each safety concept rather than on benign text.
+
+    AUROC alone can be high for a feature that fires on a sliver of the concept's texts,
+    or for one that fires on nearly everything but a bit more strongly on the concept, so
+    firing rates are kept alongside it for ``triage``. Concepts without any text are left
+    out (``concepts`` names the rows); concepts with only a few texts are kept, so filter
+    them first (e.g. by ``score_sae``'s ``skipped``) if their noise matters.
+    """
+    Xr = _as_sparse(X, "csr")
+    labels = _label_sets(concepts, Xr.shape[0])
+    names = _concept_names(safety_concepts)
+    benign = _mask(labels, BENIGN)
+    if not benign.any():
+        raise SafesailError(f"feature selectivity needs {BENIGN!r} texts to contrast with")
+    fires = Xr.copy()
+    fires.data = (fires.data > 0).astype(np.float64)
+    masks = {name: m for name in names if (m := _mask(labels, name)).any()}
+    if not masks:
+        raise SafesailError(f"none of the safety concepts {names} labels any text")
+    d = Xr.shape[1]
+    auroc = np.empty((len(masks), d))
+    frac_pos = np.empty((len(masks), d))
+    for i, pos in enumerate(masks.values()):
+        rows = np.flatnonzero(pos | benign)
+        auroc[i] = auroc_per_feature(Xr[rows], pos[rows])
+        frac_pos[i] = (pos @ fires) / pos.sum()
+    frac_benign = (benign @ fires) / benign.sum()
+    return FeatureSelectivity(auroc, frac_pos, frac_benign, list(masks))
+
+
+def triage(sel: FeatureSelectivity, config: TriageConfig = TriageConfig()) -> list[Candidate]:
+    """Mark the features worth explaining in safety terms, most selective first.
+
+    A feature qualifies for a concept when it separates the concept from benign text
+    (AUROC), fires on a real share of the concept's texts, and stays quiet on benign
+    text. Its score, (2*auroc - 1) * frac_pos * (1 - frac_benign), in [0, 1], rewards
+    all three at once; each qualifying feature is reported once, under the concept where
+    that score is highest (ties: the earlier concept), and candidates are sorted by score
+    (ties: lower feature index).
+    """
+    auroc, frac_pos = sel.auroc, sel.frac_pos
+    frac_benign = sel.frac_benign[None, :]
+    ok = (
+        (auroc >= config.min_auroc)
+        & (frac_pos >= config.min_frac_pos)
+        & (frac_benign <= config.max_frac_benign)
+    )
+    features = np.flatnonzero(ok.any(axis=0))
+    if not features.size:
+        return []
+    score = np.where(ok, (2.0 * auroc - 1.0) * frac_pos * (1.0 - frac_benign), -np.inf)
+    best = np.argmax(score[:, features], axis=0)
+    candidates = [
+        Candidate(
+            feature=int(f),
+            concept=sel.concepts[c],
+            auroc=float(auroc[c, f]),
+            frac_pos=float(frac_pos[c, f]),
+            frac_benign=float(sel.frac_benign[f]),
+            score=float(score[c, f]),
+        )
+        for f, c in zip(features, best, strict=True)
+    ]
+    return sorted(candidates, key=lambda cand: (-cand.score, cand.feature))
