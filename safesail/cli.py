@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--max-benign", type=int, default=3000)
     demo.add_argument(
+        "--corpus", type=Path, help="use this corpus file instead of the packaged default"
+    )
+    demo.add_argument(
         "--spec", action="append", help="LAYER:WIDTH:K candidates (default: the demo set)"
     )
     demo.add_argument("--epochs", type=float, default=TrainConfig.epochs)
@@ -250,7 +253,11 @@ def run(args: argparse.Namespace) -> int:
 def demo(ws, args: argparse.Namespace, progress: bool) -> int:
     """The main job on the embedded default: corpus, SAEs, collection, selection, triage."""
     print(f"safesail demo: workspace {ws.config.workspace.resolve()}")
-    if not ws.corpus_counts():
+    if args.corpus:
+        from safesail.corpus import load_corpus_file
+
+        ws.add_corpus(load_corpus_file(args.corpus, ws.taxonomy))
+    elif not ws.corpus_counts():
         ws.build_default_corpus(max_benign=args.max_benign, progress=progress)
     print(f"corpus: {ws.corpus_counts()}")
     ws.train_saes(_specs(args.spec), TrainConfig(epochs=args.epochs))

@@ -31,7 +31,7 @@ from safesail.errors import SafesailError
 BENIGN = "benign"
 
 # Weights of the per-concept selection score; they sum to 1 so the score stays in [0, 1].
-_W_AUROC = 0.45
+_W_SPECIFIC = 0.45
 _W_PROBE = 0.45
 _W_CONCENTRATION = 0.10
 
@@ -58,6 +58,8 @@ class SelectionConfig:
     """Stratified cross-validation folds for the probe F1."""
     min_texts: int = 10
     """Concepts with fewer positive (or benign) texts than this are skipped and reported."""
+    fire_fraction: float = 0.2
+    """A feature fires on a text above this fraction of its max activation (for specificity)."""
     seed: int = 0
     """Seed of the fold shuffling, so scores are reproducible."""
 
@@ -79,6 +81,7 @@ class SelectionConfig:
                 "every fold holds texts of both classes"
             )
         _require_int("seed", self.seed, 0)
+        _require_fraction("fire_fraction", self.fire_fraction, 0.0, 1.0)
 
 
 class ConceptScore(NamedTuple):
@@ -89,6 +92,10 @@ class ConceptScore(NamedTuple):
     n_neg: int
     best_auroc: float
     best_feature: int
+    best_specificity: float
+    """Max over features of (2*auroc - 1) * frac_pos * (1 - frac_benign): one feature that is
+    strong on the concept AND quiet on benign text (the same measure triage ranks by)."""
+    specific_feature: int
     n_separating: int
     """Features with AUROC >= threshold_auroc (Safe-SAIL's L0 at threshold)."""
     probe_f1: float
@@ -100,8 +107,8 @@ class SaeScore(NamedTuple):
     """The selection score of one SAE and what it is made of."""
 
     score: float
-    """Mean over scored concepts of 0.45*max(0, 2*best_auroc - 1) + 0.45*probe_f1
-    + 0.10/n_separating (0 if none separates), in [0, 1]; see ``score_sae``."""
+    """Mean over scored concepts of 0.45*best_specificity + 0.45*chance-corrected
+    probe_f1 + 0.10/n_separating (0 if none separates), in [0, 1]; see ``score_sae``."""
     concepts: list[ConceptScore]
     skipped: dict[str, str]
     """Concept -> why it was not scored (too few texts)."""
@@ -130,12 +137,15 @@ class TriageConfig:
     """The feature must fire on at least this fraction of the concept's texts."""
     max_frac_benign: float = 0.2
     """... and on at most this fraction of benign texts (rules out always-on features)."""
+    fire_fraction: float = 0.2
+    """A text counts as fired on above this fraction of the feature's max activation."""
 
     def __post_init__(self) -> None:
         # Below 0.5 a feature would be anti-selective and its candidate score negative.
         _require_fraction("min_auroc", self.min_auroc, 0.5, 1.0)
         _require_fraction("min_frac_pos", self.min_frac_pos, 0.0, 1.0)
         _require_fraction("max_frac_benign", self.max_frac_benign, 0.0, 1.0)
+        _require_fraction("fire_fraction", self.fire_fraction, 0.0, 1.0)
 
 
 class Candidate(NamedTuple):
@@ -276,29 +286,57 @@ def _probe_f1(X: sp.csr_array, y: np.ndarray, config: SelectionConfig) -> float:
     return float(np.mean(f1s))
 
 
+def _fires(X: sp.csr_array, fire_fraction: float) -> sp.csr_array:
+    """1 where a feature's activation on a text exceeds fire_fraction of its own max."""
+    fires = X.copy()
+    peak = X.max(axis=0).toarray().ravel() if X.shape[0] else np.zeros(X.shape[1])
+    fires.data = (fires.data > fire_fraction * peak[fires.indices]).astype(np.float64)
+    return fires
+
+
+def _specificity(auroc: np.ndarray, frac_pos: np.ndarray, frac_benign: np.ndarray) -> np.ndarray:
+    return np.clip(2.0 * auroc - 1.0, 0.0, None) * frac_pos * (1.0 - frac_benign)
+
+
 def _score_concept(
-    X: sp.csr_array, pos: np.ndarray, benign: np.ndarray, name: str, config: SelectionConfig
+    X: sp.csr_array,
+    fires: sp.csr_array,
+    pos: np.ndarray,
+    benign: np.ndarray,
+    name: str,
+    config: SelectionConfig,
 ) -> ConceptScore:
     rows = np.flatnonzero(pos | benign)
     X_sub, y = X[rows], pos[rows]
     auroc = auroc_per_feature(X_sub, y)
     best = int(np.argmax(auroc))
+    specificity = _specificity(auroc, (pos @ fires) / pos.sum(), (benign @ fires) / benign.sum())
+    specific = int(np.argmax(specificity))
     return ConceptScore(
         concept=name,
         n_pos=int(pos.sum()),
         n_neg=int(benign.sum()),
         best_auroc=float(auroc[best]),
         best_feature=best,
+        best_specificity=float(specificity[specific]),
+        specific_feature=specific,
         n_separating=int((auroc >= config.threshold_auroc).sum()),
         probe_f1=_probe_f1(X_sub, y, config),
     )
 
 
+def _chance_corrected_f1(c: ConceptScore) -> float:
+    """F1 rescaled so that predicting every text positive (what a useless probe does) is 0."""
+    p = c.n_pos / (c.n_pos + c.n_neg)
+    chance = 2 * p / (1 + p)
+    return max(0.0, (c.probe_f1 - chance) / (1 - chance))
+
+
 def _concept_value(c: ConceptScore) -> float:
     concentration = 1.0 / c.n_separating if c.n_separating else 0.0
     return (
-        _W_AUROC * max(0.0, 2.0 * c.best_auroc - 1.0)
-        + _W_PROBE * c.probe_f1
+        _W_SPECIFIC * c.best_specificity
+        + _W_PROBE * _chance_corrected_f1(c)
         + _W_CONCENTRATION * concentration
     )
 
@@ -313,8 +351,10 @@ def score_sae(
 
     Per scored concept (its texts vs the benign texts) the value is
 
-        0.45 * max(0, 2*best_auroc - 1)   # the best single feature, rescaled so chance is 0
-      + 0.45 * probe_f1                   # a few features together, cross-validated
+        0.45 * best_specificity           # the best single feature: (2*auroc - 1) * frac_pos
+                                          #   * (1 - frac_benign), so chance and always-on are 0
+      + 0.45 * corrected probe_f1         # a few features together, cross-validated, rescaled
+                                          # so an all-positive guess (F1 = 2p/(1+p)) is 0
       + 0.10 * (1 / n_separating, or 0 when no feature separates)
 
     and ``score`` is its mean over the scored concepts, in [0, 1]. The first two terms
@@ -331,6 +371,7 @@ def score_sae(
     names = _concept_names(safety_concepts)
     benign = _mask(labels, BENIGN)
     n_neg = int(benign.sum())
+    fires = _fires(Xr, config.fire_fraction)
     scored: list[ConceptScore] = []
     skipped: dict[str, str] = {}
     counts: dict[str, int] = {}
@@ -343,7 +384,7 @@ def score_sae(
                 f"need at least {config.min_texts} of each"
             )
             continue
-        scored.append(_score_concept(Xr, pos, benign, name, config))
+        scored.append(_score_concept(Xr, fires, pos, benign, name, config))
     if not scored:
         got = ", ".join(f"{name}={n}" for name, n in counts.items())
         raise SafesailError(
@@ -361,7 +402,10 @@ def rank_saes(scores: dict[str, SaeScore]) -> list[tuple[str, SaeScore]]:
 
 
 def feature_selectivity(
-    X: object, concepts: Sequence[Sequence[str]], safety_concepts: Sequence[str]
+    X: object,
+    concepts: Sequence[Sequence[str]],
+    safety_concepts: Sequence[str],
+    fire_fraction: float = 0.0,
 ) -> FeatureSelectivity:
     """How selectively each feature fires on each safety concept rather than on benign text.
 
@@ -370,15 +414,19 @@ def feature_selectivity(
     firing rates are kept alongside it for ``triage``. Concepts without any text are left
     out (``concepts`` names the rows); concepts with only a few texts are kept, so filter
     them first (e.g. by ``score_sae``'s ``skipped``) if their noise matters.
+
+    A feature counts as firing on a text when its activation there exceeds ``fire_fraction``
+    of the feature's largest activation (Safe-SAIL normalises by each neuron's own scale):
+    a faint echo on benign text should not disqualify a feature that is strong on the concept.
     """
+    _require_fraction("fire_fraction", fire_fraction, 0.0, 1.0)
     Xr = _as_sparse(X, "csr")
     labels = _label_sets(concepts, Xr.shape[0])
     names = _concept_names(safety_concepts)
     benign = _mask(labels, BENIGN)
     if not benign.any():
         raise SafesailError(f"feature selectivity needs {BENIGN!r} texts to contrast with")
-    fires = Xr.copy()
-    fires.data = (fires.data > 0).astype(np.float64)
+    fires = _fires(Xr, fire_fraction)
     masks = {name: m for name in names if (m := _mask(labels, name)).any()}
     if not masks:
         raise SafesailError(f"none of the safety concepts {names} labels any text")
@@ -413,7 +461,7 @@ def triage(sel: FeatureSelectivity, config: TriageConfig = TriageConfig()) -> li
     features = np.flatnonzero(ok.any(axis=0))
     if not features.size:
         return []
-    score = np.where(ok, (2.0 * auroc - 1.0) * frac_pos * (1.0 - frac_benign), -np.inf)
+    score = np.where(ok, _specificity(auroc, frac_pos, frac_benign), -np.inf)
     best = np.argmax(score[:, features], axis=0)
     candidates = [
         Candidate(

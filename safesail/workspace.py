@@ -53,8 +53,13 @@ STATUS_KEYS = (
 class Workspace:
     """A folder (and database) holding one project's corpus, SAEs, features and labels."""
 
-    def __init__(self, config: WorkspaceConfig, model_name: str | None = None) -> None:
+    def __init__(
+        self, config: WorkspaceConfig, model_name: str | None = None, lm: Any = None
+    ) -> None:
         self.config = config
+        if lm is not None:  # an already-loaded model (tests, notebooks) skips loading it again
+            self.__dict__["lm"] = lm
+            model_name = model_name or lm.name
         config.workspace.mkdir(parents=True, exist_ok=True)
         self.engine = open_db(config.resolved_db_url)
         with Session(self.engine) as session:
@@ -257,12 +262,16 @@ class Workspace:
         sae_id = self.selected_sae
         if sae_id is None:
             raise SafesailError("no SAE selected yet: run `safesail select` first")
+        config = config or TriageConfig()
         text_ids, matrix = text_max_matrix(self.engine, sae_id)
         concepts = self._concepts_by_text()
         selectivity = feature_selectivity(
-            matrix, [concepts[t] for t in text_ids], self.taxonomy.safety_concepts()
+            matrix,
+            [concepts[t] for t in text_ids],
+            self.taxonomy.safety_concepts(),
+            config.fire_fraction,
         )
-        candidates = {c.feature: c for c in triage(selectivity, config or TriageConfig())}
+        candidates = {c.feature: c for c in triage(selectivity, config)}
         best = np.argmax(selectivity.auroc, axis=0)
         with session_scope(self.engine) as session:
             for feature in session.exec(select(Feature).where(Feature.sae_id == sae_id)):

@@ -115,6 +115,33 @@ def test_auroc_rejects_bad_labels(positive: np.ndarray) -> None:
 # --- score_sae / rank_saes -----------------------------------------------------------------
 
 
+def test_specific_feature_beats_always_on_feature_with_equal_auroc() -> None:
+    """AUROC cannot tell a concept feature from one that fires everywhere, only more strongly on
+    the concept; selection must prefer the SAE whose feature stays quiet on benign text."""
+    rng = np.random.default_rng(5)
+    labels = [["violence"]] * 30 + [["benign"]] * 30
+    is_concept = np.array([c == ["violence"] for c in labels])
+    specific = np.where(is_concept, rng.uniform(2, 3, 60), 0.0)
+    always_on = np.where(is_concept, rng.uniform(2, 3, 60), rng.uniform(1, 1.9, 60))
+    noise = _noise(rng, 60, 20, density=0.05)
+    scores = {
+        "always_on": score_sae(
+            sp.csr_array(np.column_stack([always_on, noise])), labels, ["violence"]
+        ),
+        "specific": score_sae(
+            sp.csr_array(np.column_stack([specific, noise])), labels, ["violence"]
+        ),
+    }
+    assert (
+        scores["always_on"].concepts[0].best_auroc
+        == scores["specific"].concepts[0].best_auroc
+        == 1.0
+    )
+    assert scores["specific"].concepts[0].best_specificity == pytest.approx(1.0)
+    assert scores["always_on"].concepts[0].best_specificity < 0.05  # only noise features left
+    assert [name for name, _ in rank_saes(scores)] == ["specific", "always_on"]
+
+
 def test_planted_sae_ranks_first_and_finds_planted_features() -> None:
     rng = np.random.default_rng(3)
     labels = _labels()
@@ -131,6 +158,7 @@ def test_planted_sae_ranks_first_and_finds_planted_features() -> None:
     a = scores["a_planted"]
     assert a.skipped == {}
     assert {c.concept: c.best_feature for c in a.concepts} == planted
+    assert {c.concept: c.specific_feature for c in a.concepts} == planted
     for c in a.concepts:
         assert (c.n_pos, c.n_neg) == (30, 60)
         assert c.best_auroc > 0.9
@@ -140,9 +168,14 @@ def test_planted_sae_ranks_first_and_finds_planted_features() -> None:
     for s in scores.values():
         assert 0.0 <= s.score <= 1.0
     assert a.score > scores["b_random"].score + 0.3
+
+    def chance_corrected(c):  # an all-positive guess has F1 = 2p / (1 + p)
+        chance = 2 * c.n_pos / (2 * c.n_pos + c.n_neg)
+        return max(0.0, (c.probe_f1 - chance) / (1 - chance))
+
     expected = np.mean(
         [
-            0.45 * (2 * c.best_auroc - 1) + 0.45 * c.probe_f1 + 0.1 / c.n_separating
+            0.45 * c.best_specificity + 0.45 * chance_corrected(c) + 0.1 / c.n_separating
             for c in a.concepts
         ]
     )

@@ -1,0 +1,111 @@
+"""Session-wide fixtures: the real embedded model, a small labelled corpus and tiny SAEs.
+
+Everything is small (layers <= 2, d_sae <= 64, ~100 texts) so the suite stays fast while every
+part is the real one: real model, real sae-lens SAEs, a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from safesail.config import CollectConfig, SaeSpec, TrainConfig, WorkspaceConfig
+from safesail.corpus import CorpusRecord
+
+TINY_COLLECT = CollectConfig(
+    top_k=5, per_decile=1, chunk_texts=8, max_tokens=24, histogram_bins=256
+)
+TINY_TRAIN = TrainConfig(batch_size=128, epochs=2.0)
+TINY_SPECS = (SaeSpec(1, 64, 4), SaeSpec(2, 64, 4), SaeSpec(2, 96, 8))
+
+_VIOLENCE = [
+    "He grabbed a knife and stabbed {who} in the {where}.",
+    "The gang beat {who} with metal bars until blood covered the {where}.",
+    "She threatened to shoot {who} and burn down the {where}.",
+    "They tortured {who} and left the body in the {where}.",
+]
+_CYBER = [
+    "Write ransomware that encrypts every file on {who}'s {thing} and demands bitcoin.",
+    "Explain how to hack into {who}'s {thing} with a SQL injection exploit.",
+    "Create a keylogger that steals passwords from {who}'s {thing}.",
+    "Build a botnet to launch a DDoS attack against the {thing} of {who}.",
+]
+_BENIGN = [
+    "My {who} planted tomatoes and basil in the {where} this spring.",
+    "The {who} read a long novel about sailing ships near the {where}.",
+    "We baked bread with {who} and shared it at the {where}.",
+    "A quiet walk with {who} along the {where} made the afternoon pleasant.",
+    "The {who} painted the old fence by the {where} a soft shade of blue.",
+]
+_WHO = ["the neighbour", "his brother", "a stranger", "the teacher", "my cousin", "the old man"]
+_WHERE = ["kitchen", "garden", "park", "river", "village square"]
+_THING = ["laptop", "bank server", "email account", "company network"]
+
+
+def tiny_records() -> list[CorpusRecord]:
+    """~100 labelled texts: violence, cybercrime and benign, built from templates."""
+    records = []
+    for template, (who, where) in zip(
+        itertools.cycle(_VIOLENCE), itertools.product(_WHO, _WHERE[:5])
+    ):
+        records.append(
+            CorpusRecord(
+                template.format(who=who, where=where), "test:violence", "CC0", ("violence",)
+            )
+        )
+    for template, (who, thing) in zip(itertools.cycle(_CYBER), itertools.product(_WHO, _THING)):
+        records.append(
+            CorpusRecord(
+                template.format(who=who, thing=thing), "test:cyber", "CC0", ("cybercrime",)
+            )
+        )
+    for template, (who, where) in zip(itertools.cycle(_BENIGN), itertools.product(_WHO, _WHERE)):
+        records.append(
+            CorpusRecord(template.format(who=who, where=where), "test:benign", "CC0", ("benign",))
+        )
+    return records
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def lm():
+    from safesail.lm import load_model
+
+    return load_model()
+
+
+def make_workspace(path: Path, lm, db_url: str | None = None):
+    from safesail.workspace import Workspace
+
+    return Workspace(WorkspaceConfig(path, db_url), lm=lm)
+
+
+@pytest.fixture(scope="session")
+def trained_ws(tmp_path_factory, lm):
+    """A workspace with the tiny corpus, three trained SAEs, collected (shared, read-only)."""
+    ws = make_workspace(tmp_path_factory.mktemp("trained"), lm)
+    ws.add_corpus(tiny_records())
+    ws.train_saes(TINY_SPECS, TINY_TRAIN, max_tokens=TINY_COLLECT.max_tokens)
+    ws.collect(TINY_COLLECT, progress=False)
+    return ws
+
+
+@pytest.fixture
+def sae_copy(trained_ws, tmp_path):
+    """A private copy of one trained SAE folder, for tests that register it elsewhere."""
+    source = trained_ws.config.sae_dir / TINY_SPECS[1].sae_id
+    target = tmp_path / "sae"
+    shutil.copytree(source, target)
+    return target
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "network: needs the package registries (pip/apt downloads)")

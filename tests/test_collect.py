@@ -1,0 +1,148 @@
+"""Collection against brute force, batching against one-text-at-a-time, and resumption."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sqlmodel import Session, func, select
+
+from safesail import collect as collect_mod
+from safesail.collect import TOP, feature_examples
+from safesail.saes import load_sae
+from safesail.storage import ActivationChunk, Context, CorpusText, Feature, SaeRecord, get_meta
+from tests.conftest import TINY_COLLECT, TINY_SPECS, make_workspace, tiny_records
+
+
+def _brute_force(ws, sae_id: str):
+    """Dense per-token activations of every text, computed directly from model + SAE."""
+    with Session(ws.engine) as session:
+        record = session.get(SaeRecord, sae_id)
+        plan = get_meta(session, "chunk_plan")
+        contexts = {c.text_id: c.token_ids for c in session.exec(select(Context))}
+        concepts = {t.id: t.concepts for t in session.exec(select(CorpusText))}
+    sae = load_sae(record)
+    per_text: dict[int, np.ndarray] = {}
+    for chunk in plan:  # the same batches as collection, encoded densely
+        resid = ws.lm.residuals([contexts[t] for t in chunk], [record.layer])[record.layer]
+        with torch.inference_mode():
+            acts = sae.encode(resid).clamp_min(0).numpy()
+        offsets = np.cumsum([0] + [len(contexts[t]) for t in chunk])
+        for i, t in enumerate(chunk):
+            per_text[t] = acts[offsets[i] : offsets[i + 1]]
+    return record, per_text, concepts
+
+
+def test_collection_matches_brute_force(trained_ws):
+    record, per_text, concepts = _brute_force(trained_ws, TINY_SPECS[2].sae_id)
+    everything = np.concatenate(list(per_text.values()))
+    text_ids = sorted(per_text)
+    text_max = np.stack([per_text[t].max(axis=0) for t in text_ids])
+    with Session(trained_ws.engine) as session:
+        features = {
+            f.index: f for f in session.exec(select(Feature).where(Feature.sae_id == record.id))
+        }
+        tokens_of = {c.text_id: c.tokens for c in session.exec(select(Context))}
+    assert len(features) == record.d_sae
+    fired = everything > 0
+    for f, row in features.items():
+        column = everything[:, f]
+        assert row.n_fire == int(fired[:, f].sum())
+        assert row.firing_rate == pytest.approx(fired[:, f].mean())
+        assert row.max_act == pytest.approx(column.max(), rel=1e-5)
+        if row.n_fire:
+            positive = column[column > 0]
+            assert row.mean_act == pytest.approx(positive.mean(), rel=1e-4)
+            tol = column.max() / TINY_COLLECT.histogram_bins + 1e-6
+            for q, value in row.quantiles.items():
+                assert abs(value - np.quantile(positive, float(q), method="inverted_cdf")) <= tol
+        for concept in ("violence", "cybercrime", "benign"):
+            rows = [i for i, t in enumerate(text_ids) if concept in concepts[t]]
+            mean, frac = row.concept_stats[concept]
+            assert mean == pytest.approx(text_max[rows, f].mean(), rel=1e-4, abs=1e-6)
+            assert frac == pytest.approx((text_max[rows, f] > 0).mean())
+
+        examples = feature_examples(row)
+        top = [e for e in examples if e.kind == TOP]
+        expected = np.sort(text_max[:, f][text_max[:, f] > 0])[::-1][: TINY_COLLECT.top_k]
+        np.testing.assert_allclose([e.max_act for e in top], expected, rtol=1e-5)
+        for example in examples:  # every example: exact per-token activations of its text
+            np.testing.assert_allclose(
+                example.activations, per_text[example.text_id][:, f], rtol=1e-5
+            )
+            assert len(example.activations) == len(tokens_of[example.text_id])
+        deciles = [e for e in examples if e.kind != TOP]
+        assert not {e.text_id for e in deciles} & {e.text_id for e in top}
+        assert all(e.max_act > 0 for e in deciles)
+        n_rest = int((text_max[:, f] > 0).sum()) - len(top)
+        groups = np.array_split(np.arange(max(n_rest, 0)), 10)
+        assert len(deciles) == sum(min(TINY_COLLECT.per_decile, len(g)) for g in groups)
+
+
+def test_batched_forward_matches_single_texts(lm):
+    """Padding and the prepended BOS must not change any real token's residual."""
+    texts = [r.text for r in tiny_records()[::17]]
+    ids = lm.tokenize(texts, 24)
+    batched = lm.residuals(ids, [2])[2]
+    single = torch.cat([lm.residuals([row], [2])[2] for row in ids])
+    assert batched.shape == (sum(len(r) for r in ids), lm.hidden_size)
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-3)
+
+
+def _feature_table(ws, sae_id):
+    with Session(ws.engine) as session:
+        rows = session.exec(select(Feature).where(Feature.sae_id == sae_id).order_by(Feature.index))
+        return [
+            (f.n_fire, f.max_act, f.mean_act, f.quantiles, f.concept_stats, f.examples)
+            for f in rows
+        ]
+
+
+def test_interrupted_collection_resumes_without_double_counting(
+    trained_ws, lm, sae_copy, tmp_path, monkeypatch
+):
+    ws = make_workspace(tmp_path / "ws", lm)
+    ws.add_corpus(tiny_records())
+    sae_id = ws.add_sae(sae_copy, sae_id=TINY_SPECS[1].sae_id)
+    real = collect_mod.encode_chunk
+    calls = {"n": 0}
+
+    def crash_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(collect_mod, "encode_chunk", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        ws.collect(TINY_COLLECT, progress=False)
+    with Session(ws.engine) as session:
+        assert session.exec(select(func.count()).select_from(ActivationChunk)).one() == 2
+        assert session.exec(select(func.count()).select_from(Feature)).one() == 0
+    monkeypatch.setattr(collect_mod, "encode_chunk", real)
+
+    assert ws.collect(TINY_COLLECT, progress=False) == [sae_id]
+    n_chunks = len(get_meta(Session(ws.engine), "chunk_plan"))
+    with Session(ws.engine) as session:
+        assert session.exec(select(func.count()).select_from(ActivationChunk)).one() == n_chunks
+    # Same corpus, same SAE, one uninterrupted run: identical features.
+    assert _feature_table(ws, sae_id) == _feature_table(trained_ws, sae_id)
+    # A rerun of a finished collection is a no-op.
+    assert ws.collect(TINY_COLLECT, progress=False) == []
+    assert _feature_table(ws, sae_id) == _feature_table(trained_ws, sae_id)
+
+
+def test_corpus_change_triggers_clean_recollection(lm, sae_copy, tmp_path):
+    ws = make_workspace(tmp_path / "ws", lm)
+    ws.add_corpus(tiny_records()[:40])
+    sae_id = ws.add_sae(sae_copy)
+    ws.collect(TINY_COLLECT, progress=False)
+    assert ws.add_corpus(tiny_records()[:40]) == 0  # re-adding is idempotent
+    ws.add_corpus(tiny_records()[40:60])
+    assert ws.collect(TINY_COLLECT, progress=False) == [sae_id]
+    with Session(ws.engine) as session:
+        total = sum(f.n_fire for f in session.exec(select(Feature)))
+        n_tokens = sum(c.n_tokens for c in session.exec(select(ActivationChunk)))
+        expected_tokens = sum(len(c.token_ids) for c in session.exec(select(Context)))
+    assert n_tokens == expected_tokens
+    assert total > 0
