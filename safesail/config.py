@@ -64,7 +64,10 @@ class TrainConfig:
     epochs: float = 2.0
     """Passes over the corpus' token activations."""
     lr: float = 4e-4
-    """Adam learning rate (cosine-free constant schedule; small runs do not need more)."""
+    """Adam learning rate (constant schedule; small runs do not need more)."""
+    max_tokens: int | None = 80_000
+    """Train on a seeded sample of texts up to this many tokens (None: the whole corpus);
+    collection still covers every text."""
     seed: int = 0
     """Seed for initialisation and shuffling."""
 
@@ -73,6 +76,8 @@ class TrainConfig:
             raise ValueError("batch_size must be >= 8")
         if self.epochs <= 0 or self.lr <= 0:
             raise ValueError("epochs and lr must be positive")
+        if self.max_tokens is not None and self.max_tokens < self.batch_size:
+            raise ValueError("max_tokens must be at least one batch")
 
 
 @dataclass(frozen=True)

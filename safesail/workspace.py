@@ -38,16 +38,14 @@ from safesail.storage import (
 )
 from safesail.taxonomy import Taxonomy
 
-STATUS_KEYS = (
-    "features",
-    "features_with_examples",
-    "safety_candidates",
-    "saes",
-    "selected_sae",
-    "labels",
-    "coverage",
-)
-"""The stable keys of `safesail status --json`; later steps add keys, never remove these."""
+
+def _sample_tokens(contexts: list[list[int]], max_tokens: int | None, seed: int) -> list[list[int]]:
+    """A seeded random subset of contexts holding at most max_tokens tokens (all if None)."""
+    if max_tokens is None:
+        return contexts
+    order = np.random.default_rng(seed).permutation(len(contexts))
+    budget = np.cumsum([len(contexts[i]) for i in order])
+    return [contexts[i] for i in sorted(order[budget <= max_tokens])]
 
 
 class Workspace:
@@ -152,7 +150,8 @@ class Workspace:
             contexts = [
                 c.token_ids for c in session.exec(select(Context).order_by(Context.text_id))
             ]
-        residuals = gather_residuals(self.lm, contexts, sorted({s.layer for s in todo}), 32)
+        sample = _sample_tokens(contexts, config.max_tokens, config.seed)
+        residuals = gather_residuals(self.lm, sample, sorted({s.layer for s in todo}), 32)
         for spec in todo:
             path = self.config.sae_dir / spec.sae_id
             if not (path / "cfg.json").exists():
@@ -275,15 +274,12 @@ class Workspace:
         best = np.argmax(selectivity.auroc, axis=0)
         with session_scope(self.engine) as session:
             for feature in session.exec(select(Feature).where(Feature.sae_id == sae_id)):
-                cand = candidates.get(feature.index)
+                cand, f = candidates.get(feature.index), feature.index
                 feature.candidate = cand is not None
-                feature.concept = (
-                    cand.concept if cand else selectivity.concepts[best[feature.index]]
-                )
+                feature.concept = cand.concept if cand else selectivity.concepts[best[f]]
                 feature.safety_score = float(cand.score) if cand else 0.0
-                feature.auroc = float(
-                    cand.auroc if cand else selectivity.auroc[best[feature.index], feature.index]
-                )
+                feature.auroc = float(cand.auroc if cand else selectivity.auroc[best[f], f])
+                feature.precision = float(cand.precision) if cand else None
                 session.add(feature)
         return dict(Counter(c.concept for c in candidates.values()).most_common())
 
@@ -293,7 +289,11 @@ class Workspace:
 
     # -- reporting ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """The `safesail status --json` object (keys in STATUS_KEYS are a contract)."""
+        """The `safesail status --json` object.
+
+        features, features_with_examples, safety_candidates, saes, selected_sae, labels and
+        coverage are a contract for the other rooms: add keys, never remove these.
+        """
         sae_id = self.selected_sae
         with Session(self.engine) as session:
             features = select(func.count()).select_from(Feature).where(Feature.sae_id == sae_id)

@@ -159,11 +159,17 @@ def test_planted_sae_ranks_first_and_finds_planted_features() -> None:
     assert a.skipped == {}
     assert {c.concept: c.best_feature for c in a.concepts} == planted
     assert {c.concept: c.specific_feature for c in a.concepts} == planted
+    n_benign = sum(lab == ["benign"] for lab in labels)
     for c in a.concepts:
-        assert (c.n_pos, c.n_neg) == (30, 60)
+        assert (c.n_pos, c.n_neg) == (30, len(labels) - 30)  # contrast "rest": all other texts
+    benign_only = score_sae(
+        sp.csr_array(X_a.astype(np.float32)), labels, CONCEPTS, SelectionConfig(contrast="benign")
+    )
+    assert {(c.n_pos, c.n_neg) for c in benign_only.concepts} == {(30, n_benign)}
+    for c in a.concepts:
         assert c.best_auroc > 0.9
         assert c.n_separating == 1  # noise features cannot reach AUROC 0.75
-        assert c.probe_f1 > 0.85
+        assert c.probe_f1 > 0.75  # chance (all positive) is 2p/(1+p) = 0.33 here
     assert all(c.n_separating == 0 for c in scores["b_random"].concepts)
     for s in scores.values():
         assert 0.0 <= s.score <= 1.0
@@ -266,7 +272,7 @@ def test_triage_picks_planted_features_and_drops_always_on_feature() -> None:
 
     assert sel.concepts == CONCEPTS
     assert sel.auroc.shape == sel.frac_pos.shape == (3, d + 2)
-    assert sel.frac_benign[d] == 1.0 and sel.frac_pos[2, d] == 1.0
+    assert (sel.frac_neg[:, d] == 1.0).all() and sel.frac_pos[2, d] == 1.0
     np.testing.assert_allclose(sel.frac_pos[0, d + 1], np.mean(shared[is_violence] > 0))
 
     candidates = triage(sel)
@@ -274,11 +280,44 @@ def test_triage_picks_planted_features_and_drops_always_on_feature() -> None:
     found = {c.feature: c.concept for c in candidates}
     assert found == {**{f: c for c, f in planted.items()}, d + 1: "violence"}
     assert [c.score for c in candidates] == sorted((c.score for c in candidates), reverse=True)
-    for c in candidates:
+    n_pos, n_neg = 30, len(labels) - 30
+    for c in candidates:  # precision and F1 recomputed from the firing fractions
+        fired_pos, fired_neg = c.frac_pos * n_pos, c.frac_neg * n_neg
+        assert c.precision == pytest.approx(fired_pos / (fired_pos + fired_neg))
+        assert c.precision_low < c.precision and c.precision_low >= 0.5
+        assert c.support == round(fired_pos)
+        assert c.score == pytest.approx(2 * c.precision * c.frac_pos / (c.precision + c.frac_pos))
         assert 0.0 <= c.score <= 1.0
-        assert c.score == pytest.approx((2 * c.auroc - 1) * c.frac_pos * (1 - c.frac_benign))
-    # Only the benign firing rate keeps the always-on feature out.
-    assert d in {c.feature for c in triage(sel, TriageConfig(max_frac_benign=1.0))}
+    # Only precision keeps the always-on feature out (it fires on everything).
+    assert d in {c.feature for c in triage(sel, TriageConfig(min_precision=0.0))}
+
+
+def test_sparse_clean_feature_is_a_candidate_despite_low_auroc() -> None:
+    """A feature firing on 6 of 30 violence texts and nothing else: AUROC ~0.6, precision 1."""
+    labels = _labels()
+    rare = np.array([3.0 if i < 6 else 0.0 for i in range(len(labels))])  # first 6 are violence
+    sel = feature_selectivity(sp.csr_array(rare[:, None]), labels, CONCEPTS)
+    assert sel.auroc[0, 0] == pytest.approx(0.6)
+    (found,) = triage(sel)
+    assert (found.concept, found.precision, found.support) == ("violence", 1.0, 6)
+    assert found.precision_low == pytest.approx(6 / (6 + 1.96**2))  # Wilson bound at p = 1
+    assert triage(sel, TriageConfig(min_support=7)) == []
+
+
+def test_style_feature_is_specific_only_against_benign() -> None:
+    """A feature firing on every safety prompt (their shared style) but never on benign text
+    separates each concept from benign; contrasted with the rest it is specific to none."""
+    rng = np.random.default_rng(9)
+    labels = _labels()
+    X, planted = _planted(rng, labels)
+    style = np.array([0.0 if lab == ["benign"] else 2.0 for lab in labels])
+    X = sp.csr_array(np.column_stack([X, style]))
+    d = X.shape[1] - 1
+    against_benign = triage(feature_selectivity(X, labels, CONCEPTS, 0.2, "benign"))
+    against_rest = triage(feature_selectivity(X, labels, CONCEPTS, 0.2, "rest"))
+    assert d in {c.feature for c in against_benign}
+    assert d not in {c.feature for c in against_rest}
+    assert {c.feature for c in against_rest} == set(planted.values())
 
 
 # --- configs -------------------------------------------------------------------------------
@@ -307,13 +346,13 @@ def test_selection_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"min_auroc": 0.4},
-        {"min_auroc": 1.1},
-        {"min_frac_pos": -0.1},
-        {"min_frac_pos": 1.5},
-        {"max_frac_benign": -0.01},
-        {"max_frac_benign": 2.0},
-        {"max_frac_benign": None},
+        {"min_precision": -0.1},
+        {"min_precision": 1.5},
+        {"min_precision": None},
+        {"min_support": 0},
+        {"min_support": 2.5},
+        {"fire_fraction": 1.2},
+        {"contrast": "others"},
     ],
 )
 def test_triage_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
