@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "select", parents=[common], help="rank SAEs by concept-specific interpretability"
     )
     select_.add_argument("--sae", help="select this SAE instead of the best-scoring one")
+    select_.add_argument("--contrast", choices=["rest", "benign"], default="rest")
 
     triage = sub.add_parser(
         "triage", parents=[common], help="mark safety-relevant features of the selected SAE"
@@ -241,7 +242,9 @@ def run(args: argparse.Namespace) -> int:
         done = ws.collect(CollectConfig(top_k=args.top_k), sae_ids=args.sae, progress=progress)
         print(f"collected {len(done)} SAE(s): {', '.join(done) or 'all already collected'}")
     elif cmd == "select":
-        ws.select(override=args.sae)
+        from safesail.selection import SelectionConfig
+
+        ws.select(override=args.sae, config=SelectionConfig(contrast=args.contrast))
         _print_ranking(ws)
     elif cmd == "triage":
         from safesail.selection import TriageConfig

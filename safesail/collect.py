@@ -107,13 +107,54 @@ def encode_chunk(
     out = {}
     with torch.inference_mode():
         for sae_id, (record, sae) in saes.items():
-            acts = sae.encode(resid[record.layer])
-            acts = (acts.to_dense() if acts.is_sparse else acts).float().clamp_min_(0)
-            per_text = torch.zeros(len(contexts), acts.shape[1]).index_reduce_(
-                0, text_index, acts, "amax", include_self=True
-            )
-            out[sae_id] = (_to_csr(acts), _to_csr(per_text))
+            x = resid[record.layer]
+            if _is_plain_topk(sae):
+                tokens = _encode_topk_sparse(sae, x)
+            else:
+                acts = sae.encode(x)
+                tokens = _to_csr(
+                    (acts.to_dense() if acts.is_sparse else acts).float().clamp_min_(0)
+                )
+            out[sae_id] = (tokens, _per_text_max(tokens, text_index.numpy(), len(contexts)))
     return out
+
+
+def _is_plain_topk(sae: torch.nn.Module) -> bool:
+    from sae_lens import TopKSAE
+
+    return type(sae) is TopKSAE and not getattr(sae, "use_error_term", False)
+
+
+def _encode_topk_sparse(sae: torch.nn.Module, x: torch.Tensor) -> sp.csr_matrix:
+    """TopKSAE.encode without the dense [tokens, d_sae] result: same pre-activations, same
+    top-k and ReLU, but straight into CSR (the dense scatter and scans cost as much as the
+    matmul)."""
+    pre = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
+    if sae.cfg.rescale_acts_by_decoder_norm:
+        pre = pre * sae.W_dec.norm(dim=-1)
+    values, indices = torch.topk(pre, k=sae.cfg.k, dim=-1, sorted=False)
+    indices, order = indices.sort(dim=-1)  # canonical CSR: columns ascending in each row
+    values = values.gather(-1, order).relu().float()
+    keep = values > 0
+    indptr = np.concatenate([[0], keep.sum(-1).cumsum(0).numpy()])
+    return sp.csr_matrix(
+        (values[keep].numpy(), indices[keep].numpy(), indptr), shape=(x.shape[0], pre.shape[-1])
+    )
+
+
+def _per_text_max(tokens: sp.csr_matrix, text_index: np.ndarray, n_texts: int) -> sp.csr_matrix:
+    """Each text's max activation per feature, from the token-level sparse activations."""
+    coo = tokens.tocoo()
+    rows = text_index[coo.row]
+    flat = rows.astype(np.int64) * tokens.shape[1] + coo.col
+    order = np.argsort(flat, kind="stable")
+    flat = flat[order]
+    starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
+    best = np.maximum.reduceat(coo.data[order], starts) if len(flat) else coo.data[:0]
+    keys = flat[starts]
+    return sp.csr_matrix(
+        (best, (keys // tokens.shape[1], keys % tokens.shape[1])), shape=(n_texts, tokens.shape[1])
+    )
 
 
 def _to_csr(dense: torch.Tensor) -> sp.csr_matrix:
@@ -172,8 +213,9 @@ def collect(
                     )
         bar.update(1)
     bar.close()
+    corpus = CorpusView.read(engine)
     for record in todo:
-        finalize(engine, record.id, config, progress=progress)
+        finalize(engine, record.id, config, corpus=corpus, progress=progress)
     return [r.id for r in todo]
 
 
@@ -190,16 +232,40 @@ def _stored_chunks(engine: Engine, sae_id: str, n_chunks: int, desc: str | None 
             yield index, unpack_csr("tok", arrays), unpack_csr("txt", arrays)
 
 
-def finalize(engine: Engine, sae_id: str, config: CollectConfig, *, progress: bool = True) -> None:
+class CorpusView(NamedTuple):
+    """What finalize needs to know about the corpus, read once for all SAEs."""
+
+    plan: list[list[int]]
+    concepts: dict[int, list[str]]
+    lengths: dict[int, int]
+
+    @classmethod
+    def read(cls, engine: Engine) -> CorpusView:
+        with Session(engine) as session:
+            return cls(
+                get_meta(session, "chunk_plan") or [],
+                {row.id: row.concepts for row in session.exec(select(CorpusText))},
+                {c.text_id: len(c.token_ids) for c in session.exec(select(Context))},
+            )
+
+
+def finalize(
+    engine: Engine,
+    sae_id: str,
+    config: CollectConfig,
+    *,
+    corpus: CorpusView | None = None,
+    progress: bool = True,
+) -> None:
     """Build the feature rows of one SAE from its stored chunks (bounded memory, idempotent)."""
+    corpus = corpus or CorpusView.read(engine)
     with Session(engine) as session:
-        record = session.get(SaeRecord, sae_id)
-        plan: list[list[int]] = get_meta(session, "chunk_plan")
-        concepts = {row.id: row.concepts for row in session.exec(select(CorpusText))}
-        lengths = {c.text_id: len(c.token_ids) for c in session.exec(select(Context))}
-    d = record.d_sae
-    names = sorted({c for cs in concepts.values() for c in cs})
+        d = session.get(SaeRecord, sae_id).d_sae
+    plan, lengths = corpus.plan, corpus.lengths
+    names = sorted({c for cs in corpus.concepts.values() for c in cs})
     n_chunks = len(plan)
+    order = [t for chunk in plan for t in chunk]
+    n_texts = len(order)
 
     # Pass 1: counts, sums, maxima, per-concept text statistics, streaming top-K texts.
     n_tokens = 0
@@ -222,7 +288,7 @@ def finalize(engine: Engine, sae_id: str, config: CollectConfig, *, progress: bo
         max_act = np.maximum(max_act, texts.max(axis=0).toarray().ravel())
         onehot = np.zeros((len(names), texts.shape[0]))
         for j, text_id in enumerate(plan[index]):
-            for c in concepts[text_id]:
+            for c in corpus.concepts[text_id]:
                 onehot[names.index(c), j] = 1
         concept_n += onehot.sum(axis=1)
         concept_sum += (sp.csr_matrix(onehot) @ texts).toarray()
@@ -232,41 +298,20 @@ def finalize(engine: Engine, sae_id: str, config: CollectConfig, *, progress: bo
         pos = torch.cat(
             [top_pos, torch.arange(offset, offset + dense.shape[0]).unsqueeze(1).expand(-1, d)]
         )
-        keep = min(config.top_k, vals.shape[0])
-        top_vals, idx = torch.topk(vals, keep, dim=0)
+        top_vals, idx = torch.topk(vals, min(config.top_k, vals.shape[0]), dim=0)
         top_pos = torch.gather(pos, 0, idx)
         text_blocks.append(texts)
         offset += texts.shape[0]
-    order = [t for chunk in plan for t in chunk]
     per_text = sp.vstack(text_blocks).tocsc() if text_blocks else sp.csc_matrix((0, d))
-
-    # Which (feature, text) pairs become examples: top-K, then a few per activation decile.
-    wanted: dict[int, list[tuple[int, int]]] = {}
-    rng = np.random.default_rng(config.seed)
-    for f in range(d):
-        tops = [int(p) for p, v in zip(top_pos[:, f], top_vals[:, f], strict=True) if v > 0]
-        chosen = [(p, TOP) for p in tops]
-        rows = per_text.indices[per_text.indptr[f] : per_text.indptr[f + 1]]
-        vals = per_text.data[per_text.indptr[f] : per_text.indptr[f + 1]]
-        rest = np.setdiff1d(rows, tops)
-        if config.per_decile and rest.size:
-            rest_vals = vals[np.isin(rows, rest)]
-            ranked = rest[np.argsort(rest_vals, kind="stable")]
-            for decile, group in enumerate(np.array_split(ranked, 10), start=1):
-                if group.size:
-                    pick = rng.choice(group, size=min(config.per_decile, group.size), replace=False)
-                    chosen += [(int(p), decile) for p in sorted(pick)]
-        if chosen:
-            wanted[f] = chosen
+    pair_keys, pair_kinds = _choose_examples(
+        top_vals.numpy(), top_pos.numpy(), per_text, config, n_texts
+    )
 
     # Pass 2: quantile histograms and per-token activations of the chosen examples.
     bins = config.histogram_bins
     hist = np.zeros(d * bins, dtype=np.int64)
     scale = np.where(max_act > 0, bins / np.maximum(max_act, 1e-30), 0)
-    pair_keys = np.array(
-        sorted(f * len(order) + p for f, pairs in wanted.items() for p, _ in pairs), dtype=np.int64
-    )
-    found: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    hit_keys, hit_pos, hit_val = [], [], []
     offset = 0
     for index, tokens, texts in _stored_chunks(
         engine, sae_id, n_chunks, f"Examples {sae_id}" if progress else None
@@ -277,53 +322,67 @@ def finalize(engine: Engine, sae_id: str, config: CollectConfig, *, progress: bo
         lens = np.array([lengths[t] for t in plan[index]])
         starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
         local_text = np.repeat(np.arange(len(lens)), lens)[coo.row]
-        keys = coo.col.astype(np.int64) * len(order) + offset + local_text
-        hit = np.isin(keys, pair_keys)
-        for key in np.unique(keys[hit]):
-            sel = hit & (keys == key)
-            f, p = divmod(int(key), len(order))
-            found[(f, p)] = (coo.row[sel] - starts[local_text[sel]], coo.data[sel])
+        keys = coo.col.astype(np.int64) * n_texts + offset + local_text
+        where = np.minimum(np.searchsorted(pair_keys, keys), max(len(pair_keys) - 1, 0))
+        hit = (pair_keys[where] == keys) if len(pair_keys) else np.zeros(len(keys), bool)
+        hit_keys.append(keys[hit])
+        hit_pos.append(coo.row[hit] - starts[local_text[hit]])
+        hit_val.append(coo.data[hit])
         offset += texts.shape[0]
+    hit_keys, hit_pos, hit_val = (
+        np.concatenate(a) if a else np.zeros(0) for a in (hit_keys, hit_pos, hit_val)
+    )
+    sort = np.lexsort((hit_pos, hit_keys))
+    hit_keys, hit_pos, hit_val = hit_keys[sort], hit_pos[sort], hit_val[sort]
 
+    # Feature rows: everything vectorised over features, then one dict per feature.
+    cum = hist.reshape(d, bins).cumsum(axis=1)
+    quantiles = {
+        str(q): (np.minimum((cum < (q * n_fire)[:, None]).sum(axis=1), bins - 1) + 1)
+        * (max_act / bins)
+        for q in config.quantiles
+    }
+    quantiles = {q: np.where(n_fire > 0, v, 0.0).tolist() for q, v in quantiles.items()}
+    per_concept = [
+        (
+            (concept_sum[i] / max(concept_n[i], 1)).tolist(),
+            (concept_fire[i] / max(concept_n[i], 1)).tolist(),
+        )
+        for i in range(len(names))
+    ]
+    pair_feature = pair_keys // n_texts
+    pair_bounds = np.searchsorted(pair_feature, np.arange(d + 1))
+    hit_start = np.searchsorted(hit_keys, pair_keys, side="left")
+    hit_end = np.searchsorted(hit_keys, pair_keys, side="right")
+    text_of_pos = np.asarray(order, dtype=np.int64)
+    length_of_pos = np.array([lengths[t] for t in order], dtype=np.int32)
+    n_fire_l, total_l, max_l = n_fire.tolist(), total.tolist(), max_act.tolist()
     rows = []
     for f in range(d):
-        counts = hist[f * bins : (f + 1) * bins]
-        edges = (np.arange(bins) + 1) * (max_act[f] / bins)
-        cum = np.cumsum(counts)
-        quantiles = {
-            str(q): float(edges[min(np.searchsorted(cum, q * n_fire[f]), bins - 1)])
-            if n_fire[f]
-            else 0.0
-            for q in config.quantiles
-        }
+        a, b = pair_bounds[f], pair_bounds[f + 1]
         examples = None
-        if f in wanted:
-            examples = _pack_examples(
-                [
-                    (
-                        order[p],
-                        kind,
-                        lengths[order[p]],
-                        *found.get((f, p), (np.zeros(0, int), np.zeros(0))),
-                    )
-                    for p, kind in wanted[f]
-                ]
+        if b > a:
+            text_pos = pair_keys[a:b] % n_texts
+            h0, h1 = hit_start[a], hit_end[b - 1]
+            examples = pack_examples(
+                text_of_pos[text_pos],
+                pair_kinds[a:b],
+                length_of_pos[text_pos],
+                np.concatenate([hit_start[a:b], [h1]]) - h0,
+                hit_pos[h0:h1],
+                hit_val[h0:h1],
             )
         rows.append(
             dict(
                 sae_id=sae_id,
                 index=f,
-                n_fire=int(n_fire[f]),
-                firing_rate=float(n_fire[f] / max(n_tokens, 1)),
-                mean_act=float(total[f] / n_fire[f]) if n_fire[f] else 0.0,
-                max_act=float(max_act[f]),
-                quantiles=quantiles,
+                n_fire=n_fire_l[f],
+                firing_rate=n_fire_l[f] / max(n_tokens, 1),
+                mean_act=total_l[f] / n_fire_l[f] if n_fire_l[f] else 0.0,
+                max_act=max_l[f],
+                quantiles={q: v[f] for q, v in quantiles.items()},
                 concept_stats={
-                    c: [
-                        float(concept_sum[i, f] / max(concept_n[i], 1)),
-                        float(concept_fire[i, f] / max(concept_n[i], 1)),
-                    ]
-                    for i, c in enumerate(names)
+                    c: [per_concept[i][0][f], per_concept[i][1][f]] for i, c in enumerate(names)
                 },
                 examples=examples,
             )
@@ -336,33 +395,103 @@ def finalize(engine: Engine, sae_id: str, config: CollectConfig, *, progress: bo
         session.add(record)
 
 
-def _pack_examples(items: list[tuple[int, int, int, np.ndarray, np.ndarray]]) -> bytes:
-    """Examples of one feature as sparse arrays: (text, kind, context length, positions, values)."""
-    ptr = np.cumsum([0] + [len(pos) for *_, pos, _ in items])
-    return pack_arrays(
-        text=np.array([t for t, *_ in items], dtype=np.int64),
-        kind=np.array([k for _, k, *_ in items], dtype=np.int8),
-        length=np.array([n for _, _, n, *_ in items], dtype=np.int32),
-        ptr=ptr.astype(np.int64),
-        pos=np.concatenate([np.asarray(pos, dtype=np.int32) for *_, pos, _ in items]),
-        val=np.concatenate([np.asarray(val, dtype=np.float32) for *_, val in items]),
+def _choose_examples(
+    top_vals: np.ndarray,
+    top_pos: np.ndarray,
+    per_text: sp.csc_matrix,
+    config: CollectConfig,
+    n_texts: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (feature, text) pairs kept as examples, as sorted keys feature * n_texts + text, with
+    their kind: TOP for the top-K, else the activation decile (1..10) of a random sample
+    drawn from the remaining activating texts (delphi-style), per_decile per decile."""
+    d = per_text.shape[1]
+    is_top = top_vals > 0
+    top_keys = (np.arange(d)[None, :] * n_texts + top_pos)[is_top]
+    cols = np.repeat(np.arange(d), np.diff(per_text.indptr))
+    entry_keys = cols.astype(np.int64) * n_texts + per_text.indices
+    rest = ~np.isin(entry_keys, top_keys)
+    cols, keys, vals = cols[rest], entry_keys[rest], per_text.data[rest]
+    keys_out, kinds_out = [np.sort(top_keys)], [np.full(len(top_keys), TOP, dtype=np.int8)]
+    if config.per_decile and len(keys):
+        by_value = np.lexsort((keys, vals, cols))  # ascending activation within each feature
+        cols, keys = cols[by_value], keys[by_value]
+        counts = np.bincount(cols, minlength=d)
+        rank = np.arange(len(cols)) - np.repeat(np.cumsum(counts) - counts, counts)
+        n = counts[cols]
+        q, r = n // 10, n % 10  # np.array_split into 10: the first r groups hold q + 1
+        big = rank < (q + 1) * r
+        decile = np.where(big, rank // (q + 1), r + (rank - (q + 1) * r) // np.maximum(q, 1)) + 1
+        lottery = np.random.default_rng(config.seed).random(len(cols))
+        pick = np.lexsort((lottery, decile, cols))
+        group = cols[pick].astype(np.int64) * 11 + decile[pick]
+        first = np.r_[True, group[1:] != group[:-1]]
+        place = np.arange(len(group)) - np.maximum.accumulate(
+            np.where(first, np.arange(len(group)), 0)
+        )
+        chosen = pick[place < config.per_decile]
+        keys_out.append(keys[chosen])
+        kinds_out.append(decile[chosen].astype(np.int8))
+    keys_all, kinds_all = np.concatenate(keys_out), np.concatenate(kinds_out)
+    sort = np.argsort(keys_all, kind="stable")
+    return keys_all[sort], kinds_all[sort]
+
+
+def pack_examples(
+    text: np.ndarray,
+    kind: np.ndarray,
+    length: np.ndarray,
+    ptr: np.ndarray,
+    pos: np.ndarray,
+    val: np.ndarray,
+) -> bytes:
+    """One feature's examples as raw little-endian arrays behind a 2-int header.
+
+    Thousands of features are packed per SAE; an npz per feature costs more than everything
+    else in finalize, and these small arrays do not compress.
+    """
+    header = np.array([len(text), len(pos)], dtype="<i4")
+    parts = (
+        header,
+        np.asarray(text, "<i4"),
+        np.asarray(kind, "i1"),
+        np.asarray(length, "<i4"),
+        np.asarray(ptr, "<i4"),
+        np.asarray(pos, "<i4"),
+        np.asarray(val, "<f4"),
     )
+    return b"".join(p.tobytes() for p in parts)
+
+
+def unpack_examples(blob: bytes) -> dict[str, np.ndarray]:
+    m, nnz = np.frombuffer(blob, "<i4", 2)
+    out, at = {}, 8
+    for name, dtype, count in (
+        ("text", "<i4", m),
+        ("kind", "i1", m),
+        ("length", "<i4", m),
+        ("ptr", "<i4", m + 1),
+        ("pos", "<i4", nnz),
+        ("val", "<f4", nnz),
+    ):
+        out[name] = np.frombuffer(blob, dtype, int(count), at)
+        at += int(count) * np.dtype(dtype).itemsize
+    return out
 
 
 def feature_examples(feature: Feature) -> list[Example]:
-    """Unpack a feature's examples: top-activating first (descending), then deciles."""
+    """Unpack a feature's examples: top-activating first (descending), then by decile."""
     if feature.examples is None:
         return []
-    a = unpack_arrays(feature.examples)
+    a = unpack_examples(feature.examples)
     out = []
     for i in range(len(a["text"])):
         acts = np.zeros(int(a["length"][i]), dtype=np.float32)
-        pos, val = a["pos"][a["ptr"][i] : a["ptr"][i + 1]], a["val"][a["ptr"][i] : a["ptr"][i + 1]]
-        acts[pos] = val
+        acts[a["pos"][a["ptr"][i] : a["ptr"][i + 1]]] = a["val"][a["ptr"][i] : a["ptr"][i + 1]]
         out.append(
             Example(int(a["text"][i]), int(a["kind"][i]), float(acts.max(initial=0.0)), acts)
         )
-    return out
+    return sorted(out, key=lambda e: (e.kind, -e.max_act, e.text_id))
 
 
 def text_max_matrix(engine: Engine, sae_id: str) -> tuple[list[int], sp.csr_matrix]:

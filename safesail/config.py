@@ -61,7 +61,7 @@ class TrainConfig:
 
     batch_size: int = 1024
     """Activations per training step."""
-    epochs: float = 2.0
+    epochs: float = 4.0
     """Passes over the corpus' token activations."""
     lr: float = 4e-4
     """Adam learning rate (constant schedule; small runs do not need more)."""

@@ -165,9 +165,10 @@ def set_meta(session: Session, key: str, value: Any) -> None:
 
 
 def pack_arrays(**arrays: np.ndarray) -> bytes:
-    """Compressed npz bytes: compact and portable across database engines."""
+    """npz bytes, portable across database engines (uncompressed: float32 activations barely
+    compress, and compression cost more than the rest of storing a chunk)."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez(buf, **arrays)
     return buf.getvalue()
 
 
