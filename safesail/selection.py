@@ -20,6 +20,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.stats import binom
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
@@ -151,12 +152,17 @@ class TriageConfig:
     fire_fraction: float = 0.5
     """A text counts as fired on above this fraction of the feature's max activation (Safe-SAIL
     normalises each neuron by its own scale); a candidate is judged by where it fires strongly."""
+    alpha: float = 0.05
+    """Family-wise error rate of "fires on the concept more often than its base rate", a
+    one-sided binomial test Bonferroni-corrected over features x concepts: among thousands
+    of features some would look precise by luck."""
     contrast: Contrast = "rest"
     """Contrast texts: every text without the concept ("rest") or benign texts ("benign")."""
 
     def __post_init__(self) -> None:
         _require_fraction("min_precision", self.min_precision, 0.0, 1.0)
         _require_int("min_support", self.min_support, 1)
+        _require_fraction("alpha", self.alpha, 0.0, 1.0)
         _require_fraction("fire_fraction", self.fire_fraction, 0.0, 1.0)
         _require_contrast(self.contrast)
 
@@ -171,6 +177,8 @@ class Candidate(NamedTuple):
     """Share of the texts it fires on (concept + contrast) that carry the concept."""
     precision_low: float
     """95% Wilson lower bound of ``precision`` (what ``min_precision`` is tested on)."""
+    p_value: float
+    """One-sided binomial p-value of the firing texts' concept share against its base rate."""
     support: int
     """Concept texts it fires on."""
     frac_pos: float
@@ -500,8 +508,10 @@ def _wilson_lower(successes: np.ndarray, trials: np.ndarray, z: float = 1.96) ->
 def triage(sel: FeatureSelectivity, config: TriageConfig | None = None) -> list[Candidate]:
     """Mark the features worth explaining in safety terms, most selective first.
 
-    A feature qualifies for a concept when, of the texts it fires on, most carry the
-    concept (precision, by its Wilson lower bound) and it fires on enough of them (support). Precision, not AUROC,
+    A feature qualifies for a concept when, of the texts it fires on, enough carry the
+    concept (precision, by its Wilson lower bound), more than chance would give (binomial
+    test against the concept's base rate, Bonferroni over features x concepts), and it fires
+    on enough of them (support). Precision, not AUROC,
     is the gate: a sparse feature that fires on 5% of violence texts and on nothing else
     is a clean violence feature, but its AUROC is only ~0.53. Each qualifying feature is
     reported once, under the concept where its score (the F1 of firing as a detector of
@@ -520,7 +530,14 @@ def triage(sel: FeatureSelectivity, config: TriageConfig | None = None) -> list[
         where=precision + recall > 0,
     )
     low = _wilson_lower(support, fired)
-    ok = (low >= config.min_precision) & (support >= config.min_support - 1e-9)
+    base_rate = (sel.n_pos / np.maximum(sel.n_pos + sel.n_neg, 1))[:, None]
+    hits, trials = np.rint(support), np.rint(fired)
+    p_value = binom.sf(hits - 1, trials, base_rate)
+    ok = (
+        (low >= config.min_precision)
+        & (support >= config.min_support - 1e-9)
+        & (p_value <= config.alpha / max(support.size, 1))
+    )
     features = np.flatnonzero(ok.any(axis=0))
     if not features.size:
         return []
@@ -533,6 +550,7 @@ def triage(sel: FeatureSelectivity, config: TriageConfig | None = None) -> list[
             auroc=float(sel.auroc[c, f]),
             precision=float(precision[c, f]),
             precision_low=float(low[c, f]),
+            p_value=float(p_value[c, f]),
             support=round(float(support[c, f])),
             frac_pos=float(sel.frac_pos[c, f]),
             frac_neg=float(sel.frac_neg[c, f]),
