@@ -65,6 +65,9 @@ class TrainConfig:
     """Passes over the corpus' token activations."""
     lr: float = 4e-4
     """Adam learning rate (constant schedule; small runs do not need more)."""
+    dead_feature_window: int = 20
+    """Steps without firing after which a feature counts as dead and the TopK auxiliary loss
+    pulls it back (short runs need a short window, or most features stay dead)."""
     max_tokens: int | None = 80_000
     """Train on a seeded sample of texts up to this many tokens (None: the whole corpus);
     collection still covers every text."""
@@ -76,6 +79,8 @@ class TrainConfig:
             raise ValueError("batch_size must be >= 8")
         if self.epochs <= 0 or self.lr <= 0:
             raise ValueError("epochs and lr must be positive")
+        if self.dead_feature_window < 1:
+            raise ValueError("dead_feature_window must be >= 1")
         if self.max_tokens is not None and self.max_tokens < self.batch_size:
             raise ValueError("max_tokens must be at least one batch")
 

@@ -166,8 +166,8 @@ def train_sae(
             lr_end=cfg.lr,
             device="cpu",
             n_batches_for_norm_estimate=min(20, max(1, acts.shape[0] // cfg.batch_size)),
-            dead_feature_window=10**9,
-            feature_sampling_window=10**9,
+            dead_feature_window=cfg.dead_feature_window,
+            feature_sampling_window=10**9,  # only feeds wandb logging
         ),
         sae=sae,
         data_provider=_batches(acts, cfg.batch_size, cfg.seed),
