@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--spec", action="append", help="LAYER:WIDTH:K, repeatable (default: the demo candidates)"
     )
-    train.add_argument("--epochs", type=float, default=TrainConfig.epochs)
-    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    train.add_argument("--epochs", type=float, help="passes over the training tokens")
+    train.add_argument("--batch-size", type=int, help="activations per training step")
     sae_add = sae.add_parser(
         "add", parents=[common], help="add an SAE in sae-lens format or a pretrained release"
     )
@@ -100,25 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
     collect = sub.add_parser(
         "collect", parents=[common], help="build the activation cache (resumable)"
     )
-    collect.add_argument("--top-k", type=int, default=CollectConfig.top_k)
+    collect.add_argument("--top-k", type=int, help="top-activating contexts kept per feature")
     collect.add_argument("--sae", action="append", help="only these SAE ids")
 
     select_ = sub.add_parser(
         "select", parents=[common], help="rank SAEs by concept-specific interpretability"
     )
     select_.add_argument("--sae", help="select this SAE instead of the best-scoring one")
-    select_.add_argument("--contrast", choices=["rest", "benign"], default="rest")
+    select_.add_argument("--contrast", choices=["rest", "benign"], help="contrast texts")
 
     triage = sub.add_parser(
         "triage", parents=[common], help="mark safety-relevant features of the selected SAE"
     )
     triage.add_argument(
-        "--min-precision", type=float, default=0.5, help="Wilson lower bound of P(concept | fires)"
+        "--min-precision", type=float, help="Wilson lower bound of P(concept | fires)"
     )
-    triage.add_argument(
-        "--min-support", type=int, default=5, help="concept texts the feature must fire on"
-    )
-    triage.add_argument("--contrast", choices=["rest", "benign"], default="rest")
+    triage.add_argument("--min-support", type=int, help="concept texts the feature must fire on")
+    triage.add_argument("--fire-fraction", type=float, help="fires = above this share of its max")
+    triage.add_argument("--contrast", choices=["rest", "benign"], help="contrast texts")
 
     status = sub.add_parser("status", parents=[common], help="progress of the workspace")
     status.add_argument("--json", action="store_true", help="one JSON object (stable keys)")
@@ -136,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--spec", action="append", help="LAYER:WIDTH:K candidates (default: the demo set)"
     )
-    demo.add_argument("--epochs", type=float, default=TrainConfig.epochs)
+    demo.add_argument("--epochs", type=float, help="SAE training passes over the tokens")
     return parser
 
 
@@ -147,6 +146,16 @@ def _workspace(args: argparse.Namespace):
         WorkspaceConfig(args.workspace, args.db_url, args.cache_dir or default_cache_dir()),
         args.model,
     )
+
+
+def _config(cls: type, args: argparse.Namespace, *names: str):
+    """A config from the flags the user gave (the dataclass keeps every default, in one place);
+    invalid values become one-line errors."""
+    given = {name: value for name in names if (value := getattr(args, name, None)) is not None}
+    try:
+        return cls(**given)
+    except ValueError as exc:
+        raise SafesailError(str(exc)) from None
 
 
 def _specs(values: list[str] | None) -> list[SaeSpec]:
@@ -224,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == "sae":
         if args.action == "train":
             trained = ws.train_saes(
-                _specs(args.spec), TrainConfig(batch_size=args.batch_size, epochs=args.epochs)
+                _specs(args.spec), _config(TrainConfig, args, "batch_size", "epochs")
             )
             print(f"trained {len(trained)} SAE(s): {', '.join(trained) or 'all already trained'}")
         elif args.action == "add":
@@ -239,22 +248,20 @@ def run(args: argparse.Namespace) -> int:
         else:
             _print_ranking(ws)
     elif cmd == "collect":
-        done = ws.collect(CollectConfig(top_k=args.top_k), sae_ids=args.sae, progress=progress)
+        done = ws.collect(
+            _config(CollectConfig, args, "top_k"), sae_ids=args.sae, progress=progress
+        )
         print(f"collected {len(done)} SAE(s): {', '.join(done) or 'all already collected'}")
     elif cmd == "select":
         from safesail.selection import SelectionConfig
 
-        ws.select(override=args.sae, config=SelectionConfig(contrast=args.contrast))
+        ws.select(override=args.sae, config=_config(SelectionConfig, args, "contrast"))
         _print_ranking(ws)
     elif cmd == "triage":
         from safesail.selection import TriageConfig
 
         counts = ws.triage(
-            TriageConfig(
-                min_precision=args.min_precision,
-                min_support=args.min_support,
-                contrast=args.contrast,
-            )
+            _config(TriageConfig, args, "min_precision", "min_support", "fire_fraction", "contrast")
         )
         print(f"{sum(counts.values())} safety candidates in {ws.selected_sae}: {counts}")
         _print_candidates(ws)
@@ -276,7 +283,7 @@ def demo(ws, args: argparse.Namespace, progress: bool) -> int:
     elif not ws.corpus_counts():
         ws.build_default_corpus(max_benign=args.max_benign, progress=progress)
     print(f"corpus: {ws.corpus_counts()}")
-    ws.train_saes(_specs(args.spec), TrainConfig(epochs=args.epochs))
+    ws.train_saes(_specs(args.spec), _config(TrainConfig, args, "epochs"))
     ws.collect(progress=progress)
     ws.select()
     counts = ws.triage()

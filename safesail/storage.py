@@ -119,7 +119,11 @@ def open_db(url: str) -> Engine:
     """Open (and create) the database; a URL that cannot be opened is a one-line error."""
     try:
         engine = create_engine(url)
-    except (ArgumentError, ImportError, ValueError) as exc:
+    except ImportError as exc:
+        raise SafesailError(
+            f"cannot open database URL '{url}': its driver is not installed ({exc}); pip install it"
+        ) from None
+    except (ArgumentError, ValueError) as exc:
         raise SafesailError(f"cannot open database URL '{url}': {exc}") from None
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)

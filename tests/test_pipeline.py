@@ -14,6 +14,7 @@ import torch
 from sqlmodel import Session, select
 
 from safesail.cli import main
+from safesail.collect import feature_examples
 from safesail.errors import SafesailError
 from safesail.storage import CorpusText, Feature
 from tests.conftest import TINY_COLLECT, make_workspace, tiny_records
@@ -269,3 +270,32 @@ def test_demo_headless_end_to_end_and_rerun(tmp_path, capsys):
         [s["selection_score"] for s in again["saes"]],
         [s["selection_score"] for s in status["saes"]],
     )
+
+
+def test_cli_steps_one_by_one(tmp_path, sae_copy, capsys):
+    """Each subcommand on its own, with defaults and overrides, as a user runs them."""
+    corpus = tmp_path / "corpus.csv"
+    corpus.write_text(
+        "text,concept\n" + "".join(f'"{r.text}",{r.concepts[0]}\n' for r in tiny_records())
+    )
+    ws = ["--workspace", str(tmp_path / "ws"), "--quiet"]
+    assert main(["corpus", "add", str(corpus), *ws]) == 0
+    assert main(["corpus", "show", *ws]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1]) == {
+        "benign": 30,
+        "cybercrime": 24,
+        "violence": 30,
+    }
+    assert main(["sae", "add", "--path", str(sae_copy), "--id", "mine", *ws]) == 0
+    assert main(["collect", "--top-k", "3", *ws]) == 0
+    assert main(["select", *ws]) == 0
+    assert main(["triage", "--min-support", "2", *ws]) == 0
+    out = capsys.readouterr().out
+    assert "mine *" in out and "safety candidates in mine" in out
+    assert main(["sae", "list", *ws]) == 0
+    assert main(["triage", "--min-precision", "2", *ws]) == 2  # bad value: one line, exit 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["safesail: error: min_precision must be a number in [0.0, 1.0], got 2.0"]
+    with Session(make_workspace(tmp_path / "ws", None).engine) as session:
+        features = session.exec(select(Feature).where(Feature.sae_id == "mine")).all()
+    assert all(len([e for e in feature_examples(f) if e.kind == 0]) <= 3 for f in features)
