@@ -444,24 +444,10 @@ def bare_forward(lm: Any, batches: list[list[list[int]]], layers: list[int]) -> 
 @torch.no_grad()
 def raw_forward(lm: Any, batches: list[list[list[int]]], layers: list[int]) -> None:
     """Barer still: the decoder truncated to the deepest layer, no hooks, no gathering."""
-    full = list(lm.model.model.layers)
-    pad = lm.tokenizer.pad_token_id
-    tensors = []
-    for batch in batches:
-        width = max(len(r) for r in batch) + 1
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, row in enumerate(batch):
-            ids[i, 0] = lm.bos_id
-            ids[i, 1 : len(row) + 1] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row) + 1] = 1
-        tensors.append((ids, mask))
-    try:
-        lm.model.model.layers = torch.nn.ModuleList(full[: max(layers) + 1])
+    tensors = [lm.batch_inputs(batch) for batch in batches]
+    with lm.truncated(max(layers) + 1):
         for ids, mask in tensors:
             lm.model.model(input_ids=ids, attention_mask=mask, use_cache=False)
-    finally:
-        lm.model.model.layers = torch.nn.ModuleList(full)
 
 
 # ----------------------------------------------------------------------------- main

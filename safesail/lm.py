@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,27 @@ class LanguageModel:
         """One display string per token (byte-level pieces become readable text)."""
         return [self.tokenizer.decode([i]) for i in ids]
 
+    def batch_inputs(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded input ids with a BOS in front of every context, and the attention mask."""
+        width = max(len(row) for row in batch) + 1
+        input_ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, row in enumerate(batch):
+            input_ids[i, 0] = self.bos_id
+            input_ids[i, 1 : len(row) + 1] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row) + 1] = 1
+        return input_ids, mask
+
+    @contextmanager
+    def truncated(self, depth: int) -> Iterator[None]:
+        """Run only the first `depth` blocks: later ones cannot change what earlier ones output."""
+        full = list(self.model.model.layers)
+        self.model.model.layers = torch.nn.ModuleList(full[:depth])
+        try:
+            yield
+        finally:
+            self.model.model.layers = torch.nn.ModuleList(full)
+
     @torch.no_grad()
     def residuals(
         self, batch: Sequence[Sequence[int]], layers: Sequence[int]
@@ -58,14 +80,7 @@ class LanguageModel:
         """
         for layer in layers:
             self.check_layer(layer)
-        width = max(len(row) for row in batch) + 1
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, row in enumerate(batch):
-            input_ids[i, 0] = self.bos_id
-            input_ids[i, 1 : len(row) + 1] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row) + 1] = 1
+        input_ids, mask = self.batch_inputs(batch)
         keep = mask.bool()
         keep[:, 0] = False
         captured: dict[int, torch.Tensor] = {}
@@ -78,13 +93,10 @@ class LanguageModel:
             )
             for layer in layers
         ]
-        full = list(blocks)
         try:
-            # Run only up to the deepest requested block: later ones cannot change the capture.
-            self.model.model.layers = torch.nn.ModuleList(full[: max(layers) + 1])
-            self.model.model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+            with self.truncated(max(layers) + 1):
+                self.model.model(input_ids=input_ids, attention_mask=mask, use_cache=False)
         finally:
-            self.model.model.layers = torch.nn.ModuleList(full)
             for hook in hooks:
                 hook.remove()
         return {layer: captured[layer][keep].float() for layer in layers}
