@@ -267,6 +267,12 @@ def finalize(
     order = [t for chunk in plan for t in chunk]
     n_texts = len(order)
 
+    column = {c: i for i, c in enumerate(names)}
+    rows_, cols_ = zip(
+        *[(column[c], j) for j, t in enumerate(order) for c in corpus.concepts[t]], strict=True
+    )
+    concept_of = sp.csr_matrix((np.ones(len(rows_)), (rows_, cols_)), shape=(len(names), n_texts))
+
     # Pass 1: counts, sums, maxima, per-concept text statistics, streaming top-K texts.
     n_tokens = 0
     n_fire = np.zeros(d, dtype=np.int64)
@@ -279,20 +285,17 @@ def finalize(
     top_pos = torch.zeros((0, d), dtype=torch.long)
     text_blocks: list[sp.csr_matrix] = []
     offset = 0
-    for index, tokens, texts in _stored_chunks(
+    for _, tokens, texts in _stored_chunks(
         engine, sae_id, n_chunks, f"Statistics {sae_id}" if progress else None
     ):
         n_tokens += tokens.shape[0]
         n_fire += np.bincount(tokens.indices, minlength=d)
         total += np.bincount(tokens.indices, weights=tokens.data, minlength=d)
         max_act = np.maximum(max_act, texts.max(axis=0).toarray().ravel())
-        onehot = np.zeros((len(names), texts.shape[0]))
-        for j, text_id in enumerate(plan[index]):
-            for c in corpus.concepts[text_id]:
-                onehot[names.index(c), j] = 1
-        concept_n += onehot.sum(axis=1)
-        concept_sum += (sp.csr_matrix(onehot) @ texts).toarray()
-        concept_fire += (sp.csr_matrix(onehot) @ (texts > 0).astype(np.float64)).toarray()
+        onehot = concept_of[:, offset : offset + texts.shape[0]]
+        concept_n += np.asarray(onehot.sum(axis=1)).ravel()
+        concept_sum += (onehot @ texts).toarray()
+        concept_fire += (onehot @ (texts > 0).astype(np.float64)).toarray()
         dense = torch.from_numpy(texts.toarray())
         vals = torch.cat([top_vals, dense])
         pos = torch.cat(
@@ -323,8 +326,7 @@ def finalize(
         starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
         local_text = np.repeat(np.arange(len(lens)), lens)[coo.row]
         keys = coo.col.astype(np.int64) * n_texts + offset + local_text
-        where = np.minimum(np.searchsorted(pair_keys, keys), max(len(pair_keys) - 1, 0))
-        hit = (pair_keys[where] == keys) if len(pair_keys) else np.zeros(len(keys), bool)
+        hit = _member(keys, pair_keys)
         hit_keys.append(keys[hit])
         hit_pos.append(coo.row[hit] - starts[local_text[hit]])
         hit_val.append(coo.data[hit])
@@ -407,14 +409,19 @@ def _choose_examples(
     drawn from the remaining activating texts (delphi-style), per_decile per decile."""
     d = per_text.shape[1]
     is_top = top_vals > 0
-    top_keys = (np.arange(d)[None, :] * n_texts + top_pos)[is_top]
+    top_keys = np.sort((np.arange(d)[None, :] * n_texts + top_pos)[is_top])
     cols = np.repeat(np.arange(d), np.diff(per_text.indptr))
     entry_keys = cols.astype(np.int64) * n_texts + per_text.indices
-    rest = ~np.isin(entry_keys, top_keys)
+    rest = ~_member(entry_keys, top_keys)
     cols, keys, vals = cols[rest], entry_keys[rest], per_text.data[rest]
-    keys_out, kinds_out = [np.sort(top_keys)], [np.full(len(top_keys), TOP, dtype=np.int8)]
+    keys_out, kinds_out = [top_keys], [np.full(len(top_keys), TOP, dtype=np.int8)]
     if config.per_decile and len(keys):
-        by_value = np.lexsort((keys, vals, cols))  # ascending activation within each feature
+        # One float key per entry, column + value scaled into [0, 1): a single stable argsort
+        # orders by activation within each feature (ties keep text order), far cheaper than a
+        # multi-key lexsort over millions of entries.
+        peak = np.zeros(d)
+        np.maximum.at(peak, cols, vals)
+        by_value = np.argsort(cols + vals / (peak[cols] * (1 + 1e-9)), kind="stable")
         cols, keys = cols[by_value], keys[by_value]
         counts = np.bincount(cols, minlength=d)
         rank = np.arange(len(cols)) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -422,9 +429,10 @@ def _choose_examples(
         q, r = n // 10, n % 10  # np.array_split into 10: the first r groups hold q + 1
         big = rank < (q + 1) * r
         decile = np.where(big, rank // (q + 1), r + (rank - (q + 1) * r) // np.maximum(q, 1)) + 1
+        group = cols.astype(np.int64) * 11 + decile
         lottery = np.random.default_rng(config.seed).random(len(cols))
-        pick = np.lexsort((lottery, decile, cols))
-        group = cols[pick].astype(np.int64) * 11 + decile[pick]
+        pick = np.argsort(group + lottery, kind="stable")  # groups in order, shuffled inside
+        group = group[pick]
         first = np.r_[True, group[1:] != group[:-1]]
         place = np.arange(len(group)) - np.maximum.accumulate(
             np.where(first, np.arange(len(group)), 0)
@@ -435,6 +443,14 @@ def _choose_examples(
     keys_all, kinds_all = np.concatenate(keys_out), np.concatenate(kinds_out)
     sort = np.argsort(keys_all, kind="stable")
     return keys_all[sort], kinds_all[sort]
+
+
+def _member(keys: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """keys in sorted_set, by binary search (np.isin sorts both sides every call)."""
+    if not len(sorted_set):
+        return np.zeros(len(keys), dtype=bool)
+    where = np.minimum(np.searchsorted(sorted_set, keys), len(sorted_set) - 1)
+    return sorted_set[where] == keys
 
 
 def pack_examples(
