@@ -277,12 +277,13 @@ def instrumented(
     residuals = lm.residuals
     paired = functools.partial(pairing.run, residuals) if pairing else None
     patch(lm, "residuals", "lm.residuals (forward)", paired)
-    patch(C, "_to_csr", "_to_csr (dense -> scipy CSR)")
+    patch(C, "_encode_topk_sparse", "SAE encode (matmul + top-k -> CSR)")
+    patch(C, "_per_text_max", "per-text max")
     patch(C, "pack_csr", "pack_csr")
-    patch(C, "pack_arrays", "pack_arrays (np.savez_compressed)")
+    patch(C, "pack_arrays", "pack_arrays (np.savez)")
     patch(C, "unpack_arrays", "unpack_arrays (np.load)")
     patch(C, "unpack_csr", "unpack_csr")
-    patch(C, "_pack_examples", "_pack_examples")
+    patch(C, "pack_examples", "pack_examples")
 
     original_finalize = C.finalize
 
@@ -300,7 +301,7 @@ def instrumented(
     # after each pass are sections of their own: choosing examples, then building rows.
     original_chunks = C._stored_chunks
     sections = [
-        ("pass 1: stats, concepts, top-K", "choose examples (per-feature loop)"),
+        ("pass 1: stats, concepts, top-K", "choose examples"),
         ("pass 2: histograms, example activations", "build feature rows (quantiles, dicts, pack)"),
     ]
     passes = {"n": 0}
