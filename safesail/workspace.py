@@ -269,6 +269,7 @@ class Workspace:
             [concepts[t] for t in text_ids],
             self.taxonomy.safety_concepts(),
             config.fire_fraction,
+            config.contrast,
         )
         candidates = {c.feature: c for c in triage(selectivity, config)}
         best = np.argmax(selectivity.auroc, axis=0)

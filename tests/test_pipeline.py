@@ -299,3 +299,21 @@ def test_cli_steps_one_by_one(tmp_path, sae_copy, capsys):
     with Session(make_workspace(tmp_path / "ws", None).engine) as session:
         features = session.exec(select(Feature).where(Feature.sae_id == "mine")).all()
     assert all(len([e for e in feature_examples(f) if e.kind == 0]) <= 3 for f in features)
+
+
+def test_triage_passes_its_settings_to_selectivity(trained_ws, monkeypatch):
+    """--contrast and --fire-fraction must reach the selectivity computation, not just parse."""
+    from safesail import selection
+    from safesail.selection import TriageConfig
+
+    seen = []
+    real = selection.feature_selectivity
+
+    def spy(*args):
+        seen.append(args[3:])
+        return real(*args)
+
+    monkeypatch.setattr(selection, "feature_selectivity", spy)
+    trained_ws.select()
+    trained_ws.triage(TriageConfig(contrast="benign", fire_fraction=0.3))
+    assert seen == [(0.3, "benign")]
