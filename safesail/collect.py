@@ -29,6 +29,7 @@ from safesail.storage import (
     CorpusText,
     Feature,
     SaeRecord,
+    corpus_concepts,
     get_meta,
     pack_arrays,
     pack_csr,
@@ -219,8 +220,11 @@ def collect(
     return [r.id for r in todo]
 
 
-def _stored_chunks(engine: Engine, sae_id: str, n_chunks: int, desc: str | None = None):
-    """Yield (chunk index, token csr, text csr) in order, one chunk in memory at a time."""
+def _stored_chunks(
+    engine: Engine, sae_id: str, n_chunks: int, desc: str | None = None, *, tokens: bool = True
+):
+    """Yield (chunk index, token csr or None, text csr) in order, one chunk in memory at a time;
+    tokens=False skips unpacking the token-level arrays for callers that need texts only."""
     with Session(engine) as session:
         for index in tqdm(range(n_chunks), desc=desc, unit="chunk", disable=desc is None):
             row = session.get(ActivationChunk, (sae_id, index))
@@ -228,8 +232,8 @@ def _stored_chunks(engine: Engine, sae_id: str, n_chunks: int, desc: str | None 
                 raise SafesailError(
                     f"SAE {sae_id}: chunk {index} is missing; rerun `safesail collect`"
                 )
-            arrays = unpack_arrays(row.data)
-            yield index, unpack_csr("tok", arrays), unpack_csr("txt", arrays)
+            arrays = unpack_arrays(row.data, "" if tokens else "txt")
+            yield index, unpack_csr("tok", arrays) if tokens else None, unpack_csr("txt", arrays)
 
 
 class CorpusView(NamedTuple):
@@ -244,7 +248,7 @@ class CorpusView(NamedTuple):
         with Session(engine) as session:
             return cls(
                 get_meta(session, "chunk_plan") or [],
-                {row.id: row.concepts for row in session.exec(select(CorpusText))},
+                corpus_concepts(session),
                 {c.text_id: len(c.token_ids) for c in session.exec(select(Context))},
             )
 
@@ -514,7 +518,7 @@ def text_max_matrix(engine: Engine, sae_id: str) -> tuple[list[int], sp.csr_matr
     """Every text's max activation per feature, rows in the returned text-id order."""
     with Session(engine) as session:
         plan: list[list[int]] = get_meta(session, "chunk_plan") or []
-    blocks = [texts for _, _, texts in _stored_chunks(engine, sae_id, len(plan))]
+    blocks = [texts for _, _, texts in _stored_chunks(engine, sae_id, len(plan), tokens=False)]
     if not blocks:
         raise SafesailError(f"SAE {sae_id} has no collected activations; run `safesail collect`")
     return [t for chunk in plan for t in chunk], sp.vstack(blocks).tocsr()

@@ -1,13 +1,12 @@
 """Workspace state in a database via sqlmodel (SQLite by default, any SQLAlchemy URL).
 
-Bulky arrays (sparse activations, per-token example activations) are stored as compressed
-numpy blobs, one per chunk or per feature, never one row per token.
+Bulky arrays (sparse activations, per-token example activations) are stored as numpy blobs,
+one per chunk or per feature, never one row per token.
 """
 
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -176,9 +175,10 @@ def pack_arrays(**arrays: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:
+def unpack_arrays(blob: bytes, prefix: str = "") -> dict[str, np.ndarray]:
+    """The arrays of a blob (only those whose name starts with prefix: npz reads lazily)."""
     with np.load(io.BytesIO(blob)) as data:
-        return {name: data[name] for name in data.files}
+        return {name: data[name] for name in data.files if name.startswith(prefix)}
 
 
 def pack_csr(prefix: str, matrix: sp.csr_matrix) -> dict[str, np.ndarray]:
@@ -205,8 +205,5 @@ def unpack_csr(prefix: str, arrays: dict[str, np.ndarray]) -> sp.csr_matrix:
 
 
 def corpus_concepts(session: Session) -> dict[int, list[str]]:
+    """Concept labels of every corpus text, by text id."""
     return {row.id: row.concepts for row in session.exec(select(CorpusText))}
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True)

@@ -31,6 +31,7 @@ from safesail.storage import (
     Explanation,
     Feature,
     SaeRecord,
+    corpus_concepts,
     get_meta,
     open_db,
     session_scope,
@@ -145,16 +146,19 @@ class Workspace:
         todo = [s for s in specs if s.sae_id not in have]
         if not todo:
             return []
-        prepare_contexts(self.engine, self.lm, max_tokens)
-        with Session(self.engine) as session:
-            contexts = [
-                c.token_ids for c in session.exec(select(Context).order_by(Context.text_id))
-            ]
-        sample = _sample_tokens(contexts, config.max_tokens, config.seed)
-        residuals = gather_residuals(self.lm, sample, sorted({s.layer for s in todo}), 32)
+        untrained = [s for s in todo if not (self.config.sae_dir / s.sae_id / "cfg.json").exists()]
+        residuals = {}
+        if untrained:  # a rerun after a crash between training and registering skips the forward
+            prepare_contexts(self.engine, self.lm, max_tokens)
+            with Session(self.engine) as session:
+                contexts = [
+                    c.token_ids for c in session.exec(select(Context).order_by(Context.text_id))
+                ]
+            sample = _sample_tokens(contexts, config.max_tokens, config.seed)
+            residuals = gather_residuals(self.lm, sample, sorted({s.layer for s in untrained}), 32)
         for spec in todo:
             path = self.config.sae_dir / spec.sae_id
-            if not (path / "cfg.json").exists():
+            if spec in untrained:
                 path = train_sae(
                     residuals[spec.layer], spec, config, self.model_name, self.config.sae_dir
                 )
@@ -286,7 +290,7 @@ class Workspace:
 
     def _concepts_by_text(self) -> dict[int, list[str]]:
         with Session(self.engine) as session:
-            return {row.id: row.concepts for row in session.exec(select(CorpusText))}
+            return corpus_concepts(session)
 
     # -- reporting ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

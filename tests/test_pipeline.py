@@ -317,3 +317,24 @@ def test_triage_passes_its_settings_to_selectivity(trained_ws, monkeypatch):
     trained_ws.select()
     trained_ws.triage(TriageConfig(contrast="benign", fire_fraction=0.3))
     assert seen == [(0.3, "benign")]
+
+
+def test_train_resumes_from_saved_sae_folders_without_a_forward(
+    trained_ws, lm, tmp_path, monkeypatch
+):
+    """A crash after training but before registering: the rerun registers, recomputing nothing."""
+    import shutil
+
+    from safesail import saes
+    from tests.conftest import TINY_SPECS, TINY_TRAIN
+
+    ws = make_workspace(tmp_path / "ws", lm)
+    ws.add_corpus(tiny_records())
+    shutil.copytree(trained_ws.config.sae_dir, ws.config.sae_dir)
+
+    def no_forward(*_args, **_kwargs):
+        raise AssertionError("residuals gathered although every SAE folder exists")
+
+    monkeypatch.setattr(saes, "gather_residuals", no_forward)
+    assert ws.train_saes(TINY_SPECS, TINY_TRAIN) == [s.sae_id for s in TINY_SPECS]
+    assert {r.id for r in ws.saes()} == {s.sae_id for s in TINY_SPECS}
