@@ -21,6 +21,7 @@ from safesail.config import (
     default_cache_dir,
 )
 from safesail.errors import SafesailError
+from safesail.plugins import Plugin, load_plugins
 
 
 def _common() -> argparse.ArgumentParser:
@@ -51,7 +52,8 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: list[Plugin] | None = None) -> argparse.ArgumentParser:
+    plugins = load_plugins() if plugins is None else plugins
     common = _common()
     parser = argparse.ArgumentParser(prog="safesail", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--spec", action="append", help="LAYER:WIDTH:K candidates (default: the demo set)"
     )
     demo.add_argument("--epochs", type=float, help="SAE training passes over the tokens")
+    for plugin in plugins:
+        if plugin.add_commands:
+            plugin.add_commands(sub, common)
+        if plugin.add_demo_options:
+            plugin.add_demo_options(demo)
+    demo.set_defaults(plugins=plugins)
     return parser
 
 
@@ -212,6 +220,8 @@ def _print_candidates(ws, per_concept: int = 1, contexts: int = 3) -> None:
 def run(args: argparse.Namespace) -> int:
     progress = not args.quiet
     ws = _workspace(args)
+    if (handler := getattr(args, "handler", None)) is not None:
+        return handler(ws, args, progress) or 0
     cmd = args.command
     if cmd == "corpus":
         if args.action == "build":
@@ -274,7 +284,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def demo(ws, args: argparse.Namespace, progress: bool) -> int:
-    """The main job on the embedded default: corpus, SAEs, collection, selection, triage."""
+    """The main job on the embedded default: corpus, SAEs, collection, selection, triage, then
+    each room's step (labeling, explaining, exports, app) in plugin order."""
     print(f"safesail demo: workspace {ws.config.workspace.resolve()}")
     if args.corpus:
         from safesail.corpus import load_corpus_file
@@ -292,6 +303,9 @@ def demo(ws, args: argparse.Namespace, progress: bool) -> int:
     print(f"\n{sum(counts.values())} safety candidates in {ws.selected_sae}: {counts}")
     print("top candidate per concept, with its top contexts ([[peak token]]):")
     _print_candidates(ws)
+    for plugin in args.plugins:
+        if plugin.demo and (code := plugin.demo(ws, args, progress)):
+            return code
     print(
         f"\nworkspace: {ws.config.workspace.resolve()}   (safesail status --json --workspace {ws.config.workspace})"
     )

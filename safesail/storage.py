@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from sqlalchemy import JSON, Column, LargeBinary, event
+from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
@@ -110,7 +110,81 @@ class Explanation(SQLModel, table=True):
     concepts: list[str] = Field(sa_column=Column(JSON))
     text: str = ""
     confidence: float | None = None
-    author: str | None = None
+    author: str | None = None  # annotator(s) for human labels, the LLM for automatic ones
+    created_at: datetime = Field(default_factory=_now)
+    model_version: str | None = None  # explainer / prompt version, or the Label Studio project
+    probability: float | None = None  # calibrated P(agrees with experts), automatic labels only
+    details: dict | None = Field(default=None, sa_column=Column(JSON))  # reason, ids, scores
+
+
+class LabelTask(SQLModel, table=True):
+    """Feature <-> Label Studio task, written in the same transaction as the push result, so a
+    rerun (or a push killed midway) never creates a second task for a feature."""
+
+    __table_args__ = (UniqueConstraint("project", "sae_id", "feature"),)
+    id: int | None = Field(default=None, primary_key=True)
+    project: str = Field(index=True)  # "<server url>#<project id>"
+    sae_id: str = Field(foreign_key="saerecord.id")
+    feature: int
+    task_id: int = Field(index=True)
+    batch: int  # push round
+    strategy: str  # query strategy that picked it
+    query_score: float | None = None
+    annotators_wanted: int = 1  # 2 for the overlap share
+    pushed_at: datetime = Field(default_factory=_now)
+
+
+class Annotation(SQLModel, table=True):
+    """One annotator's answer to one task, kept as it came back (never deleted): agreement and
+    adjudication are computed from these rows into human Explanations."""
+
+    __table_args__ = (UniqueConstraint("project", "annotation_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    project: str = Field(index=True)
+    annotation_id: int  # Label Studio's id
+    task_id: int = Field(index=True)
+    sae_id: str = Field(foreign_key="saerecord.id")
+    feature: int = Field(index=True)
+    annotator: str
+    concepts: list[str] = Field(sa_column=Column(JSON))
+    confidence: float | None = None
+    explanation: str = ""
+    lead_time: float | None = None  # seconds the annotator spent
+    created_at: datetime | None = None  # Label Studio's timestamps
+    updated_at: datetime | None = None
+    valid: bool = True  # False: kept aside, see problem
+    problem: str | None = None
+    raw: dict | None = Field(default=None, sa_column=Column(JSON))
+    pulled_at: datetime = Field(default_factory=_now)
+
+
+class LlmCall(SQLModel, table=True):
+    """One LLM call: the cache (keyed by the request, so no call is paid twice) and the ledger
+    of tokens, latency and estimated cost per feature and step."""
+
+    key: str = Field(primary_key=True)  # sha256 of endpoint model + request
+    model: str
+    step: str = Field(index=True)  # explain | detection | fuzzing | simulation | ...
+    sae_id: str | None = None
+    feature: int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    cost_usd: float | None = None
+    response: str = ""
+    created_at: datetime = Field(default_factory=_now)
+
+
+class Score(SQLModel, table=True):
+    """One scorer's score of one explanation, with the scorer's model and prompt version."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    explanation_id: int = Field(index=True, foreign_key="explanation.id")
+    scorer: str  # detection | fuzzing | simulation | embedding | ...
+    value: float
+    model: str | None = None
+    prompt_version: str | None = None
+    details: dict | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=_now)
 
 
@@ -128,9 +202,27 @@ def open_db(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
         SQLModel.metadata.create_all(engine)
+        _add_missing_columns(engine)
     except OperationalError as exc:
         raise SafesailError(f"cannot open database '{url}': {exc.orig}") from None
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Workspaces made by an older safesail gain the nullable columns added since (create_all
+    creates missing tables, never missing columns)."""
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table in SQLModel.metadata.sorted_tables:
+            if not inspector.has_table(table.name):
+                continue
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present and column.nullable:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    conn.execute(
+                        text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                    )
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

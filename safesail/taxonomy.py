@@ -15,6 +15,9 @@ from typing import Any
 from safesail.errors import SafesailError
 
 BENIGN = "benign"
+"""Also the label "not safety-related" in annotation."""
+UNINTERPRETABLE = "uninterpretable"
+"""The label "not interpretable": a feature with no coherent meaning (not a taxonomy concept)."""
 DEFAULT_TAXONOMY_PATH = Path(__file__).parent / "data" / "taxonomy.json"
 
 _NAME_OK = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -136,6 +139,10 @@ class Taxonomy:
     def safety_concepts(self) -> list[str]:
         """Names of all safety concepts, in file order."""
         return [c.name for c in self.concepts.values() if c.safety]
+
+    def label_values(self) -> list[str]:
+        """Every value a feature label may take: the concepts, then "not interpretable"."""
+        return [*self.concepts, UNINTERPRETABLE]
 
     def match_keywords(self, text: str) -> list[str]:
         """Safety concepts whose keywords occur in ``text`` (file order)."""

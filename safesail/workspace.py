@@ -30,6 +30,7 @@ from safesail.storage import (
     CorpusText,
     Explanation,
     Feature,
+    LlmCall,
     SaeRecord,
     corpus_concepts,
     get_meta,
@@ -38,6 +39,11 @@ from safesail.storage import (
     set_meta,
 )
 from safesail.taxonomy import Taxonomy
+
+ROOM_STATUS_KEYS = ("learner", "annotation", "calibration")
+"""Meta keys the rooms write and `status` reports as they are: the active learner (held-out
+macro-F1, labels, strategy), the labeling loop (server, project, tasks, agreement) and the
+explainer's calibration (target, achieved held-out agreement, threshold, coverage)."""
 
 
 def _sample_tokens(contexts: list[list[int]], max_tokens: int | None, seed: int) -> list[list[int]]:
@@ -297,7 +303,8 @@ class Workspace:
         """The `safesail status --json` object.
 
         features, features_with_examples, safety_candidates, saes, selected_sae, labels and
-        coverage are a contract for the other rooms: add keys, never remove these.
+        coverage are a contract for the other rooms: add keys, never remove these. The rooms
+        report their own progress through the Meta keys in ROOM_STATUS_KEYS (null until run).
         """
         sae_id = self.selected_sae
         with Session(self.engine) as session:
@@ -311,15 +318,25 @@ class Workspace:
                     )
                 )
             )
-            accepted = list(
+            labels = list(
                 session.exec(
-                    select(Explanation.feature, Explanation.source).where(
-                        Explanation.sae_id == sae_id, Explanation.status == "accepted"
+                    select(Explanation.feature, Explanation.source, Explanation.status).where(
+                        Explanation.sae_id == sae_id
                     )
                 )
             )
             n_texts = session.exec(select(func.count()).select_from(CorpusText)).one()
+            cost = session.exec(
+                select(
+                    func.count(),
+                    func.sum(LlmCall.prompt_tokens + LlmCall.completion_tokens),
+                    func.sum(LlmCall.cost_usd),
+                )
+            ).one()
+            rooms = {key: get_meta(session, key) for key in ROOM_STATUS_KEYS}
+        accepted = [(f, source) for f, source, st in labels if st == "accepted"]
         explained = {f for f, _ in accepted}
+        open_auto = {f for f, src, st in labels if src == "auto" and st != "accepted"} - explained
         return {
             "workspace": str(self.config.workspace),
             "model": self.model_name,
@@ -344,7 +361,15 @@ class Workspace:
             "labels": {
                 "human": sum(1 for _, s in accepted if s == "human"),
                 "auto_accepted": sum(1 for _, s in accepted if s == "auto"),
+                "prior": sum(1 for _, s in accepted if s == "prior"),
+                "queued_for_humans": len(open_auto),
             },
+            "llm": {
+                "calls": cost[0],
+                "tokens": int(cost[1] or 0),
+                "cost_usd": float(cost[2] or 0.0),
+            },
+            **rooms,
             "coverage": (sum(1 for f, _ in candidates if f in explained) / len(candidates))
             if candidates
             else 0.0,

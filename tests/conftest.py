@@ -109,3 +109,20 @@ def sae_copy(trained_ws, tmp_path):
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "network: needs the package registries (pip/apt downloads)")
+
+
+def copy_workspace(ws, path: Path, lm):
+    """A private, writable copy of a workspace (database file and SAE folders)."""
+    ws.engine.dispose()
+    shutil.copytree(ws.config.workspace, path)
+    return make_workspace(path, lm)
+
+
+@pytest.fixture(scope="session")
+def triaged_ws(trained_ws, tmp_path_factory, lm):
+    """The tiny workspace after `select` and `triage` (shared, read-only): safety candidates
+    exist, nothing is labeled. Tests that write take `copy_workspace` of it."""
+    ws = copy_workspace(trained_ws, tmp_path_factory.mktemp("triaged") / "ws", lm)
+    ws.select()
+    ws.triage()
+    return ws

@@ -1,0 +1,1 @@
+"""Active learning over features (modAL + scikit-learn)."""

@@ -1,0 +1,1 @@
+"""The human labeling loop in a real Label Studio."""

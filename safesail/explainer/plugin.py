@@ -1,0 +1,5 @@
+"""The `explainer` room's commands and demo step (registered in pyproject.toml)."""
+
+from safesail.plugins import Plugin
+
+PLUGIN = Plugin(name="explainer", order=20)

@@ -1,0 +1,48 @@
+"""Commands and demo steps contributed by the rooms built on the core (annotation, active
+learning, explainer, exports, app), found through the ``safesail.plugins`` entry-point group, so
+the core never imports them and one `safesail` command still serves everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+Handler = Callable[[Any, argparse.Namespace, bool], int | None]
+"""A command or demo step: (workspace, parsed args, show progress) -> exit code (None = 0)."""
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """What a room adds to the CLI."""
+
+    name: str
+    """Shown in errors and `safesail --help`."""
+    order: int
+    """Demo steps run by ascending order after the core steps (labeling 10, explainer 20, ...)."""
+    add_commands: Callable[[Any, argparse.ArgumentParser], None] | None = None
+    """(subparsers, common options parent): add subparsers; each sets `handler=` via
+    `set_defaults`, called as a Handler."""
+    add_demo_options: Callable[[argparse.ArgumentParser], None] | None = None
+    """Adds this room's flags to `safesail demo`."""
+    demo: Handler | None = None
+    """This room's part of `safesail demo`, run after the core steps."""
+
+
+def load_plugins() -> list[Plugin]:
+    """Every installed plugin, in demo order; a plugin that fails to import is skipped with a
+    one-line warning rather than breaking the core commands."""
+    import sys
+
+    plugins = []
+    for ep in entry_points(group="safesail.plugins"):
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken room must not break the core CLI
+            print(f"safesail: warning: plugin '{ep.name}' not loaded: {exc}", file=sys.stderr)
+            continue
+        plugins.append(plugin)
+    return sorted(plugins, key=lambda p: (p.order, p.name))
