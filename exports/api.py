@@ -1,0 +1,136 @@
+"""Export the gold set to a folder and import it (or a released Safe-SAIL DB) back.
+
+An export is built in a hidden folder next to its target and moved into place at the end, so an
+interrupted export never leaves half a data set behind; rerunning it replaces the files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from exports.formats import FORMATS, Format
+from exports.records import ExportRecord, ImportReport, gather_records, import_records, require_sae
+from safesail.errors import SafesailError
+
+
+def get_format(name: str) -> Format:
+    if name not in FORMATS:
+        raise SafesailError(f"unknown format '{name}'; known: {', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
+def manifest_name(fmt: str) -> str:
+    return f"{fmt}.manifest.json"
+
+
+def write_export(
+    records: list[ExportRecord],
+    fmt: str,
+    out: Path,
+    *,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write records in a format into `out` with its manifest; returns the manifest."""
+    spec = get_format(fmt)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{fmt}-", dir=out))
+    try:
+        written = spec.write(records, staging)
+        saes = {r.sae_id: {"id": r.sae_id, "layer": r.layer, "d_sae": r.d_sae} for r in records}
+        manifest = {
+            "format": fmt,
+            "created_at": datetime.now(UTC).isoformat(),
+            "records": len(records),
+            "by_source": dict(Counter(r.source for r in records).most_common()),
+            "by_status": dict(Counter(r.status for r in records).most_common()),
+            "by_concept": dict(Counter(c for r in records for c in r.concepts).most_common()),
+            "features": len({(r.sae_id, r.index) for r in records}),
+            "model": next((r.model for r in records if r.model), None),
+            "saes": sorted(saes.values(), key=lambda s: s["id"]),
+            "keeps": list(spec.keeps),
+            **(extra or {}),
+            **written,
+        }
+        (staging / manifest_name(fmt)).write_text(json.dumps(manifest, indent=1))
+        for item in staging.iterdir():
+            target = out / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            item.replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def export_gold(
+    ws: Any,
+    fmt: str,
+    out: Path,
+    *,
+    include_unaccepted: bool = False,
+    include_priors: bool = False,
+) -> dict[str, Any]:
+    """The workspace's gold set in one format; returns the manifest."""
+    get_format(fmt)
+    records = gather_records(
+        ws.engine, include_unaccepted=include_unaccepted, include_priors=include_priors
+    )
+    return write_export(
+        records,
+        fmt,
+        out,
+        extra={"include_unaccepted": include_unaccepted, "include_priors": include_priors},
+    )
+
+
+def read_export(
+    fmt: str, path: Path, sae: Any = None
+) -> tuple[list[ExportRecord], list[tuple[str, str]]]:
+    """Records of an export (folder or data file) and the rows the reader could not use."""
+    spec = get_format(fmt)
+    if not path.exists():
+        raise SafesailError(f"no such file or folder: {path}")
+    folder = path if path.is_dir() else path.parent
+    manifest_file = folder / manifest_name(fmt)
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    return spec.read(path, manifest, sae)
+
+
+def import_file(ws: Any, fmt: str, path: Path, *, sae_id: str | None = None) -> ImportReport:
+    """Import an export (or a released Safe-SAIL DB) into the workspace; formats without
+    provenance come in as priors. Rerunning adds nothing twice."""
+    sae = require_sae(ws.engine, sae_id) if sae_id or fmt in ("safesail-db",) else None
+    if sae is None and fmt in ("delphi", "openai"):
+        sae = _selected_or_none(ws)
+    records, skipped = read_export(fmt, path, sae)
+    if sae_id:
+        for r in records:
+            r.sae_id = sae_id
+    return import_records(ws.engine, ws.taxonomy, records, model=ws.model_name, skipped=skipped)
+
+
+def _selected_or_none(ws: Any) -> Any:
+    try:
+        return require_sae(ws.engine, None)
+    except SafesailError:
+        return None
+
+
+def print_report(report: ImportReport, *, limit: int = 20) -> None:
+    print(
+        f"imported {report.added} explanation(s); {report.present} already present; "
+        f"{len(report.skipped)} skipped"
+    )
+    reasons = Counter(why.split(":")[0] for _, why in report.skipped)
+    for why, n in reasons.most_common():
+        print(f"  skipped {n}: {why}")
+    for where, why in report.skipped[:limit]:
+        print(f"    {where}: {why}")
+    if len(report.skipped) > limit:
+        print(f"    ... and {len(report.skipped) - limit} more")

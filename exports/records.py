@@ -1,0 +1,333 @@
+"""The one record model of the gold set, read from and written back to the workspace database.
+
+Every format writes and reads `ExportRecord`s, so provenance (who / which model), tags, scores,
+agreement and Label Studio ids are gathered in one place and every format loses only what its
+layout cannot hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from safesail.errors import SafesailError
+from safesail.storage import (
+    Annotation,
+    Explanation,
+    LabelTask,
+    SaeRecord,
+    Score,
+    get_meta,
+    session_scope,
+)
+from safesail.taxonomy import Taxonomy
+
+GOLD_SOURCES = ("human", "auto")
+"""Sources of the gold set; imported priors are exported only on request."""
+_IMPORTED = "imported"
+"""Key in Explanation.details holding the provenance an import could not store in its own
+tables (Label Studio ids, agreement), so that export -> import -> export gives the same record."""
+
+
+@dataclass
+class ExportRecord:
+    """One explanation of one SAE feature, with everything a consumer of the gold set needs."""
+
+    sae_id: str
+    """The SAE's id in the workspace."""
+    index: int
+    """The feature's index in the SAE."""
+    explanation: str
+    """The explanation text."""
+    concepts: list[str]
+    """Concept tags (taxonomy names, "uninterpretable")."""
+    source: str = "prior"
+    """human | auto | prior."""
+    status: str = "accepted"
+    """accepted | queued | rejected | failed."""
+    layer: int | None = None
+    """The block the SAE reads."""
+    d_sae: int | None = None
+    """The SAE's width."""
+    model: str | None = None
+    """The language model the SAE belongs to."""
+    author: str | None = None
+    """Annotator(s) for human labels, the LLM for automatic ones."""
+    model_version: str | None = None
+    """Explainer / prompt version, or the Label Studio project for human labels."""
+    confidence: float | None = None
+    """The annotator's or explainer's own confidence."""
+    probability: float | None = None
+    """Calibrated P(agrees with experts), automatic labels only."""
+    agreement: float | None = None
+    """Share of this feature's annotators who gave exactly the final label (human labels)."""
+    kappa: float | None = None
+    """Annotator agreement (Cohen/Fleiss kappa) of the label's concept, from the labeling loop."""
+    created_at: str | None = None
+    """ISO time the explanation was made."""
+    scores: list[dict[str, Any]] = field(default_factory=list)
+    """One {scorer, value, model, prompt_version} per scorer."""
+    ls_project: str | None = None
+    """Label Studio project ("<server url>#<project id>")."""
+    ls_task_id: int | None = None
+    """Label Studio task id of the feature."""
+    ls_annotation_ids: list[int] = field(default_factory=list)
+    """Label Studio annotation ids behind a human label."""
+    annotators: list[str] = field(default_factory=list)
+    """Who annotated the feature."""
+    details: dict[str, Any] | None = None
+    """The explanation's details (reason of a failure, explainer extras)."""
+
+    def key(self) -> tuple:
+        """Identity for idempotent imports: the same explanation of the same feature."""
+        return (self.sae_id, self.index, self.source, self.text_key(), self.author)
+
+    def text_key(self) -> str:
+        return self.explanation.strip()
+
+    def score(self, *preferred: str) -> float | None:
+        """The first of the preferred scorers present, else the first score, else None."""
+        by_name = {s["scorer"]: s["value"] for s in self.scores}
+        for name in preferred:
+            if name in by_name:
+                return by_name[name]
+        return self.scores[0]["value"] if self.scores else None
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(ExportRecord))
+"""Field names in declaration order (the column order of tabular formats)."""
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:  # SQLite drops the zone; every time stored here is UTC
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat()
+
+
+def _kappas(annotation_meta: Any) -> dict[str, float]:
+    """Kappa per concept from the labeling loop's Meta, tolerant of its exact layout."""
+    if not isinstance(annotation_meta, dict):
+        return {}
+    for key in ("kappa", "kappa_per_concept", "kappas"):
+        value = annotation_meta.get(key)
+        if isinstance(value, dict):
+            return {k: float(v) for k, v in value.items() if isinstance(v, int | float)}
+    return {}
+
+
+def gather_records(
+    engine: Engine,
+    *,
+    include_unaccepted: bool = False,
+    include_priors: bool = False,
+    sae_id: str | None = None,
+) -> list[ExportRecord]:
+    """The gold set (accepted human and automatic explanations) as records, ordered by SAE,
+    feature and time; optionally with queued/rejected/failed ones and imported priors."""
+    sources = [*GOLD_SOURCES, "prior"] if include_priors else list(GOLD_SOURCES)
+    query = select(Explanation).where(Explanation.source.in_(sources))
+    if not include_unaccepted:
+        query = query.where(Explanation.status == "accepted")
+    if sae_id is not None:
+        query = query.where(Explanation.sae_id == sae_id)
+    with Session(engine) as session:
+        rows = list(session.exec(query))
+        saes = {r.id: r for r in session.exec(select(SaeRecord))}
+        model = get_meta(session, "model")
+        kappas = _kappas(get_meta(session, "annotation"))
+        scores: dict[int, list[Score]] = defaultdict(list)
+        for score in session.exec(select(Score)):
+            scores[score.explanation_id].append(score)
+        tasks: dict[tuple[str, int], list[LabelTask]] = defaultdict(list)
+        for task in session.exec(select(LabelTask)):
+            tasks[(task.sae_id, task.feature)].append(task)
+        annotations: dict[tuple[str, int], list[Annotation]] = defaultdict(list)
+        for ann in session.exec(select(Annotation).where(Annotation.valid)):
+            annotations[(ann.sae_id, ann.feature)].append(ann)
+    records = []
+    for row in sorted(rows, key=lambda r: (r.sae_id, r.feature, r.created_at, r.id)):
+        sae = saes.get(row.sae_id)
+        details = dict(row.details) if row.details else None
+        imported = details.pop(_IMPORTED, None) if details else None
+        record = ExportRecord(
+            sae_id=row.sae_id,
+            index=row.feature,
+            explanation=row.text,
+            concepts=list(row.concepts),
+            source=row.source,
+            status=row.status,
+            layer=sae.layer if sae else None,
+            d_sae=sae.d_sae if sae else None,
+            model=model,
+            author=row.author,
+            model_version=row.model_version,
+            confidence=row.confidence,
+            probability=row.probability,
+            created_at=_iso(row.created_at),
+            scores=[
+                {
+                    "scorer": s.scorer,
+                    "value": s.value,
+                    "model": s.model,
+                    "prompt_version": s.prompt_version,
+                }
+                for s in sorted(scores.get(row.id, []), key=lambda s: (s.scorer, s.id))
+            ],
+            details=details or None,
+        )
+        if imported is not None:
+            for name, value in imported.items():
+                setattr(record, name, value)
+        elif row.source == "human":
+            _human_provenance(record, tasks[(row.sae_id, row.feature)], annotations)
+        if record.kappa is None and row.source == "human" and kappas:
+            known = [kappas[c] for c in record.concepts if c in kappas]
+            record.kappa = known[0] if known else None
+        if row.source == "auto" and record.agreement is None:
+            record.agreement = row.probability
+        records.append(record)
+    return records
+
+
+def _human_provenance(
+    record: ExportRecord,
+    tasks: list[LabelTask],
+    annotations: dict[tuple[str, int], list[Annotation]],
+) -> None:
+    """Label Studio ids and observed agreement of a human label, from its task's annotations."""
+    if not tasks:
+        return
+    by_project = {t.project: t for t in tasks}
+    task = by_project.get(record.model_version or "") or max(tasks, key=lambda t: t.pushed_at)
+    anns = sorted(
+        (
+            a
+            for a in annotations.get((record.sae_id, record.index), [])
+            if a.project == task.project
+        ),
+        key=lambda a: a.annotation_id,
+    )
+    record.ls_project = task.project
+    record.ls_task_id = task.task_id
+    record.ls_annotation_ids = [a.annotation_id for a in anns]
+    record.annotators = sorted({a.annotator for a in anns})
+    if anns:
+        gold = set(record.concepts)
+        record.agreement = sum(set(a.concepts) == gold for a in anns) / len(anns)
+
+
+class ImportReport(NamedTuple):
+    """What an import did: rows added, rows already present, rows skipped (where, why)."""
+
+    added: int
+    present: int
+    skipped: list[tuple[str, str]]
+
+
+def import_records(
+    engine: Engine,
+    taxonomy: Taxonomy,
+    records: list[ExportRecord],
+    *,
+    model: str | None = None,
+    skipped: list[tuple[str, str]] | None = None,
+) -> ImportReport:
+    """Write records as Explanation (+ Score) rows in one transaction; a record already present
+    (same SAE, feature, source, text and author) is not added again, so re-import is a no-op."""
+    skipped = list(skipped or [])
+    allowed = set(taxonomy.label_values())
+    added = present = 0
+    with session_scope(engine) as session:
+        saes = {r.id: r for r in session.exec(select(SaeRecord))}
+        have = {
+            (e.sae_id, e.feature, e.source, e.text.strip(), e.author)
+            for e in session.exec(select(Explanation))
+        }
+        for record in records:
+            where = f"{record.sae_id}/{record.index}"
+            sae = saes.get(record.sae_id)
+            problem = None
+            if sae is None:
+                problem = f"SAE '{record.sae_id}' is not in this workspace"
+            elif not 0 <= record.index < sae.d_sae:
+                problem = f"index {record.index} out of range (d_sae={sae.d_sae})"
+            elif record.layer is not None and record.layer != sae.layer:
+                problem = f"layer {record.layer} does not match SAE {sae.id} (layer {sae.layer})"
+            elif model and record.model and record.model != model:
+                problem = f"model '{record.model}' is not this workspace's ('{model}')"
+            elif unknown := [c for c in record.concepts if c not in allowed]:
+                problem = f"unknown concept(s) {', '.join(unknown)}"
+            elif record.source not in (*GOLD_SOURCES, "prior"):
+                problem = f"unknown source '{record.source}'"
+            if problem:
+                skipped.append((where, problem))
+                continue
+            if record.key() in have:
+                present += 1
+                continue
+            have.add(record.key())
+            details = dict(record.details or {})
+            imported = {
+                name: getattr(record, name)
+                for name in (
+                    "agreement",
+                    "kappa",
+                    "ls_project",
+                    "ls_task_id",
+                    "ls_annotation_ids",
+                    "annotators",
+                )
+                if getattr(record, name) not in (None, [])
+            }
+            if imported:
+                details[_IMPORTED] = imported
+            explanation = Explanation(
+                sae_id=record.sae_id,
+                feature=record.index,
+                source=record.source,
+                status=record.status,
+                concepts=list(record.concepts),
+                text=record.explanation,
+                confidence=record.confidence,
+                author=record.author,
+                model_version=record.model_version,
+                probability=record.probability,
+                details=details or None,
+            )
+            if record.created_at:
+                explanation.created_at = datetime.fromisoformat(record.created_at)
+            session.add(explanation)
+            session.flush()
+            for score in record.scores:
+                session.add(
+                    Score(
+                        explanation_id=explanation.id,
+                        scorer=score["scorer"],
+                        value=float(score["value"]),
+                        model=score.get("model"),
+                        prompt_version=score.get("prompt_version"),
+                    )
+                )
+            added += 1
+    return ImportReport(added, present, skipped)
+
+
+def require_sae(engine: Engine, sae_id: str | None) -> SaeRecord:
+    """The SAE an import targets: the one named, else the selected one."""
+    with Session(engine) as session:
+        chosen = sae_id or get_meta(session, "selected_sae")
+        if chosen is None:
+            raise SafesailError("no SAE given and none selected: pass --sae ID")
+        record = session.get(SaeRecord, chosen)
+        if record is None:
+            known = ", ".join(r.id for r in session.exec(select(SaeRecord))) or "none"
+            raise SafesailError(f"unknown SAE '{chosen}' (SAEs here: {known})")
+        return record

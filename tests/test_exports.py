@@ -1,0 +1,170 @@
+"""Gold-set exports and imports: round trips per format, the Safe-SAIL importer, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import delete
+from sqlmodel import Session, select
+
+from exports.api import import_file, read_export, write_export
+from exports.formats import FORMATS, _one_per_feature
+from exports.records import gather_records
+from exports.synthetic import PROJECT, populate
+from safesail.cli import main
+from safesail.storage import Explanation, Score, session_scope
+from tests.conftest import copy_workspace
+
+
+@pytest.fixture(scope="module")
+def labeled_ws(triaged_ws, tmp_path_factory, lm):
+    """A triaged copy with human labels (tasks, annotations), auto labels (scores, LLM calls)
+    of every status and room summaries."""
+    ws = copy_workspace(triaged_ws, tmp_path_factory.mktemp("labeled") / "ws", lm)
+    populate(ws.engine, ws.selected_sae, ws.taxonomy.safety_concepts(), features=list(range(30)))
+    return ws
+
+
+@pytest.fixture(scope="module")
+def blank_ws(triaged_ws, tmp_path_factory, lm):
+    """A triaged copy with no explanations, to import into."""
+    return copy_workspace(triaged_ws, tmp_path_factory.mktemp("blank") / "ws", lm)
+
+
+def _clear(ws) -> None:
+    with session_scope(ws.engine) as session:
+        session.execute(delete(Score))
+        session.execute(delete(Explanation))
+
+
+def _project(records, fields):
+    return sorted(tuple(json.dumps(getattr(r, f), sort_keys=True) for f in fields) for r in records)
+
+
+def test_gold_set_has_provenance(labeled_ws):
+    gold = gather_records(labeled_ws.engine)
+    everything = gather_records(labeled_ws.engine, include_unaccepted=True)
+    assert gold and len(everything) > len(gold)
+    assert {r.status for r in gold} == {"accepted"}
+    assert {r.status for r in everything} >= {"accepted", "queued", "rejected", "failed"}
+    human = [r for r in gold if r.source == "human"]
+    auto = [r for r in gold if r.source == "auto"]
+    assert human and auto
+    sae = next(s for s in labeled_ws.saes() if s.id == labeled_ws.selected_sae)
+    for r in human:
+        assert r.ls_project == PROJECT and r.ls_task_id is not None
+        assert len(r.ls_annotation_ids) == 2 and r.annotators == ["alice", "bob"]
+        assert r.agreement in (0.5, 1.0) and r.kappa is not None
+        assert (r.layer, r.d_sae, r.model) == (sae.layer, sae.d_sae, labeled_ws.model_name)
+    for r in auto:
+        assert r.agreement == r.probability and {s["scorer"] for s in r.scores} == {
+            "detection",
+            "simulation",
+        }
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_round_trip(fmt, labeled_ws, blank_ws, tmp_path):
+    records = gather_records(labeled_ws.engine, include_unaccepted=True)
+    write_export(records, fmt, tmp_path / fmt)
+    _clear(blank_ws)
+    report = import_file(blank_ws, fmt, tmp_path / fmt)
+    one_per_feature = fmt in ("delphi", "safesail-db")
+    expected = _one_per_feature(records) if one_per_feature else records
+    assert report.skipped == [] and report.added == len(expected)
+    back = gather_records(blank_ws.engine, include_unaccepted=True, include_priors=True)
+    keeps = FORMATS[fmt].keeps
+    assert _project(back, keeps) == _project(expected, keeps)
+    if fmt in ("jsonl", "parquet", "csv"):
+        assert back == records  # lossless, provenance and Label Studio ids included
+    again = import_file(blank_ws, fmt, tmp_path / fmt)
+    assert (again.added, again.present) == (0, report.added)
+
+
+def test_export_cli_manifest_and_rerun(labeled_ws, tmp_path):
+    out = tmp_path / "out"
+    args = ["export", "--workspace", str(labeled_ws.config.workspace), "--quiet"]
+    assert main([*args, "--format", "parquet", "--out", str(out)]) == 0
+    manifest = json.loads((out / "parquet.manifest.json").read_text())
+    n_gold = len(gather_records(labeled_ws.engine))
+    assert manifest["records"] == n_gold and manifest["by_status"] == {"accepted": n_gold}
+    assert manifest["model"] == labeled_ws.model_name
+    assert manifest["saes"][0]["id"] == labeled_ws.selected_sae
+    assert main([*args, "--format", "parquet", "--out", str(out), "--include-unaccepted"]) == 0
+    records, _ = read_export("parquet", out)
+    assert len(records) > n_gold and not list(out.glob(".parquet-*"))  # no staging left
+    with pytest.raises(SystemExit):
+        main([*args, "--format", "nope", "--out", str(out)])
+
+
+SAFE_SAIL_DB = {
+    "{L}_3": {
+        "explanation": "violent threats",
+        "correlation_score": 0.41,
+        "tag_list": ["violence"],
+    },
+    "{L}_4": {
+        "explanation": "explicit content",
+        "correlation_score": 0.38,
+        "tag_list": ["pornography", "violence"],
+    },
+    "{L}_5": {"explanation": "***", "correlation_score": 0.5, "tag_list": ["politics"]},
+    "{L}_6": {"explanation": "*****", "correlation_score": 0.2, "tag_list": ["terror"]},
+    "{L}_7": {"explanation": "elections", "correlation_score": 0.7, "tag_list": ["politics"]},
+    "{L}_8": {"explanation": "attacks", "correlation_score": "high", "tag_list": ["terror"]},
+    "{L}_9": ["not", "an", "object"],
+    "{L}_10": {"explanation": "odd tag", "correlation_score": 0.3, "tag_list": ["astrology"]},
+    "{L}_99999": {"explanation": "too far", "correlation_score": 0.3, "tag_list": ["terror"]},
+    "{O}_3": {"explanation": "other layer", "correlation_score": 0.3, "tag_list": ["terror"]},
+    "layer3-neuron4": {"explanation": "bad key", "correlation_score": 0.3, "tag_list": []},
+}
+
+
+def test_safesail_db_import(blank_ws, tmp_path):
+    _clear(blank_ws)
+    sae = next(s for s in blank_ws.saes() if s.id == blank_ws.selected_sae)
+    raw = json.dumps(SAFE_SAIL_DB).replace("{L}", str(sae.layer)).replace("{O}", str(sae.layer + 5))
+    path = tmp_path / "neuron_db.json"
+    path.write_text(raw)
+    report = import_file(blank_ws, "safesail-db", path)
+    assert report.added == 3 and report.present == 0
+    why = {where: reason for where, reason in report.skipped}
+    L = sae.layer
+    assert why[f"{L}_5"].startswith("masked") and why[f"{L}_6"].startswith("masked")
+    assert "not a number" in why[f"{L}_8"] and why[f"{L}_9"].startswith("bad row")
+    assert "unknown concept" in why[f"{sae.id}/10"] and "out of range" in why[f"{sae.id}/99999"]
+    assert "does not match" in why[f"{L + 5}_3"] and "<layer>_<index>" in why["layer3-neuron4"]
+    assert len(report.skipped) == 8
+    with Session(blank_ws.engine) as session:
+        rows = {e.feature: e for e in session.exec(select(Explanation))}
+        assert {e.source for e in rows.values()} == {"prior"}
+        assert rows[4].concepts == ["sexual_content", "violence"]
+        score = session.exec(select(Score).where(Score.explanation_id == rows[7].id)).one()
+        assert score.value == 0.7
+    # the CLI reports the same and adds nothing twice
+    code = main(["import", "safesail-db", str(path), "--workspace", str(blank_ws.config.workspace)])
+    assert code == 0 and len(gather_records(blank_ws.engine, include_priors=True)) == 3
+    assert blank_ws.status()["labels"]["prior"] == 3
+
+
+def test_import_errors(blank_ws, tmp_path, capsys):
+    ws = str(blank_ws.config.workspace)
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    assert main(["import", "safesail-db", str(bad), "--workspace", ws]) == 2
+    assert main(["import", "safesail-db", str(bad), "--workspace", ws, "--sae", "nope"]) == 2
+    assert main(["import", "jsonl", str(tmp_path / "missing"), "--workspace", ws]) == 2
+    err = capsys.readouterr().err
+    assert "not a Safe-SAIL neuron DB" in err and "unknown SAE 'nope'" in err
+    assert "no such file" in err
+
+
+def test_demo_step_writes_gold(labeled_ws):
+    from exports.plugin import PLUGIN
+
+    assert PLUGIN.demo(labeled_ws, None, False) == 0
+    records, _ = read_export("jsonl", labeled_ws.config.workspace / "exports" / "jsonl")
+    assert records == gather_records(labeled_ws.engine)
+    db = labeled_ws.config.workspace / "exports" / "safesail-db" / f"{labeled_ws.selected_sae}.json"
+    assert len(json.loads(db.read_text())) == len({(r.sae_id, r.index) for r in records})
