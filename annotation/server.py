@@ -1,0 +1,314 @@
+"""A real Label Studio server, installed in its own virtual environment and run for a workspace.
+
+Label Studio pins packages (openai<2, older pyarrow) that would downgrade the app's, so it gets
+its own venv under the cache dir. Its data, logs, pid and credentials live in the workspace
+(`<workspace>/label-studio/`), HOME included, so nothing lands in the user's home folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from safesail.errors import SafesailError
+
+LS_VERSION = "1.23.2"
+"""The Label Studio release this room is tested against."""
+ADMIN_EMAIL = "admin@example.com"
+"""Admin login (Label Studio's web login needs a real-looking email)."""
+_READY = re.compile(r"Starting development server at (http://\S+?)/?\s*$", re.M)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where and how the managed Label Studio runs."""
+
+    port: int = 8080
+    """Port to bind (Label Studio silently moves to another if busy, so a busy port is refused)."""
+    host: str = "127.0.0.1"
+    """Bind address: local only by default."""
+    start_timeout: float = 300.0
+    """Seconds to wait for the server (first start migrates the database: 60-100 s)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
+        if self.start_timeout <= 0:
+            raise ValueError("start_timeout must be > 0")
+
+
+class ServerState(NamedTuple):
+    """What `labelstudio status` reports."""
+
+    url: str | None
+    pid: int | None
+    running: bool
+    healthy: bool
+
+
+class Paths(NamedTuple):
+    """The managed server's files inside a workspace."""
+
+    root: Path
+    data: Path
+    pid: Path
+    log: Path
+    state: Path
+    credentials: Path
+
+
+def paths(workspace: Path) -> Paths:
+    root = Path(workspace).resolve() / "label-studio"
+    return Paths(
+        root,
+        root / "data",
+        root / "server.pid",
+        root / "server.log",
+        root / "server.json",
+        root / "credentials.json",
+    )
+
+
+def venv_dir(cache_dir: Path) -> Path:
+    return Path(cache_dir) / "label-studio" / "venv"
+
+
+def ensure_installed(cache_dir: Path, progress: bool = True) -> Path:
+    """The `label-studio` executable, installing it on first use (~1.5 min, ~1 GB); a lock
+    keeps two processes from installing at once, a marker file makes a half install retry."""
+    venv = venv_dir(cache_dir)
+    exe, marker = venv / "bin" / "label-studio", venv / ".safesail-installed"
+    if marker.exists():
+        return exe
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / "install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists():
+            return exe
+        if progress:
+            print(
+                f"installing Label Studio {LS_VERSION} into {venv} (first time only, ~1.5 min)...",
+                flush=True,
+            )
+        log = venv.parent / "install.log"
+        with open(log, "w") as out:
+            steps = [
+                [sys.executable, "-m", "venv", str(venv)],
+                [str(venv / "bin" / "pip"), "install", "-q", f"label-studio=={LS_VERSION}"],
+            ]
+            for cmd in steps:
+                if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode:
+                    tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+                    raise SafesailError(
+                        f"installing Label Studio failed ({' '.join(tail)}); see {log}"
+                    )
+        marker.touch()
+        if progress:
+            print("Label Studio installed.", flush=True)
+    return exe
+
+
+def _write_private(path: Path, data: dict) -> None:
+    """JSON readable by the owner only (0600), created with those permissions from the start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out)
+    os.chmod(path, 0o600)
+
+
+def credentials(workspace: Path) -> dict[str, str]:
+    """The admin login and API token of the managed server, created (random) on first use."""
+    path = paths(workspace).credentials
+    if path.exists():
+        return json.loads(path.read_text())
+    creds = {
+        "username": ADMIN_EMAIL,
+        "password": secrets.token_urlsafe(12),
+        "token": secrets.token_hex(20),
+    }
+    _write_private(path, creds)
+    return creds
+
+
+def _pid_alive(pid: int, p: Paths) -> bool:
+    """Alive and really our server (a recycled pid belongs to someone else)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return "label-studio" in cmdline or str(p.data) in cmdline
+
+
+def healthy(url: str, timeout: float = 3.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def status(workspace: Path) -> ServerState:
+    p = paths(workspace)
+    if not p.state.exists():
+        return ServerState(None, None, False, False)
+    state = json.loads(p.state.read_text())
+    alive = _pid_alive(state["pid"], p)
+    return ServerState(state["url"], state["pid"], alive, alive and healthy(state["url"]))
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _server_env(p: Paths, creds: dict[str, str]) -> dict[str, str]:
+    """Label Studio reads plain HOST/PORT/USERNAME/PASSWORD too: drop them so they can't leak
+    in; pass the secrets by environment rather than on the (world-readable) command line."""
+    env = {k: v for k, v in os.environ.items() if k not in {"HOST", "PORT", "USERNAME", "PASSWORD"}}
+    home = p.root / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    env.update(
+        HOME=str(home),
+        LABEL_STUDIO_BASE_DATA_DIR=str(p.data),
+        LABEL_STUDIO_USERNAME=creds["username"],
+        LABEL_STUDIO_PASSWORD=creds["password"],
+        LABEL_STUDIO_USER_TOKEN=creds["token"],
+        LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
+        LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS="false",  # the `label listen` webhook is local
+        LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
+        LATEST_VERSION_CHECK="false",  # no call to pypi.org on every start
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def up(
+    workspace: Path, cache_dir: Path, config: ServerConfig | None = None, progress: bool = True
+) -> ServerState:
+    """Start the workspace's server (install first if needed); already running: return it."""
+    config = config or ServerConfig()
+    p = paths(workspace)
+    current = status(workspace)
+    if current.running:
+        if not current.healthy and not _wait_healthy(current.url, config.start_timeout):
+            raise SafesailError(f"Label Studio (pid {current.pid}) runs but is not healthy")
+        return status(workspace)
+    if not _port_free(config.host, config.port):
+        raise SafesailError(
+            f"port {config.port} on {config.host} is in use; pass another --port "
+            "(Label Studio would silently move to another one)"
+        )
+    exe = ensure_installed(cache_dir, progress)
+    creds = credentials(workspace)
+    p.data.mkdir(parents=True, exist_ok=True)
+    first = not (p.data / "label_studio.sqlite3").exists()
+    if progress:
+        wait = "first start migrates its database, 60-100 s" if first else "~10 s"
+        print(f"starting Label Studio on {config.host}:{config.port} ({wait})...", flush=True)
+    cmd = [
+        str(exe),
+        "start",
+        "--no-browser",
+        "--internal-host",
+        config.host,
+        "--port",
+        str(config.port),
+        "--data-dir",
+        str(p.data),
+        "--enable-legacy-api-token",
+    ]
+    log = open(p.log, "ab")  # noqa: SIM115 - handed to the child, which outlives this call
+    offset = p.log.stat().st_size
+    proc = subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=_server_env(p, creds),
+        cwd=p.root,
+        start_new_session=True,  # its own process group: `down` stops it and its children only
+    )
+    log.close()
+    p.pid.write_text(str(proc.pid))
+    url = _wait_ready(proc, p.log, offset, config.start_timeout)
+    p.state.write_text(json.dumps({"pid": proc.pid, "url": url, "port": config.port}))
+    if not _wait_healthy(url, config.start_timeout):
+        _stop_group(proc.pid)
+        raise SafesailError(f"Label Studio did not become healthy at {url}; see {p.log}")
+    return status(workspace)
+
+
+def _wait_ready(proc: subprocess.Popen, log: Path, offset: int, timeout: float) -> str:
+    """The URL from the "Starting development server at" line (the port it really took)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        if match := _READY.search(text):
+            return match.group(1).rstrip("/")
+        if proc.poll() is not None:
+            last = " | ".join(text.strip().splitlines()[-3:])
+            raise SafesailError(f"Label Studio exited with code {proc.returncode}: {last}")
+        time.sleep(1.0)
+    _stop_group(proc.pid)
+    raise SafesailError(f"Label Studio did not start within {timeout:.0f} s; see {log}")
+
+
+def _wait_healthy(url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if healthy(url):
+            return True
+        time.sleep(1.0)
+    return False
+
+
+def _stop_group(pid: int, timeout: float = 20.0) -> None:
+    """SIGTERM the server's own process group, SIGKILL after a grace period."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.3)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def down(workspace: Path) -> bool:
+    """Stop the server this workspace started (never any other); False if none was running."""
+    p = paths(workspace)
+    current = status(workspace)
+    stopped = False
+    if current.running and current.pid is not None:
+        _stop_group(current.pid)
+        stopped = True
+    for path in (p.pid, p.state):
+        path.unlink(missing_ok=True)
+    return stopped
