@@ -1,0 +1,228 @@
+"""Scores of an explanation on contexts the explainer never saw (delphi / OpenAI style).
+
+- detection: given the explanation, which texts make the feature fire (balanced accuracy);
+- fuzzing: which texts have the activating tokens marked, versus random tokens (balanced acc.);
+- simulation: the LLM rates each text 0-10, correlated with the real max activation (the cheap
+  per-segment variant of simulating activations);
+- embedding: no LLM call; AUROC of TF-IDF similarity to the explanation, activating vs. not.
+
+Each LLM scorer asks about every text of a feature in ONE call, so scoring costs three short
+calls per feature.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+from pydantic import BaseModel, ValidationInfo, field_validator
+
+from safesail.explainer.clients import LlmClient
+from safesail.explainer.config import ExplainConfig
+from safesail.explainer.explainers.prompts import Shown, random_window, render, segment
+
+
+class ScoreResult(NamedTuple):
+    """One scorer's value (None when the scorer's answer stayed invalid) and what it saw."""
+
+    scorer: str
+    value: float | None
+    details: dict[str, Any]
+
+
+class Ratings(BaseModel):
+    """One integer per numbered text, within the asked range."""
+
+    answers: list[int]
+
+    @field_validator("answers")
+    @classmethod
+    def _shape(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        ctx = info.context or {}
+        if "n" in ctx and len(value) != ctx["n"]:
+            raise ValueError(f"expected {ctx['n']} answers, got {len(value)}")
+        if any(not 0 <= v <= ctx.get("max", 10) for v in value):
+            raise ValueError(f"answers must be within 0-{ctx.get('max', 10)}")
+        return value
+
+
+def _schema(n: int, top: int) -> dict[str, Any]:
+    items = {"type": "integer", "enum": list(range(top + 1))}
+    return {
+        "type": "object",
+        "properties": {"answers": {"type": "array", "items": items, "minItems": n, "maxItems": n}},
+        "required": ["answers"],
+    }
+
+
+def balanced_accuracy(truth: list[bool], guess: list[bool]) -> float:
+    t, g = np.asarray(truth, bool), np.asarray(guess, bool)
+    rates = [float((g[t == c] == c).mean()) for c in (True, False) if (t == c).any()]
+    return float(np.mean(rates))
+
+
+class HeldOut(NamedTuple):
+    """A feature's scoring material: activating held-out contexts and non-activating texts."""
+
+    positives: list[Shown]
+    negatives: list[Shown]
+
+
+def shown_for_scoring(held: HeldOut, config: ExplainConfig, rng: np.random.Generator):
+    """Segments (ours) or whole contexts (baseline) for positives and negatives alike."""
+    if config.prompting == "baseline":
+        return held.positives, held.negatives
+    width = config.window_left + config.window_right + 1
+    pos = [segment(*s, config) for s in held.positives]
+    return pos, [random_window(s.tokens, width, rng) for s in held.negatives]
+
+
+def _ask(
+    client: LlmClient,
+    step: str,
+    instruction: str,
+    texts: list[str],
+    top: int,
+    sae_id: str,
+    feature: int,
+):
+    numbered = "\n".join(f"{i}. {t}" for i, t in enumerate(texts, 1))
+    messages = [
+        {"role": "system", "content": instruction},
+        {"role": "user", "content": f"Texts:\n{numbered}"},
+    ]
+    return client.structured(
+        messages,
+        Ratings,
+        step=step,
+        max_tokens=4 * len(texts) + 16,
+        schema=_schema(len(texts), top),
+        context={"n": len(texts), "max": top},
+        sae_id=sae_id,
+        feature=feature,
+    )
+
+
+def _shuffle(items: list[Any], rng: np.random.Generator) -> tuple[list[Any], np.ndarray]:
+    order = rng.permutation(len(items))
+    return [items[i] for i in order], order
+
+
+def detection(
+    client, explanation, pos, neg, sae_id: str, feature: int, rng: np.random.Generator
+) -> ScoreResult:
+    items, order = _shuffle(
+        [(render(s, None), True) for s in pos] + [(render(s, None), False) for s in neg], rng
+    )
+    instruction = (
+        f'A language-model feature is explained as: "{explanation}". For each text answer 1 if '
+        'the feature fires on it, else 0. Reply JSON {"answers": [one number per text]}.'
+    )
+    reply = _ask(client, "detection", instruction, [t for t, _ in items], 1, sae_id, feature)
+    if reply.value is None:
+        return ScoreResult("detection", None, {"reason": reply.reason})
+    truth = [y for _, y in items]
+    guess = [bool(a) for a in reply.value.answers]
+    return ScoreResult(
+        "detection", balanced_accuracy(truth, guess), {"truth": truth, "guess": guess}
+    )
+
+
+def fuzzing(
+    client, explanation, pos, config: ExplainConfig, sae_id: str, feature: int, rng
+) -> ScoreResult:
+    items = []
+    for shown in pos:
+        top = float(shown.acts.max(initial=0.0))
+        right = shown.acts >= config.mark_fraction * top
+        quiet = np.flatnonzero(~right)
+        wrong = np.zeros(len(shown.tokens), dtype=bool)
+        if len(quiet):
+            wrong[rng.choice(quiet, size=min(int(right.sum()) or 1, len(quiet)), replace=False)] = (
+                True
+            )
+        items += [(render(shown, None, right), True), (render(shown, None, wrong), False)]
+    items, _ = _shuffle(items, rng)
+    instruction = (
+        f'A language-model feature is explained as: "{explanation}". In each text some tokens '
+        "are marked <<like this>>. Answer 1 if the marked tokens are where this feature fires, "
+        'else 0. Reply JSON {"answers": [one number per text]}.'
+    )
+    reply = _ask(client, "fuzzing", instruction, [t for t, _ in items], 1, sae_id, feature)
+    if reply.value is None:
+        return ScoreResult("fuzzing", None, {"reason": reply.reason})
+    truth = [y for _, y in items]
+    guess = [bool(a) for a in reply.value.answers]
+    return ScoreResult("fuzzing", balanced_accuracy(truth, guess), {"truth": truth, "guess": guess})
+
+
+def simulation(client, explanation, pos, neg, sae_id: str, feature: int, rng) -> ScoreResult:
+    peak = max((float(s.acts.max(initial=0.0)) for s in pos), default=1.0) or 1.0
+    items, _ = _shuffle(
+        [(render(s, None), float(s.acts.max(initial=0.0)) / peak) for s in pos + neg], rng
+    )
+    instruction = (
+        f'A language-model feature is explained as: "{explanation}". Rate from 0 to 10 how '
+        'strongly it fires on each text. Reply JSON {"answers": [one rating per text]}.'
+    )
+    reply = _ask(client, "simulation", instruction, [t for t, _ in items], 10, sae_id, feature)
+    if reply.value is None:
+        return ScoreResult("simulation", None, {"reason": reply.reason})
+    real = np.array([a for _, a in items])
+    predicted = np.array(reply.value.answers, dtype=float)
+    corr = (
+        float(np.corrcoef(real, predicted)[0, 1]) if real.std() > 0 and predicted.std() > 0 else 0.0
+    )
+    return ScoreResult(
+        "simulation", corr, {"real": real.round(3).tolist(), "predicted": predicted.tolist()}
+    )
+
+
+def embedding(explanation: str, pos: list[Shown], neg: list[Shown]) -> ScoreResult:
+    """AUROC of the explanation's similarity to activating vs. non-activating texts, over
+    character n-gram TF-IDF (no model, no call; robust to word forms like stab/stabbed)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.metrics import roc_auc_score
+
+    texts = [render(s, None) for s in pos + neg]
+    vectors = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5)).fit_transform(
+        [explanation, *texts]
+    )
+    sims = (vectors[1:] @ vectors[0].T).toarray().ravel()
+    truth = [1] * len(pos) + [0] * len(neg)
+    value = float(roc_auc_score(truth, sims)) if pos and neg else float(sims.mean())
+    return ScoreResult("embedding", value, {"similarity": sims.round(4).tolist()})
+
+
+def text_similarity(a: str, b: str) -> float:
+    """Character n-gram TF-IDF cosine between two explanations (the equivalence check)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    if not a.strip() or not b.strip():
+        return 0.0
+    vectors = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5)).fit_transform([a, b])
+    return float((vectors[0] @ vectors[1].T).toarray()[0, 0])
+
+
+def score_explanation(
+    client: LlmClient | None,
+    explanation: str,
+    held: HeldOut,
+    config: ExplainConfig,
+    sae_id: str,
+    feature: int,
+) -> list[ScoreResult]:
+    """Every configured scorer on the feature's held-out material (seeded per feature)."""
+    rng = np.random.default_rng([config.seed, feature])
+    pos, neg = shown_for_scoring(held, config, rng)
+    out = []
+    for name in config.scorers:
+        if name == "embedding":
+            out.append(embedding(explanation, pos, neg))
+        elif name == "detection":
+            out.append(detection(client, explanation, pos, neg, sae_id, feature, rng))
+        elif name == "fuzzing":
+            out.append(fuzzing(client, explanation, pos, config, sae_id, feature, rng))
+        else:
+            out.append(simulation(client, explanation, pos, neg, sae_id, feature, rng))
+    return out
