@@ -15,7 +15,6 @@ Formats without provenance (delphi, openai, safesail-db) read back as source "pr
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import re
 from collections.abc import Callable
@@ -101,7 +100,7 @@ def _from_dict(row: Any) -> ExportRecord:
 def _write_jsonl(records: list[ExportRecord], out: Path) -> dict[str, Any]:
     with open(out / "explanations.jsonl", "w", encoding="utf-8") as fh:
         for r in records:
-            fh.write(json.dumps(dataclasses.asdict(r), ensure_ascii=False) + "\n")
+            fh.write(json.dumps(vars(r), ensure_ascii=False) + "\n")
     return {"files": ["explanations.jsonl"]}
 
 

@@ -133,27 +133,70 @@ def gather_records(
     """The gold set (accepted human and automatic explanations) as records, ordered by SAE,
     feature and time; optionally with queued/rejected/failed ones and imported priors."""
     sources = [*GOLD_SOURCES, "prior"] if include_priors else list(GOLD_SOURCES)
-    query = select(Explanation).where(Explanation.source.in_(sources))
+    # Plain column rows, not ORM objects: building 100k sqlmodel instances costs most of an export.
+    query = select(
+        Explanation.id,
+        Explanation.sae_id,
+        Explanation.feature,
+        Explanation.source,
+        Explanation.status,
+        Explanation.concepts,
+        Explanation.text,
+        Explanation.confidence,
+        Explanation.author,
+        Explanation.created_at,
+        Explanation.model_version,
+        Explanation.probability,
+        Explanation.details,
+    ).where(Explanation.source.in_(sources))
     if not include_unaccepted:
         query = query.where(Explanation.status == "accepted")
     if sae_id is not None:
         query = query.where(Explanation.sae_id == sae_id)
+    query = query.order_by(
+        Explanation.sae_id, Explanation.feature, Explanation.created_at, Explanation.id
+    )
     with Session(engine) as session:
-        rows = list(session.exec(query))
+        rows = session.exec(query).all()
         saes = {r.id: r for r in session.exec(select(SaeRecord))}
         model = get_meta(session, "model")
         kappas = _kappas(get_meta(session, "annotation"))
-        scores: dict[int, list[Score]] = defaultdict(list)
-        for score in session.exec(select(Score)):
-            scores[score.explanation_id].append(score)
-        tasks: dict[tuple[str, int], list[LabelTask]] = defaultdict(list)
-        for task in session.exec(select(LabelTask)):
+        scores: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for s in session.exec(
+            select(
+                Score.explanation_id, Score.scorer, Score.value, Score.model, Score.prompt_version
+            ).order_by(Score.explanation_id, Score.scorer, Score.id)
+        ):
+            scores[s[0]].append(
+                {"scorer": s[1], "value": s[2], "model": s[3], "prompt_version": s[4]}
+            )
+        tasks: dict[tuple[str, int], list[Any]] = defaultdict(list)
+        for task in session.exec(
+            select(
+                LabelTask.sae_id,
+                LabelTask.feature,
+                LabelTask.project,
+                LabelTask.task_id,
+                LabelTask.pushed_at,
+            )
+        ):
             tasks[(task.sae_id, task.feature)].append(task)
-        annotations: dict[tuple[str, int], list[Annotation]] = defaultdict(list)
-        for ann in session.exec(select(Annotation).where(Annotation.valid)):
+        annotations: dict[tuple[str, int], list[Any]] = defaultdict(list)
+        for ann in session.exec(
+            select(
+                Annotation.sae_id,
+                Annotation.feature,
+                Annotation.project,
+                Annotation.annotation_id,
+                Annotation.annotator,
+                Annotation.concepts,
+            )
+            .where(Annotation.valid)
+            .order_by(Annotation.annotation_id)
+        ):
             annotations[(ann.sae_id, ann.feature)].append(ann)
     records = []
-    for row in sorted(rows, key=lambda r: (r.sae_id, r.feature, r.created_at, r.id)):
+    for row in rows:
         sae = saes.get(row.sae_id)
         details = dict(row.details) if row.details else None
         imported = details.pop(_IMPORTED, None) if details else None
@@ -172,15 +215,7 @@ def gather_records(
             confidence=row.confidence,
             probability=row.probability,
             created_at=_iso(row.created_at),
-            scores=[
-                {
-                    "scorer": s.scorer,
-                    "value": s.value,
-                    "model": s.model,
-                    "prompt_version": s.prompt_version,
-                }
-                for s in sorted(scores.get(row.id, []), key=lambda s: (s.scorer, s.id))
-            ],
+            scores=scores.get(row.id, []),
             details=details or None,
         )
         if imported is not None:
@@ -199,22 +234,17 @@ def gather_records(
 
 def _human_provenance(
     record: ExportRecord,
-    tasks: list[LabelTask],
-    annotations: dict[tuple[str, int], list[Annotation]],
+    tasks: list[Any],
+    annotations: dict[tuple[str, int], list[Any]],
 ) -> None:
     """Label Studio ids and observed agreement of a human label, from its task's annotations."""
     if not tasks:
         return
     by_project = {t.project: t for t in tasks}
     task = by_project.get(record.model_version or "") or max(tasks, key=lambda t: t.pushed_at)
-    anns = sorted(
-        (
-            a
-            for a in annotations.get((record.sae_id, record.index), [])
-            if a.project == task.project
-        ),
-        key=lambda a: a.annotation_id,
-    )
+    anns = [
+        a for a in annotations.get((record.sae_id, record.index), []) if a.project == task.project
+    ]
     record.ls_project = task.project
     record.ls_task_id = task.task_id
     record.ls_annotation_ids = [a.annotation_id for a in anns]
