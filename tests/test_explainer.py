@@ -1,0 +1,136 @@
+"""The explainer end to end over real HTTP: the embedded llama.cpp server serving SmolLM2,
+started by safesail's own server module, on a tiny workspace with simulated gold labels."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+
+import pytest
+from sqlmodel import Session, delete, select
+
+from safesail.cli import main
+from safesail.explainer.config import EMBEDDED_ALIAS, ExplainConfig, LlmConfig
+from safesail.explainer.pipeline import explain
+from safesail.explainer.plugin import demo
+from safesail.explainer.server import EmbeddedServer
+from safesail.explainer.simulate import seed_gold
+from safesail.storage import Explanation, Feature, LlmCall, Score, get_meta
+from tests.conftest import copy_workspace
+
+needs_llama = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason="llama-cpp-python is not installed (pip install 'llama-cpp-python[server]')",
+)
+
+
+@pytest.fixture(scope="module")
+def llm_url(tmp_path_factory):
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (pip install 'llama-cpp-python[server]')")
+    server = EmbeddedServer(tmp_path_factory.mktemp("llm"), port=8790)
+    info, _ = server.up()
+    yield info.base_url
+    server.down()
+
+
+def _features(ws) -> tuple[list[int], list[int]]:
+    """(candidates, other features with examples) of the selected SAE."""
+    with Session(ws.engine) as session:
+        rows = session.exec(
+            select(Feature).where(Feature.sae_id == ws.selected_sae, Feature.examples.is_not(None))
+        ).all()
+    ranked = sorted(rows, key=lambda r: -(r.safety_score or 0))
+    return [r.index for r in ranked if r.candidate], [r.index for r in ranked if not r.candidate]
+
+
+def _counts(ws) -> tuple[int, int, float]:
+    with Session(ws.engine) as session:
+        calls = list(session.exec(select(LlmCall)))
+    return (
+        len(calls),
+        sum(c.prompt_tokens + c.completion_tokens for c in calls),
+        sum(c.cost_usd or 0 for c in calls),
+    )
+
+
+@needs_llama
+def test_explain_end_to_end_over_real_http(triaged_ws, tmp_path, lm, llm_url):
+    ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)
+    sae = ws.selected_sae
+    candidates, others = _features(ws)
+    assert candidates, "the tiny workspace needs a safety candidate"
+    gold = (candidates[1:] + others)[:4]
+    assert seed_gold(ws.engine, sae, gold) == 4
+    config = ExplainConfig(limit=1, min_gold=3, few_shot=1, n_score_pos=2, n_score_neg=2)
+    llm = LlmConfig(base_url=llm_url)
+    report = explain(ws, config, llm, progress=False)
+    assert report.explained == 5
+    with Session(ws.engine) as session:
+        auto = list(session.exec(select(Explanation).where(Explanation.source == "auto")))
+        human = list(session.exec(select(Explanation).where(Explanation.source == "human")))
+        scores = list(session.exec(select(Score)))
+        meta = get_meta(session, "calibration")
+    assert {r.feature for r in auto} == {candidates[0], *gold}
+    assert len(human) == 4 and all(h.status == "accepted" for h in human)  # never overwritten
+    labels = set(ws.taxonomy.label_values())
+    explained = [r for r in auto if r.status != "failed"]
+    assert explained, [r.details for r in auto]
+    for row in explained:
+        assert set(row.concepts) <= labels and row.text and 0 <= row.confidence <= 1
+        assert row.model_version == f"{EMBEDDED_ALIAS}/{config.prompt_version}"
+    for row in auto:
+        if row.feature in gold and row.status != "failed":
+            assert row.status in ("queued", "rejected") and row.details["yardstick"]
+    assert {s.scorer for s in scores} == {"detection", "fuzzing", "simulation", "embedding"}
+    for s in scores:
+        if s.scorer == "embedding":
+            assert s.model is None and s.prompt_version.startswith("tfidf")
+        else:
+            assert s.model == EMBEDDED_ALIAS and config.prompt_version in s.prompt_version
+    calls, tokens, cost = _counts(ws)
+    status = ws.status()
+    assert status["llm"] == {"calls": calls, "tokens": tokens, "cost_usd": 0.0} and cost == 0
+    with Session(ws.engine) as session:
+        steps = {c.step for c in session.exec(select(LlmCall))}
+    assert {"explain", "detection"} <= steps
+    assert meta["target"] == 0.9 and meta["model"] == EMBEDDED_ALIAS
+    assert meta["n_gold"] == sum(1 for r in explained if r.feature in gold)
+    assert status["calibration"] == meta
+
+    # rerun: nothing new is asked or paid
+    again = explain(ws, config, llm, progress=False)
+    assert again.explained == 0 and _counts(ws) == (calls, tokens, cost)
+
+    # interrupted before a feature was stored: rerun redoes it from the cache, free
+    with Session(ws.engine) as session:
+        lost = session.exec(select(Explanation).where(Explanation.feature == candidates[0])).one()
+        session.exec(delete(Score).where(Score.explanation_id == lost.id))
+        session.exec(delete(Explanation).where(Explanation.id == lost.id))
+        session.commit()
+    resumed = explain(ws, config, llm, progress=False)
+    assert resumed.explained == 1 and _counts(ws) == (calls, tokens, cost)
+    with Session(ws.engine) as session:
+        back = session.exec(select(Explanation).where(Explanation.feature == candidates[0])).one()
+    assert (back.concepts, back.text) == (lost.concepts, lost.text)
+
+
+@needs_llama
+def test_llm_commands_start_once_and_stop(tmp_path, capsys):
+    base = ["--workspace", str(tmp_path / "ws"), "--port", "8791"]
+    assert main(["llm", "up", *base]) == 0
+    assert main(["llm", "up", *base]) == 0
+    out = capsys.readouterr().out
+    assert "started" in out and "already running" in out
+    assert main(["llm", "status", *base]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["running"] and status["healthy"] and status["model"] == EMBEDDED_ALIAS
+    assert main(["llm", "down", *base]) == 0
+    assert main(["llm", "status", *base]) == 0
+    assert json.loads(capsys.readouterr().out.split("stopped\n")[-1])["running"] is False
+
+
+def test_demo_step_waits_for_gold_labels(triaged_ws, capsys):
+    assert demo(triaged_ws, argparse.Namespace(), False) == 0
+    assert "waits for gold labels" in capsys.readouterr().out
