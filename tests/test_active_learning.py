@@ -1,0 +1,187 @@
+"""The active learner: modAL shims, query strategies (known answers), and the workspace loop
+(labels from the simulated oracle -> retrain -> Meta -> next batch) on the tiny workspace."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlmodel import Session, select
+
+from active_learning.learner import (
+    STRATEGIES,
+    ALConfig,
+    predict,
+    primary_label,
+    query_features,
+    retrain,
+)
+from active_learning.strategies import diverse_pick
+from active_learning.strategies import select as pick
+from safesail.errors import SafesailError
+from safesail.oracle import oracle_labels
+from safesail.storage import Explanation, Feature, LabelTask, get_meta, session_scope
+from tests.conftest import copy_workspace
+
+
+def test_modal_shims_make_teach_and_broken_modules_work():
+    from modAL import ActiveLearner
+    from sklearn.linear_model import LogisticRegression
+
+    import active_learning.shims  # noqa: F401
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(12, 3)), np.arange(12) % 2
+    learner = ActiveLearner(LogisticRegression(), X_training=X[:4], y_training=y[:4])
+    learner.teach(X[4:8], y[4:8])  # check_X_y(force_all_finite=...) without the shim
+    assert len(learner.X_training) == 8
+    from modAL.expected_error import expected_error_reduction  # np.float without the shim
+
+    rows, _ = expected_error_reduction(learner, X[8:], n_instances=2)
+    assert len(set(rows.tolist())) == 2
+    import modAL.cluster  # noqa: F401 - sklearn.cluster.hierarchical without the shim
+
+    assert not hasattr(np, "float")  # the numpy alias was only there during the import
+
+
+@pytest.mark.parametrize("strategy", ["uncertainty", "margin", "entropy", "committee", "value"])
+def test_strategies_pick_the_planted_uncertain_points(strategy):
+    rng = np.random.default_rng(1)
+    X_lab = np.vstack([rng.normal(-3, 0.3, (10, 2)), rng.normal(3, 0.3, (10, 2))])
+    y_lab = np.array(["a"] * 10 + ["b"] * 10)
+    sure = np.vstack([rng.normal(-6, 0.3, (40, 2)), rng.normal(6, 0.3, (40, 2))])
+    planted = np.column_stack([np.linspace(-0.2, 0.2, 5), np.linspace(-2, 2, 5)])
+    pool = np.vstack([sure[:40], planted, sure[40:]])
+    picked = pick(strategy, pool, np.ones(len(pool)), 5, X_labeled=X_lab, y_labeled=y_lab)
+    assert sorted(picked.rows.tolist()) == list(range(40, 45))
+
+
+def test_diverse_pick_spreads_a_batch_over_clusters():
+    X = np.repeat(np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]]), 4, axis=0)
+    score = np.array([1.0, 1.0, 1.0, 1.0, 0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8])
+    rows = diverse_pick(X, score, 3).rows
+    assert sorted(int(r) // 4 for r in rows) == [0, 1, 2]
+    # a labeled point at the first cluster pushes the batch away from it
+    away = diverse_pick(X, score, 2, X_labeled=np.array([[0.0, 0.0]])).rows
+    assert all(int(r) >= 4 for r in away)
+
+
+def test_primary_label_prefers_safety_concepts():
+    values = ["violence", "weapons", "benign", "uninterpretable"]
+    assert primary_label(["benign", "weapons", "violence"], values) == "weapons"
+    assert primary_label(["uninterpretable", "benign"], values) == "benign"
+    assert primary_label(["nonsense"], values) is None
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="strategy"):
+        ALConfig(strategy="bogus")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        ALConfig(C=0)
+
+
+@pytest.fixture(scope="module")
+def al_ws(triaged_ws, tmp_path_factory, lm):
+    return copy_workspace(triaged_ws, tmp_path_factory.mktemp("al") / "ws", lm)
+
+
+def _with_examples(ws) -> list[int]:
+    with Session(ws.engine) as session:
+        return list(
+            session.exec(
+                select(Feature.index).where(
+                    Feature.sae_id == ws.selected_sae, Feature.examples.is_not(None)
+                )
+            )
+        )
+
+
+def test_learning_loop_on_a_workspace(al_ws):
+    ws, sae_id = al_ws, al_ws.selected_sae
+    pool = set(_with_examples(ws))
+    # cold start: no labels, every strategy still proposes distinct features with examples
+    for strategy in STRATEGIES:
+        batch = query_features(ws, 6, ALConfig(strategy=strategy))
+        features = [q.feature for q in batch]
+        assert len(features) == 6 == len(set(features)) and set(features) <= pool
+        assert {q.strategy for q in batch} == {strategy} and {q.sae_id for q in batch} == {sae_id}
+    cold = retrain(ws)
+    assert cold.n_labels == 0 and cold.macro_f1_heldout is None
+
+    truth = oracle_labels(ws.engine, sae_id, sorted(pool))
+    by_label: dict[str, list[int]] = {}
+    for feature, labels in sorted(truth.items()):
+        by_label.setdefault(labels[0], []).append(feature)
+    assert len(by_label) >= 2, by_label
+    labeled = [f for fs in by_label.values() for f in fs[:5]]
+    with session_scope(ws.engine) as session:
+        for f in labeled:
+            session.add(
+                Explanation(
+                    sae_id=sae_id,
+                    feature=f,
+                    source="human",
+                    status="accepted",
+                    concepts=truth[f],
+                    author="oracle",
+                )
+            )
+    pushed = sorted(pool - set(labeled))[:3]
+    with session_scope(ws.engine) as session:
+        for i, f in enumerate(pushed):
+            session.add(
+                LabelTask(
+                    project="test#1", sae_id=sae_id, feature=f, task_id=i, batch=0, strategy="x"
+                )
+            )
+
+    report = retrain(ws)
+    again = retrain(ws)  # same labels: same model, the curve gains no duplicate point
+    with Session(ws.engine) as session:
+        meta = get_meta(session, "learner")
+        preds = get_meta(session, "learner_predictions")
+    assert report.n_labels == len(labeled) and again.model_version == report.model_version
+    assert report.macro_f1_heldout is not None and 0.0 <= report.macro_f1_heldout <= 1.0
+    assert meta["macro_f1_heldout"] == pytest.approx(report.macro_f1_heldout, abs=1e-4)
+    assert meta["curve"] == [[0, None], [len(labeled), meta["macro_f1_heldout"]]]
+    assert sum(meta["label_distribution"].values()) == len(labeled)
+    assert preds["model_version"] == report.model_version and preds["sae_id"] == sae_id
+    assert {int(f) for f in preds["predictions"]} == pool
+    values = set(ws.taxonomy.label_values())
+    for p in preds["predictions"].values():
+        assert set(p["concepts"]) <= values and 0.0 < p["probability"] <= 1.0
+    # the fitted model reproduces most of the labels it was trained on
+    agree = [preds["predictions"][str(f)]["concepts"][0] == truth[f][0] for f in labeled]
+    assert np.mean(agree) >= 0.8
+
+    exclude = set(sorted(pool - set(labeled) - set(pushed))[:2])
+    for strategy in STRATEGIES:
+        n = 4
+        batch = [q.feature for q in query_features(ws, n, ALConfig(strategy=strategy), exclude)]
+        assert len(batch) == len(set(batch)) == min(n, len(pool) - len(labeled) - 5)
+        assert set(batch) <= pool and not set(batch) & (set(labeled) | set(pushed) | exclude)
+    everything = query_features(ws, 10_000)
+    assert {q.feature for q in everything} == pool - set(labeled) - set(pushed)
+
+    d_sae = next(r.d_sae for r in ws.saes() if r.selected)
+    dead = next(iter(set(range(d_sae)) - pool), None)
+    got = predict(ws, labeled[:2] + ([dead] if dead is not None else []))
+    assert got[labeled[0]].model_version == report.model_version
+    if dead is not None:
+        assert got[dead].concepts == ["uninterpretable"]
+
+
+def test_learn_command(al_ws, capsys):
+    from safesail.cli import main
+
+    assert main(["learn", "--workspace", str(al_ws.config.workspace), "--query", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out macro-F1" in out and "next 2 features to label" in out
+    with pytest.raises(SystemExit):
+        main(["learn", "--workspace", str(al_ws.config.workspace), "--strategy", "bogus"])
+
+
+def test_query_needs_a_selected_sae(tmp_path, lm):
+    from tests.conftest import make_workspace
+
+    with pytest.raises(SafesailError, match="no SAE selected"):
+        query_features(make_workspace(tmp_path / "empty", lm), 3)
