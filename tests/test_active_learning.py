@@ -185,3 +185,33 @@ def test_query_needs_a_selected_sae(tmp_path, lm):
 
     with pytest.raises(SafesailError, match="no SAE selected"):
         query_features(make_workspace(tmp_path / "empty", lm), 3)
+
+
+def test_heldout_macro_f1_known_answers():
+    from active_learning.learner import heldout_macro_f1
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(-4, 0.2, (8, 2)), rng.normal(4, 0.2, (8, 2))])
+    y = np.array(["a"] * 8 + ["b"] * 8)
+    assert heldout_macro_f1(X, y, ALConfig()) == pytest.approx(1.0)
+    # a class seen once: some training folds hold a single class; still a valid score
+    f1 = heldout_macro_f1(X[:5], np.array(["a", "a", "a", "a", "b"]), ALConfig())
+    assert f1 is not None and 0.0 <= f1 <= 1.0
+    assert heldout_macro_f1(X[:3], y[:3], ALConfig()) is None  # too few labels
+
+
+def test_benchmark_refuses_a_workspace_without_triaged_features(tmp_path, lm):
+    import importlib.util
+    from pathlib import Path
+
+    from tests.conftest import make_workspace
+
+    path = Path(__file__).parents[1] / "bench" / "label_efficiency.py"
+    spec = importlib.util.spec_from_file_location("label_efficiency", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    make_workspace(tmp_path / "ws", lm)
+    with pytest.raises(SafesailError, match="run make demo first"):
+        bench.load(tmp_path / "ws")
+    with pytest.raises(SafesailError, match="run make demo first"):
+        bench.load(tmp_path / "missing")
