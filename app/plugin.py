@@ -1,5 +1,149 @@
-"""The `app` room's commands and demo step (registered in pyproject.toml)."""
+"""The `app` room's command (`safesail app`) and demo step (registered in pyproject.toml)."""
 
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from safesail.errors import SafesailError
 from safesail.plugins import Plugin
 
-PLUGIN = Plugin(name="app", order=40)
+PID_FILE = "app.json"
+"""In the workspace: pid, port and URL of the app started with --background."""
+START_TIMEOUT_S = 60
+
+
+def _add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    app = sub.add_parser("app", parents=[common], help="the Streamlit progress view")
+    app.add_argument("--port", type=int, default=8501)
+    mode = app.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--background", action="store_true", help="start it in the background, print its URL"
+    )
+    mode.add_argument("--stop", action="store_true", help="stop the one started with --background")
+    app.set_defaults(handler=_app)
+
+
+def _add_demo_options(demo: argparse.ArgumentParser) -> None:
+    demo.add_argument(
+        "--app-port", type=int, default=8501, help="port of the progress view (not --headless)"
+    )
+
+
+def _command(ws: Any, port: int) -> list[str]:
+    main = Path(__file__).parent / "main.py"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(main), "--server.port", str(port)]
+    cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false", "--"]
+    cmd += ["--workspace", str(Path(ws.config.workspace).resolve())]
+    if ws.config.db_url:
+        cmd += ["--db-url", ws.config.db_url]
+    return cmd
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def running(ws: Any) -> dict[str, Any] | None:
+    """The background app of this workspace, if one is running."""
+    path = Path(ws.config.workspace) / PID_FILE
+    if not path.is_file():
+        return None
+    info = json.loads(path.read_text())
+    if _alive(info["pid"]):
+        return info
+    path.unlink()
+    return None
+
+
+def start_background(ws: Any, port: int) -> dict[str, Any]:
+    """Start the app detached (its own session, log in the workspace) unless this workspace's
+    app already runs; waits until it answers. Returns {pid, port, url}."""
+    if (info := running(ws)) is not None:
+        return info
+    log = open(Path(ws.config.workspace) / "app.log", "ab")  # noqa: SIM115 - the child keeps it
+    proc = subprocess.Popen(
+        _command(ws, port),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://localhost:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not _healthy(url):
+        if proc.poll() is not None:
+            raise SafesailError(
+                f"the app exited at start (port {port} busy?); see {Path(log.name)}"
+            )
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGTERM)
+            raise SafesailError(f"the app did not answer on {url} in {START_TIMEOUT_S} s")
+        time.sleep(0.5)
+    info = {"pid": proc.pid, "port": port, "url": url}
+    (Path(ws.config.workspace) / PID_FILE).write_text(json.dumps(info))
+    return info
+
+
+def stop(ws: Any) -> bool:
+    """Stop this workspace's background app; False when none was running."""
+    info = running(ws)
+    if info is None:
+        return False
+    os.killpg(info["pid"], signal.SIGTERM)  # its own session: the app and nothing else
+    for _ in range(40):
+        if not _alive(info["pid"]):
+            break
+        time.sleep(0.25)
+    (Path(ws.config.workspace) / PID_FILE).unlink(missing_ok=True)
+    return True
+
+
+def _app(ws: Any, args: argparse.Namespace, progress: bool) -> int:
+    if args.stop:
+        print("stopped the app" if stop(ws) else "no app running for this workspace")
+        return 0
+    if args.background:
+        info = start_background(ws, args.port)
+        print(f"safesail app: {info['url']}  (stop: safesail app --stop)")
+        return 0
+    print(f"safesail app: http://localhost:{args.port}  (Ctrl+C stops it)")
+    return subprocess.call(_command(ws, args.port))
+
+
+def _demo(ws: Any, args: argparse.Namespace, progress: bool) -> int:
+    """Without --headless: start the progress view in the background and print where it is."""
+    if getattr(args, "headless", False):
+        return 0
+    info = start_background(ws, getattr(args, "app_port", 8501))
+    print(f"\nprogress view: {info['url']}  (stop: safesail app --stop)")
+    return 0
+
+
+PLUGIN = Plugin(
+    name="app",
+    order=40,
+    add_commands=_add_commands,
+    add_demo_options=_add_demo_options,
+    demo=_demo,
+)

@@ -1,0 +1,87 @@
+"""Explainer calibration: reliability diagram, coverage vs agreement, cost per accepted label."""
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from app import common
+
+st.header("Explainer calibration")
+
+
+def body() -> None:
+    if not common.ready():
+        return
+    cal = common.query("meta", "calibration")
+    if not cal:
+        common.need("calibration", "the explainer after some human labels (safesail demo)")
+        return
+    c = st.columns(4)
+    for col, key in zip(c, ("target", "achieved_agreement", "threshold", "coverage"), strict=True):
+        value = cal.get(key)
+        col.metric(key.replace("_", " "), f"{value:.2f}" if isinstance(value, int | float) else "-")
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Reliability diagram")
+        rel = common.query("reliability")
+        if rel.empty:
+            st.caption("No reliability bins yet.")
+        else:
+            diagonal = (
+                alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]}))
+                .mark_line(strokeDash=[4, 4], color="gray")
+                .encode(x="x:Q", y="y:Q")
+            )
+            points = (
+                alt.Chart(rel)
+                .mark_line(point=True)
+                .encode(
+                    x=alt.X(
+                        "predicted:Q", title="predicted P(agrees)", scale=alt.Scale(domain=[0, 1])
+                    ),
+                    y=alt.Y(
+                        "observed:Q", title="observed agreement", scale=alt.Scale(domain=[0, 1])
+                    ),
+                    tooltip=list(rel.columns),
+                )
+            )
+            st.altair_chart(diagonal + points, width="stretch")
+    with right:
+        st.subheader("Coverage vs agreement")
+        curve = common.query("coverage_curve")
+        if curve.empty:
+            st.caption("No coverage curve yet.")
+        else:
+            line = (
+                alt.Chart(curve)
+                .mark_line(point=True)
+                .encode(
+                    x=alt.X("coverage:Q", title="share auto-accepted"),
+                    y=alt.Y(
+                        "agreement:Q", title="agreement with experts", scale=alt.Scale(zero=False)
+                    ),
+                    tooltip=["coverage", "agreement"],
+                )
+            )
+            layers = [line]
+            if isinstance(cal.get("target"), int | float):
+                target = pd.DataFrame({"agreement": [cal["target"]]})
+                layers.append(alt.Chart(target).mark_rule(color="red").encode(y="agreement:Q"))
+            st.altair_chart(alt.layer(*layers), width="stretch")
+    st.subheader("Tokens and $ per accepted feature")
+    per = common.query("cost_per_accepted")
+    cost = common.query("llm_cost")
+    if per is None:
+        st.caption("No LLM calls yet.")
+        return
+    c = st.columns(3)
+    c[0].metric("auto-accepted features", per["accepted"])
+    c[1].metric("tokens / accepted", f"{per['tokens']:,.0f}")
+    c[2].metric("$ / accepted", f"${per['cost_usd']:.4f}")
+    st.altair_chart(
+        alt.Chart(cost).mark_bar().encode(x="tokens:Q", y="step:N", color="model:N"),
+        width="stretch",
+    )
+
+
+common.live(body)

@@ -1,0 +1,88 @@
+"""Overview: coverage of the safety candidates per concept, labels per day, cost, what's left."""
+
+import altair as alt
+import streamlit as st
+
+from app import common
+from app.data import STATES
+
+st.header("Overview")
+
+
+def body() -> None:
+    if not common.ready():
+        return
+    cov = common.query("coverage")
+    if cov.empty:
+        common.need("safety candidates", "safesail triage")
+        return
+    total = int(cov["features"].sum())
+    by_state = cov.groupby("state")["features"].sum()
+    cols = st.columns(4)
+    for col, state in zip(cols, STATES, strict=True):
+        col.metric(f"{state} ({by_state.get(state, 0) / total:.0%})", int(by_state.get(state, 0)))
+    st.subheader("Coverage of safety candidates per concept")
+    st.altair_chart(
+        alt.Chart(cov)
+        .mark_bar()
+        .encode(
+            x=alt.X("features:Q", title="safety candidates"),
+            y=alt.Y("concept:N", sort="-x"),
+            color=alt.Color("state:N", scale=alt.Scale(domain=list(STATES))),
+            order=alt.Order("state_order:Q"),
+            tooltip=["concept", "state", "features"],
+        )
+        .transform_calculate(
+            state_order=" + ".join(f"(datum.state == '{s}') * {i}" for i, s in enumerate(STATES))
+        ),
+        width="stretch",
+    )
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Labels per day")
+        per_day = common.query("labels_per_day")
+        if per_day.empty:
+            common.need("accepted labels", "the labeling loop or the explainer (safesail demo)")
+        else:
+            st.altair_chart(
+                alt.Chart(per_day)
+                .mark_bar()
+                .encode(
+                    x="day:O", y="labels:Q", color="source:N", tooltip=["day", "source", "labels"]
+                ),
+                width="stretch",
+            )
+    with right:
+        st.subheader("LLM cost so far")
+        cost = common.query("llm_cost")
+        if cost.empty:
+            st.caption("No LLM calls yet.")
+        else:
+            c1, c2, c3 = st.columns(3)
+            c1.metric("calls", int(cost["calls"].sum()))
+            c2.metric("tokens", f"{int(cost['tokens'].sum()):,}")
+            c3.metric("cost", f"${cost['cost_usd'].sum():.2f}")
+            st.altair_chart(
+                alt.Chart(cost)
+                .mark_bar()
+                .encode(x="tokens:Q", y="step:N", color="model:N", tooltip=list(cost.columns)),
+                width="stretch",
+            )
+    st.subheader("Labels still needed")
+    est = common.query("labels_needed")
+    c1, c2, c3 = st.columns(3)
+    c1.metric("human labels still needed (estimate)", est.human_needed)
+    c2.metric("unexplained candidates", est.unexplained)
+    c3.metric(
+        f"labels for learner F1 {est.target_f1:.2f}",
+        "-" if est.to_target is None else est.to_target,
+    )
+    rate = "no automatic labels yet" if est.auto_rate is None else f"{est.auto_rate:.0%}"
+    st.caption(
+        f"Queued for humans ({est.queued}) plus the unexplained candidates the explainer would "
+        f"not get accepted at its current acceptance rate ({rate}); the learner figure "
+        "extrapolates its held-out F1 curve (F1 = a + b·ln labels)."
+    )
+
+
+common.live(body)

@@ -1,0 +1,119 @@
+"""The progress view: every page under Streamlit's AppTest on an empty and on a populated
+workspace, and the figures' data on a workspace with known labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+from streamlit.testing.v1 import AppTest
+
+from app import data
+from exports.synthetic import populate
+from safesail.storage import Explanation, Feature, session_scope
+from tests.conftest import copy_workspace
+
+VIEWS = Path(__file__).parent.parent / "app" / "views"
+PAGES = {
+    "overview.py": ("Overview", 2),
+    "landscape.py": ("Landscape", 1),
+    "features.py": ("Feature browser", 1),
+    "learning.py": ("Active learning", 3),
+    "calibration.py": ("Explainer calibration", 3),
+    "inspector.py": ("Inspector", 0),
+}
+"""Page file -> (header, charts it shows on a populated workspace)."""
+
+
+@pytest.fixture(scope="module")
+def populated_ws(triaged_ws, tmp_path_factory, lm):
+    ws = copy_workspace(triaged_ws, tmp_path_factory.mktemp("app") / "ws", lm)
+    populate(ws.engine, ws.selected_sae, ws.taxonomy.safety_concepts())
+    return ws
+
+
+def _run(page: str, workspace: Path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("SAFESAIL_WORKSPACE", str(workspace))
+    monkeypatch.delenv("SAFESAIL_DB_URL", raising=False)
+    return AppTest.from_file(str(VIEWS / page), default_timeout=60).run()
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_page_on_empty_workspace(page, tmp_path, monkeypatch, trained_ws):
+    for workspace in (tmp_path / "missing", trained_ws.config.workspace):  # no DB; no selection
+        at = _run(page, workspace, monkeypatch)
+        assert not at.exception
+        assert [h.value for h in at.header] == [PAGES[page][0]]
+        assert any("Run `safesail" in i.value for i in at.info)
+        assert not at.get("vega_lite_chart")
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_page_on_populated_workspace(page, monkeypatch, populated_ws):
+    at = _run(page, populated_ws.config.workspace, monkeypatch)
+    assert not at.exception
+    assert [h.value for h in at.header] == [PAGES[page][0]]
+    assert not at.info
+    assert len(at.get("vega_lite_chart")) >= PAGES[page][1]
+
+
+def test_navigation_and_feature_browser(monkeypatch, populated_ws):
+    monkeypatch.setenv("SAFESAIL_WORKSPACE", str(populated_ws.config.workspace))
+    at = AppTest.from_file(str(VIEWS.parent / "main.py"), default_timeout=60).run()
+    assert not at.exception and at.header[0].value == "Overview"
+    at.switch_page("views/features.py").run()
+    assert not at.exception and at.header[0].value == "Feature browser"
+    table = data.feature_table(populated_ws.engine, populated_ws.selected_sae)
+    labeled = table[table["source"] == "human"].iloc[0]
+    at.text_input[0].input(labeled["explanation"]).run()
+    feature_box = next(s for s in at.selectbox if s.label == "feature")
+    assert feature_box.options == [str(labeled["feature"])]
+    assert f"Feature {labeled['feature']}" in at.subheader[0].value
+    html = "".join(m.value for m in at.markdown)
+    assert "<span" in html and "rgba(220,38,38" in html  # token heatmaps
+    assert len(at.dataframe) == 3  # features, explanations, annotations
+
+
+def test_coverage_and_estimate(populated_ws):
+    ws = populated_ws
+    cov = data.coverage(ws.engine)
+    status = ws.status()
+    by_state = cov.groupby("state")["features"].sum()
+    assert by_state.sum() == status["safety_candidates"]
+    assert by_state.get("human-labeled", 0) == status["labels"]["human"]
+    assert by_state.get("auto-accepted", 0) == status["labels"]["auto_accepted"]
+    est = data.labels_needed(ws.engine)
+    queued = int(by_state.get("queued for humans", 0))
+    assert est.queued == queued and est.human_needed >= queued
+    assert est.to_target is not None and est.to_target >= 0
+
+
+def test_heatmap_escapes_tokens():
+    import numpy as np
+
+    out = data.heatmap_html(["<script>", " &x"], np.array([2.0, 0.0]), 2.0)
+    assert "<script>" not in out and "&lt;script&gt;" in out and "&amp;x" in out
+    assert "rgba(220,38,38,1.00)" in out and "rgba(220,38,38,0.00)" in out
+
+
+def test_landscape_counts_labeled_safety_features(populated_ws, tmp_path, lm):
+    ws = copy_workspace(populated_ws, tmp_path / "ws", lm)
+    before = data.landscape(ws.engine)
+    with session_scope(ws.engine) as session:  # a non-candidate labeled as weapons by a human
+        plain = session.exec(
+            select(Feature.index).where(Feature.sae_id == ws.selected_sae, ~Feature.candidate)
+        ).first()
+        session.add(
+            Explanation(
+                sae_id=ws.selected_sae,
+                feature=plain,
+                source="human",
+                status="accepted",
+                concepts=["weapons"],
+            )
+        )
+    after = data.landscape(ws.engine)
+    weapons = after[(after.sae == ws.selected_sae) & (after.concept == "weapons")]["features"]
+    had = before[(before.sae == ws.selected_sae) & (before.concept == "weapons")]["features"]
+    assert int(weapons.sum()) == int(had.sum()) + 1
