@@ -199,7 +199,7 @@ def demo(ws: Any, args: argparse.Namespace, progress: bool) -> int:
                 break
             s = simulate(ws, noise=args.noise, progress=progress)
             p = pull(ws, progress=progress)
-            mean = next(iter([ws.status()["annotation"].get("cohen_kappa_mean")]), None)
+            mean = ws.status()["annotation"].get("cohen_kappa_mean")
             print(
                 f"round {i}: {s.annotations} simulated answer(s); {p.features_labeled} feature(s) "
                 f"labeled, {p.invalid} invalid, mean Cohen's kappa {mean}; learner {p.learner}"

@@ -250,11 +250,15 @@ def up(
     )
     log.close()
     p.pid.write_text(str(proc.pid))
-    url = _wait_ready(proc, p.log, offset, config.start_timeout)
-    p.state.write_text(json.dumps({"pid": proc.pid, "url": url, "port": config.port}))
-    if not _wait_healthy(url, config.start_timeout):
+    try:  # interrupted while waiting: stop it, so no server runs that `down` cannot find
+        url = _wait_ready(proc, p.log, offset, config.start_timeout)
+        if not _wait_healthy(url, config.start_timeout):
+            raise SafesailError(f"Label Studio did not become healthy at {url}; see {p.log}")
+    except BaseException:
         _stop_group(proc.pid)
-        raise SafesailError(f"Label Studio did not become healthy at {url}; see {p.log}")
+        p.pid.unlink(missing_ok=True)
+        raise
+    p.state.write_text(json.dumps({"pid": proc.pid, "url": url, "port": config.port}))
     return status(workspace)
 
 
@@ -271,7 +275,6 @@ def _wait_ready(proc: subprocess.Popen, log: Path, offset: int, timeout: float) 
             last = " | ".join(text.strip().splitlines()[-3:])
             raise SafesailError(f"Label Studio exited with code {proc.returncode}: {last}")
         time.sleep(1.0)
-    _stop_group(proc.pid)
     raise SafesailError(f"Label Studio did not start within {timeout:.0f} s; see {log}")
 
 
