@@ -41,7 +41,8 @@ def _add_demo_options(demo: argparse.ArgumentParser) -> None:
 def _command(ws: Any, port: int) -> list[str]:
     main = Path(__file__).parent / "main.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(main), "--server.port", str(port)]
-    cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false", "--"]
+    cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    cmd += ["--client.toolbarMode", "viewer", "--"]
     cmd += ["--workspace", str(Path(ws.config.workspace).resolve())]
     if ws.config.db_url:
         cmd += ["--db-url", ws.config.db_url]
