@@ -117,3 +117,16 @@ def test_landscape_counts_labeled_safety_features(populated_ws, tmp_path, lm):
     weapons = after[(after.sae == ws.selected_sae) & (after.concept == "weapons")]["features"]
     had = before[(before.sae == ws.selected_sae) & (before.concept == "weapons")]["features"]
     assert int(weapons.sum()) == int(had.sum()) + 1
+
+
+def test_inspector_page_inspects_a_prompt(monkeypatch, populated_ws):
+    at = _run("inspector.py", populated_ws.config.workspace, monkeypatch)
+    at.text_area[0].input("He grabbed a knife and hacked the bank server.").run()
+    at.slider[0].set_value(0.0).run()
+    at.button[0].click().run(timeout=180)
+    assert not at.exception
+    html = "".join(m.value for m in at.markdown)
+    assert "knife" in html and "<span" in html
+    assert at.dataframe and {"token", "feature", "normalised", "explanation"} <= set(
+        at.dataframe[0].value.columns
+    )
