@@ -200,16 +200,17 @@ def _to_target(curve: pd.DataFrame, target: float) -> int | None:
 def learner_curve(engine: Engine) -> pd.DataFrame:
     """The active learner's held-out macro-F1 per number of labels."""
     learner = meta(engine, "learner") or {}
-    points = [p for p in learner.get("curve") or [] if _pair(p)]
-    return pd.DataFrame([_pair(p) for p in points], columns=["labels", "f1"])
+    points = [_pair(p) for p in learner.get("curve") or []]
+    return pd.DataFrame([p for p in points if p], columns=["labels", "f1"])
 
 
 def _pair(point: Any, keys: tuple[str, str] = ("n_labels", "f1")) -> tuple[float, float] | None:
     """[x, y] or {x_key: .., y_key: ..} (rooms may write either)."""
-    if isinstance(point, list | tuple) and len(point) >= 2:
+    if isinstance(point, dict):
+        point = [point.get(keys[0]), point.get(keys[1])]
+    ok = isinstance(point, list | tuple) and len(point) >= 2
+    if ok and all(isinstance(v, int | float) for v in point[:2]):  # F1 may be None early on
         return float(point[0]), float(point[1])
-    if isinstance(point, dict) and all(k in point for k in keys):
-        return float(point[keys[0]]), float(point[keys[1]])
     return None
 
 
@@ -219,15 +220,11 @@ def label_distribution(engine: Engine) -> pd.DataFrame:
 
 
 def kappa(engine: Engine) -> pd.DataFrame:
-    annotation = meta(engine, "annotation") or {}
-    for key in ("kappa", "kappa_per_concept", "kappas"):
-        if isinstance(annotation.get(key), dict):
-            values = annotation[key]
-            return pd.DataFrame(
-                sorted((c, float(v)) for c, v in values.items() if v is not None),
-                columns=["concept", "kappa"],
-            )
-    return pd.DataFrame(columns=["concept", "kappa"])
+    """Annotator agreement per concept (Cohen's kappa, else Fleiss')."""
+    from exports.records import _kappas
+
+    values = _kappas(meta(engine, "annotation"))
+    return pd.DataFrame(sorted(values.items()), columns=["concept", "kappa"])
 
 
 def reliability(engine: Engine) -> pd.DataFrame:
@@ -236,8 +233,8 @@ def reliability(engine: Engine) -> pd.DataFrame:
     rows = []
     for point in cal.get("reliability") or []:
         if isinstance(point, dict):
-            p = point.get("predicted", point.get("mean_predicted", point.get("p")))
-            o = point.get("observed", point.get("fraction_positive", point.get("accuracy")))
+            p = point.get("predicted", point.get("mean_probability"))
+            o = point.get("observed", point.get("agreement"))
             rows.append((p, o, point.get("n", point.get("count"))))
         elif isinstance(point, list | tuple) and len(point) >= 2:
             rows.append((point[0], point[1], point[2] if len(point) > 2 else None))
@@ -246,11 +243,34 @@ def reliability(engine: Engine) -> pd.DataFrame:
 
 
 def coverage_curve(engine: Engine) -> pd.DataFrame:
-    """Share of features auto-accepted vs agreement with experts, over thresholds."""
-    cal = meta(engine, "calibration") or {}
-    raw = cal.get("curve") or cal.get("coverage_curve") or []
-    points = [_pair(p, ("coverage", "agreement")) for p in raw]
-    return pd.DataFrame([p for p in points if p], columns=["coverage", "agreement"])
+    """Share of automatic labels accepted vs their agreement with the human gold label, as the
+    acceptance threshold on the calibrated probability moves (features with both labels)."""
+    with Session(engine) as session:
+        rows = session.exec(
+            select(
+                Explanation.sae_id,
+                Explanation.feature,
+                Explanation.source,
+                Explanation.status,
+                Explanation.concepts,
+                Explanation.probability,
+            ).where(Explanation.source.in_(["human", "auto"]))
+        ).all()
+    gold = {(s, f): set(c) for s, f, src, st, c, _ in rows if src == "human" and st == "accepted"}
+    auto = [
+        (p, set(c) == gold[(s, f)])
+        for s, f, src, _, c, p in rows
+        if src == "auto" and p is not None and (s, f) in gold
+    ]
+    if len(auto) < 2:
+        return pd.DataFrame(columns=["threshold", "coverage", "agreement"])
+    probs = np.array([p for p, _ in auto])
+    agree = np.array([a for _, a in auto], dtype=float)
+    out = []
+    for t in np.unique(probs):
+        kept = probs >= t
+        out.append((float(t), float(kept.mean()), float(agree[kept].mean())))
+    return pd.DataFrame(out, columns=["threshold", "coverage", "agreement"])
 
 
 def cost_per_accepted(engine: Engine) -> dict[str, float] | None:

@@ -113,14 +113,21 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def _kappas(annotation_meta: Any) -> dict[str, float]:
-    """Kappa per concept from the labeling loop's Meta, tolerant of its exact layout."""
+    """Kappa per concept from the labeling loop's Meta: {concept: kappa} or {concept: {"cohen":
+    .., "fleiss": ..}} (Cohen's where two annotators overlap, else Fleiss')."""
     if not isinstance(annotation_meta, dict):
         return {}
     for key in ("kappa", "kappa_per_concept", "kappas"):
         value = annotation_meta.get(key)
         if isinstance(value, dict):
-            return {k: float(v) for k, v in value.items() if isinstance(v, int | float)}
+            return {k: v for k, raw in value.items() if (v := kappa_value(raw)) is not None}
     return {}
+
+
+def kappa_value(raw: Any) -> float | None:
+    if isinstance(raw, dict):
+        raw = raw.get("cohen") if raw.get("cohen") is not None else raw.get("fleiss")
+    return float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else None
 
 
 def gather_records(

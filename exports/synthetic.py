@@ -121,6 +121,23 @@ def populate(
                     }
                 )
             counts["human"] += 1
+            agrees = bool(rng.random() < 0.75)  # the explainer's held-out label on a gold feature
+            noise = 0.3 * rng.standard_normal()
+            explanations.append(
+                row
+                | {
+                    "id": start_id + len(features) + n,
+                    "source": "auto",
+                    "status": "rejected",
+                    "concepts": [concept if agrees else "benign"],
+                    "text": f"draft: {text}",
+                    "author": LLM,
+                    "model_version": f"{LLM}/explain-v1",
+                    "confidence": None,
+                    "probability": float(np.clip((0.8 if agrees else 0.3) + noise, 0, 1)),
+                    "details": {"heldout": True},
+                }
+            )
         else:
             status = "accepted" if kind == 1 else ("queued", "rejected", "failed")[(n // 3) % 3]
             probability = (
@@ -183,7 +200,9 @@ def populate(
 def _room_meta(session: Session, concepts: list[str], n_human: int, rng: np.random.Generator):
     """Summaries in the shape the labeling, learner and explainer rooms write them."""
     if get_meta(session, "learner") is None:
-        curve = [[n, round(0.3 + 0.5 * (1 - np.exp(-n / 40)), 3)] for n in (5, 10, 20, 40, 60)]
+        curve = [[2, None]] + [
+            [n, round(0.3 + 0.5 * (1 - np.exp(-n / 40)), 3)] for n in (5, 10, 20, 40, 60)
+        ]
         set_meta(
             session,
             "learner",
@@ -203,13 +222,22 @@ def _room_meta(session: Session, concepts: list[str], n_human: int, rng: np.rand
                 "url": PROJECT.split("#")[0],
                 "project": 1,
                 "tasks": n_human,
-                "kappa": {c: round(float(0.4 + 0.5 * rng.random()), 3) for c in concepts},
+                "kappa": {
+                    c: {"cohen": round(float(0.4 + 0.5 * rng.random()), 3), "fleiss": None}
+                    for c in concepts
+                },
             },
         )
     if get_meta(session, "calibration") is None:
-        bins = [
-            [round(p, 2), round(min(1.0, p + 0.1 * (rng.random() - 0.5)), 3), 10]
-            for p in np.linspace(0.05, 0.95, 10)
+        reliability = [
+            {
+                "lo": round(float(lo), 2),
+                "hi": round(float(lo) + 0.2, 2),
+                "n": int(rng.integers(5, 30)),
+                "mean_probability": round(float(lo) + 0.1, 3),
+                "agreement": round(float(np.clip(lo + 0.1 + 0.1 * rng.standard_normal(), 0, 1)), 3),
+            }
+            for lo in np.linspace(0, 0.8, 5)
         ]
         set_meta(
             session,
@@ -220,7 +248,6 @@ def _room_meta(session: Session, concepts: list[str], n_human: int, rng: np.rand
                 "threshold": 0.8,
                 "coverage": 0.5,
                 "n_gold": n_human,
-                "reliability": [{"predicted": p, "observed": o, "n": k} for p, o, k in bins],
-                "curve": [[round(c, 2), round(1 - 0.3 * c, 3)] for c in np.linspace(0, 1, 11)],
+                "reliability": reliability,
             },
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlmodel import select
+from sqlmodel import Session, select
 from streamlit.testing.v1 import AppTest
 
 from app import data
@@ -29,7 +29,12 @@ PAGES = {
 @pytest.fixture(scope="module")
 def populated_ws(triaged_ws, tmp_path_factory, lm):
     ws = copy_workspace(triaged_ws, tmp_path_factory.mktemp("app") / "ws", lm)
-    populate(ws.engine, ws.selected_sae, ws.taxonomy.safety_concepts())
+    with Session(ws.engine) as session:
+        candidates = session.exec(
+            select(Feature.index).where(Feature.sae_id == ws.selected_sae, Feature.candidate)
+        ).all()
+    features = sorted(set(candidates) | set(range(30)))  # candidates and some labeled others
+    populate(ws.engine, ws.selected_sae, ws.taxonomy.safety_concepts(), features=features)
     return ws
 
 
@@ -78,11 +83,21 @@ def test_navigation_and_feature_browser(monkeypatch, populated_ws):
 def test_coverage_and_estimate(populated_ws):
     ws = populated_ws
     cov = data.coverage(ws.engine)
-    status = ws.status()
     by_state = cov.groupby("state")["features"].sum()
-    assert by_state.sum() == status["safety_candidates"]
-    assert by_state.get("human-labeled", 0) == status["labels"]["human"]
-    assert by_state.get("auto-accepted", 0) == status["labels"]["auto_accepted"]
+    assert by_state.sum() == ws.status()["safety_candidates"]
+    with Session(ws.engine) as session:
+        candidates = set(
+            session.exec(
+                select(Feature.index).where(Feature.sae_id == ws.selected_sae, Feature.candidate)
+            )
+        )
+        labels = session.exec(
+            select(Explanation.feature, Explanation.source, Explanation.status)
+        ).all()
+    human = {f for f, src, st in labels if src == "human" and st == "accepted"} & candidates
+    auto = {f for f, src, st in labels if src == "auto" and st == "accepted"} & candidates
+    assert by_state.get("human-labeled", 0) == len(human)
+    assert by_state.get("auto-accepted", 0) == len(auto - human)
     est = data.labels_needed(ws.engine)
     queued = int(by_state.get("queued for humans", 0))
     assert est.queued == queued and est.human_needed >= queued
@@ -102,7 +117,9 @@ def test_landscape_counts_labeled_safety_features(populated_ws, tmp_path, lm):
     before = data.landscape(ws.engine)
     with session_scope(ws.engine) as session:  # a non-candidate labeled as weapons by a human
         plain = session.exec(
-            select(Feature.index).where(Feature.sae_id == ws.selected_sae, ~Feature.candidate)
+            select(Feature.index)
+            .where(Feature.sae_id == ws.selected_sae, ~Feature.candidate)
+            .order_by(Feature.index.desc())  # beyond the features populate labeled
         ).first()
         session.add(
             Explanation(
