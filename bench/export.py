@@ -3,7 +3,8 @@
 A fresh SQLite workspace database in a temporary folder gets one SAE record of width
 ``--features`` and, per feature, one explanation written through the same tables the labeling
 loop and the explainer use (`exports.synthetic.populate`): a third human labels with their Label
-Studio task and two annotations, the rest automatic labels with two scores and three LLM calls.
+Studio task, two annotations and a held-out automatic label, the rest automatic labels with two
+scores and three LLM calls (133k explanations for 100k features).
 Then each format (jsonl, parquet, csv) is exported with `--include-unaccepted` (every row),
 each export reading everything back from the database (`gather_records`) and writing its file.
 
