@@ -202,7 +202,7 @@ def test_empty_gold_set_refuses_calibration_and_queues_everything(ws, double):
     assert ws.status()["labels"]["queued_for_humans"] == 2
     assert ws.status()["labels"]["auto_accepted"] == 0
     with pytest.raises(SafesailError, match="needs at least 20 .* has 3"):
-        fit_calibration(np.zeros((3, 9)), np.array([1, 0, 1]), target=0.9, min_gold=20)
+        fit_calibration(np.zeros((3, 11)), np.array([1, 0, 1]), target=0.9, min_gold=20)
 
 
 def test_price_table_missing_the_model_fails_before_any_call(ws, double, capsys):
@@ -234,7 +234,7 @@ def test_threshold_reaches_target_on_fresh_data():
     rng = np.random.default_rng(0)
 
     def sample(n: int):
-        x = rng.normal(size=(n, 9))
+        x = rng.normal(size=(n, 11))
         return x, (rng.random(n) < 1 / (1 + np.exp(-(3 * x[:, 0] + 0.5)))).astype(int)
 
     x, y = sample(300)

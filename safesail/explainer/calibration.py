@@ -26,6 +26,8 @@ SIGNALS = (
     "learner_probability",
     "learner_agrees",
     "triage_agrees",
+    "triage_precision",
+    "neighbours_agree",
     "says_safety",
 )
 """Inputs of the calibration model, in column order."""
@@ -39,6 +41,8 @@ NEUTRAL = {
     "learner_probability": 0.5,
     "learner_agrees": 0.5,
     "triage_agrees": 0.5,
+    "triage_precision": 0.0,
+    "neighbours_agree": 0.5,
     "says_safety": 0.5,
 }
 """Value of a missing signal (scorer failed or not run, no learner): its uninformative level."""

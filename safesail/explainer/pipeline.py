@@ -50,6 +50,9 @@ from safesail.storage import (
 )
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
+NEIGHBOURS = 3
+"""Nearest gold features whose labels the neighbours_agree signal compares with."""
+
 
 class Gold(NamedTuple):
     """A human gold label (accepted, adjudicated)."""
@@ -260,9 +263,11 @@ def explain(
     config: ExplainConfig | None = None,
     llm: LlmConfig | None = None,
     *,
+    features: list[int] | None = None,
     progress: bool = True,
 ) -> ExplainReport:
-    """Explain, score, calibrate and route the selected SAE's features (see module doc)."""
+    """Explain, score, calibrate and route the selected SAE's features (see module doc);
+    `features` restricts the unlabeled ones to these (candidates or not)."""
     config, llm = config or ExplainConfig(), llm or LlmConfig()
     sae_id = ws.selected_sae
     if sae_id is None:
@@ -292,7 +297,8 @@ def explain(
             )
         )
         explainable = set(session.exec(with_examples))
-    unlabeled = [f for f in candidates if f not in gold]
+    pool = candidates if features is None else [f for f in features if f in explainable]
+    unlabeled = [f for f in pool if f not in gold]
     yardstick = sorted(f for f in gold if f in explainable)
     unlabeled = unlabeled[: config.limit] if config.limit is not None else unlabeled
     yardstick = yardstick[: config.max_gold] if config.max_gold is not None else yardstick
@@ -348,15 +354,25 @@ def _run(ws, sae_id, todo, gold_features, gold, config, llm, labels, concepts, p
 
 
 def _signals(
-    row: Explanation, scores: dict[str, float], learner: dict, triage_concept: str | None
+    row: Explanation,
+    scores: dict[str, float],
+    learner: dict,
+    feature: Feature,
+    neighbours: list[Gold],
 ) -> dict[str, float | None]:
+    """Everything calibration may learn agreement from: the scorers, the explainer's own
+    confidence, the active learner, triage, and the labels of the nearest gold features."""
     primary = row.concepts[0]
     prediction = learner.get(str(row.feature))
     out: dict[str, float | None] = {s: scores.get(s) for s in SIGNALS}
     out["confidence"] = row.confidence
     out["learner_probability"] = float(prediction["probability"]) if prediction else None
     out["learner_agrees"] = float(primary in prediction.get("concepts", [])) if prediction else None
-    out["triage_agrees"] = float(primary == triage_concept) if triage_concept else None
+    out["triage_agrees"] = float(primary == feature.concept) if feature.concept else None
+    out["triage_precision"] = feature.precision
+    out["neighbours_agree"] = (
+        float(np.mean([primary in g.concepts for g in neighbours])) if neighbours else None
+    )
     out["says_safety"] = float(primary not in (BENIGN, UNINTERPRETABLE))
     return out
 
@@ -397,16 +413,37 @@ def route(
         scores: dict[int, dict[str, float]] = {}
         for s in session.exec(select(Score).where(Score.explanation_id.in_(ids))):
             scores.setdefault(s.explanation_id, {})[s.scorer] = s.value
-        triage = {
-            index: concept
-            for index, concept in session.exec(
-                select(Feature.index, Feature.concept).where(Feature.sae_id == sae_id)
+        features = {
+            f.index: f
+            for f in session.exec(
+                select(Feature).where(
+                    Feature.sae_id == sae_id,
+                    Feature.index.in_({r.feature for r in rows} | set(gold)),
+                )
             )
         }
         learner_meta = get_meta(session, "learner_predictions") or {}
     learner = learner_meta.get("predictions", {}) if learner_meta.get("sae_id") == sae_id else {}
+    concepts = list(ws.taxonomy.concepts)
+    pool = [
+        GoldShot(f, _vector(features[f], concepts), [], g.concepts, g.text, g.confidence)
+        for f, g in gold.items()
+        if f in features
+    ]
     signals = {
-        r.id: _signals(r, scores.get(r.id, {}), learner, triage.get(r.feature)) for r in rows
+        r.id: _signals(
+            r,
+            scores.get(r.id, {}),
+            learner,
+            features[r.feature],
+            [
+                gold[n.feature]
+                for n in nearest_shots(
+                    _vector(features[r.feature], concepts), pool, NEIGHBOURS, r.feature
+                )
+            ],
+        )
+        for r in rows
     }
     gold_rows = [r for r in rows if r.feature in gold]
     verdicts = {r.id: agrees(r, gold[r.feature], config.min_text_similarity) for r in gold_rows}

@@ -77,7 +77,8 @@ def _report(report: Any) -> None:
 def _explain(ws: Any, args: argparse.Namespace, progress: bool) -> int:
     from safesail.explainer.pipeline import explain
 
-    _report(explain(ws, _explain_config(args), _llm_config(args), progress=progress))
+    config, llm = _explain_config(args), _llm_config(args)
+    _report(explain(ws, config, llm, features=args.feature, progress=progress))
     return 0
 
 
@@ -111,6 +112,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         help="explain safety candidates with an LLM, calibrate against gold labels, route",
     )
     explain.add_argument("--limit", type=int, help="unlabeled candidates to explain this run")
+    explain.add_argument(
+        "--feature", type=int, action="append", help="explain this feature (repeatable)"
+    )
     explain.add_argument("--max-gold", type=int, help="gold-labeled features to explain this run")
     explain.add_argument("--target", type=float, help="agreement to reach (default 0.9)")
     explain.add_argument("--min-gold", type=int, help="gold features calibration needs (20)")
