@@ -37,6 +37,8 @@ def _explain_config(args: argparse.Namespace, **overrides: Any):
         for name in ("limit", "max_gold", "target", "min_gold", "prompting")
         if (value := getattr(args, name, None)) is not None
     }
+    if getattr(args, "scorer", None):
+        given["scorers"] = tuple(args.scorer)
     try:
         return ExplainConfig(**{**given, **overrides})
     except ValueError as exc:
@@ -119,6 +121,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     explain.add_argument("--target", type=float, help="agreement to reach (default 0.9)")
     explain.add_argument("--min-gold", type=int, help="gold features calibration needs (20)")
     explain.add_argument("--prompting", choices=["ours", "baseline"], help="prompt style")
+    explain.add_argument(
+        "--scorer",
+        action="append",
+        choices=["detection", "fuzzing", "simulation", "embedding"],
+        help="scorers to run (repeatable; default: all four)",
+    )
     explain.add_argument("--concurrency", type=int, help="requests in flight")
     explain.add_argument("--requests-per-second", type=float, help="rate limit")
     explain.add_argument("--timeout-s", type=float, help="per-request timeout")
@@ -128,10 +136,10 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def add_demo_options(demo: argparse.ArgumentParser) -> None:
     demo.add_argument(
-        "--explain-limit", type=int, default=40, help="unlabeled candidates the demo explains"
+        "--explain-limit", type=int, default=30, help="unlabeled candidates the demo explains"
     )
     demo.add_argument(
-        "--explain-max-gold", type=int, default=80, help="gold features the demo explains"
+        "--explain-max-gold", type=int, default=40, help="gold features the demo explains"
     )
 
 
@@ -146,10 +154,11 @@ def demo(ws: Any, args: argparse.Namespace, progress: bool) -> int:
         print("\nexplainer: explaining waits for gold labels (none yet); skipped")
         return 0
     print(f"\nexplainer: {n_gold} gold labels; explaining safety candidates")
-    config = _explain_config(
+    config = _explain_config(  # the two cheapest scorers keep the demo step to a few minutes
         args,
         limit=getattr(args, "explain_limit", None),
         max_gold=getattr(args, "explain_max_gold", None),
+        scorers=("detection", "embedding"),
     )
     _report(explain(ws, config, _llm_config(args), progress=progress))
     return 0
