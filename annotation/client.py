@@ -646,5 +646,5 @@ def _retrain(ws: Any) -> str:
         report = retrain(ws)
     except SafesailError as exc:
         return f"not retrained: {exc}"
-    f1 = getattr(report, "macro_f1_heldout", None)
-    return f"retrained on {getattr(report, 'n_labels', '?')} labels, held-out macro-F1 {f1}"
+    f1 = "-" if report.macro_f1_heldout is None else f"{report.macro_f1_heldout:.3f}"
+    return f"retrained on {report.n_labels} labels, held-out macro-F1 {f1}"

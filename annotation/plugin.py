@@ -182,12 +182,16 @@ def add_demo_options(demo: argparse.ArgumentParser) -> None:
 
 def demo(ws: Any, args: argparse.Namespace, progress: bool) -> int:
     """Start Label Studio and push the first batch; with --simulate-annotators run the rounds.
-    Headless: stop the server it started; otherwise leave it running for a person."""
+    Headless: stop the server it started (and skip the step when nobody would answer);
+    otherwise leave it running for a person."""
     from annotation.client import pull, push
     from annotation.server import ServerConfig, down, status, up
     from annotation.simulate import simulate
 
     print("\n== labeling loop (Label Studio) ==")
+    if args.headless and not args.simulate_annotators:
+        print("headless without --simulate-annotators: nobody would label; skipped")
+        return 0
     was_running = status(ws.config.workspace).running
     state = up(ws.config.workspace, ws.config.cache_dir, ServerConfig(port=args.ls_port), progress)
     try:

@@ -229,3 +229,27 @@ def test_script_in_corpus_text_comes_back_inert(ws):
         html = task.data["html"]
         assert "<script" not in html and "<img" not in html
         assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in html
+
+
+def test_simulated_demo_fills_labels_and_learner(triaged_ws, ls_home, tmp_path, lm, capsys):
+    """`safesail demo --headless --simulate-annotators` on the tiny workspace: rounds of push /
+    answer / pull through the real server leave human labels and a held-out macro-F1."""
+    from safesail.cli import main
+    from tests.conftest import TINY_SPECS
+
+    ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)
+    (tmp_path / "ws" / "label-studio").symlink_to(ls_home / "label-studio")
+    specs = [f for s in TINY_SPECS for f in ("--spec", f"{s.layer}:{s.d_sae}:{s.k}")]
+    args = ["demo", "--headless", "--quiet", "--workspace", str(ws.config.workspace), *specs]
+    args += ["--simulate-annotators", "--rounds", "2", "--batch", "6", "--explain-limit", "0"]
+    args += ["--explain-max-gold", "0"]  # the explainer has its own end-to-end test
+    ws.engine.dispose()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "round 2:" in out
+    status = ws.status()
+    assert status["labels"]["human"] >= 8  # two rounds of 6 tasks, a few features may be skipped
+    assert status["learner"]["n_labels"] == status["labels"]["human"]
+    assert status["learner"]["macro_f1_heldout"] is not None
+    assert status["annotation"]["tasks"] == 12 and status["annotation"]["invalid"] == 0
+    assert server.status(ls_home).running  # the demo leaves a server it did not start alone
