@@ -41,8 +41,13 @@ test: install $(VENV)/.chromium
 	$(BIN)/ruff check safesail annotation active_learning exports app tests bench
 	$(BIN)/python -m pytest -q $(ARGS)
 
+# collect, export and push need nothing else; label_efficiency and explainer read the demo workspace
 bench: install
 	$(BIN)/python bench/collect.py
+	$(BIN)/python bench/export.py
+	$(BIN)/python bench/labelstudio_push.py
+	$(BIN)/python bench/label_efficiency.py --workspace $(WORKSPACE)
+	$(BIN)/python bench/explainer.py --workspace $(WORKSPACE)
 
 clean:
 	rm -rf $(VENV) $(WORKSPACE) .pytest_cache

@@ -21,6 +21,7 @@ mean learning curve per strategy) and ends with ``labels_random_over_best=<ratio
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -179,7 +180,12 @@ def _mean_curve(runs: list[list[tuple[int, float]]]) -> tuple[list[int], list[fl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workspace", type=Path, default=Path("/tmp/demo-ws"))
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=Path(os.environ.get("SAFESAIL_WORKSPACE", "workspace")),
+        help="a demo workspace (default: ./workspace, what `make demo` builds)",
+    )
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--initial", type=int, default=10, help="random labels to start from")
