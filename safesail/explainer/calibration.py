@@ -29,6 +29,8 @@ SIGNALS = (
     "triage_precision",
     "neighbours_agree",
     "says_safety",
+    "evidence_agrees",
+    "evidence_share",
 )
 """Inputs of the calibration model, in column order."""
 
@@ -44,6 +46,8 @@ NEUTRAL = {
     "triage_precision": 0.0,
     "neighbours_agree": 0.5,
     "says_safety": 0.5,
+    "evidence_agrees": 0.5,
+    "evidence_share": 0.0,
 }
 """Value of a missing signal (scorer failed or not run, no learner): its uninformative level."""
 

@@ -108,7 +108,8 @@ class ExplainConfig:
     max_gold: int | None = None
     """Explain at most this many gold-labeled features per run (the yardstick); None: all."""
     prompting: Prompting = "ours"
-    """ours: marked segments + nearest gold few-shot; baseline: delphi-style whole contexts."""
+    """ours: marked segments + nearest gold few-shot + corpus evidence line; baseline:
+    delphi-style whole contexts."""
     n_shown: int = 5
     """Top contexts shown to the explainer (ours); the baseline shows the whole explain split."""
     max_explain_split: int = 10
@@ -121,6 +122,8 @@ class ExplainConfig:
     """Tokens at or above this share of the context's max activation are marked <<like this>>."""
     few_shot: int = 2
     """Nearest gold-labeled features shown as worked examples (ours)."""
+    evidence: bool = True
+    """Show the corpus concept tags of the explain split's texts vs. their base rates (ours)."""
     max_tokens: int = 72
     """Completion budget of an explanation (short: ~90 tokens/s on a CPU)."""
     scorers: tuple[Scorer, ...] = ("detection", "fuzzing", "simulation", "embedding")
@@ -166,6 +169,6 @@ class ExplainConfig:
         if self.prompting == "baseline":
             return f"baseline-v1-s{self.max_explain_split}"
         return (
-            f"seg-v1-n{self.n_shown}-w{self.window_left}.{self.window_right}"
-            f"-m{self.mark_fraction}-f{self.few_shot}"
+            f"seg-v2-n{self.n_shown}-w{self.window_left}.{self.window_right}"
+            f"-m{self.mark_fraction}-f{self.few_shot}-e{int(self.evidence)}"
         )

@@ -31,9 +31,13 @@ from safesail.explainer.calibration import (
 from safesail.explainer.clients import LlmClient
 from safesail.explainer.config import ExplainConfig, LlmConfig
 from safesail.explainer.explainers import (
+    Evidence,
     ExplanationAnswer,
     GoldShot,
     Shown,
+    base_rates,
+    concept_choices,
+    corpus_evidence,
     explain_messages,
     explanation_schema,
     nearest_shots,
@@ -44,6 +48,7 @@ from safesail.storage import (
     Explanation,
     Feature,
     Score,
+    corpus_concepts,
     get_meta,
     session_scope,
     set_meta,
@@ -69,6 +74,7 @@ class Material(NamedTuple):
     vector: np.ndarray
     explain: list[Shown]
     held: HeldOut
+    evidence: Evidence
 
 
 class Outcome(NamedTuple):
@@ -127,6 +133,26 @@ def _vector(feature: Feature, concepts: list[str]) -> np.ndarray:
     return np.array([stats.get(c, [0.0, 0.0])[1] for c in concepts], dtype=float)
 
 
+def _explain_split(row: Feature, config: ExplainConfig) -> tuple[list, list]:
+    """(explain split: the strongest top contexts, held-out rest incl. the decile samples)."""
+    examples = feature_examples(row)
+    top = [e for e in examples if e.kind == TOP]
+    split = min(config.max_explain_split, max(1, len(top) // 2))
+    return top[:split], top[split:] + [e for e in examples if e.kind != TOP]
+
+
+def feature_evidence(
+    session: Session, rows: list[Feature], config: ExplainConfig
+) -> dict[int, Evidence]:
+    """Corpus tag evidence of each feature's explain split (never the held-out contexts)."""
+    tags = corpus_concepts(session)
+    base = base_rates(tags)
+    return {
+        row.index: corpus_evidence([e.text_id for e in _explain_split(row, config)[0]], tags, base)
+        for row in rows
+    }
+
+
 def _materials(
     ws: Any, sae_id: str, features: list[int], config: ExplainConfig, concepts: list[str]
 ) -> dict[int, Material]:
@@ -140,12 +166,10 @@ def _materials(
         rows = session.exec(
             select(Feature).where(Feature.sae_id == sae_id, Feature.index.in_(features))
         ).all()
+        evidence = feature_evidence(session, list(rows), config)
         need: set[int] = set()
         for row in rows:
-            examples = feature_examples(row)
-            top = [e for e in examples if e.kind == TOP]
-            split = min(config.max_explain_split, max(1, len(top) // 2))
-            explain, rest = top[:split], top[split:] + [e for e in examples if e.kind != TOP]
+            explain, rest = _explain_split(row, config)
             rng = np.random.default_rng([config.seed, row.index])
             held = _spread(rest, config.n_score_pos)
             column = matrix.getcol(row.index)
@@ -169,6 +193,7 @@ def _materials(
             _vector(row, concepts),
             [Shown(tokens[e.text_id], e.activations) for e in explain],
             HeldOut([Shown(tokens[e.text_id], e.activations) for e in held], zeros),
+            evidence[index],
         )
     return result
 
@@ -188,13 +213,13 @@ def _explain_one(
     shots: list[GoldShot],
     config: ExplainConfig,
 ) -> Outcome:
-    messages = explain_messages(material.explain, labels, config, shots)
+    messages = explain_messages(material.explain, labels, config, shots, material.evidence)
     reply = client.structured(
         messages,
         ExplanationAnswer,
         step="explain",
         max_tokens=config.max_tokens,
-        schema=explanation_schema(labels),
+        schema=explanation_schema(concept_choices(labels, config, material.evidence)),
         context={"labels": set(labels)},
         sae_id=sae_id,
         feature=material.feature,
@@ -313,7 +338,9 @@ def explain(
 def _run(ws, sae_id, todo, gold_features, gold, config, llm, labels, concepts, progress) -> int:
     materials = _materials(ws, sae_id, sorted(set(todo) | set(gold_features)), config, concepts)
     shots_pool = [
-        GoldShot(f, m.vector, m.explain, gold[f].concepts, gold[f].text, gold[f].confidence)
+        GoldShot(
+            f, m.vector, m.explain, gold[f].concepts, gold[f].text, gold[f].confidence, m.evidence
+        )
         for f, m in materials.items()
         if f in gold
     ]
@@ -359,9 +386,11 @@ def _signals(
     learner: dict,
     feature: Feature,
     neighbours: list[Gold],
+    evidence: Evidence,
 ) -> dict[str, float | None]:
     """Everything calibration may learn agreement from: the scorers, the explainer's own
-    confidence, the active learner, triage, and the labels of the nearest gold features."""
+    confidence, the active learner, triage, the labels of the nearest gold features, and the
+    corpus evidence of the shown texts (does the chosen concept match what it points to)."""
     primary = row.concepts[0]
     prediction = learner.get(str(row.feature))
     out: dict[str, float | None] = {s: scores.get(s) for s in SIGNALS}
@@ -374,6 +403,11 @@ def _signals(
         float(np.mean([primary in g.concepts for g in neighbours])) if neighbours else None
     )
     out["says_safety"] = float(primary not in (BENIGN, UNINTERPRETABLE))
+    leading = evidence.leading()
+    out["evidence_agrees"] = None if leading is None else float(primary == leading)
+    out["evidence_share"] = (
+        None if primary == UNINTERPRETABLE else evidence.shares.get(primary, 0.0)
+    )
     return out
 
 
@@ -423,7 +457,16 @@ def route(
             )
         }
         learner_meta = get_meta(session, "learner_predictions") or {}
-    learner = learner_meta.get("predictions", {}) if learner_meta.get("sae_id") == sae_id else {}
+        evidence = feature_evidence(session, list(features.values()), config)
+    # The learner's predictions of gold features come from a model fitted on those very labels
+    # (in-sample): calibrating on them would learn "the learner agrees" = "the expert agrees"
+    # and over-promise on unlabeled features. They are used only when the learner says they
+    # are held-out (out-of-fold) for labeled features.
+    learner = (
+        learner_meta.get("predictions", {})
+        if learner_meta.get("sae_id") == sae_id and learner_meta.get("labeled_out_of_fold")
+        else {}
+    )
     concepts = list(ws.taxonomy.concepts)
     pool = [
         GoldShot(f, _vector(features[f], concepts), [], g.concepts, g.text, g.confidence)
@@ -442,6 +485,7 @@ def route(
                     _vector(features[r.feature], concepts), pool, NEIGHBOURS, r.feature
                 )
             ],
+            evidence[r.feature],
         )
         for r in rows
     }
@@ -482,6 +526,7 @@ def route(
             row = session.get(Explanation, r.id)
             details = dict(row.details or {})
             details["signals"] = signals[r.id]
+            details["evidence"] = evidence[r.feature].line()
             if r.feature in gold:
                 agree, similarity = verdicts[r.id]
                 row.status = "queued" if agree else "rejected"

@@ -139,7 +139,10 @@ def add_demo_options(demo: argparse.ArgumentParser) -> None:
         "--explain-limit", type=int, default=30, help="unlabeled candidates the demo explains"
     )
     demo.add_argument(
-        "--explain-max-gold", type=int, default=40, help="gold features the demo explains"
+        "--explain-max-gold",
+        type=int,
+        help="gold features the demo explains (default: all; calibration is only as sure as "
+        "the gold labels it is measured on)",
     )
 
 

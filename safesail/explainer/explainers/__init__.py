@@ -1,9 +1,13 @@
 """Explainer prompts (ours: marked segments + nearest-gold few-shot; baseline: delphi-style)."""
 
 from safesail.explainer.explainers.prompts import (
+    Evidence,
     ExplanationAnswer,
     GoldShot,
     Shown,
+    base_rates,
+    concept_choices,
+    corpus_evidence,
     explain_messages,
     explanation_schema,
     nearest_shots,
@@ -13,9 +17,13 @@ from safesail.explainer.explainers.prompts import (
 )
 
 __all__ = [
+    "Evidence",
     "ExplanationAnswer",
     "GoldShot",
     "Shown",
+    "base_rates",
+    "concept_choices",
+    "corpus_evidence",
     "explain_messages",
     "explanation_schema",
     "nearest_shots",

@@ -1,8 +1,12 @@
-"""Explainer prompts: marked, segment-level contexts with nearest-gold few-shot (ours), and a
-delphi-style baseline (every top context whole, no few-shot) to measure what that saves.
+"""Explainer prompts: marked, segment-level contexts with nearest-gold few-shot and a line of
+corpus evidence (ours), and a delphi-style baseline (every top context whole, no few-shot, no
+evidence) to measure what that saves.
 
 Safe-SAIL cut interpretation cost by showing only the window around activations; the marked
-tokens <<like this>> carry the signal, the rest of a long context mostly costs tokens.
+tokens <<like this>> carry the signal, the rest of a long context mostly costs tokens. The
+evidence line gives the explainer what an expert also looks at, the corpus concept tags of the
+texts behind the top contexts against their base rates, so a small model's concept choice is
+grounded in statistics rather than copied from its worked examples.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationInfo, field_validator
 
 from safesail.explainer.config import ExplainConfig
-from safesail.taxonomy import normalize_name
+from safesail.taxonomy import BENIGN, UNINTERPRETABLE, normalize_name
 
 
 class Shown(NamedTuple):
@@ -23,6 +27,74 @@ class Shown(NamedTuple):
 
     tokens: list[str]
     acts: np.ndarray
+
+
+MIN_EVIDENCE_TEXTS = 3
+"""Fewer texts than this point to no concept (one or two texts are anecdotes)."""
+
+
+class Evidence(NamedTuple):
+    """Corpus concept tags of the texts behind a feature's explain-split top contexts."""
+
+    n_texts: int
+    shares: dict[str, float]
+    """Share of those texts carrying each tag (tags that occur only)."""
+    base: dict[str, float]
+    """Share of all corpus texts carrying each tag."""
+
+    def ranked(self) -> list[tuple[str, float]]:
+        """Tags by share, ties by the larger lift over the base rate, then by name."""
+        return sorted(
+            self.shares.items(),
+            key=lambda kv: (-kv[1], -kv[1] / max(self.base.get(kv[0], 0.0), 1e-9), kv[0]),
+        )
+
+    def leading(self) -> str | None:
+        """The tag the statistics point to: the most frequent one at least twice as common as
+        in the corpus, else the most frequent one (None below MIN_EVIDENCE_TEXTS texts)."""
+        if self.n_texts < MIN_EVIDENCE_TEXTS:
+            return None
+        ranked = self.ranked()
+        enriched = [c for c, share in ranked if share >= 2 * self.base.get(c, 1.0)]
+        return enriched[0] if enriched else (ranked[0][0] if ranked else None)
+
+    def choices(self, labels: list[str], max_tags: int = 3) -> list[str]:
+        """The concepts worth choosing from: the shown tags, benign, uninterpretable (in
+        taxonomy order), so a small model picks among what the statistics support."""
+        keep = {c for c, _ in self.ranked()[:max_tags]} | {BENIGN, UNINTERPRETABLE}
+        return [label for label in labels if label in keep]
+
+    def line(self, max_tags: int = 3) -> str:
+        """One compact prompt line, e.g. 'Corpus tags of its 10 top texts: jailbreak 80%
+        (base 7%), benign 20% (base 37%)'."""
+        if not self.n_texts:
+            return "Corpus tags of its top texts: none"
+        tags = ", ".join(
+            f"{c} {share:.0%} (base {self.base.get(c, 0.0):.0%})"
+            for c, share in self.ranked()[:max_tags]
+        )
+        return f"Corpus tags of its {self.n_texts} top texts: {tags or 'none'}"
+
+
+def corpus_evidence(
+    text_ids: list[int], tags: dict[int, list[str]], base: dict[str, float]
+) -> Evidence:
+    """Evidence from the texts behind the contexts (each text counted once)."""
+    texts = list(dict.fromkeys(text_ids))
+    counts: dict[str, int] = {}
+    for t in texts:
+        for c in set(tags.get(t, [])):
+            counts[c] = counts.get(c, 0) + 1
+    return Evidence(len(texts), {c: n / len(texts) for c, n in counts.items()}, base)
+
+
+def base_rates(tags: dict[int, list[str]]) -> dict[str, float]:
+    """Share of corpus texts carrying each tag."""
+    counts: dict[str, int] = {}
+    for labels in tags.values():
+        for c in set(labels):
+            counts[c] = counts.get(c, 0) + 1
+    return {c: n / max(len(tags), 1) for c, n in counts.items()}
 
 
 class GoldShot(NamedTuple):
@@ -34,6 +106,7 @@ class GoldShot(NamedTuple):
     concepts: list[str]
     text: str
     confidence: float | None
+    evidence: Evidence | None = None
 
 
 class ExplanationAnswer(BaseModel):
@@ -129,12 +202,34 @@ def render(shown: Shown, mark_fraction: float | None, marks: np.ndarray | None =
     return " ".join("".join(parts).split())
 
 
-def _system(labels: list[str]) -> str:
+def _system(labels: list[str], evidence: bool = False) -> str:
+    hint = (
+        " A last line gives the corpus tags of those texts, each with its share and its base "
+        "rate in the corpus: a tag far above its base rate usually names the concept."
+        if evidence
+        else ""
+    )
     return (
         "You explain a feature of a language model from texts where it fires; the tokens "
-        "where it fires most are marked <<like this>>. Reply in JSON with concepts (1-2 of: "
-        f"{', '.join(labels)}), confidence (0-10) and explanation (one short sentence)."
+        f"where it fires most are marked <<like this>>.{hint} Reply in JSON with concepts (1-2 "
+        f"of: {', '.join(labels)}), confidence (0-10) and explanation (one short sentence)."
     )
+
+
+def concept_choices(
+    labels: list[str], config: ExplainConfig, evidence: Evidence | None
+) -> list[str]:
+    """Concepts the answer may name: ours with evidence, the evidence's shortlist; else all."""
+    if config.prompting == "ours" and config.evidence and evidence is not None:
+        return evidence.choices(labels)
+    return labels
+
+
+def _user(texts: list[str], evidence: Evidence | None, labels: list[str]) -> str:
+    body = "Texts:\n" + _numbered(texts)
+    if evidence is None:
+        return body
+    return f"{body}\n{evidence.line()}\nChoose from: {', '.join(evidence.choices(labels))}"
 
 
 def _numbered(texts: list[str]) -> str:
@@ -146,13 +241,18 @@ def explain_messages(
     labels: list[str],
     config: ExplainConfig,
     shots: list[GoldShot] = (),
+    evidence: Evidence | None = None,
 ) -> list[dict[str, str]]:
-    """The chat for one feature. `contexts` are its explain-split top contexts, best first."""
-    messages = [{"role": "system", "content": _system(labels)}]
+    """The chat for one feature. `contexts` are its explain-split top contexts, best first;
+    `evidence` (ours, when config.evidence) their corpus tags."""
     if config.prompting == "baseline":
         texts = [render(c, config.mark_fraction) for c in contexts]
-        messages.append({"role": "user", "content": "Texts:\n" + _numbered(texts)})
-        return messages
+        return [
+            {"role": "system", "content": _system(labels)},
+            {"role": "user", "content": "Texts:\n" + _numbered(texts)},
+        ]
+    show = config.evidence and evidence is not None
+    messages = [{"role": "system", "content": _system(labels, show)}]
     for shot in shots:
         texts = [render(segment(*c, config), config.mark_fraction) for c in shot.contexts[:2]]
         answer = {
@@ -160,10 +260,11 @@ def explain_messages(
             "confidence": int(round(10 * shot.confidence)) if shot.confidence is not None else 8,
             "explanation": shot.text or f"Text about {', '.join(shot.concepts)}.",
         }
-        messages.append({"role": "user", "content": "Texts:\n" + _numbered(texts)})
+        shot_evidence = shot.evidence if show else None
+        messages.append({"role": "user", "content": _user(texts, shot_evidence, labels)})
         messages.append({"role": "assistant", "content": json.dumps(answer)})
     texts = [render(segment(*c, config), config.mark_fraction) for c in contexts[: config.n_shown]]
-    messages.append({"role": "user", "content": "Texts:\n" + _numbered(texts)})
+    messages.append({"role": "user", "content": _user(texts, evidence if show else None, labels)})
     return messages
 
 
