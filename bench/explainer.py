@@ -1,6 +1,8 @@
-"""Explainer cost and coverage: our prompts (marked segments + nearest-gold few-shot) against a
-delphi-style baseline (every top context whole, no few-shot), in ONE run on the embedded
-SmolLM2 served by llama.cpp.
+"""Explainer cost and coverage: our prompts (marked segments + nearest-gold few-shot + a line of
+corpus evidence: the concept tags of the top texts vs. their base rates, with the concept choice
+shortlisted to them) against a delphi-style baseline (every top context whole, no few-shot, no
+evidence), in ONE run on the embedded SmolLM2 served by llama.cpp. Both are calibrated with the
+same signals (the evidence-agreement signal included).
 
 Setup: a copy of a demo workspace's database (default /tmp/demo-ws, read-only), simulated
 expert gold labels (safesail.oracle) on a seeded sample of the safety candidates, the rest of a
@@ -147,6 +149,7 @@ def main() -> None:
     total = time.perf_counter() - started
     print(f"workspace {args.workspace} ({sae}); {len(gold)} gold + {len(unlabeled)} unlabeled")
     print(f"scorers {scorers}; target 0.9 (Wilson z=1 on held-out folds); {total:.0f} s in all")
+    print("ours also gets the corpus evidence line (tags of its top texts vs. base rates)")
     for style, r in results.items():
         agreement = "-" if r["real_agreement"] is None else f"{r['real_agreement']:.0%}"
         heldout = "-" if r["heldout"] is None else f"{r['heldout']:.0%}"
