@@ -177,12 +177,21 @@ def _state(ws, config: ALConfig) -> _State:
     return _State(sae_id, matrix, Xs.astype(np.float32), labels, version)
 
 
+def _labeled_rows(state: _State) -> list[int]:
+    """Matrix rows of the labeled features that have examples, in feature order."""
+    row_of = {int(f): i for i, f in enumerate(state.matrix.features)}
+    return [row_of[f] for f in sorted(state.labels) if f in row_of]
+
+
+def _labeled_features(state: _State) -> list[int]:
+    return [int(state.matrix.features[r]) for r in _labeled_rows(state)]
+
+
 def _training(state: _State) -> tuple[np.ndarray, np.ndarray]:
     """The standardised rows and labels of the labeled features that have examples."""
     import numpy as np
 
-    row_of = {int(f): i for i, f in enumerate(state.matrix.features)}
-    rows = [row_of[f] for f in sorted(state.labels) if f in row_of]
+    rows = _labeled_rows(state)
     y = np.array([state.labels[int(state.matrix.features[r])] for r in rows], dtype=object)
     return state.Xs[rows], y.astype(str)
 
@@ -279,11 +288,13 @@ def predict(ws, features: list[int], config: ALConfig | None = None) -> dict[int
     return {int(f): known.get(int(f), rule) for f in features}
 
 
-def heldout_macro_f1(Xs: np.ndarray, y: np.ndarray, config: ALConfig) -> float | None:
-    """Stratified cross-validated macro-F1 over the label values present (None when there are
-    too few labels); a fold whose training part holds one class predicts that class."""
+def out_of_fold(
+    Xs: np.ndarray, y: np.ndarray, config: ALConfig
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each labeled feature's prediction (label, probability) from a model that never saw it:
+    stratified cross-validation; a fold whose training part holds one class predicts that class
+    with probability 1. None when there are too few labels."""
     import numpy as np
-    from sklearn.metrics import f1_score
     from sklearn.model_selection import StratifiedKFold
 
     from active_learning.strategies import can_fit, make_estimator
@@ -294,6 +305,7 @@ def heldout_macro_f1(Xs: np.ndarray, y: np.ndarray, config: ALConfig) -> float |
     if folds < 2:
         return None
     pred = np.empty(len(y), dtype=y.dtype)
+    prob = np.ones(len(y))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # classes rarer than the fold count
@@ -302,11 +314,23 @@ def heldout_macro_f1(Xs: np.ndarray, y: np.ndarray, config: ALConfig) -> float |
         if len(np.unique(y[train])) < 2:
             pred[test] = y[train][0]
             continue
-        pred[test] = (
-            make_estimator(config.C, config.seed).fit(Xs[train], y[train]).predict(Xs[test])
-        )
+        model = make_estimator(config.C, config.seed).fit(Xs[train], y[train])
+        proba = model.predict_proba(Xs[test])
+        pred[test] = model.classes_[proba.argmax(axis=1)]
+        prob[test] = proba.max(axis=1)
+    return pred, prob
+
+
+def heldout_macro_f1(Xs: np.ndarray, y: np.ndarray, config: ALConfig) -> float | None:
+    """Cross-validated macro-F1 over the label values present (None when there are too few
+    labels)."""
+    from sklearn.metrics import f1_score
+
+    oof = out_of_fold(Xs, y, config)
+    if oof is None:
+        return None
     present = sorted(set(y.tolist()))
-    return float(f1_score(y, pred, labels=present, average="macro", zero_division=0))
+    return float(f1_score(y, oof[0], labels=present, average="macro", zero_division=0))
 
 
 def retrain(ws, config: ALConfig | None = None) -> LearnerReport:
@@ -316,8 +340,18 @@ def retrain(ws, config: ALConfig | None = None) -> LearnerReport:
     with _one_blas_thread():
         state = _state(ws, config)
         X_lab, y_lab = _training(state)
-        f1 = heldout_macro_f1(X_lab, y_lab, config)
+        oof = out_of_fold(X_lab, y_lab, config)
+        f1 = None
         predictions = _predict_state(state, config)
+        if oof is not None:
+            # labeled features get the prediction of a model that never saw their label, so
+            # the explainer's calibration can use "the learner agrees" without leaking it
+            from sklearn.metrics import f1_score
+
+            present = sorted(set(y_lab.tolist()))
+            f1 = float(f1_score(y_lab, oof[0], labels=present, average="macro", zero_division=0))
+            for f, label, prob in zip(_labeled_features(state), *oof, strict=True):
+                predictions[f] = Prediction([str(label)], float(prob), state.model_version)
     distribution = dict(Counter(y_lab.tolist()).most_common())
     with session_scope(ws.engine) as session:
         previous: dict[str, Any] = get_meta(session, "learner") or {}
@@ -346,6 +380,7 @@ def retrain(ws, config: ALConfig | None = None) -> LearnerReport:
             {
                 "sae_id": state.sae_id,
                 "model_version": state.model_version,
+                "labeled_out_of_fold": oof is not None,
                 "predictions": {
                     str(f): {"concepts": p.concepts, "probability": round(p.probability, 4)}
                     for f, p in predictions.items()
