@@ -154,7 +154,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     pull = label.add_parser("pull", parents=[common], help="pull annotations, adjudicate, retrain")
     pull.add_argument("--no-retrain", action="store_true")
     sim = label.add_parser("simulate", parents=[common], help="simulated annotators answer tasks")
-    sim.add_argument("--noise", type=float, default=0.1, help="share of wrong answers")
+    sim.add_argument("--noise", type=float, default=0.05, help="share of wrong answers")
     sim.add_argument("--seed", type=int, default=0)
     listen = label.add_parser("listen", parents=[common], help="pull on each new annotation")
     listen.add_argument("--listen-port", type=int, default=8765)
@@ -174,9 +174,9 @@ def add_demo_options(demo: argparse.ArgumentParser) -> None:
         action="store_true",
         help="simulated experts answer the tasks through the Label Studio API",
     )
-    demo.add_argument("--rounds", type=int, default=3, help="push/annotate/pull rounds")
+    demo.add_argument("--rounds", type=int, default=4, help="push/annotate/pull rounds")
     demo.add_argument("--batch", type=int, default=20, help="features pushed per round")
-    demo.add_argument("--noise", type=float, default=0.1, help="simulated annotators' error rate")
+    demo.add_argument("--noise", type=float, default=0.05, help="simulated annotators' error rate")
     demo.add_argument("--ls-port", type=int, default=8080, help="port of the demo's Label Studio")
 
 

@@ -70,7 +70,7 @@ def _second_user(client: Any) -> int:
 def simulate(
     ws: Any,
     *,
-    noise: float = 0.1,
+    noise: float = 0.05,
     seed: int = 0,
     config: ClientConfig | None = None,
     progress: bool = True,
