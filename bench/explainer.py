@@ -4,7 +4,7 @@ shortlisted to them) against a delphi-style baseline (every top context whole, n
 evidence), in ONE run on the embedded SmolLM2 served by llama.cpp. Both are calibrated with the
 same signals (the evidence-agreement signal included).
 
-Setup: a copy of a demo workspace's database (default /tmp/demo-ws, read-only), simulated
+Setup: a copy of a demo workspace's database (default ./workspace, read-only), simulated
 expert gold labels (safesail.oracle) on a seeded sample of the safety candidates, the rest of a
 sample explained as "unlabeled". Per prompt style it reports LLM tokens per accepted feature
 (every token spent, gold yardstick included), coverage of the unlabeled features at the 90%
@@ -15,6 +15,7 @@ simulated experts. Last line: tokens_ours_over_baseline=<ratio>.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -88,7 +89,12 @@ def curve(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workspace", type=Path, default=Path("/tmp/demo-ws"))
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=Path(os.environ.get("SAFESAIL_WORKSPACE", "workspace")),
+        help="a demo workspace, read-only (default: ./workspace, what `make demo` builds)",
+    )
     parser.add_argument("--gold", type=int, default=30, help="gold-labeled features (yardstick)")
     parser.add_argument("--unlabeled", type=int, default=15, help="features to accept or queue")
     parser.add_argument("--base-url", help="endpoint (default: the embedded server)")
