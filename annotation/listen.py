@@ -13,8 +13,9 @@ from annotation.client import ClientConfig, ensure_project, open_client, pull
 ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED"]
 
 
-def listen(ws: Any, port: int, config: ClientConfig, progress: bool = True) -> None:
-    """Register the webhook (once) and serve until interrupted; pulls never overlap."""
+def webhook_server(ws: Any, port: int, config: ClientConfig) -> ThreadingHTTPServer:
+    """Register the webhook (once) and return the endpoint, not yet serving; pulls never
+    overlap."""
     client = open_client(ws, config)
     project_id, _ = ensure_project(ws, client)
     url = f"http://127.0.0.1:{port}/webhook"
@@ -46,8 +47,16 @@ def listen(ws: Any, port: int, config: ClientConfig, progress: bool = True) -> N
         def log_message(self, *args: Any) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", port), Hook)
-    print(f"listening for Label Studio webhooks on {url} (Ctrl-C to stop)", flush=True)
+    return ThreadingHTTPServer(("127.0.0.1", port), Hook)
+
+
+def listen(ws: Any, port: int, config: ClientConfig, progress: bool = True) -> None:
+    """Serve the webhook endpoint until interrupted."""
+    httpd = webhook_server(ws, port, config)
+    print(
+        f"listening for Label Studio webhooks on http://127.0.0.1:{port}/webhook (Ctrl-C to stop)",
+        flush=True,
+    )
     try:
         httpd.serve_forever()
     finally:

@@ -253,3 +253,31 @@ def test_simulated_demo_fills_labels_and_learner(triaged_ws, ls_home, tmp_path, 
     assert status["learner"]["macro_f1_heldout"] is not None
     assert status["annotation"]["tasks"] == 12 and status["annotation"]["invalid"] == 0
     assert server.status(ls_home).running  # the demo leaves a server it did not start alone
+
+
+def test_webhook_pulls_new_annotations(ws):
+    """`label listen`: Label Studio's ANNOTATION_CREATED webhook (to a local endpoint, allowed by
+    the managed server's settings) makes the annotations land without a manual pull."""
+    import threading
+    import time
+
+    from annotation.listen import webhook_server
+
+    push(ws, 3, config=FAST, progress=False)
+    httpd = webhook_server(ws, _free_port(), FAST)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        answered = simulate(ws, noise=0.0, config=FAST, progress=False).annotations
+        assert answered >= 3
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with Session(ws.engine) as session:
+                stored = len(session.exec(select(Annotation)).all())
+            if stored == answered:
+                break
+            time.sleep(1)
+        assert stored == answered
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
