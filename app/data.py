@@ -244,7 +244,9 @@ def reliability(engine: Engine) -> pd.DataFrame:
 
 def coverage_curve(engine: Engine) -> pd.DataFrame:
     """Share of automatic labels accepted vs their agreement with the human gold label, as the
-    acceptance threshold on the calibrated probability moves (features with both labels)."""
+    acceptance threshold on the calibrated (held-out) probability moves, over the features with
+    both labels. Agreement is the explainer's own verdict when it recorded one (concept and
+    text), else an exact concept match."""
     with Session(engine) as session:
         rows = session.exec(
             select(
@@ -254,12 +256,15 @@ def coverage_curve(engine: Engine) -> pd.DataFrame:
                 Explanation.status,
                 Explanation.concepts,
                 Explanation.probability,
+                Explanation.details,
             ).where(Explanation.source.in_(["human", "auto"]))
         ).all()
-    gold = {(s, f): set(c) for s, f, src, st, c, _ in rows if src == "human" and st == "accepted"}
+    gold = {
+        (s, f): set(c) for s, f, src, st, c, _, _ in rows if src == "human" and st == "accepted"
+    }
     auto = [
-        (p, set(c) == gold[(s, f)])
-        for s, f, src, _, c, p in rows
+        (p, bool((d or {}).get("agrees", set(c) == gold[(s, f)])))
+        for s, f, src, _, c, p, d in rows
         if src == "auto" and p is not None and (s, f) in gold
     ]
     if len(auto) < 2:

@@ -147,3 +147,52 @@ def test_inspector_page_inspects_a_prompt(monkeypatch, populated_ws):
     assert at.dataframe and {"token", "feature", "normalised", "explanation"} <= set(
         at.dataframe[0].value.columns
     )
+
+
+def test_coverage_curve_uses_held_out_probability_and_verdict(tmp_path):
+    """The calibration page's curve: over features with a gold label, the share kept and their
+    agreement as the threshold on the held-out P(agree) rises; the explainer's own verdict
+    (concept and text) wins over a bare concept match."""
+    from safesail.storage import open_db
+
+    engine = open_db(f"sqlite:///{tmp_path / 'c.db'}")
+    autos = [  # (feature, probability, concepts, explainer's verdict)
+        (1, 0.9, ["violence"], True),
+        (2, 0.7, ["violence"], False),  # same concept, but the text did not match
+        (3, 0.4, ["fraud"], False),
+        (4, 0.2, ["violence"], None),  # no verdict recorded: exact concept match decides
+    ]
+    with session_scope(engine) as session:
+        for f, p, concepts, verdict in autos:
+            session.add(
+                Explanation(
+                    sae_id="s", feature=f, source="human", status="accepted", concepts=["violence"]
+                )
+            )
+            details = None if verdict is None else {"yardstick": True, "agrees": verdict}
+            session.add(
+                Explanation(
+                    sae_id="s",
+                    feature=f,
+                    source="auto",
+                    status="queued",
+                    concepts=concepts,
+                    probability=p,
+                    details=details,
+                )
+            )
+        session.add(  # no gold label: not on the curve
+            Explanation(
+                sae_id="s",
+                feature=9,
+                source="auto",
+                status="queued",
+                concepts=["x"],
+                probability=0.95,
+            )
+        )
+    curve = data.coverage_curve(engine).set_index("threshold")
+    assert list(curve.index) == [0.2, 0.4, 0.7, 0.9]
+    assert curve.loc[0.9, "coverage"] == 0.25 and curve.loc[0.9, "agreement"] == 1.0
+    assert curve.loc[0.7, "agreement"] == 0.5
+    assert curve.loc[0.2, "coverage"] == 1.0 and curve.loc[0.2, "agreement"] == 0.5

@@ -520,6 +520,12 @@ def route(
         else {}
     )
     threshold = calibration.threshold.threshold if calibration is not None else float("inf")
+    # gold features keep their out-of-fold P(agree): the coverage-vs-agreement curve's points
+    held_out = (
+        dict(zip([r.id for r in gold_rows], calibration.oof.tolist(), strict=True))
+        if calibration is not None
+        else {}
+    )
     accepted = queued = 0
     with session_scope(ws.engine) as session:
         for r in rows:
@@ -531,7 +537,7 @@ def route(
                 agree, similarity = verdicts[r.id]
                 row.status = "queued" if agree else "rejected"
                 details.update(yardstick=True, agrees=agree, text_similarity=similarity)
-                row.probability = None
+                row.probability = held_out.get(r.id)
             else:
                 p = probs.get(r.id)
                 row.probability = None if p is None else float(p)

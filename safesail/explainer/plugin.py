@@ -68,11 +68,12 @@ def _report(report: Any) -> None:
     if cal.get("error"):
         print(f"calibration: {cal['error']}")
     else:
-        agreement = cal["achieved_agreement"]
+        agreement, threshold = cal["achieved_agreement"], cal["threshold"]
         print(
             f"calibration on {cal['n_gold']} gold features: target {cal['target']:.0%}, held-out "
             f"agreement {'-' if agreement is None else f'{agreement:.0%}'}, threshold "
-            f"{cal['threshold']}, coverage {cal['coverage']:.0%}; diagram {cal.get('reliability_png')}"
+            f"{'-' if threshold is None else f'{threshold:.3f}'}, coverage {cal['coverage']:.0%}; "
+            f"diagram {cal.get('reliability_png')}"
         )
 
 
