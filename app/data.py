@@ -25,6 +25,7 @@ from safesail.storage import (
     LlmCall,
     SaeRecord,
     Score,
+    best_accepted,
     get_meta,
 )
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
@@ -61,18 +62,8 @@ def selected_sae(engine: Engine) -> str | None:
 
 def accepted_by_feature(engine: Engine, sae_id: str) -> dict[int, Explanation]:
     """Each feature's best accepted explanation: human, then automatic, then prior."""
-    rank = {"human": 0, "auto": 1, "prior": 2}
-    best: dict[int, Explanation] = {}
     with Session(engine) as session:
-        for e in session.exec(
-            select(Explanation).where(
-                Explanation.sae_id == sae_id, Explanation.status == "accepted"
-            )
-        ):
-            held = best.get(e.feature)
-            if held is None or rank.get(e.source, 3) < rank.get(held.source, 3):
-                best[e.feature] = e
-    return best
+        return best_accepted(session, sae_id)
 
 
 def coverage(engine: Engine) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from exports.records import FIELDS, ExportRecord
 from safesail.errors import SafesailError
-from safesail.storage import SaeRecord
+from safesail.storage import SOURCE_RANK, SaeRecord
 from safesail.taxonomy import normalize_name
 
 Skipped = list[tuple[str, str]]
@@ -53,11 +53,14 @@ def register(fmt: Format) -> Format:
 def _one_per_feature(records: list[ExportRecord]) -> list[ExportRecord]:
     """The record a one-explanation-per-feature format keeps: accepted first, then human, auto,
     prior, then the newest."""
-    rank = {"human": 0, "auto": 1, "prior": 2}
     best: dict[tuple[str, int], ExportRecord] = {}
     for r in sorted(
         records,
-        key=lambda r: (r.status != "accepted", rank.get(r.source, 3), _neg_time(r.created_at)),
+        key=lambda r: (
+            r.status != "accepted",
+            SOURCE_RANK.get(r.source, 3),
+            _neg_time(r.created_at),
+        ),
     ):
         best.setdefault((r.sae_id, r.index), r)
     return sorted(best.values(), key=lambda r: (r.sae_id, r.index))

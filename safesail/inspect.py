@@ -14,12 +14,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from safesail.errors import SafesailError
-from safesail.storage import Explanation, Feature, SaeRecord, get_meta
+from safesail.storage import Feature, SaeRecord, best_accepted, get_meta
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 NORM_QUANTILE = "0.999"
 """Feature.quantiles key used as the normaliser (falls back to the feature's max)."""
-_SOURCE_RANK = {"human": 0, "auto": 1, "prior": 2}
 
 
 class FeatureInfo(NamedTuple):
@@ -54,15 +53,7 @@ def safety_features(engine: Engine, sae_id: str) -> dict[int, FeatureInfo]:
     """The SAE's safety features (triage candidates, and features with an accepted safety
     label) with their best accepted explanation (human, then auto, then prior) and scale."""
     with Session(engine) as session:
-        explained: dict[int, Any] = {}
-        for e in session.exec(
-            select(Explanation).where(
-                Explanation.sae_id == sae_id, Explanation.status == "accepted"
-            )
-        ):
-            held = explained.get(e.feature)
-            if held is None or _SOURCE_RANK.get(e.source, 3) < _SOURCE_RANK.get(held.source, 3):
-                explained[e.feature] = e
+        explained = best_accepted(session, sae_id)
         safe = {f for f, e in explained.items() if set(e.concepts) - {BENIGN, UNINTERPRETABLE}}
         rows = session.exec(
             select(

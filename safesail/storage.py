@@ -299,3 +299,21 @@ def unpack_csr(prefix: str, arrays: dict[str, np.ndarray]) -> sp.csr_matrix:
 def corpus_concepts(session: Session) -> dict[int, list[str]]:
     """Concept labels of every corpus text, by text id."""
     return {row.id: row.concepts for row in session.exec(select(CorpusText))}
+
+
+SOURCE_RANK = {"human": 0, "auto": 1, "prior": 2}
+"""Which label a feature shows when it has several: the experts', then the calibrated
+explainer's, then an imported prior's (unknown sources last)."""
+
+
+def best_accepted(session: Session, sae_id: str) -> dict[int, Explanation]:
+    """Each feature's accepted explanation of the best-ranked source (the first stored wins a
+    tie)."""
+    best: dict[int, Explanation] = {}
+    for e in session.exec(
+        select(Explanation).where(Explanation.sae_id == sae_id, Explanation.status == "accepted")
+    ):
+        held = best.get(e.feature)
+        if held is None or SOURCE_RANK.get(e.source, 3) < SOURCE_RANK.get(held.source, 3):
+            best[e.feature] = e
+    return best
