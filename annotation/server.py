@@ -7,24 +7,24 @@ its own venv under the cache dir. Its data, logs, pid and credentials live in th
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
 import re
 import secrets
-import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 from safesail.errors import SafesailError
+from safesail.procs import http_ok, stop_group
+
+STOP_GRACE_S = 20.0
+"""Seconds Label Studio gets to shut down before it is killed."""
 
 LS_VERSION = "1.23.2"
 """The Label Studio release this room is tested against."""
@@ -155,11 +155,7 @@ def _pid_alive(pid: int, p: Paths) -> bool:
 
 
 def healthy(url: str, timeout: float = 3.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+    return http_ok(f"{url}/health", timeout)
 
 
 def status(workspace: Path) -> ServerState:
@@ -255,7 +251,7 @@ def up(
         if not _wait_healthy(url, config.start_timeout):
             raise SafesailError(f"Label Studio did not become healthy at {url}; see {p.log}")
     except BaseException:
-        _stop_group(proc.pid)
+        stop_group(proc.pid, STOP_GRACE_S)
         p.pid.unlink(missing_ok=True)
         raise
     p.state.write_text(json.dumps({"pid": proc.pid, "url": url, "port": config.port}))
@@ -287,30 +283,13 @@ def _wait_healthy(url: str, timeout: float) -> bool:
     return False
 
 
-def _stop_group(pid: int, timeout: float = 20.0) -> None:
-    """SIGTERM the server's own process group, SIGKILL after a grace period."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.3)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-
-
 def down(workspace: Path) -> bool:
     """Stop the server this workspace started (never any other); False if none was running."""
     p = paths(workspace)
     current = status(workspace)
     stopped = False
     if current.running and current.pid is not None:
-        _stop_group(current.pid)
+        stop_group(current.pid, STOP_GRACE_S)
         stopped = True
     for path in (p.pid, p.state):
         path.unlink(missing_ok=True)

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from safesail.errors import SafesailError
 from safesail.plugins import Plugin
+from safesail.procs import http_ok, pid_alive, stop_group
 
 PID_FILE = "app.json"
 """In the workspace: pid, port and URL of the app started with --background."""
 START_TIMEOUT_S = 60
+STOP_GRACE_S = 10.0
+"""Seconds the app gets to shut down before it is killed."""
 
 
 def _add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -49,20 +49,8 @@ def _command(ws: Any, port: int) -> list[str]:
     return cmd
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
 def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
+    return http_ok(f"{url}/_stcore/health", timeout=2)
 
 
 def running(ws: Any) -> dict[str, Any] | None:
@@ -71,7 +59,7 @@ def running(ws: Any) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     info = json.loads(path.read_text())
-    if _alive(info["pid"]):
+    if pid_alive(info["pid"]):
         return info
     path.unlink()
     return None
@@ -98,7 +86,7 @@ def start_background(ws: Any, port: int) -> dict[str, Any]:
                 f"the app exited at start (port {port} busy?); see {Path(log.name)}"
             )
         if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGTERM)
+            stop_group(proc.pid, STOP_GRACE_S)
             raise SafesailError(f"the app did not answer on {url} in {START_TIMEOUT_S} s")
         time.sleep(0.5)
     info = {"pid": proc.pid, "port": port, "url": url}
@@ -111,11 +99,7 @@ def stop(ws: Any) -> bool:
     info = running(ws)
     if info is None:
         return False
-    os.killpg(info["pid"], signal.SIGTERM)  # its own session: the app and nothing else
-    for _ in range(40):
-        if not _alive(info["pid"]):
-            break
-        time.sleep(0.25)
+    stop_group(info["pid"], STOP_GRACE_S)  # its own session: the app and nothing else
     (Path(ws.config.workspace) / PID_FILE).unlink(missing_ok=True)
     return True
 

@@ -19,6 +19,7 @@ from annotation.client import ClientConfig, open_client, pull, push, server_keys
 from annotation.simulate import simulate
 from safesail.config import default_cache_dir
 from safesail.errors import SafesailError
+from safesail.procs import stop_group
 from safesail.storage import Annotation, Context, Explanation, LabelTask, session_scope
 from tests.conftest import copy_workspace
 
@@ -180,7 +181,7 @@ def test_server_down_clear_error_then_resume(ws, ls_home):
     push(ws, 2, config=FAST, progress=False)
     state = server.status(ls_home)
     port = json.loads(server.paths(ls_home).state.read_text())["port"]
-    server._stop_group(state.pid)  # the server dies under us (as in a crash)
+    stop_group(state.pid, server.STOP_GRACE_S)  # the server dies under us (as in a crash)
     try:
         with pytest.raises(SafesailError, match="unreachable or failing .* after 2 attempts"):
             push(ws, 2, config=FAST, progress=False)

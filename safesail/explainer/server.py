@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
 from safesail.errors import SafesailError
 from safesail.explainer.config import EMBEDDED_ALIAS
+from safesail.procs import http_ok, pid_alive, stop_group
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -51,11 +48,7 @@ def gguf_path() -> Path:
 
 def healthy(base_url: str, timeout: float = 2.0) -> bool:
     """The endpoint answers GET /models (OpenAI's model list) with 200."""
-    try:
-        with urllib.request.urlopen(f"{base_url.rstrip('/')}/models", timeout=timeout) as reply:
-            return reply.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+    return http_ok(f"{base_url.rstrip('/')}/models", timeout)
 
 
 def _free_port(host: str, wanted: int) -> int:
@@ -66,16 +59,6 @@ def _free_port(host: str, wanted: int) -> int:
         except OSError:
             sock.bind((host, 0))
             return int(sock.getsockname()[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class EmbeddedServer:
@@ -97,7 +80,7 @@ class EmbeddedServer:
         except (ValueError, TypeError):
             self.state.unlink(missing_ok=True)
             return None
-        if not _alive(info.pid):
+        if not pid_alive(info.pid):
             self.state.unlink(missing_ok=True)
             return None
         return info
@@ -170,22 +153,4 @@ class EmbeddedServer:
         self.state.unlink(missing_ok=True)
         if info is None:
             return False
-        try:
-            os.killpg(info.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return False
-        for _ in range(50):
-            if _gone(info.pid):
-                return True
-            time.sleep(0.1)
-        os.killpg(info.pid, signal.SIGKILL)
-        return True
-
-
-def _gone(pid: int) -> bool:
-    """The process has exited (reaped here when this process started it)."""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == pid
-    except ChildProcessError:
-        return not _alive(pid)
+        return stop_group(info.pid, grace_s=5.0)
