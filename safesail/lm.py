@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -125,10 +126,16 @@ def _embedded_fp32(cache_dir: Path) -> Path:
     )
     model.hf_quantizer = None
     model.config.quantization_config = None
-    partial = target.with_name(target.name + ".partial")
+    # one partial folder per process: two processes converting at once must not mix files
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     model.save_pretrained(partial)
     tok.save_pretrained(partial)
-    partial.rename(target)  # atomic: an interrupted conversion never looks finished
+    try:
+        partial.rename(target)  # atomic: an interrupted conversion never looks finished
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+        shutil.rmtree(partial)  # another process finished first; its copy is the same
     return target
 
 

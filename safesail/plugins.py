@@ -30,6 +30,8 @@ class Plugin:
     """Adds this room's flags to `safesail demo`."""
     demo: Handler | None = None
     """This room's part of `safesail demo`, run after the core steps."""
+    resume: Callable[[argparse.Namespace], str] | None = None
+    """(demo args) -> the command that reruns only this room's demo step, named when it fails."""
 
 
 def load_plugins() -> list[Plugin]:

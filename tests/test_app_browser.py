@@ -7,11 +7,9 @@ import shutil
 import socket
 from pathlib import Path
 
-import pytest
-
 from exports.synthetic import populate
 from safesail.cli import main
-from tests.conftest import copy_workspace
+from tests.conftest import copy_workspace, skip_or_fail
 
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
 CHROMIUM = next(
@@ -26,8 +24,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")
 def test_overview_in_chromium(triaged_ws, tmp_path, lm, capsys):
+    if CHROMIUM is None:
+        skip_or_fail("no chromium binary (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)

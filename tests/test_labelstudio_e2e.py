@@ -21,7 +21,7 @@ from safesail.config import default_cache_dir
 from safesail.errors import SafesailError
 from safesail.procs import stop_group
 from safesail.storage import Annotation, Context, Explanation, LabelTask, session_scope
-from tests.conftest import copy_workspace
+from tests.conftest import copy_workspace, skip_or_fail
 
 FAST = ClientConfig(retries=1, backoff=0.05, timeout=30)
 
@@ -39,7 +39,7 @@ def ls_home(tmp_path_factory):
     try:
         server.ensure_installed(default_cache_dir(), progress=False)
     except SafesailError as exc:
-        pytest.skip(f"Label Studio cannot be installed here: {exc}")
+        skip_or_fail(f"Label Studio cannot be installed here: {exc}")
     server.up(home, default_cache_dir(), server.ServerConfig(port=_free_port()), progress=False)
     yield home
     server.down(home)
@@ -254,6 +254,10 @@ def test_simulated_demo_fills_labels_and_learner(triaged_ws, ls_home, tmp_path, 
     assert status["learner"]["macro_f1_heldout"] is not None
     assert status["annotation"]["tasks"] == 12 and status["annotation"]["invalid"] == 0
     assert server.status(ls_home).running  # the demo leaves a server it did not start alone
+    ws.engine.dispose()
+    assert main(args) == 0  # a rerun resumes: no third round, nothing pushed twice
+    assert "2 round(s) already pushed (--rounds 2); no new round" in capsys.readouterr().out
+    assert ws.status()["annotation"]["tasks"] == 12
 
 
 def test_webhook_pulls_new_annotations(ws):

