@@ -20,6 +20,13 @@ TO_NAME = "contexts"
 """The HyperText that every question refers to."""
 MAX_RATING = 5
 
+READER = "reader"
+CORPUS_TAGS = "corpus-tags"
+EXPERTS = (READER, CORPUS_TAGS)
+"""Where simulated annotators' answers come from (annotation/simulate.py): the reader, which
+reads the top windows like a person, or the corpus-tag oracle. Here, not in simulate, so the
+command line can offer the choice without importing torch."""
+
 _SPECIAL = {BENIGN: "not safety-related", UNINTERPRETABLE: "not interpretable"}
 
 

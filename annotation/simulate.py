@@ -1,8 +1,15 @@
 """Simulated annotators that answer open tasks through the real Label Studio API, like people.
 
-Answers come from the corpus-derived oracle (safesail.oracle) with configurable noise. Two
-identities: the admin, and a second real Label Studio user on whose behalf the admin submits
-(`completed_by`), so agreement and adjudication see two annotators as they would in practice.
+Answers come from a simulated expert with configurable noise: by default the reader
+(safesail.reader), which labels a feature from the windows an annotator sees, or the corpus-tag
+oracle (safesail.oracle), which labels it by the concept tags of the texts it fires in (the tags
+the learner, triage and explainer see too, so it flatters them). Two identities: the admin, and
+a second real Label Studio user on whose behalf the admin submits (`completed_by`), so agreement
+and adjudication see two annotators as they would in practice.
+
+The confidence an annotator reports is the expert's own (plus a little jitter), whether or not
+noise flipped the answer: people are not less sure when they are wrong, so adjudication by
+confidence must not be able to tell the flipped answers apart.
 """
 
 from __future__ import annotations
@@ -14,13 +21,26 @@ import numpy as np
 from sqlmodel import Session, select
 
 from annotation.client import ClientConfig, ensure_project, open_client
-from annotation.config import CONCEPTS, CONFIDENCE, EXPLANATION, TO_NAME, display_name
+from annotation.config import (
+    CONCEPTS,
+    CONFIDENCE,
+    EXPERTS,
+    EXPLANATION,
+    MAX_RATING,
+    READER,
+    TO_NAME,
+    display_name,
+)
 from safesail.oracle import noisy_answer, oracle_labels
+from safesail.reader import Reader, ReaderAnswer, read_features
 from safesail.storage import LabelTask
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 SECOND_ANNOTATOR = "annotator2@example.com"
 """The second simulated expert (a real Label Studio user)."""
+
+CORPUS_TAGS_CONFIDENCE = 4
+"""The corpus-tag oracle reads nothing, so it reports one fixed confidence."""
 
 
 class SimResult(NamedTuple):
@@ -30,7 +50,8 @@ class SimResult(NamedTuple):
 
 
 def sentence(concepts: list[str]) -> str:
-    """The templated one-sentence explanation a simulated expert writes."""
+    """A short generic sentence for an answer nobody read: the corpus-tag oracle's, or a noisy
+    answer that differs from what the reader read."""
     if concepts == [UNINTERPRETABLE]:
         return "No coherent pattern in its top contexts."
     if concepts == [BENIGN]:
@@ -48,6 +69,26 @@ def result(concepts: list[str], confidence: int, text: str) -> list[dict[str, An
         {"from_name": EXPLANATION, "to_name": TO_NAME, "type": "textarea",
          "value": {"text": [text]}},
     ]  # fmt: skip
+
+
+def _expert_answers(
+    ws: Any, expert: str, features: dict[str, list[int]]
+) -> dict[tuple[str, int], ReaderAnswer]:
+    """The simulated expert's answer per (SAE, feature); `expert` is one of EXPERTS."""
+    out: dict[tuple[str, int], ReaderAnswer] = {}
+    if not features:
+        return out  # nothing to answer: do not load the embedder
+    reader = Reader(ws.taxonomy) if expert == READER else None
+    for sae_id, indices in features.items():
+        if reader is not None:
+            answers = read_features(ws.engine, sae_id, indices, reader=reader)
+        else:
+            answers = {
+                f: ReaderAnswer(labels, CORPUS_TAGS_CONFIDENCE, sentence(labels))
+                for f, labels in oracle_labels(ws.engine, sae_id, indices).items()
+            }
+        out |= {(sae_id, f): a for f, a in answers.items()}
+    return out
 
 
 def _second_user(client: Any) -> int:
@@ -72,14 +113,19 @@ def simulate(
     *,
     noise: float = 0.05,
     seed: int = 0,
+    expert: str = READER,
     config: ClientConfig | None = None,
     progress: bool = True,
 ) -> SimResult:
-    """Answer every open task (one answer per wanted annotator that has not answered yet)."""
+    """Answer every open task (one answer per wanted annotator that has not answered yet) with
+    the `expert`'s answer ("reader" or "corpus-tags"), flipped to another label with
+    probability `noise`."""
     from tqdm import tqdm
 
     if not 0 <= noise <= 1:
         raise ValueError(f"noise must be in [0, 1], got {noise}")
+    if expert not in EXPERTS:
+        raise ValueError(f"expert must be one of {', '.join(EXPERTS)}, got {expert!r}")
     client = open_client(ws, config)
     project_id, key = ensure_project(ws, client)
     me = client.call(client.sdk.users.whoami)
@@ -100,30 +146,30 @@ def simulate(
 
     client.call(fetch)
     values = ws.taxonomy.label_values()
-    by_sae: dict[str, list[int]] = {}
-    for t in tasks:
-        by_sae.setdefault(t.sae_id, []).append(t.feature)
-    truth = {
-        (sae_id, f): labels
-        for sae_id, features in by_sae.items()
-        for f, labels in oracle_labels(ws.engine, sae_id, features).items()
-    }
-    made, touched = 0, set()
     todo = [
         (t, user)
         for t in tasks
         for user in identities[: t.annotators_wanted]
         if user not in answered.get(t.task_id, set())
     ]
+    by_sae: dict[str, set[int]] = {}
+    for t, _ in todo:
+        by_sae.setdefault(t.sae_id, set()).add(t.feature)
+    truth = _expert_answers(ws, expert, {sae: sorted(fs) for sae, fs in by_sae.items()})
+    made, touched = 0, set()
     for task, user in tqdm(todo, desc="simulated annotators", disable=not progress):
         rng = np.random.default_rng([seed, task.task_id, user])
-        right = truth.get((task.sae_id, task.feature), [UNINTERPRETABLE])
-        answer = noisy_answer(right, values, noise, rng)
-        confidence = int(rng.integers(3, 6) if answer == right else rng.integers(1, 4))
+        read = truth.get(
+            (task.sae_id, task.feature),
+            ReaderAnswer([UNINTERPRETABLE], 3, "No top contexts to read."),
+        )
+        answer = noisy_answer(read.labels, values, noise, rng)
+        text = read.explanation if answer == read.labels else sentence(answer)
+        confidence = int(np.clip(read.confidence + rng.integers(-1, 2), 1, MAX_RATING))
         client.call(
             client.sdk.annotations.create,
             task.task_id,
-            result=result(answer, confidence, sentence(answer)),
+            result=result(answer, confidence, text),
             completed_by=user,
             lead_time=float(rng.uniform(15, 90)),
         )

@@ -1,6 +1,11 @@
-"""The simulated expert: a feature's "true" label derived from the corpus' concept labels of
-the texts it fires on most, so the labeling loop, the learner and the explainer can be run and
-measured without people (demo, tests, benchmarks). Real labels always come from annotators.
+"""The corpus-tag oracle: a feature's label derived from the corpus' concept tags of the texts
+it fires on most (`safesail label simulate --expert corpus-tags`).
+
+It labels the texts' concept, not what the feature fires on: a feature on " like" or on the
+digits of years that peaks in jailbreak prompts gets "jailbreak". Its tags are also what the
+learner, triage and explainer see, so figures measured against it flatter them; a blind human
+reader agreed with it on 60% of features. The default simulated expert is the reader
+(safesail.reader), which reads the activating windows. `noisy_answer` serves both.
 """
 
 from __future__ import annotations
