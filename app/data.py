@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from safesail.collect import TOP, feature_examples
+from safesail.selection import TEXT_LEVEL
 from safesail.storage import (
     Annotation,
     Context,
@@ -318,14 +319,18 @@ def landscape(engine: Engine) -> pd.DataFrame:
 
 
 def feature_table(engine: Engine, sae_id: str) -> pd.DataFrame:
-    """Candidates and labeled features of an SAE with their label, scores and top tokens."""
+    """Candidates, labeled features and the features triage rejected for what they fire on
+    (text-level candidates whose peaks are function words, digits, ... or that are dense) of
+    an SAE, with their label, scores, triage reason and top tokens."""
     accepted = accepted_by_feature(engine, sae_id)
     with Session(engine) as session:
         rows = list(
             session.exec(
                 select(Feature).where(
                     Feature.sae_id == sae_id,
-                    Feature.candidate | Feature.index.in_(list(accepted)),
+                    Feature.candidate
+                    | Feature.index.in_(list(accepted))
+                    | Feature.triage_reason.not_like(f"{TEXT_LEVEL}:%"),
                 )
             )
         )
@@ -343,6 +348,7 @@ def feature_table(engine: Engine, sae_id: str) -> pd.DataFrame:
                 "feature": f.index,
                 "concept": f.concept,
                 "candidate": f.candidate,
+                "triage_reason": f.triage_reason or "",
                 "safety_score": f.safety_score or 0.0,
                 "auroc": f.auroc,
                 "label": ", ".join(e.concepts) if e else "",
@@ -357,6 +363,7 @@ def feature_table(engine: Engine, sae_id: str) -> pd.DataFrame:
             "feature",
             "concept",
             "candidate",
+            "triage_reason",
             "safety_score",
             "auroc",
             "label",

@@ -24,6 +24,7 @@ from safesail.config import CollectConfig
 from safesail.errors import SafesailError
 from safesail.lm import LanguageModel
 from safesail.storage import (
+    REFERENCE_ONLY,
     ActivationChunk,
     Context,
     CorpusText,
@@ -184,7 +185,7 @@ def collect(
         missing = set(sae_ids or ()) - {r.id for r in records}
         if missing:
             raise SafesailError(f"unknown SAE id(s): {', '.join(sorted(missing))}")
-        todo = [r for r in records if not r.collected]
+        todo = [r for r in records if not r.collected and r.source != REFERENCE_ONLY]
         done_chunks = {
             (c.sae_id, c.chunk)
             for c in session.exec(select(ActivationChunk.sae_id, ActivationChunk.chunk))
@@ -522,3 +523,54 @@ def text_max_matrix(engine: Engine, sae_id: str) -> tuple[list[int], sp.csr_matr
     if not blocks:
         raise SafesailError(f"SAE {sae_id} has no collected activations; run `safesail collect`")
     return [t for chunk in plan for t in chunk], sp.vstack(blocks).tocsr()
+
+
+class ConceptTokenCounts(NamedTuple):
+    """Token-level firing counts of every feature, inside each concept's texts and overall."""
+
+    concepts: list[str]
+    fires: np.ndarray
+    """[n_concepts, d_sae] tokens of the concept's texts the feature fires on."""
+    tokens: np.ndarray
+    """[n_concepts] tokens the concept's texts hold."""
+    fires_all: np.ndarray
+    """[d_sae] tokens of the whole corpus the feature fires on."""
+    tokens_all: int
+
+
+def concept_token_counts(
+    engine: Engine, sae_id: str, concepts: dict[int, list[str]], names: Sequence[str]
+) -> ConceptTokenCounts:
+    """How many tokens of each concept's texts (and of all texts) every feature fires on, from
+    the stored token-level chunks, one chunk in memory at a time.
+
+    A feature's firing rate alone cannot tell a feature that fires on every token of violence
+    texts (a concept feature, however dense) from one that fires on every text; the firing
+    rate outside a concept's texts can.
+    """
+    with Session(engine) as session:
+        plan: list[list[int]] = get_meta(session, "chunk_plan") or []
+        lengths = {c.text_id: len(c.token_ids) for c in session.exec(select(Context))}
+    column = {name: i for i, name in enumerate(names)}
+    fires: np.ndarray | None = None
+    fires_all: np.ndarray | None = None
+    tokens = np.zeros(len(names))
+    tokens_all = 0
+    for index, tok, _ in _stored_chunks(engine, sae_id, len(plan)):
+        text_ids = plan[index]
+        pairs = [(j, column[c]) for j, t in enumerate(text_ids) for c in concepts[t] if c in column]
+        rows, cols = [j for j, _ in pairs], [c for _, c in pairs]
+        of_text = sp.csr_matrix(
+            (np.ones(len(pairs)), (rows, cols)), shape=(len(text_ids), len(names))
+        )
+        per_token = of_text[np.repeat(np.arange(len(text_ids)), [lengths[t] for t in text_ids])]
+        on = (tok > 0).astype(np.float64)
+        chunk_fires = (per_token.T @ on).toarray()
+        fires = chunk_fires if fires is None else fires + chunk_fires
+        chunk_all = np.asarray(on.sum(axis=0)).ravel()
+        fires_all = chunk_all if fires_all is None else fires_all + chunk_all
+        tokens += np.asarray(per_token.sum(axis=0)).ravel()
+        tokens_all += tok.shape[0]
+    if fires is None or fires_all is None:
+        raise SafesailError(f"SAE {sae_id} has no collected activations; run `safesail collect`")
+    return ConceptTokenCounts(list(names), fires, tokens, fires_all, tokens_all)

@@ -14,9 +14,10 @@ scipy sparse matrix/array or a dense numpy array; it is never densified as a who
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -28,6 +29,18 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from safesail.errors import SafesailError
+from safesail.tokens import (
+    DIGIT,
+    FORMAT,
+    FUNCTION,
+    NON_CONTENT,
+    PUNCTUATION,
+    token_class,
+    word_span,
+)
+
+if TYPE_CHECKING:  # collect imports torch; selection stays numpy and sklearn only
+    from safesail.collect import ConceptTokenCounts
 
 BENIGN = "benign"
 
@@ -158,6 +171,25 @@ class TriageConfig:
     of features some would look precise by luck."""
     contrast: Contrast = "rest"
     """Contrast texts: every text without the concept ("rest") or benign texts ("benign")."""
+    max_density: float = 7.0
+    """A feature firing on the tokens of its contrast texts (the texts without its concept)
+    at more than this multiple of the SAE's mean feature firing rate (L0 / d_sae: 0.7% for
+    the demo's, so about 5%) is rejected: it fires on whatever text it is in, and its peaks
+    in concept texts say where those texts are, not what they mean. Relative, because what
+    is dense depends on the SAE's sparsity; counted outside the concept, so that a feature
+    firing on every token of violence texts and on nothing else stays a violence feature."""
+    max_non_content: float = 0.5
+    """A feature whose top contexts peak on a function word, punctuation, a digit or a format
+    token in more than this share of them is rejected: those tokens occur in every kind of
+    text, so the concept lies in the texts around the peak, not in what the feature reads."""
+    min_term_share: float = 0.25
+    """At least this share of a feature's top contexts must peak on a safety concept's term,
+    else it is rejected: a taxonomy keyword or term (``Concept.terms``) that holds the peak
+    word, or a neighbour marked as strongly (" terrorist", "sexual intercourse", " DAN").
+    Content words that merely co-occur with a concept in this corpus (" ChatGPT" in
+    jailbreak prompts, "alma mater" in questions about senators) are what the texts are
+    about, not what the feature means. Applied when the candidate's concept has keywords or
+    terms; the terms found may be any safety concept's."""
 
     def __post_init__(self) -> None:
         _require_fraction("min_precision", self.min_precision, 0.0, 1.0)
@@ -165,6 +197,12 @@ class TriageConfig:
         _require_fraction("alpha", self.alpha, 0.0, 1.0)
         _require_fraction("fire_fraction", self.fire_fraction, 0.0, 1.0)
         _require_contrast(self.contrast)
+        if isinstance(self.max_density, bool) or not isinstance(self.max_density, int | float):
+            raise ValueError(f"max_density must be a number, got {self.max_density!r}")
+        if self.max_density <= 0:
+            raise ValueError(f"max_density must be > 0, got {self.max_density}")
+        _require_fraction("max_non_content", self.max_non_content, 0.0, 1.0)
+        _require_fraction("min_term_share", self.min_term_share, 0.0, 1.0)
 
 
 class Candidate(NamedTuple):
@@ -505,20 +543,19 @@ def _wilson_lower(successes: np.ndarray, trials: np.ndarray, z: float = 1.96) ->
     return np.where(trials > 0, (centre - margin) / (1 + z * z / n), 0.0)
 
 
-def triage(sel: FeatureSelectivity, config: TriageConfig | None = None) -> list[Candidate]:
-    """Mark the features worth explaining in safety terms, most selective first.
+class _TextEvidence(NamedTuple):
+    """Text-level triage arrays, [n_concepts, d_sae] each."""
 
-    A feature qualifies for a concept when, of the texts it fires on, enough carry the
-    concept (precision, by its Wilson lower bound), more than chance would give (binomial
-    test against the concept's base rate, Bonferroni over features x concepts), and it fires
-    on enough of them (support). Precision, not AUROC,
-    is the gate: a sparse feature that fires on 5% of violence texts and on nothing else
-    is a clean violence feature, but its AUROC is only ~0.53. Each qualifying feature is
-    reported once, under the concept where its score (the F1 of firing as a detector of
-    the concept) is highest (ties: the earlier concept); candidates are sorted by score
-    (ties: lower feature index).
-    """
-    config = config or TriageConfig()
+    precision: np.ndarray
+    low: np.ndarray
+    support: np.ndarray
+    p_value: np.ndarray
+    f1: np.ndarray
+    ok: np.ndarray
+    """The feature passes every text-level gate for the concept."""
+
+
+def _text_evidence(sel: FeatureSelectivity, config: TriageConfig) -> _TextEvidence:
     support = sel.frac_pos * sel.n_pos[:, None]
     fired = support + sel.frac_neg * sel.n_neg[:, None]
     precision = np.divide(support, fired, out=np.zeros_like(support), where=fired > 0)
@@ -538,20 +575,41 @@ def triage(sel: FeatureSelectivity, config: TriageConfig | None = None) -> list[
         & (support >= config.min_support - 1e-9)
         & (p_value <= config.alpha / max(support.size, 1))
     )
-    features = np.flatnonzero(ok.any(axis=0))
+    return _TextEvidence(precision, low, support, p_value, f1, ok)
+
+
+def triage(sel: FeatureSelectivity, config: TriageConfig | None = None) -> list[Candidate]:
+    """Mark the features worth explaining in safety terms, most selective first.
+
+    A feature qualifies for a concept when, of the texts it fires on, enough carry the
+    concept (precision, by its Wilson lower bound), more than chance would give (binomial
+    test against the concept's base rate, Bonferroni over features x concepts), and it fires
+    on enough of them (support). Precision, not AUROC,
+    is the gate: a sparse feature that fires on 5% of violence texts and on nothing else
+    is a clean violence feature, but its AUROC is only ~0.53. Each qualifying feature is
+    reported once, under the concept where its score (the F1 of firing as a detector of
+    the concept) is highest (ties: the earlier concept); candidates are sorted by score
+    (ties: lower feature index).
+
+    This is the text-level half of triage: *where* a feature fires. What it fires on is
+    judged afterwards, per candidate, by ``token_rejection``.
+    """
+    config = config or TriageConfig()
+    ev = _text_evidence(sel, config)
+    features = np.flatnonzero(ev.ok.any(axis=0))
     if not features.size:
         return []
-    score = np.where(ok, f1, -np.inf)
+    score = np.where(ev.ok, ev.f1, -np.inf)
     best = np.argmax(score[:, features], axis=0)
     candidates = [
         Candidate(
             feature=int(f),
             concept=sel.concepts[c],
             auroc=float(sel.auroc[c, f]),
-            precision=float(precision[c, f]),
-            precision_low=float(low[c, f]),
-            p_value=float(p_value[c, f]),
-            support=round(float(support[c, f])),
+            precision=float(ev.precision[c, f]),
+            precision_low=float(ev.low[c, f]),
+            p_value=float(ev.p_value[c, f]),
+            support=round(float(ev.support[c, f])),
             frac_pos=float(sel.frac_pos[c, f]),
             frac_neg=float(sel.frac_neg[c, f]),
             score=float(score[c, f]),
@@ -559,3 +617,181 @@ def triage(sel: FeatureSelectivity, config: TriageConfig | None = None) -> list[
         for f, c in zip(features, best, strict=True)
     ]
     return sorted(candidates, key=lambda cand: (-cand.score, cand.feature))
+
+
+# Kinds of triage rejection: every stored reason reads "<kind>: <detail>" (see reason_kind).
+TEXT_LEVEL = "text level"
+"""No concept is enriched among the texts the feature fires on (the text-level gates)."""
+DENSE = "dense"
+"""Fires outside its concept's texts at more than ``max_density`` x the mean feature rate."""
+NO_TERM = "no concept term"
+"""Too few top contexts peak on a safety keyword (``min_term_share``)."""
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a stored rejection reason: TEXT_LEVEL, DENSE, a non-content token class
+    (tokens.FUNCTION, PUNCTUATION, DIGIT, FORMAT) or NO_TERM."""
+    return reason.split(":", 1)[0]
+
+
+def text_rejections(sel: FeatureSelectivity, config: TriageConfig | None = None) -> dict[int, str]:
+    """Why each feature that passes no text-level gate set is not a candidate, for the
+    concept where it came closest (highest precision lower bound): the first gate it fails."""
+    config = config or TriageConfig()
+    ev = _text_evidence(sel, config)
+    out = {}
+    for f in np.flatnonzero(~ev.ok.any(axis=0)):
+        c = int(np.argmax(ev.low[:, f]))
+        name, support, low = sel.concepts[c], round(float(ev.support[c, f])), ev.low[c, f]
+        if not (sel.frac_pos[:, f].any() or sel.frac_neg[:, f].any()):
+            detail = "fires on no text"
+        elif support < config.min_support:
+            detail = f"fires on {support} {name} texts (needs {config.min_support})"
+        elif low < config.min_precision:
+            detail = (
+                f"{ev.precision[c, f]:.0%} of the texts it fires on are {name} (lower bound "
+                f"{low:.2f} < {config.min_precision})"
+            )
+        else:
+            detail = (
+                f"its {name} share is within chance of the base rate (p={ev.p_value[c, f]:.2g})"
+            )
+        out[int(f)] = f"{TEXT_LEVEL}: {detail}"
+    return out
+
+
+class Peak(NamedTuple):
+    """Where one context of a feature peaks: the word a reader sees marked first."""
+
+    word: str
+    """The whole word holding the peak token (``tokens.word_at``: " ChatGPT", not "GPT")."""
+    text_id: int
+    top: bool
+    """A top-activating context (else a random sample from one of its activation deciles)."""
+    terms: tuple[str, ...] | None = None
+    """Safety concepts one of whose terms (keywords) holds the peak word, or a word the
+    feature marks as strongly next to it (None: not looked up)."""
+
+
+TERM_WINDOW = (6, 4)
+"""Tokens around the peak word searched for a keyword that contains it: enough for phrases
+such as "ignore all previous instructions" or "sexual intercourse"."""
+
+MARKED = 0.75
+"""A token around the peak counts as marked as strongly as the peak when the feature fires on
+it at this share of the peak or more: a reader sees every highlighted token, and a feature
+that fires on a whole request ("steals passwords from his email account") is judged by all
+of it. Weaker neighbours do not count, or a term merely near the peak would ("alma mater of
+Senator X")."""
+
+TermMatcher = Callable[[str, int, int], Sequence[str]]
+"""(lowercased text, start, end) -> safety concepts with a keyword overlapping text[start:end]
+(``Taxonomy.keywords_at``)."""
+
+
+def _terms_near_peak(
+    toks: Sequence[str], acts: np.ndarray, peak: tuple[int, int], terms: TermMatcher
+) -> tuple[str, ...]:
+    """Concepts whose term holds the peak word, or another word around it that the feature
+    marks as strongly (a reader sees every marked token, not only the strongest)."""
+    a, b = max(0, peak[0] - TERM_WINDOW[0]), min(len(toks), peak[1] + TERM_WINDOW[1])
+    pieces = [t.lower() for t in toks[a:b]]
+    starts = np.concatenate([[0], np.cumsum([len(t) for t in pieces])])
+    text = "".join(pieces)
+    marked = {peak}
+    level = MARKED * float(acts[peak[0] : peak[1]].max())
+    for i in range(a, b):
+        if acts[i] >= level:
+            marked.add(word_span(toks, i))
+    found: dict[str, None] = {}
+    for lo, hi in sorted(marked):
+        lo, hi = max(lo, a), min(hi, b)
+        for name in terms(text, int(starts[lo - a]), int(starts[hi - a])):
+            found[name] = None
+    return tuple(found)
+
+
+def peaks_of(
+    examples: Sequence[Any],
+    tokens: Mapping[int, Sequence[str]],
+    terms: TermMatcher | None = None,
+) -> list[Peak]:
+    """The peak word of each example context (``collect.Example``: text_id, kind, activations)
+    whose tokens are known; kind 0 is a top-activating context. With ``terms``, each peak
+    also names the concepts whose terms hold the peak word or a word near it that the
+    feature marks as strongly (``MARKED``)."""
+    out = []
+    for e in examples:
+        toks = tokens.get(e.text_id)
+        if toks is None or not len(e.activations):
+            continue
+        lo, hi = word_span(toks, int(np.argmax(e.activations)))
+        found = None if terms is None else _terms_near_peak(toks, e.activations, (lo, hi), terms)
+        out.append(Peak("".join(toks[lo:hi]), e.text_id, e.kind == 0, found))
+    return out
+
+
+_CLASS_PLURAL = {
+    FUNCTION: "function words",
+    PUNCTUATION: "punctuation",
+    DIGIT: "digits",
+    FORMAT: "format tokens",
+}
+
+
+def contrast_firing_rate(
+    counts: ConceptTokenCounts, concept: str, contrast: Contrast = "rest"
+) -> np.ndarray:
+    """[d_sae] share of the tokens of ``concept``'s contrast texts each feature fires on, from
+    ``collect.ConceptTokenCounts`` (whose concepts must include BENIGN for "benign")."""
+    _require_contrast(contrast)
+    if contrast == "benign":
+        b = counts.concepts.index(BENIGN)
+        return counts.fires[b] / max(counts.tokens[b], 1)
+    c = counts.concepts.index(concept)
+    return (counts.fires_all - counts.fires[c]) / max(counts.tokens_all - counts.tokens[c], 1)
+
+
+def token_rejection(
+    contrast_rate: float,
+    peaks: Sequence[Peak],
+    config: TriageConfig | None = None,
+    mean_rate: float = 0.0,
+) -> str | None:
+    """Why a text-level candidate is still not a concept feature, judged by *what* it fires
+    on; None when it passes.
+
+    Text-level triage asks where a feature fires; a feature can fire in concept texts on
+    tokens that carry no concept: " like" in role-play prompts, digits of years in
+    dictionary glosses. A reader (bench/reference/RUBRIC.md) labels those by the marked
+    tokens, so triage reads them too: how densely it fires outside the concept
+    (``contrast_rate``, see ``contrast_firing_rate``, against ``max_density`` times the
+    SAE's ``mean_rate``; 0 skips the test), the class of the words its top contexts peak on,
+    and whether those words are a safety concept's terms (for peaks whose ``terms`` were
+    looked up).
+    """
+    config = config or TriageConfig()
+    if mean_rate > 0 and contrast_rate > config.max_density * mean_rate:
+        return (
+            f"{DENSE}: fires on {contrast_rate:.1%} of the tokens outside its concept's texts, "
+            f"{contrast_rate / mean_rate:.0f}x the SAE's mean feature rate of {mean_rate:.2%} "
+            f"(max {config.max_density:g}x)"
+        )
+    top = [p.word for p in peaks if p.top]
+    non_content = [(w, c) for w in top if (c := token_class(w)) in NON_CONTENT]
+    if top and len(non_content) > config.max_non_content * len(top):
+        kind = Counter(c for _, c in non_content).most_common(1)[0][0]
+        word, n = Counter(w for w, _ in non_content).most_common(1)[0]
+        return (
+            f"{kind}: {len(non_content)}/{len(top)} top contexts peak on non-content tokens, "
+            f"mostly {_CLASS_PLURAL[kind]} ({word!r} {n}/{len(top)})"
+        )
+    looked_up = [p for p in peaks if p.top and p.terms is not None]
+    with_term = sum(bool(p.terms) for p in looked_up)
+    if looked_up and with_term < config.min_term_share * len(looked_up):
+        word, n = Counter(p.word for p in looked_up).most_common(1)[0]
+        return (
+            f"{NO_TERM}: {with_term}/{len(looked_up)} top contexts peak on a safety keyword "
+            f"(needs {config.min_term_share:.0%}); mostly {word!r} {n}/{len(looked_up)}"
+        )
+    return None

@@ -31,6 +31,24 @@ class Concept:
     description: str
     safety: bool
     keywords: tuple[str, ...]
+    terms: tuple[str, ...] = ()
+    """More fragments (same form as keywords) that mean the concept where a feature *peaks*
+    on them, but are too ambiguous to label a whole text: " DAN" or " character" in a
+    role-play set-up is the jailbreak move, while a text that mentions a Dan or a character
+    is not a jailbreak. Triage reads keywords and terms (``keywords_at``); labeling reads
+    keywords only."""
+
+
+def _compile(name: str, fragments: tuple[str, ...]) -> re.Pattern[str]:
+    """One alternation of a concept's fragments on word boundaries, compiled once: corpora run
+    it on every text. Texts are lowercased before matching, which is ~3x faster than
+    re.IGNORECASE; fragments with capitals (e.g. \\S) keep the flag so their literals match."""
+    alternation = "|".join(f"(?:{kw})" for kw in fragments)
+    flags = 0 if alternation == alternation.lower() else re.IGNORECASE
+    try:
+        return re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", flags)
+    except re.error as exc:
+        raise SafesailError(f"taxonomy concept '{name}' has a bad keyword regex: {exc}") from exc
 
 
 def normalize_name(name: str) -> str:
@@ -56,21 +74,16 @@ class Taxonomy:
             for name in names:
                 if name not in concepts:
                     raise SafesailError(f"taxonomy source '{key}' maps to unknown concept '{name}'")
-        # One alternation per concept, compiled once: corpora run it on every text. Texts are
-        # lowercased before matching, which is ~3x faster than re.IGNORECASE; a concept whose
-        # keywords contain capitals (e.g. \S) keeps the flag so its literals still match.
         self._patterns: dict[str, re.Pattern[str]] = {}
+        self._term_patterns: dict[str, re.Pattern[str]] = {}
         for concept in concepts.values():
-            if not concept.safety or not concept.keywords:
+            if not concept.safety:
                 continue
-            alternation = "|".join(f"(?:{kw})" for kw in concept.keywords)
-            flags = 0 if alternation == alternation.lower() else re.IGNORECASE
-            try:
-                self._patterns[concept.name] = re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", flags)
-            except re.error as exc:
-                raise SafesailError(
-                    f"taxonomy concept '{concept.name}' has a bad keyword regex: {exc}"
-                ) from exc
+            if concept.keywords:
+                self._patterns[concept.name] = _compile(concept.name, concept.keywords)
+            if concept.keywords or concept.terms:
+                words = concept.keywords + concept.terms
+                self._term_patterns[concept.name] = _compile(concept.name, words)
 
     @classmethod
     def load(cls, path: Path | None = None) -> Taxonomy:
@@ -114,7 +127,14 @@ class Taxonomy:
                 raise SafesailError(
                     f"{origin}: concept '{name}' keywords must be a list of non-empty strings"
                 )
-            concepts[name] = Concept(name, description, safety, tuple(keywords))
+            terms = spec.get("terms", [])
+            if not isinstance(terms, list) or not all(
+                isinstance(t, str) and t.strip() for t in terms
+            ):
+                raise SafesailError(
+                    f"{origin}: concept '{name}' terms must be a list of non-empty strings"
+                )
+            concepts[name] = Concept(name, description, safety, tuple(keywords), tuple(terms))
         if BENIGN in concepts and concepts[BENIGN].safety:
             raise SafesailError(f"{origin}: concept '{BENIGN}' must have 'safety': false")
         raw_sources = raw.get("sources", {})
@@ -149,6 +169,17 @@ class Taxonomy:
         lowered = text.lower()
         return [name for name, pattern in self._patterns.items() if pattern.search(lowered)]
 
+    def keywords_at(self, text: str, start: int, end: int) -> list[str]:
+        """Safety concepts with a keyword or term match in ``text`` that overlaps
+        ``text[start:end]`` (file order): whether the words a feature peaks on are themselves
+        a concept's term, not merely near one."""
+        lowered = text.lower()
+        return [
+            name
+            for name, pattern in self._term_patterns.items()
+            if any(m.start() < end and m.end() > start for m in pattern.finditer(lowered))
+        ]
+
     def map_source(self, key: str) -> tuple[str, ...] | None:
         """Concepts for a dataset label; () means "keywords decide", None means "not mapped"."""
         return self.sources.get(key)
@@ -163,6 +194,7 @@ class Taxonomy:
                 "description": c.description,
                 "safety": c.safety,
                 "keywords": list(c.keywords),
+                **({"terms": list(c.terms)} if c.terms else {}),
             }
             for c in self.concepts.values()
         }

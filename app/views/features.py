@@ -66,6 +66,8 @@ def body() -> None:
         return
     f = view.feature
     st.subheader(f"Feature {f.index} · {f.concept} · safety score {f.safety_score or 0:.2f}")
+    if f.triage_reason:  # plain text: the reason quotes tokens, which markdown would render
+        st.text(f"Not a safety candidate: {f.triage_reason}")
     m = st.columns(4)
     m[0].metric("fires on tokens", f"{f.firing_rate:.2%}")
     m[1].metric("max activation", f"{f.max_act:.2f}")
