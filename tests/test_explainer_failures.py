@@ -247,3 +247,15 @@ def test_threshold_reaches_target_on_fresh_data():
     # out of reach: nothing is accepted
     none = choose_threshold(np.linspace(0, 1, 50), np.zeros(50, int), 0.9, 1.0)
     assert none.threshold == float("inf") and none.coverage == 0.0
+    # routing uses the fold models the threshold was chosen on: on the gold rows themselves
+    # their mean is close to the out-of-fold probabilities (a refit on all rows would not be)
+    assert np.corrcoef(cal.predict(x), cal.oof)[0, 1] > 0.95
+
+
+def test_a_constant_model_never_accepts_everything():
+    """Every gold explanation agreed: no signal tells good from bad, so nothing is accepted
+    (before, the constant P = 1.0 cleared any threshold and accepted every feature)."""
+    x = np.random.default_rng(0).normal(size=(40, 11))
+    cal = fit_calibration(x, np.ones(40, int), target=0.9, min_gold=20)
+    assert cal.threshold.threshold == float("inf") and cal.threshold.coverage == 0.0
+    assert not (cal.predict(x) >= cal.threshold.threshold).any()

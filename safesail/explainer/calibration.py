@@ -4,7 +4,11 @@ agreement on held-out folds.
 
 The threshold is chosen on out-of-fold probabilities and must reach the target on the Wilson
 lower bound of the accepted features' agreement, not just on its point estimate: with a few
-dozen gold labels the point estimate alone over-promises.
+dozen gold labels the point estimate alone over-promises. New features are routed by the same
+cross-fitted models (the mean of the fold models), never by a refit on all gold labels whose
+probability scale differs from the one the threshold was chosen on. A constant model (gold
+answers that all agree or all disagree) has no signal to separate good from bad explanations,
+so it accepts nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from safesail.errors import SafesailError
+from safesail.stats import wilson_interval
 
 SIGNALS = (
     "confidence",
@@ -61,12 +66,7 @@ def signal_matrix(rows: list[dict[str, float | None]]) -> np.ndarray:
 
 def wilson_lower(agree: int, n: int, z: float) -> float:
     """Lower end of the Wilson score interval of a proportion (0 for n = 0)."""
-    if n == 0:
-        return 0.0
-    p = agree / n
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre - spread) / (1 + z * z / n)
+    return wilson_interval(agree, n, z)[0]
 
 
 class Threshold(NamedTuple):
@@ -100,7 +100,8 @@ class Calibration(NamedTuple):
     """A fitted calibration: predict P(agree) and the threshold to accept at."""
 
     model: Any
-    """sklearn pipeline, or a float when gold labels all agree or all disagree."""
+    """The fold models (sklearn pipelines) whose mean routes new features, or a float when
+    gold labels all agree or all disagree."""
     threshold: Threshold
     n_gold: int
     oof: np.ndarray
@@ -110,7 +111,7 @@ class Calibration(NamedTuple):
     def predict(self, x: np.ndarray) -> np.ndarray:
         if isinstance(self.model, float):
             return np.full(len(x), self.model)
-        return self.model.predict_proba(x)[:, 1]
+        return np.mean([m.predict_proba(x)[:, 1] for m in self.model], axis=0)
 
     def reliability(self, bins: int = 5) -> list[dict[str, float | int]]:
         """Held-out predicted probability vs. observed agreement, per probability bin."""
@@ -160,16 +161,16 @@ def fit_calibration(
         )
     agree = np.asarray(agree, dtype=int)
     minority = int(min(agree.sum(), n - agree.sum()))
-    if minority < 2:  # (almost) one class: the base rate is all there is to learn
+    if minority < 2:  # (almost) one class: nothing separates good explanations from bad
         oof = np.full(n, agree.mean())
-        model: Any = float(agree.mean())
-    else:
-        oof = np.zeros(n)
-        splits = StratifiedKFold(n_splits=min(folds, minority), shuffle=True, random_state=seed)
-        for train, test in splits.split(x, agree):
-            oof[test] = _pipeline().fit(x[train], agree[train]).predict_proba(x[test])[:, 1]
-        model = _pipeline().fit(x, agree)
-    return Calibration(model, choose_threshold(oof, agree, target, z), n, oof, agree)
+        return Calibration(float(agree.mean()), Threshold(math.inf, None, 0.0), n, oof, agree)
+    oof = np.zeros(n)
+    models = []
+    splits = StratifiedKFold(n_splits=min(folds, minority), shuffle=True, random_state=seed)
+    for train, test in splits.split(x, agree):
+        models.append(_pipeline().fit(x[train], agree[train]))
+        oof[test] = models[-1].predict_proba(x[test])[:, 1]
+    return Calibration(models, choose_threshold(oof, agree, target, z), n, oof, agree)
 
 
 def plot_reliability(calibration: Calibration, target: float, path: Path) -> Path:

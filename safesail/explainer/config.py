@@ -167,8 +167,8 @@ class ExplainConfig:
     def prompt_version(self) -> str:
         """Changes whenever the prompt text or its inputs change, so caches and rows stay apart."""
         if self.prompting == "baseline":
-            return f"baseline-v1-s{self.max_explain_split}"
+            return f"baseline-v2-s{self.max_explain_split}"
         return (
-            f"seg-v2-n{self.n_shown}-w{self.window_left}.{self.window_right}"
+            f"seg-v3-n{self.n_shown}-w{self.window_left}.{self.window_right}"
             f"-m{self.mark_fraction}-f{self.few_shot}-e{int(self.evidence)}"
         )

@@ -22,9 +22,21 @@ def peak_tokens(session: Session, feature: Feature, n: int = 3) -> list[str]:
     return [t for t, _ in counts.most_common(n) if t]
 
 
-def seed_gold(engine, sae_id: str, features: list[int], author: str = "oracle") -> int:
-    """Accepted human Explanations for the features that have none yet; returns how many."""
-    truth = oracle_labels(engine, sae_id, features)
+def seed_gold(
+    engine,
+    sae_id: str,
+    features: list[int],
+    author: str = "oracle",
+    given: dict[int, tuple[list[str], str]] | None = None,
+) -> int:
+    """Accepted human Explanations for the features that have none yet; returns how many.
+    Labels and sentences come from `given` (feature -> (concepts, sentence), e.g. the reference
+    set read by people) or else from the corpus-tag oracle."""
+    truth = (
+        {f: given[f][0] for f in features if f in given}
+        if given is not None
+        else oracle_labels(engine, sae_id, features)
+    )
     added = 0
     with session_scope(engine) as session:
         have = set(
@@ -41,7 +53,11 @@ def seed_gold(engine, sae_id: str, features: list[int], author: str = "oracle") 
                 continue
             concepts = truth[row.index]
             words = ", ".join(peak_tokens(session, row)) or "no clear tokens"
-            text = f"Fires on {' and '.join(c.replace('_', ' ') for c in concepts)} text such as {words}."
+            text = (
+                given[row.index][1]
+                if given is not None
+                else f"Fires on {' and '.join(c.replace('_', ' ') for c in concepts)} text such as {words}."
+            )
             session.add(
                 Explanation(
                     sae_id=sae_id,

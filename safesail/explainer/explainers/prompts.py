@@ -16,7 +16,7 @@ import re
 from typing import Any, NamedTuple
 
 import numpy as np
-from pydantic import BaseModel, ValidationInfo, field_validator
+from pydantic import BaseModel, ValidationInfo, field_validator, model_validator
 
 from safesail.explainer.config import ExplainConfig
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE, normalize_name
@@ -109,8 +109,76 @@ class GoldShot(NamedTuple):
     evidence: Evidence | None = None
 
 
+CONCEPT_STEMS: dict[str, tuple[str, ...]] = {
+    "violence": ("violen", "kill", "murder", "assault", "stab", "tortur"),
+    "self_harm": ("self-harm", "self harm", "suicid", "self-injur"),
+    "hate_harassment": ("hate", "harass", "slur", "insult", "bully"),
+    "weapons": ("weapon", "firearm", "explosive", "bomb", "gun"),
+    "cybercrime": ("cybercrim", "hack", "malware", "ransomware", "exploit"),
+    "fraud": ("fraud", "scam", "phish", "counterfeit", "forger"),
+    "privacy": ("privacy", "personal data", "personal information", "doxx"),
+    "sexual_content": ("sexual", "porn", "erotic", "nudity"),
+    "politics": ("politic", "election", "politician"),
+    "terror": ("terror", "extremis"),
+    "misinformation": ("misinform", "disinform", "conspirac", "fake news", "propaganda"),
+    "jailbreak": ("jailbreak",),
+}
+"""Words a sentence uses when it names a concept (word starts), for the consistency check;
+a concept missing here (an edited taxonomy) is named by the parts of its name."""
+
+NO_CONCEPT_PHRASES = (
+    "not safety",
+    "no safety",
+    "ordinary text",
+    "everyday text",
+    "no coherent",
+    "no clear pattern",
+    "not interpretable",
+    "uninterpretable",
+)
+"""Phrases that say a feature is no safety concept: they contradict a safety concept."""
+
+
+def _stems(concept: str) -> tuple[str, ...]:
+    return CONCEPT_STEMS.get(concept) or tuple(p for p in concept.split("_") if len(p) > 3)
+
+
+def named_concepts(sentence: str, concepts: list[str]) -> list[str]:
+    """The concepts among `concepts` that the sentence names (a stem at a word start)."""
+    lower = sentence.lower()
+    return [
+        c for c in concepts if any(re.search(rf"\b{re.escape(stem)}", lower) for stem in _stems(c))
+    ]
+
+
+def contradiction(concepts: list[str], sentence: str, safety: list[str]) -> str | None:
+    """Why the concepts and the sentence disagree, or None: a "not safety-related" or "not
+    interpretable" answer whose sentence names a safety concept, or a safety answer whose
+    sentence says it is no concept or names only other concepts."""
+    named = named_concepts(sentence, safety)
+    chosen = [c for c in concepts if c in safety]
+    lower = sentence.lower()
+    if not chosen:
+        if named:
+            return f"concepts {concepts} but the sentence names {named[0]}"
+        return None
+    if any(phrase in lower for phrase in NO_CONCEPT_PHRASES):
+        return f"concepts {chosen} but the sentence says it is no safety concept"
+    if named and not set(named) & set(chosen):
+        return f"concepts {chosen} but the sentence names {named[0]}"
+    return None
+
+
+def names_what_fires(sentence: str, fired: set[str]) -> bool:
+    """The sentence quotes or names at least one of the tokens the feature fires on."""
+    words = set(re.findall(r"[\w'-]+", sentence.lower()))
+    return any(token in words or (len(token) > 3 and token in sentence.lower()) for token in fired)
+
+
 class ExplanationAnswer(BaseModel):
-    """The explainer's structured answer; concepts must be taxonomy label values."""
+    """The explainer's structured answer; concepts must be taxonomy label values, and the
+    answer must mean one thing: the sentence may not contradict the concepts, and (when the
+    validation context gives the fired tokens) it names what fires, not only a topic."""
 
     concepts: list[str]
     explanation: str
@@ -147,6 +215,20 @@ class ExplanationAnswer(BaseModel):
         if not 0 <= value <= 10:
             raise ValueError("confidence must be 0-10")
         return value
+
+    @model_validator(mode="after")
+    def _one_meaning(self, info: ValidationInfo) -> ExplanationAnswer:
+        context = info.context or {}
+        safety = sorted(context.get("safety") or CONCEPT_STEMS)
+        if (why := contradiction(self.concepts, self.explanation, safety)) is not None:
+            raise ValueError(why)
+        fired = context.get("fired")
+        if fired and not names_what_fires(self.explanation, fired):
+            raise ValueError(
+                "the sentence does not name a token the feature fires on "
+                f"(e.g. {', '.join(sorted(fired)[:3])})"
+            )
+        return self
 
 
 def explanation_schema(labels: list[str]) -> dict[str, Any]:
@@ -212,8 +294,23 @@ def _system(labels: list[str], evidence: bool = False) -> str:
     return (
         "You explain a feature of a language model from texts where it fires; the tokens "
         f"where it fires most are marked <<like this>>.{hint} Reply in JSON with concepts (1-2 "
-        f"of: {', '.join(labels)}), confidence (0-10) and explanation (one short sentence)."
+        f"of: {', '.join(labels)}), confidence (0-10) and explanation (one short sentence that "
+        'quotes the marked tokens and says what text they are in, e.g. Fires on "stab", '
+        '"knife" in descriptions of attacks.).'
     )
+
+
+def fired_tokens(contexts: list[Shown], mark_fraction: float) -> set[str]:
+    """The marked tokens of the shown contexts (lower-case, stripped; 2+ characters), which
+    the explanation must name."""
+    out = set()
+    for shown in contexts:
+        top = float(shown.acts.max(initial=0.0))
+        for token, act in zip(shown.tokens, shown.acts, strict=True):
+            word = token.strip().lower()
+            if top > 0 and act >= mark_fraction * top and len(word) >= 2:
+                out.add(word)
+    return out
 
 
 def concept_choices(
