@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 from sqlmodel import Session, select
 
 from safesail.errors import SafesailError
-from safesail.storage import Explanation, LabelTask, get_meta, session_scope, set_meta
+from safesail.storage import Explanation, LabelTask, get_meta, human_labels, session_scope, set_meta
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 if TYPE_CHECKING:
@@ -128,20 +128,11 @@ def _sae_id(ws) -> str:
 
 
 def _gold(session: Session, sae_id: str, values: list[str]) -> dict[int, str]:
-    """Primary labels of the accepted human Explanations (the newest wins per feature)."""
-    rows = session.exec(
-        select(Explanation)
-        .where(
-            Explanation.sae_id == sae_id,
-            Explanation.source == "human",
-            Explanation.status == "accepted",
-        )
-        .order_by(Explanation.created_at, Explanation.id)
-    )
+    """Primary labels of each feature's human label (storage.human_labels: the latest accepted)."""
     out = {}
-    for row in rows:
+    for feature, row in sorted(human_labels(session, sae_id).items()):
         if (label := primary_label(list(row.concepts or []), values)) is not None:
-            out[row.feature] = label
+            out[feature] = label
     return out
 
 

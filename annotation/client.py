@@ -32,6 +32,7 @@ from safesail.storage import (
     Feature,
     LabelTask,
     get_meta,
+    human_labels,
     session_scope,
     set_meta,
 )
@@ -41,6 +42,8 @@ META = "annotation"
 """Meta key of this room's summary (reported verbatim by `safesail status`)."""
 PENDING = "annotation_pending"
 """Meta key of the keys of an import in flight (see the module docstring)."""
+WITHDRAWN = "withdrawn"
+"""Status of a human label whose answers in Label Studio all became invalid or were deleted."""
 T = TypeVar("T")
 
 
@@ -328,22 +331,46 @@ def import_tasks(
             keys = [t["data"]["safesail_key"] for t in chunk]
             with session_scope(ws.engine) as session:
                 set_meta(session, PENDING, {"project": key, "batch": batch, "keys": keys})
-            response = client.call(
-                client.sdk.projects.import_tasks, project_id, request=chunk, return_task_ids=True
-            )
-            ids = list(response.task_ids or [])
-            if len(ids) != len(chunk):
-                raise SafesailError(
-                    f"Label Studio returned {len(ids)} task ids for {len(chunk)} tasks; "
-                    "rerun to reconcile"
-                )
-            wanted = [t["data"]["annotators_wanted"] for t in chunk]
-            record_push(
-                ws, key, dict(zip(keys, zip(ids, wanted, strict=True), strict=True)), batch, info
-            )
+            ids = _import_once(client, project_id, chunk)
+            record_push(ws, key, ids, batch, info)
             done += len(chunk)
             bar.update(len(chunk))
     return done
+
+
+def _import_once(
+    client: Client, project_id: int, chunk: list[dict[str, Any]]
+) -> dict[str, tuple[int, int]]:
+    """Import a chunk of tasks, retried idempotently: an import is not idempotent, and a
+    transport error (a read timeout above all) may come after the server stored the tasks, so
+    every retry first adopts the chunk's tasks already on the server (by `safesail_key`) and
+    imports only the rest. Returns safesail_key -> (task id, annotators wanted)."""
+    wanted = {t["data"]["safesail_key"]: int(t["data"]["annotators_wanted"]) for t in chunk}
+    found: dict[str, tuple[int, int]] = {}
+    tries = 0
+
+    def attempt() -> None:
+        nonlocal tries
+        tries += 1
+        if tries > 1:  # an earlier attempt failed, maybe after the server imported it
+            on_server = server_keys(client, project_id)
+            found.update({k: on_server[k] for k in wanted if k in on_server and k not in found})
+        rest = [t for t in chunk if t["data"]["safesail_key"] not in found]
+        if not rest:
+            return
+        response = client.sdk.projects.import_tasks(project_id, request=rest, return_task_ids=True)
+        ids = list(response.task_ids or [])
+        if len(ids) != len(rest):
+            raise SafesailError(
+                f"Label Studio returned {len(ids)} task ids for {len(rest)} tasks; "
+                "rerun to reconcile"
+            )
+        for task, task_id in zip(rest, ids, strict=True):
+            skey = task["data"]["safesail_key"]
+            found[skey] = (task_id, wanted[skey])
+
+    client.call(attempt)
+    return found
 
 
 def record_push(
@@ -422,6 +449,7 @@ class PullResult(NamedTuple):
     features_labeled: int
     kappa: dict[str, Any]
     learner: str
+    deleted: int = 0  # annotations deleted in Label Studio since the last pull (removed here)
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -486,11 +514,9 @@ def pull(
     }
 
     def fetch() -> list[Any]:
-        return list(
-            client.sdk.tasks.list(
-                project=project_id, fields="all", only_annotated=True, page_size=200
-            )
-        )
+        # every task, not only_annotated: a task whose answers were all deleted (or only
+        # skipped) must still be seen to tell what is gone
+        return list(client.sdk.tasks.list(project=project_id, fields="all", page_size=200))
 
     tasks = client.call(fetch)
     new = updated = 0
@@ -503,12 +529,14 @@ def pull(
             a.annotation_id: a
             for a in session.exec(select(Annotation).where(Annotation.project == key))
         }
+        seen: set[int] = set()
         for task in tasks:
             label_task = mapping.get(task.id)
             if label_task is None:
                 continue  # a task not pushed by this workspace
             for raw in task.annotations or []:
                 raw = dict(raw)
+                seen.add(raw["id"])
                 row = stored.get(raw["id"])
                 changed = _parse_time(raw.get("updated_at"))
                 if row is not None and _naive_utc(row.updated_at) == _naive_utc(changed):
@@ -533,6 +561,14 @@ def pull(
                 row.valid, row.problem, row.raw = problem is None, problem, raw
                 session.add(row)
                 touched.add((label_task.sae_id, label_task.feature))
+        deleted = 0
+        for annotation_id, row in stored.items():
+            # gone from Label Studio (the task list is complete: every page, every task
+            # of the project): removed here too, and its feature adjudicated again
+            if annotation_id not in seen and row.task_id in mapping:
+                session.delete(row)
+                touched.add((row.sae_id, row.feature))
+                deleted += 1
         session.flush()
         _adjudicate(session, key, touched)
         summary = _summary(session, key, values)
@@ -550,6 +586,7 @@ def pull(
         summary["features_labeled"],
         summary["kappa"],
         learner,
+        deleted,
     )
 
 
@@ -559,7 +596,10 @@ def _when(row: Annotation) -> tuple[datetime, int]:
 
 
 def _adjudicate(session: Session, key: str, touched: set[tuple[str, int]]) -> None:
-    """One accepted human Explanation per touched feature, from its valid latest answers."""
+    """Each touched feature's human label follows its valid latest answers in Label Studio: one
+    accepted Explanation of this project, updated when the answers change, withdrawn when none
+    is left valid (all invalid, skipped or deleted); the label it updates is the one
+    storage.human_labels picks (the latest of this project)."""
     for sae_id, feature in sorted(touched):
         rows = session.exec(
             select(Annotation).where(
@@ -572,15 +612,19 @@ def _adjudicate(session: Session, key: str, touched: set[tuple[str, int]]) -> No
         latest: dict[str, Annotation] = {}
         for row in sorted(rows, key=_when):
             latest[row.annotator] = row
-        existing = session.exec(
-            select(Explanation).where(
-                Explanation.sae_id == sae_id,
-                Explanation.feature == feature,
-                Explanation.source == "human",
-            )
-        ).first()
+        mine = human_labels(session, sae_id, features=[feature], status=None, project=key)
+        existing = mine.get(feature)
         if not latest:
-            continue  # only invalid answers: kept aside, the feature stays unlabeled
+            # no valid answer left: the feature is unlabeled again (its old label withdrawn)
+            if existing is not None and existing.status == "accepted":
+                existing.status = WITHDRAWN
+                existing.details = {
+                    **(existing.details or {}),
+                    "reason": "no valid answer left in Label Studio",
+                    "withdrawn_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                }
+                session.add(existing)
+            continue
         answers = [
             Answer(
                 a.annotator,
@@ -596,6 +640,7 @@ def _adjudicate(session: Session, key: str, touched: set[tuple[str, int]]) -> No
             sae_id=sae_id, feature=feature, source="human", status="accepted", concepts=[]
         )
         label.status = "accepted"
+        label.created_at = datetime.now(UTC)  # the latest decision: human_labels' tie rule
         label.concepts = result.concepts
         label.text = result.explanation
         label.confidence = result.confidence / MAX_RATING

@@ -9,26 +9,23 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from annotation.client import ClientConfig, ensure_project, open_client, pull
+from annotation.server import ensure_local_webhooks
+from safesail.errors import SafesailError
 
 ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED"]
 
 
-def webhook_server(ws: Any, port: int, config: ClientConfig) -> ThreadingHTTPServer:
-    """Register the webhook (once) and return the endpoint, not yet serving; pulls never
-    overlap."""
-    client = open_client(ws, config)
-    project_id, _ = ensure_project(ws, client)
-    url = f"http://127.0.0.1:{port}/webhook"
-    hooks = client.call(lambda: list(client.sdk.webhooks.list(project=str(project_id))))
-    if not any(h.url == url for h in hooks):
-        client.call(
-            client.sdk.webhooks.create,
-            url=url,
-            project=project_id,
-            send_payload=False,
-            send_for_all_actions=False,
-            actions=ACTIONS,
-        )
+DEFAULT_PORT = 8766
+"""`label listen`'s default port (8765 is the embedded LLM server's)."""
+
+
+def webhook_server(
+    ws: Any, port: int, config: ClientConfig, progress: bool = False
+) -> ThreadingHTTPServer:
+    """Bind the endpoint first (a busy port fails before anything changes on the server), then
+    let the managed Label Studio reach it (its SSRF ban on local addresses is turned off for the
+    listen path only, restarting it if needed) and register the webhook (once); returns the
+    endpoint, bound but not yet serving; pulls never overlap."""
     lock = threading.Lock()
 
     class Hook(BaseHTTPRequestHandler):
@@ -47,12 +44,40 @@ def webhook_server(ws: Any, port: int, config: ClientConfig) -> ThreadingHTTPSer
         def log_message(self, *args: Any) -> None:
             pass
 
-    return ThreadingHTTPServer(("127.0.0.1", port), Hook)
+    try:
+        httpd = ThreadingHTTPServer(("127.0.0.1", port), Hook)
+    except OSError as exc:
+        raise SafesailError(
+            f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); pass another --listen-port"
+        ) from None
+    try:
+        if not config.url:
+            ensure_local_webhooks(ws.config.workspace, ws.config.cache_dir, progress)
+        _register(ws, config, f"http://127.0.0.1:{port}/webhook")
+    except BaseException:
+        httpd.server_close()
+        raise
+    return httpd
+
+
+def _register(ws: Any, config: ClientConfig, url: str) -> None:
+    client = open_client(ws, config)
+    project_id, _ = ensure_project(ws, client)
+    hooks = client.call(lambda: list(client.sdk.webhooks.list(project=str(project_id))))
+    if not any(h.url == url for h in hooks):
+        client.call(
+            client.sdk.webhooks.create,
+            url=url,
+            project=project_id,
+            send_payload=False,
+            send_for_all_actions=False,
+            actions=ACTIONS,
+        )
 
 
 def listen(ws: Any, port: int, config: ClientConfig, progress: bool = True) -> None:
     """Serve the webhook endpoint until interrupted."""
-    httpd = webhook_server(ws, port, config)
+    httpd = webhook_server(ws, port, config, progress)
     print(
         f"listening for Label Studio webhooks on http://127.0.0.1:{port}/webhook (Ctrl-C to stop)",
         flush=True,

@@ -28,15 +28,14 @@ def _server_config(args: argparse.Namespace):
 
 
 def login_line(ws: Any, url: str) -> str:
-    """The one place a secret is shown: the login for the person at the keyboard (the API
-    token is masked; it stays in the 0600 credentials file)."""
+    """Where to log in: the URL, the username and the 0600 credentials file that holds the
+    password and API token (no secret goes to stdout, which ends up in logs and CI output)."""
     from annotation.server import credentials, paths
 
     creds = credentials(ws.config.workspace)
-    token = creds["token"][:4] + "..." + creds["token"][-2:]
     return (
-        f"Label Studio: {url}  login {creds['username']} / {creds['password']}  "
-        f"(API token {token}, full credentials in {paths(ws.config.workspace).credentials})"
+        f"Label Studio: {url}  login {creds['username']}  "
+        f"(password and API token in {paths(ws.config.workspace).credentials}, readable by you only)"
     )
 
 
@@ -89,8 +88,8 @@ def cmd_pull(ws: Any, args: argparse.Namespace, progress: bool) -> int:
 
     r = pull(ws, config=_client_config(args), retrain=not args.no_retrain, progress=progress)
     print(
-        f"pulled {r.new} new and {r.updated} changed annotation(s); {r.features_labeled} "
-        f"feature(s) labeled; {r.invalid} kept aside as invalid"
+        f"pulled {r.new} new and {r.updated} changed annotation(s), {r.deleted} deleted in "
+        f"Label Studio; {r.features_labeled} feature(s) labeled; {r.invalid} kept aside as invalid"
     )
     for problem in r.problems:
         print(f"  invalid: {problem}")
@@ -107,7 +106,12 @@ def cmd_simulate(ws: Any, args: argparse.Namespace, progress: bool) -> int:
     from annotation.simulate import simulate
 
     r = simulate(
-        ws, noise=args.noise, seed=args.seed, config=_client_config(args), progress=progress
+        ws,
+        noise=args.noise,
+        seed=args.seed,
+        expert=args.expert,
+        config=_client_config(args),
+        progress=progress,
     )
     print(
         f"simulated {r.annotations} annotation(s) on {r.tasks_answered} task(s) as {r.annotators}"
@@ -126,6 +130,18 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ls-url", help="an existing Label Studio (default: the managed one)")
     parser.add_argument(
         "--ls-token-file", type=Path, help="0600 file with its API token (or $LABEL_STUDIO_API_KEY)"
+    )
+
+
+def _expert_option(parser: argparse.ArgumentParser) -> None:
+    from annotation.config import EXPERTS, READER
+
+    parser.add_argument(
+        "--expert",
+        choices=EXPERTS,
+        default=READER,
+        help="where simulated answers come from: the reader (reads the top windows, like a "
+        "person) or the corpus-tag oracle (the concept tags of the texts a feature fires in)",
     )
 
 
@@ -156,8 +172,14 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     sim = label.add_parser("simulate", parents=[common], help="simulated annotators answer tasks")
     sim.add_argument("--noise", type=float, default=0.05, help="share of wrong answers")
     sim.add_argument("--seed", type=int, default=0)
+    _expert_option(sim)
     listen = label.add_parser("listen", parents=[common], help="pull on each new annotation")
-    listen.add_argument("--listen-port", type=int, default=8765)
+    listen.add_argument(
+        "--listen-port",
+        type=int,
+        default=8766,
+        help="port of the local webhook endpoint (default 8766; 8765 is the LLM server's)",
+    )
     for parser, handler in (
         (push, cmd_push),
         (pull, cmd_pull),
@@ -177,7 +199,21 @@ def add_demo_options(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--rounds", type=int, default=4, help="push/annotate/pull rounds")
     demo.add_argument("--batch", type=int, default=20, help="features pushed per round")
     demo.add_argument("--noise", type=float, default=0.05, help="simulated annotators' error rate")
+    _expert_option(demo)
     demo.add_argument("--ls-port", type=int, default=8080, help="port of the demo's Label Studio")
+
+
+def _rounds_pushed(ws: Any) -> int:
+    """The last push round recorded for the selected SAE (0 before the first push)."""
+    from sqlmodel import Session, func, select
+
+    from safesail.storage import LabelTask
+
+    with Session(ws.engine) as session:
+        last = session.exec(
+            select(func.max(LabelTask.batch)).where(LabelTask.sae_id == ws.selected_sae)
+        ).one()
+    return int(last or 0)
 
 
 def demo(ws: Any, args: argparse.Namespace, progress: bool) -> int:
@@ -196,12 +232,16 @@ def demo(ws: Any, args: argparse.Namespace, progress: bool) -> int:
     state = up(ws.config.workspace, ws.config.cache_dir, ServerConfig(port=args.ls_port), progress)
     try:
         rounds = args.rounds if args.simulate_annotators else 1
-        for i in range(1, rounds + 1):
-            r = push(ws, args.batch, progress=progress)
-            print(f"round {i}: pushed {r.pushed} task(s) ({r.strategy}); {r.total_tasks} in all")
+        done = _rounds_pushed(ws)
+        if done >= rounds:  # a rerun of the demo: answer and pull what is open, push nothing
+            print(f"{done} round(s) already pushed (--rounds {rounds}); no new round")
+        for i in range(min(done + 1, rounds), rounds + 1):
+            if i > done:
+                r = push(ws, args.batch, progress=progress)
+                print(f"round {i}: pushed {r.pushed} task(s) ({r.strategy}); {r.total_tasks} in all")
             if not args.simulate_annotators:
                 break
-            s = simulate(ws, noise=args.noise, progress=progress)
+            s = simulate(ws, noise=args.noise, expert=args.expert, progress=progress)
             p = pull(ws, progress=progress)
             mean = ws.status()["annotation"].get("cohen_kappa_mean")
             print(
@@ -224,4 +264,11 @@ PLUGIN = Plugin(
     add_commands=add_commands,
     add_demo_options=add_demo_options,
     demo=demo,
+    resume=lambda args: (
+        f"safesail label simulate --expert {args.expert} --workspace {args.workspace} && "
+        f"safesail label pull "
+        f"--workspace {args.workspace}"
+        if args.simulate_annotators
+        else f"safesail label push --workspace {args.workspace}"
+    ),
 )

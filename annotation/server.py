@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from safesail.errors import SafesailError
-from safesail.procs import http_ok, stop_group
+from safesail.procs import http_ok, pid_alive, start_time, stop_group
 
 STOP_GRACE_S = 20.0
 """Seconds Label Studio gets to shut down before it is killed."""
@@ -43,6 +43,10 @@ class ServerConfig:
     """Bind address: local only by default."""
     start_timeout: float = 300.0
     """Seconds to wait for the server (first start migrates the database: 60-100 s)."""
+    local_webhooks: bool = False
+    """Let webhooks reach local addresses (`label listen`'s loopback endpoint) by turning off
+    Label Studio's SSRF protection (its banned private/loopback subnets). Off by default: only
+    the listen path asks for it."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -145,8 +149,11 @@ def credentials(workspace: Path) -> dict[str, str]:
     return creds
 
 
-def _pid_alive(pid: int, p: Paths) -> bool:
-    """Alive and really our server (a recycled pid belongs to someone else)."""
+def _pid_alive(pid: int, p: Paths, started: int | None = None) -> bool:
+    """Alive and really our server (a recycled pid belongs to someone else): the start time
+    recorded with the pid matches, and the command line is Label Studio's."""
+    if not pid_alive(pid, started):
+        return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
@@ -163,7 +170,7 @@ def status(workspace: Path) -> ServerState:
     if not p.state.exists():
         return ServerState(None, None, False, False)
     state = json.loads(p.state.read_text())
-    alive = _pid_alive(state["pid"], p)
+    alive = _pid_alive(state["pid"], p, state.get("started"))
     return ServerState(state["url"], state["pid"], alive, alive and healthy(state["url"]))
 
 
@@ -177,10 +184,16 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _server_env(p: Paths, creds: dict[str, str]) -> dict[str, str]:
+_SSRF_SWITCH = "LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS"
+
+
+def _server_env(p: Paths, creds: dict[str, str], local_webhooks: bool = False) -> dict[str, str]:
     """Label Studio reads plain HOST/PORT/USERNAME/PASSWORD too: drop them so they can't leak
-    in; pass the secrets by environment rather than on the (world-readable) command line."""
-    env = {k: v for k, v in os.environ.items() if k not in {"HOST", "PORT", "USERNAME", "PASSWORD"}}
+    in; pass the secrets by environment rather than on the (world-readable) command line.
+    Its SSRF protection stays on unless local_webhooks is asked for (`label listen`)."""
+    ssrf = {prefix + "USE_DEFAULT_BANNED_SUBNETS" for prefix in ("LABEL_STUDIO_", "HEARTEX_", "")}
+    drop = {"HOST", "PORT", "USERNAME", "PASSWORD", *ssrf}  # it reads all three spellings
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     home = p.root / "home"
     home.mkdir(parents=True, exist_ok=True)
     env.update(
@@ -190,12 +203,40 @@ def _server_env(p: Paths, creds: dict[str, str]) -> dict[str, str]:
         LABEL_STUDIO_PASSWORD=creds["password"],
         LABEL_STUDIO_USER_TOKEN=creds["token"],
         LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
-        LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS="false",  # the `label listen` webhook is local
         LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
         LATEST_VERSION_CHECK="false",  # no call to pypi.org on every start
         PYTHONUNBUFFERED="1",
     )
+    if local_webhooks:  # the `label listen` webhook is on 127.0.0.1
+        env[_SSRF_SWITCH] = "false"
     return env
+
+
+def allows_local_webhooks(workspace: Path) -> bool:
+    """The managed server was started with its SSRF subnet ban off (ServerConfig.local_webhooks)."""
+    p = paths(workspace)
+    return p.state.exists() and bool(json.loads(p.state.read_text()).get("local_webhooks"))
+
+
+def ensure_local_webhooks(workspace: Path, cache_dir: Path, progress: bool = True) -> bool:
+    """For `label listen`: a running managed server that bans webhooks to local addresses is
+    restarted (same host and port) with local_webhooks on. True when it was restarted; a server
+    that is not running is left alone (the client reports it)."""
+    current = status(workspace)
+    if not current.running or allows_local_webhooks(workspace):
+        return False
+    state = json.loads(paths(workspace).state.read_text())
+    host = state.get("host") or "127.0.0.1"
+    if progress:
+        print(
+            "restarting Label Studio to let its webhooks reach the local listener "
+            "(this turns off its SSRF subnet ban until `safesail labelstudio down`)...",
+            flush=True,
+        )
+    down(workspace)
+    config = ServerConfig(port=int(state["port"]), host=host, local_webhooks=True)
+    up(workspace, cache_dir, config, progress)
+    return True
 
 
 def up(
@@ -240,7 +281,7 @@ def up(
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        env=_server_env(p, creds),
+        env=_server_env(p, creds, config.local_webhooks),
         cwd=p.root,
         start_new_session=True,  # its own process group: `down` stops it and its children only
     )
@@ -254,7 +295,15 @@ def up(
         stop_group(proc.pid, STOP_GRACE_S)
         p.pid.unlink(missing_ok=True)
         raise
-    p.state.write_text(json.dumps({"pid": proc.pid, "url": url, "port": config.port}))
+    state = {
+        "pid": proc.pid,
+        "started": start_time(proc.pid),
+        "url": url,
+        "port": config.port,
+        "host": config.host,
+        "local_webhooks": config.local_webhooks,
+    }
+    p.state.write_text(json.dumps(state))
     return status(workspace)
 
 
@@ -289,7 +338,8 @@ def down(workspace: Path) -> bool:
     current = status(workspace)
     stopped = False
     if current.running and current.pid is not None:
-        stop_group(current.pid, STOP_GRACE_S)
+        started = json.loads(p.state.read_text()).get("started")
+        stop_group(current.pid, STOP_GRACE_S, started)
         stopped = True
     for path in (p.pid, p.state):
         path.unlink(missing_ok=True)

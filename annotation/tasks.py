@@ -13,14 +13,8 @@ from sqlmodel import Session, select
 
 from annotation.config import CONCEPTS, EXPLANATION, TO_NAME
 from safesail.collect import TOP, feature_examples
+from safesail.reference import N_LOW, N_TOP, window
 from safesail.storage import Context, Explanation, Feature, SaeRecord
-
-N_TOP = 5
-"""Top-activating contexts shown per feature."""
-N_LOW = 3
-"""Low-activation contexts (deciles 1..3) shown for contrast."""
-WINDOW = (24, 8)
-"""Tokens kept before and after a context's peak (Safe-SAIL shows segments, not whole texts)."""
 
 
 def task_key(sae_id: str, feature: int) -> str:
@@ -30,8 +24,7 @@ def task_key(sae_id: str, feature: int) -> str:
 
 def heatmap_html(tokens: list[str], acts: list[float], scale: float) -> str:
     """One context as inline-styled spans, shaded by activation / scale, around its peak."""
-    peak = max(range(len(acts)), key=acts.__getitem__) if acts else 0
-    lo, hi = max(0, peak - WINDOW[0]), min(len(tokens), peak + WINDOW[1] + 1)
+    lo, hi = window(acts, len(tokens))
     parts = ["&hellip;"] if lo > 0 else []
     for token, act in zip(tokens[lo:hi], acts[lo:hi], strict=True):
         alpha = min(max(act / scale, 0.0), 1.0) if scale > 0 else 0.0

@@ -13,6 +13,7 @@ from typing import Any
 import streamlit as st
 
 from app import data
+from safesail.storage import masked_url
 
 REFRESH_S = 15
 """Seconds a cached query stays fresh (and the auto-refresh period)."""
@@ -56,7 +57,7 @@ def _query(workspace: str, db_url: str | None, name: str, *args: Any) -> Any:
 
 def sidebar() -> None:
     workspace, db_url = settings()
-    st.sidebar.caption(f"workspace: `{db_url or workspace}`")
+    st.sidebar.caption(f"workspace: `{masked_url(db_url) if db_url else workspace}`")
     if st.sidebar.button("Refresh now"):
         _query.clear()
     st.sidebar.toggle("Auto-refresh", value=True, key="auto_refresh")

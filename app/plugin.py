@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,10 +13,12 @@ from typing import Any
 
 from safesail.errors import SafesailError
 from safesail.plugins import Plugin
-from safesail.procs import http_ok, pid_alive, stop_group
+from safesail.procs import http_ok, pid_alive, start_time, stop_group
 
 PID_FILE = "app.json"
-"""In the workspace: pid, port and URL of the app started with --background."""
+"""In the workspace: pid, its start time, port and URL of the app started with --background."""
+LOCAL = "127.0.0.1"
+"""The app's default bind address: it has no login, so only this machine reaches it."""
 START_TIMEOUT_S = 60
 STOP_GRACE_S = 10.0
 """Seconds the app gets to shut down before it is killed."""
@@ -24,6 +27,12 @@ STOP_GRACE_S = 10.0
 def _add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     app = sub.add_parser("app", parents=[common], help="the Streamlit progress view")
     app.add_argument("--port", type=int, default=8501)
+    app.add_argument(
+        "--address",
+        default=LOCAL,
+        help="bind address (default 127.0.0.1; the app has no login, so another address "
+        "lets anyone who can reach it read the workspace)",
+    )
     mode = app.add_mutually_exclusive_group()
     mode.add_argument(
         "--background", action="store_true", help="start it in the background, print its URL"
@@ -38,15 +47,43 @@ def _add_demo_options(demo: argparse.ArgumentParser) -> None:
     )
 
 
-def _command(ws: Any, port: int) -> list[str]:
+def _command(ws: Any, port: int, address: str = LOCAL) -> list[str]:
+    """The Streamlit command line: no secret on it (it is world-readable in `ps`); the database
+    URL goes by environment (`_env`)."""
     main = Path(__file__).parent / "main.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(main), "--server.port", str(port)]
+    cmd += ["--server.address", address]
     cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
     cmd += ["--client.toolbarMode", "viewer", "--"]
     cmd += ["--workspace", str(Path(ws.config.workspace).resolve())]
-    if ws.config.db_url:
-        cmd += ["--db-url", ws.config.db_url]
     return cmd
+
+
+def _env(ws: Any) -> dict[str, str]:
+    """The app's environment: the workspace's database URL (which may hold a password) in
+    $SAFESAIL_DB_URL, never on the command line; without one, none inherited either."""
+    from safesail.storage import DB_URL_ENV  # not at import: `safesail --help` stays fast
+
+    env = dict(os.environ)
+    env.pop(DB_URL_ENV, None)
+    if ws.config.db_url:
+        env[DB_URL_ENV] = ws.config.db_url
+    return env
+
+
+def _warn_address(address: str) -> None:
+    if address != LOCAL:
+        print(
+            f"warning: the app listens on {address}; it has no login, so anyone who can reach "
+            "this address can read the workspace",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _url(address: str, port: int) -> str:
+    host = "localhost" if address in (LOCAL, "localhost") else address
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _healthy(url: str) -> bool:
@@ -59,28 +96,32 @@ def running(ws: Any) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     info = json.loads(path.read_text())
-    if pid_alive(info["pid"]):
+    if pid_alive(info["pid"], info.get("started")):
         return info
     path.unlink()
     return None
 
 
-def start_background(ws: Any, port: int) -> dict[str, Any]:
+def start_background(ws: Any, port: int, address: str = LOCAL) -> dict[str, Any]:
     """Start the app detached (its own session, log in the workspace) unless this workspace's
-    app already runs; waits until it answers. Returns {pid, port, url}."""
+    app already runs; waits until it answers. Returns {pid, started, port, address, url}."""
     if (info := running(ws)) is not None:
         return info
+    _warn_address(address)
     log = open(Path(ws.config.workspace) / "app.log", "ab")  # noqa: SIM115 - the child keeps it
     proc = subprocess.Popen(
-        _command(ws, port),
+        _command(ws, port, address),
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
+        env=_env(ws),
         start_new_session=True,
     )
-    url = f"http://localhost:{port}"
+    started = start_time(proc.pid)
+    url = _url(address, port)
+    health = _url(LOCAL if address in (LOCAL, "localhost", "0.0.0.0", "::") else address, port)
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not _healthy(url):
+    while not _healthy(health):
         if proc.poll() is not None:
             raise SafesailError(
                 f"the app exited at start (port {port} busy?); see {Path(log.name)}"
@@ -89,7 +130,7 @@ def start_background(ws: Any, port: int) -> dict[str, Any]:
             stop_group(proc.pid, STOP_GRACE_S)
             raise SafesailError(f"the app did not answer on {url} in {START_TIMEOUT_S} s")
         time.sleep(0.5)
-    info = {"pid": proc.pid, "port": port, "url": url}
+    info = {"pid": proc.pid, "started": started, "port": port, "address": address, "url": url}
     (Path(ws.config.workspace) / PID_FILE).write_text(json.dumps(info))
     return info
 
@@ -99,7 +140,7 @@ def stop(ws: Any) -> bool:
     info = running(ws)
     if info is None:
         return False
-    stop_group(info["pid"], STOP_GRACE_S)  # its own session: the app and nothing else
+    stop_group(info["pid"], STOP_GRACE_S, info.get("started"))  # its own session: the app only
     (Path(ws.config.workspace) / PID_FILE).unlink(missing_ok=True)
     return True
 
@@ -109,11 +150,12 @@ def _app(ws: Any, args: argparse.Namespace, progress: bool) -> int:
         print("stopped the app" if stop(ws) else "no app running for this workspace")
         return 0
     if args.background:
-        info = start_background(ws, args.port)
+        info = start_background(ws, args.port, args.address)
         print(f"safesail app: {info['url']}  (stop: safesail app --stop)")
         return 0
-    print(f"safesail app: http://localhost:{args.port}  (Ctrl+C stops it)")
-    return subprocess.call(_command(ws, args.port))
+    _warn_address(args.address)
+    print(f"safesail app: {_url(args.address, args.port)}  (Ctrl+C stops it)")
+    return subprocess.call(_command(ws, args.port, args.address), env=_env(ws))
 
 
 def _demo(ws: Any, args: argparse.Namespace, progress: bool) -> int:

@@ -102,16 +102,58 @@ def read_export(
     return spec.read(path, manifest, sae)
 
 
-def import_file(ws: Any, fmt: str, path: Path, *, sae_id: str | None = None) -> ImportReport:
-    """Import an export (or a released Safe-SAIL DB) into the workspace; formats without
-    provenance come in as priors. Rerunning adds nothing twice."""
-    sae = require_sae(ws.engine, sae_id) if sae_id or fmt in ("safesail-db",) else None
+PROVENANCE = "provenance"
+"""Key in an imported row's details: {file, imported_at, trusted[, claimed_source,
+claimed_status]}."""
+
+
+def apply_trust(records: list[ExportRecord], path: Path, *, trust: bool) -> None:
+    """The trust rule of every import: a file's `source` and `status` are claims. Untrusted
+    (the default), every row becomes a prior (`source="prior"`, ranked below human and automatic
+    labels and out of the gold set), so a crafted file cannot make gold; what it claimed is kept
+    in the row's details. Trusted (`--trust`), rows keep their source. Either way the file path
+    and the import time are recorded as provenance in the row's details."""
+    origin = {
+        "file": str(Path(path).resolve()),
+        "imported_at": datetime.now(UTC).isoformat(),
+        "trusted": trust,
+    }
+    for r in records:
+        provenance = dict(origin)
+        if not trust and r.source != "prior":
+            provenance.update(claimed_source=r.source, claimed_status=r.status)
+            r.source = "prior"
+        r.details = {**(r.details or {}), PROVENANCE: provenance}
+
+
+def import_file(
+    ws: Any,
+    fmt: str,
+    path: Path,
+    *,
+    sae_id: str | None = None,
+    trust: bool = False,
+    db_model: str | None = None,
+    db_width: int | None = None,
+) -> ImportReport:
+    """Import an export (or a released Safe-SAIL DB) into the workspace. Rows come in as priors
+    unless `trust` (see apply_trust); formats without provenance always do. Rerunning adds
+    nothing twice. A Safe-SAIL DB goes to the SAE it was written for (exports.neuron_db;
+    `db_model` / `db_width` name a released DB's SAEs when they are not Safe-SAIL's)."""
+    if fmt == "safesail-db":
+        from exports.neuron_db import import_safesail_db
+
+        return import_safesail_db(
+            ws, path, sae_id=sae_id, trust=trust, db_model=db_model, db_width=db_width
+        )
+    sae = require_sae(ws.engine, sae_id) if sae_id else None
     if sae is None and fmt in ("delphi", "openai"):
         sae = _selected_or_none(ws)
     records, skipped = read_export(fmt, path, sae)
     if sae_id:
         for r in records:
             r.sae_id = sae_id
+    apply_trust(records, path, trust=trust)
     return import_records(ws.engine, ws.taxonomy, records, model=ws.model_name, skipped=skipped)
 
 

@@ -83,6 +83,23 @@ def _modules(records: list[ExportRecord], prefix: str) -> dict[str, str]:
     }
 
 
+def _inside(out: Path, *parts: str) -> Path:
+    """out/parts..., refusing any name (built from an SAE id) that would leave the folder: a
+    path separator, '.', '..', an absolute path, a NUL, or a link out."""
+    for part in parts:
+        if (
+            not part
+            or part in (".", "..")
+            or any(c in part for c in "/\\\0")
+            or Path(part).is_absolute()
+        ):
+            raise SafesailError(f"refusing to write {part!r}: it would leave the export folder")
+    target = out.joinpath(*parts)
+    if not target.resolve().is_relative_to(out.resolve()):
+        raise SafesailError(f"refusing to write {target}: it would leave the export folder {out}")
+    return target
+
+
 def _sae_for(module: str, manifest: dict[str, Any], sae: SaeRecord | None) -> str | None:
     return (manifest.get("modules") or {}).get(module) or (sae.id if sae else None)
 
@@ -323,7 +340,9 @@ def _write_delphi(records: list[ExportRecord], out: Path) -> dict[str, Any]:
     folder.mkdir()
     for r in chosen:
         name = f"{modules[r.sae_id]}_latent{r.index}.txt"
-        (folder / name).write_text(json.dumps(r.explanation, ensure_ascii=False), encoding="utf-8")
+        _inside(folder, name).write_text(
+            json.dumps(r.explanation, ensure_ascii=False), encoding="utf-8"
+        )
     return {"files": ["explanations/"], "modules": {m: s for s, m in modules.items()}}
 
 
@@ -373,7 +392,7 @@ def _write_openai(records: list[ExportRecord], out: Path) -> dict[str, Any]:
         by_neuron.setdefault((r.sae_id, r.index), []).append(r)
     root = out / "explanations"
     for (sae_id, index), group in sorted(by_neuron.items()):
-        folder = root / modules[sae_id]
+        folder = _inside(root, modules[sae_id])
         folder.mkdir(parents=True, exist_ok=True)
         row = {
             "neuron_id": {"layer_index": group[0].layer, "neuron_index": index},
@@ -452,7 +471,9 @@ def _write_safesail_db(records: list[ExportRecord], out: Path) -> dict[str, Any]
             for r in _one_per_feature(records)
             if r.sae_id == sae_id
         }
-        (out / name).write_text(json.dumps(db, ensure_ascii=False, indent=1), encoding="utf-8")
+        _inside(out, name).write_text(
+            json.dumps(db, ensure_ascii=False, indent=1), encoding="utf-8"
+        )
     return {"files": sorted(files.values()), "modules": {n: s for s, n in files.items()}}
 
 
@@ -461,15 +482,18 @@ def read_safesail_db(
 ) -> tuple[list[ExportRecord], Skipped]:
     """A released Safe-SAIL neuron DB (or a folder of them, one per SAE) as prior records.
 
-    Skips masked (`***`) explanations, keys that are not `<layer>_<index>`, rows of another
-    layer than the SAE's, indexes out of range and malformed rows, each with its reason.
+    Skips masked (`***`) and null explanations, keys that are not `<layer>_<index>`, rows of
+    another layer than the SAE's, indexes out of range and malformed rows, each with its reason.
+    The SAE of a row: the manifest's `sae_by_layer` (the DB's own SAEs, one per layer, see
+    exports.api.import_safesail_db), else the file's module, else the given SAE.
     """
     files = sorted(p for p in path.glob("*.json") if "manifest" not in p.name)
     files = files if path.is_dir() else [path]
+    by_layer = {int(k): v for k, v in (manifest.get("sae_by_layer") or {}).items()}
     records, skipped = [], []
     for file in files:
         target = (manifest.get("modules") or {}).get(file.name) or (sae.id if sae else None)
-        if target is None:
+        if target is None and not by_layer:
             raise SafesailError(f"which SAE does {file.name} belong to? pass --sae ID")
         layer = sae.layer if sae and sae.id == target else None
         try:
@@ -483,6 +507,9 @@ def read_safesail_db(
             if not match:
                 skipped.append((key, "key is not <layer>_<index>"))
                 continue
+            if isinstance(row, dict) and row.get("explanation", "") is None:
+                skipped.append((key, "null explanation"))
+                continue
             if not isinstance(row, dict) or not isinstance(row.get("explanation"), str):
                 skipped.append((key, "bad row: no explanation string"))
                 continue
@@ -490,6 +517,11 @@ def read_safesail_db(
                 skipped.append((key, "masked explanation (***)"))
                 continue
             row_layer, index = int(match[1]), int(match[2])
+            if by_layer:
+                target, layer = by_layer.get(row_layer), row_layer
+                if target is None:
+                    skipped.append((key, f"layer {row_layer}: no SAE registered for it"))
+                    continue
             if layer is not None and row_layer != layer:
                 skipped.append((key, f"layer {row_layer} does not match SAE {target} ({layer})"))
                 continue

@@ -35,6 +35,20 @@ def _add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     imp.add_argument("format", choices=FORMAT_NAMES)
     imp.add_argument("path", type=Path, help="the file, or the export folder")
     imp.add_argument("--sae", help="SAE the explanations belong to (default: the selected one)")
+    imp.add_argument(
+        "--trust",
+        action="store_true",
+        help="keep the file's source and status (human/auto labels stay gold): only for files "
+        "you made, a crafted file would outrank every label; the file path and time are recorded. "
+        "Without it every row is a prior",
+    )
+    imp.add_argument(
+        "--db-model",
+        help="safesail-db: the model the DB's SAEs read (default: the manifest's, else Safe-SAIL's "
+        "release, Qwen/Qwen2.5-3B-Instruct); without --sae the DB's SAEs are registered by "
+        "identity (no weights) and the rows attached there",
+    )
+    imp.add_argument("--db-width", type=int, help="safesail-db: the width of the DB's SAEs")
     imp.set_defaults(handler=_import)
 
 
@@ -58,7 +72,16 @@ def _export(ws: Any, args: argparse.Namespace, progress: bool) -> int:
 def _import(ws: Any, args: argparse.Namespace, progress: bool) -> int:
     from exports.api import import_file, print_report
 
-    print_report(import_file(ws, args.format, args.path, sae_id=args.sae))
+    report = import_file(
+        ws,
+        args.format,
+        args.path,
+        sae_id=args.sae,
+        trust=args.trust,
+        db_model=args.db_model,
+        db_width=args.db_width,
+    )
+    print_report(report)
     return 0
 
 

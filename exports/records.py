@@ -66,7 +66,8 @@ class ExportRecord:
     probability: float | None = None
     """Calibrated P(agrees with experts), automatic labels only."""
     agreement: float | None = None
-    """Share of this feature's annotators who gave exactly the final label (human labels)."""
+    """Share of this feature's annotators who gave exactly the final label (human labels only:
+    an automatic label's calibrated P(agrees with experts) is `probability`, not this)."""
     kappa: float | None = None
     """Annotator agreement (Cohen/Fleiss kappa) of the label's concept, from the labeling loop."""
     created_at: str | None = None
@@ -216,7 +217,7 @@ def gather_records(
             status=row.status,
             layer=sae.layer if sae else None,
             d_sae=sae.d_sae if sae else None,
-            model=model,
+            model=(sae.model if sae and sae.model else model),  # a reference-only SAE: its own
             author=row.author,
             model_version=row.model_version,
             confidence=row.confidence,
@@ -233,8 +234,6 @@ def gather_records(
         if record.kappa is None and row.source == "human" and kappas:
             known = [kappas[c] for c in record.concepts if c in kappas]
             record.kappa = known[0] if known else None
-        if row.source == "auto" and record.agreement is None:
-            record.agreement = row.probability
         records.append(record)
     return records
 

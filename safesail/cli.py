@@ -120,6 +120,55 @@ def build_parser(plugins: list[Plugin] | None = None) -> argparse.ArgumentParser
     triage.add_argument("--min-support", type=int, help="concept texts the feature must fire on")
     triage.add_argument("--fire-fraction", type=float, help="fires = above this share of its max")
     triage.add_argument("--contrast", choices=["rest", "benign"], help="contrast texts")
+    triage.add_argument(
+        "--max-density",
+        type=float,
+        help="reject features firing outside their concept at more x the mean feature rate",
+    )
+    triage.add_argument(
+        "--max-non-content",
+        type=float,
+        help="reject features whose top contexts peak on non-content tokens in more of them",
+    )
+    triage.add_argument(
+        "--min-term-share",
+        type=float,
+        help="share of top contexts that must peak on a safety keyword",
+    )
+
+    reference = sub.add_parser(
+        "reference", help="the reference set: features labeled by reading (bench/reference/)"
+    ).add_subparsers(dest="action", required=True)
+    dump = reference.add_parser(
+        "dump",
+        parents=[common],
+        help="blind views of a stratified sample of the selected SAE, for labelers to read",
+    )
+    dump.add_argument(
+        "--out", type=Path, required=True, help="folder for view-NN.txt + sample.json"
+    )
+    dump.add_argument("--n", type=int, default=240, help="features to sample")
+    dump.add_argument("--seed", type=int, default=0, help="sampling seed")
+    assemble = reference.add_parser(
+        "assemble", help="join a dump's sample.json with the readers' labels (JSON lines)"
+    )
+    assemble.add_argument("--sample", type=Path, required=True, help="the dump's sample.json")
+    assemble.add_argument("--labels", type=Path, nargs="+", required=True, help="JSONL files")
+    assemble.add_argument("--out", type=Path, required=True, help="the reference set file")
+    assemble.add_argument(
+        "--overlap", type=Path, nargs="*", default=[], help="second readers' labels (JSONL)"
+    )
+    check = reference.add_parser(
+        "check",
+        parents=[common],
+        help="simulated expert, triage and accepted explanations against the reference set",
+    )
+    check.add_argument(
+        "--file", type=Path, help="reference set (default: bench/reference/<sae>.json)"
+    )
+    check.add_argument(
+        "--half", choices=["test", "dev", "all"], default="test", help="which half to judge on"
+    )
 
     status = sub.add_parser("status", parents=[common], help="progress of the workspace")
     status.add_argument("--json", action="store_true", help="one JSON object (stable keys)")
@@ -218,6 +267,12 @@ def _print_candidates(ws, per_concept: int = 1, contexts: int = 3) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "reference" and args.action == "assemble":  # needs no workspace
+        from safesail.reference import assemble
+
+        n = assemble(args.sample, args.labels, args.out, args.overlap)
+        print(f"wrote {n} labeled features to {args.out}")
+        return 0
     progress = not args.quiet
     ws = _workspace(args)
     if (handler := getattr(args, "handler", None)) is not None:
@@ -271,10 +326,34 @@ def run(args: argparse.Namespace) -> int:
         from safesail.selection import TriageConfig
 
         counts = ws.triage(
-            _config(TriageConfig, args, "min_precision", "min_support", "fire_fraction", "contrast")
+            _config(
+                TriageConfig,
+                args,
+                "min_precision",
+                "min_support",
+                "fire_fraction",
+                "contrast",
+                "max_density",
+                "max_non_content",
+                "min_term_share",
+            )
         )
         print(f"{sum(counts.values())} safety candidates in {ws.selected_sae}: {counts}")
         _print_candidates(ws)
+    elif cmd == "reference":
+        if args.action == "dump":
+            from safesail.reference import dump
+
+            if (sae_id := ws.selected_sae) is None:
+                raise SafesailError("no SAE selected yet: run `safesail select` first")
+            n = dump(ws.engine, sae_id, args.out, args.n, args.seed)
+            print(f"wrote the blind views of {n} features of {sae_id} to {args.out}/view-*.txt")
+        else:
+            from safesail.reference_check import check, default_file
+
+            report = check(ws, args.file or default_file(ws), args.half)
+            for name, value in report.items():
+                print(f"{name}={value}")
     elif cmd == "status":
         status = ws.status()
         print(json.dumps(status, indent=None if args.json else 2))
@@ -304,8 +383,17 @@ def demo(ws, args: argparse.Namespace, progress: bool) -> int:
     print("top candidate per concept, with its top contexts ([[peak token]]):")
     _print_candidates(ws)
     for plugin in args.plugins:
-        if plugin.demo and (code := plugin.demo(ws, args, progress)):
-            return code
+        if not plugin.demo:
+            continue
+        try:
+            if code := plugin.demo(ws, args, progress):
+                return code
+        except SafesailError as exc:
+            again = f"`{plugin.resume(args)}` reruns only this step; " if plugin.resume else ""
+            raise SafesailError(
+                f"demo step '{plugin.name}' failed: {exc}. Earlier steps are kept: {again}"
+                "rerunning the demo skips the finished ones"
+            ) from None
     print(
         f"\nworkspace: {ws.config.workspace.resolve()}   (safesail status --json --workspace {ws.config.workspace})"
     )

@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,6 +33,10 @@ class LanguageModel:
     hidden_size: int
     n_layers: int
     bos_id: int
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    """Held while a forward runs: `truncated` swaps the shared model's block list and the capture
+    hooks sit on shared blocks, so two threads (the app's cached inspector serves several browser
+    sessions) must not interleave."""
 
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.n_layers:
@@ -61,13 +66,15 @@ class LanguageModel:
 
     @contextmanager
     def truncated(self, depth: int) -> Iterator[None]:
-        """Run only the first `depth` blocks: later ones cannot change what earlier ones output."""
-        full = list(self.model.model.layers)
-        self.model.model.layers = torch.nn.ModuleList(full[:depth])
-        try:
-            yield
-        finally:
-            self.model.model.layers = torch.nn.ModuleList(full)
+        """Run only the first `depth` blocks: later ones cannot change what earlier ones output.
+        Holds the model's lock throughout (the block list is shared state)."""
+        with self.lock:
+            full = list(self.model.model.layers)
+            self.model.model.layers = torch.nn.ModuleList(full[:depth])
+            try:
+                yield
+            finally:
+                self.model.model.layers = torch.nn.ModuleList(full)
 
     @torch.no_grad()
     def residuals(
@@ -85,21 +92,22 @@ class LanguageModel:
         keep = mask.bool()
         keep[:, 0] = False
         captured: dict[int, torch.Tensor] = {}
-        blocks = self.model.model.layers
-        hooks = [
-            blocks[layer].register_forward_hook(
-                lambda _m, _i, out, layer=layer: captured.__setitem__(
-                    layer, out[0] if isinstance(out, tuple) else out
+        with self.lock:  # hooks, swap and forward as one: another thread's forward would fire them
+            blocks = self.model.model.layers
+            hooks = [
+                blocks[layer].register_forward_hook(
+                    lambda _m, _i, out, layer=layer: captured.__setitem__(
+                        layer, out[0] if isinstance(out, tuple) else out
+                    )
                 )
-            )
-            for layer in layers
-        ]
-        try:
-            with self.truncated(max(layers) + 1):
-                self.model.model(input_ids=input_ids, attention_mask=mask, use_cache=False)
-        finally:
-            for hook in hooks:
-                hook.remove()
+                for layer in layers
+            ]
+            try:
+                with self.truncated(max(layers) + 1):
+                    self.model.model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+            finally:
+                for hook in hooks:
+                    hook.remove()
         return {layer: captured[layer][keep].float() for layer in layers}
 
 

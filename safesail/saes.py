@@ -25,6 +25,19 @@ if TYPE_CHECKING:
     from sae_lens import SAE
 
 _HOOK_LAYER = re.compile(r"(?:blocks|layers)\.(\d+)\.")
+SAE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+"""What an SAE id may be: it names files and folders (exports, SAE folders), so no path
+separator, no leading dot, no '..' on its own, at most 100 characters."""
+
+
+def check_sae_id(sae_id: str) -> str:
+    """The id when it is valid, else a one-line error."""
+    if not SAE_ID.fullmatch(sae_id) or sae_id in {".", ".."}:
+        raise SafesailError(
+            f"invalid SAE id {sae_id!r}: use 1-100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return sae_id
 
 
 def read_sae_config(path: Path) -> dict[str, Any]:
@@ -57,6 +70,8 @@ def register_sae(
     release: str | None = None,
 ) -> SaeRecord:
     """Validate an SAE folder against the model and record it (idempotent for the same id)."""
+    if sae_id is not None:
+        check_sae_id(sae_id)
     path = path.resolve()
     cfg = read_sae_config(path)
     d_in, d_sae = int(cfg.get("d_in", -1)), int(cfg.get("d_sae", -1))
@@ -71,7 +86,9 @@ def register_sae(
     lm.check_layer(layer)
     architecture = str(cfg.get("architecture", "standard"))
     k = cfg.get("k")
-    sae_id = sae_id or f"L{layer}-w{d_sae}" + (f"-k{k}" if k else "") + f"-{path.name}"
+    if sae_id is None:  # the folder's name may hold any character: keep the safe ones
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name)
+        sae_id = (f"L{layer}-w{d_sae}" + (f"-k{k}" if k else "") + f"-{name}")[:100]
     existing = session.get(SaeRecord, sae_id)
     if existing is not None:
         if Path(existing.path) != path:

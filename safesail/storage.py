@@ -7,6 +7,7 @@ one per chunk or per feature, never one row per token.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -51,11 +52,17 @@ class Context(SQLModel, table=True):
     tokens: list[str] = Field(sa_column=Column(JSON))
 
 
+REFERENCE_ONLY = "reference-only"
+"""SaeRecord.source of an SAE known only by its identity (no weights, path ""): the SAE that
+imported explanations were written for, e.g. a released Safe-SAIL neuron DB's. Never
+collected, selected or triaged; its explanations are browsable and exportable."""
+
+
 class SaeRecord(SQLModel, table=True):
     """A candidate SAE, where it came from, and how it scored in selection."""
 
     id: str = Field(primary_key=True)
-    source: str  # trained | disk | pretrained
+    source: str  # trained | disk | pretrained | reference-only
     path: str
     layer: int
     d_in: int
@@ -68,6 +75,10 @@ class SaeRecord(SQLModel, table=True):
     selection: dict | None = Field(default=None, sa_column=Column(JSON))
     selected: bool = False
     created_at: datetime = Field(default_factory=_now)
+    model: str | None = None
+    """The language model the SAE reads (None: the workspace's own model)."""
+    hook: str | None = None
+    """Where it reads, when known otherwise than by layer (e.g. "blocks.8.hook_mlp_out")."""
 
 
 class ActivationChunk(SQLModel, table=True):
@@ -97,6 +108,9 @@ class Feature(SQLModel, table=True):
     safety_score: float | None = None
     auroc: float | None = None
     precision: float | None = None
+    triage_reason: str | None = None
+    """Why triage did not make it a candidate ("<kind>: <detail>", selection.reason_kind);
+    None for candidates and for features not triaged yet."""
 
 
 class Explanation(SQLModel, table=True):
@@ -188,23 +202,51 @@ class Score(SQLModel, table=True):
     created_at: datetime = Field(default_factory=_now)
 
 
+DB_URL_ENV = "SAFESAIL_DB_URL"
+"""Environment variable holding the database URL (read by the CLI and the app): child processes
+get the URL this way, never on their world-readable command line."""
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*:)[^/\s]*@")
+
+
+def masked_url(url: str | None) -> str:
+    """The URL with its password (if any) replaced by ***, for every message that shows one:
+    `postgresql://u:secret@host/db` -> `postgresql://u:***@host/db`."""
+    if not url:
+        return str(url)
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}***@", url)
+
+
+def _masked(text: Any, url: str) -> str:
+    """A driver's error message with the URL's password masked wherever it appears."""
+    message = str(text).replace(url, masked_url(url))
+    password = _URL_PASSWORD.match(url)
+    if password:
+        secret = url[password.end("head") : password.end() - 1]
+        if secret:
+            message = message.replace(secret, "***")
+    return message
+
+
 def open_db(url: str) -> Engine:
-    """Open (and create) the database; a URL that cannot be opened is a one-line error."""
+    """Open (and create) the database; a URL that cannot be opened is a one-line error (its
+    password masked)."""
+    shown = masked_url(url)
     try:
         engine = create_engine(url)
     except ImportError as exc:
         raise SafesailError(
-            f"cannot open database URL '{url}': its driver is not installed ({exc}); pip install it"
+            f"cannot open database URL '{shown}': its driver is not installed "
+            f"({_masked(exc, url)}); pip install it"
         ) from None
     except (ArgumentError, ValueError) as exc:
-        raise SafesailError(f"cannot open database URL '{url}': {exc}") from None
+        raise SafesailError(f"cannot open database URL '{shown}': {_masked(exc, url)}") from None
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
         SQLModel.metadata.create_all(engine)
         _add_missing_columns(engine)
     except OperationalError as exc:
-        raise SafesailError(f"cannot open database '{url}': {exc.orig}") from None
+        raise SafesailError(f"cannot open database '{shown}': {_masked(exc.orig, url)}") from None
     return engine
 
 
@@ -306,13 +348,44 @@ SOURCE_RANK = {"human": 0, "auto": 1, "prior": 2}
 explainer's, then an imported prior's (unknown sources last)."""
 
 
+def _latest_first(query: Any) -> Any:
+    """THE tie rule of every label query: the latest made (created_at, then id) wins."""
+    return query.order_by(Explanation.created_at.desc(), Explanation.id.desc())
+
+
+def human_labels(
+    session: Session,
+    sae_id: str,
+    *,
+    features: list[int] | None = None,
+    status: str | None = "accepted",
+    project: str | None = None,
+) -> dict[int, Explanation]:
+    """Each feature's human label: its latest human Explanation (created_at, then id) with that
+    status (None: any status), optionally only those a Label Studio project made. The one rule
+    for "the human label of a feature": the explainer's gold set, the learner's labels, the
+    labeling loop's adjudication and `best_accepted` all read it from here."""
+    query = select(Explanation).where(Explanation.sae_id == sae_id, Explanation.source == "human")
+    if status is not None:
+        query = query.where(Explanation.status == status)
+    if project is not None:
+        query = query.where(Explanation.model_version == project)
+    if features is not None:
+        query = query.where(Explanation.feature.in_(features))
+    out: dict[int, Explanation] = {}
+    for e in session.exec(_latest_first(query)):
+        out.setdefault(e.feature, e)
+    return out
+
+
 def best_accepted(session: Session, sae_id: str) -> dict[int, Explanation]:
-    """Each feature's accepted explanation of the best-ranked source (the first stored wins a
-    tie)."""
+    """Each feature's accepted explanation of the best-ranked source; within a source the
+    latest wins (the rule of `human_labels`, so a feature's human label is the same here)."""
     best: dict[int, Explanation] = {}
-    for e in session.exec(
-        select(Explanation).where(Explanation.sae_id == sae_id, Explanation.status == "accepted")
-    ):
+    query = select(Explanation).where(
+        Explanation.sae_id == sae_id, Explanation.status == "accepted"
+    )
+    for e in session.exec(_latest_first(query)):
         held = best.get(e.feature)
         if held is None or SOURCE_RANK.get(e.source, 3) < SOURCE_RANK.get(held.source, 3):
             best[e.feature] = e

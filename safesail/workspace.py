@@ -264,9 +264,23 @@ class Workspace:
             return get_meta(session, "selected_sae")
 
     def triage(self, config: Any = None) -> dict[str, int]:
-        """Score every feature of the selected SAE per concept and mark the safety candidates."""
-        from safesail.collect import text_max_matrix
-        from safesail.selection import TriageConfig, feature_selectivity, triage
+        """Score every feature of the selected SAE per concept and mark the safety candidates.
+
+        Two stages: text-level triage (where the feature fires: enough of its texts carry the
+        concept), then, per text-level candidate, what it fires on (its firing rate and the
+        words its contexts peak on). Every feature that is not a candidate keeps the reason.
+        """
+        from safesail.collect import concept_token_counts, feature_examples, text_max_matrix
+        from safesail.selection import (
+            BENIGN,
+            TriageConfig,
+            contrast_firing_rate,
+            feature_selectivity,
+            peaks_of,
+            text_rejections,
+            token_rejection,
+            triage,
+        )
 
         sae_id = self.selected_sae
         if sae_id is None:
@@ -274,25 +288,57 @@ class Workspace:
         config = config or TriageConfig()
         text_ids, matrix = text_max_matrix(self.engine, sae_id)
         concepts = self._concepts_by_text()
+        taxonomy = self.taxonomy
         selectivity = feature_selectivity(
             matrix,
             [concepts[t] for t in text_ids],
-            self.taxonomy.safety_concepts(),
+            taxonomy.safety_concepts(),
             config.fire_fraction,
             config.contrast,
         )
-        candidates = {c.feature: c for c in triage(selectivity, config)}
+        text_level = {c.feature: c for c in triage(selectivity, config)}
+        reasons = text_rejections(selectivity, config)
+        counts = concept_token_counts(
+            self.engine, sae_id, concepts, [*selectivity.concepts, BENIGN]
+        )
+        outside = {
+            name: contrast_firing_rate(counts, name, config.contrast)
+            for name in {c.concept for c in text_level.values()}
+        }
         best = np.argmax(selectivity.auroc, axis=0)
         with session_scope(self.engine) as session:
-            for feature in session.exec(select(Feature).where(Feature.sae_id == sae_id)):
-                cand, f = candidates.get(feature.index), feature.index
+            features = list(session.exec(select(Feature).where(Feature.sae_id == sae_id)))
+            mean_rate = float(np.mean([f.firing_rate for f in features])) if features else 0.0
+            examples = {f.index: feature_examples(f) for f in features if f.index in text_level}
+            wanted = {e.text_id for exs in examples.values() for e in exs}
+            tokens = dict(
+                session.exec(
+                    select(Context.text_id, Context.tokens).where(Context.text_id.in_(wanted))
+                ).all()
+            )
+            for feature in features:
+                f = feature.index
+                if f in text_level:
+                    concept = text_level[f].concept
+                    # the term rule needs a lexicon: only for concepts the taxonomy gives words
+                    words = taxonomy.concepts[concept].keywords + taxonomy.concepts[concept].terms
+                    terms = taxonomy.keywords_at if words else None
+                    peaks = peaks_of(examples[f], tokens, terms)
+                    rate = float(outside[concept][f])
+                    if reason := token_rejection(rate, peaks, config, mean_rate):
+                        reasons[f] = reason
+                # a token-level rejection keeps the concept (and AUROC) it was rejected for
+                named = text_level.get(f)
+                cand = named if f not in reasons else None
                 feature.candidate = cand is not None
-                feature.concept = cand.concept if cand else selectivity.concepts[best[f]]
+                feature.triage_reason = reasons.get(f)
+                feature.concept = named.concept if named else selectivity.concepts[best[f]]
                 feature.safety_score = float(cand.score) if cand else 0.0
-                feature.auroc = float(cand.auroc if cand else selectivity.auroc[best[f], f])
+                feature.auroc = float(named.auroc if named else selectivity.auroc[best[f], f])
                 feature.precision = float(cand.precision) if cand else None
                 session.add(feature)
-        return dict(Counter(c.concept for c in candidates.values()).most_common())
+        kept = [c for f, c in text_level.items() if f not in reasons]
+        return dict(Counter(c.concept for c in kept).most_common())
 
     def _concepts_by_text(self) -> dict[int, list[str]]:
         with Session(self.engine) as session:
@@ -306,6 +352,8 @@ class Workspace:
         coverage are a contract for the other rooms: add keys, never remove these. The rooms
         report their own progress through the Meta keys in ROOM_STATUS_KEYS (null until run).
         """
+        from safesail.selection import reason_kind
+
         sae_id = self.selected_sae
         with Session(self.engine) as session:
             features = select(func.count()).select_from(Feature).where(Feature.sae_id == sae_id)
@@ -318,6 +366,11 @@ class Workspace:
                     )
                 )
             )
+            rejected = session.exec(
+                select(Feature.triage_reason).where(
+                    Feature.sae_id == sae_id, Feature.triage_reason.is_not(None)
+                )
+            ).all()
             labels = list(
                 session.exec(
                     select(Explanation.feature, Explanation.source, Explanation.status).where(
@@ -334,6 +387,13 @@ class Workspace:
                 )
             ).one()
             rooms = {key: get_meta(session, key) for key in ROOM_STATUS_KEYS}
+        if isinstance(rooms.get("calibration"), dict):  # judged by the readers too, where known
+            from safesail.reference_check import reference_agreement
+
+            rooms["calibration"] = {
+                **rooms["calibration"],
+                "reference_agreement": reference_agreement(self),
+            }
         accepted = [(f, source) for f, source, st in labels if st == "accepted"]
         explained = {f for f, _ in accepted}
         open_auto = {f for f, src, st in labels if src == "auto" and st != "accepted"} - explained
@@ -345,6 +405,7 @@ class Workspace:
             "features_with_examples": with_examples,
             "safety_candidates": len(candidates),
             "candidates_per_concept": dict(Counter(c for _, c in candidates).most_common()),
+            "triage_rejected": dict(Counter(reason_kind(r) for r in rejected).most_common()),
             "saes": [
                 {
                     "id": r.id,

@@ -200,9 +200,14 @@ def test_heldout_macro_f1_known_answers():
     X = np.vstack([rng.normal(-4, 0.2, (8, 2)), rng.normal(4, 0.2, (8, 2))])
     y = np.array(["a"] * 8 + ["b"] * 8)
     assert heldout_macro_f1(X, y, ALConfig()) == pytest.approx(1.0)
-    # a class seen once: some training folds hold a single class; still a valid score
-    f1 = heldout_macro_f1(X[:5], np.array(["a", "a", "a", "a", "b"]), ALConfig())
-    assert f1 is not None and 0.0 <= f1 <= 1.0
+    # a class seen once (far from the rest): the fold holding it out trains on "a" alone and
+    # predicts "a"; the other fold's model sees the b, but its held-out points are all a's at -4.
+    # So every prediction is "a": F1(a) = 2*(4/5)*1/(4/5+1) = 8/9, F1(b) = 0, macro = 4/9.
+    X1 = np.vstack([X[:4], [[4.0, 4.0]]])
+    f1 = heldout_macro_f1(X1, np.array(["a", "a", "a", "a", "b"]), ALConfig())
+    precision_a, recall_a = 4 / 5, 1.0
+    expected = (2 * precision_a * recall_a / (precision_a + recall_a) + 0.0) / 2
+    assert f1 == pytest.approx(expected)
     assert heldout_macro_f1(X[:3], y[:3], ALConfig()) is None  # too few labels
 
 

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from app import data
 from exports.synthetic import populate
-from safesail.storage import Explanation, Feature, session_scope
+from safesail.storage import Explanation, Feature, get_meta, session_scope
 from tests.conftest import copy_workspace
 
 VIEWS = Path(__file__).parent.parent / "app" / "views"
@@ -101,7 +101,37 @@ def test_coverage_and_estimate(populated_ws):
     est = data.labels_needed(ws.engine)
     queued = int(by_state.get("queued for humans", 0))
     assert est.queued == queued and est.human_needed >= queued
-    assert est.to_target is not None and est.to_target >= 0
+    # independently: least squares of F1 on ln(labels) over the learner's curve (its input),
+    # solved for the target and rounded up, minus the labels it already has
+    import math
+
+    with Session(ws.engine) as session:
+        curve = [(n, f) for n, f in get_meta(session, "learner")["curve"] if f is not None]
+    xs, ys = [math.log(n) for n, _ in curve], [f for _, f in curve]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+    need = math.ceil(math.exp((est.target_f1 - (my - slope * mx)) / slope))
+    assert curve[-1][1] < est.target_f1 and slope > 0  # the synthetic curve is not there yet
+    assert est.to_target == need - max(n for n, _ in curve) and est.to_target > 0
+
+
+def test_labels_to_target_known_curves():
+    import math
+
+    import pandas as pd
+
+    # F1 = 0.1 + 0.1 ln(n) exactly: reaches 0.8 at n = e^7 = 1096.6 -> 1097 labels, 40 there
+    exact = pd.DataFrame(
+        {"labels": [10, 20, 40], "f1": [0.1 + 0.1 * math.log(n) for n in (10, 20, 40)]}
+    )
+    assert data._to_target(exact, 0.8) == 1097 - 40
+    reached = pd.DataFrame({"labels": [10, 20, 40], "f1": [0.5, 0.7, 0.85]})
+    assert data._to_target(reached, 0.8) == 0
+    falling = pd.DataFrame({"labels": [10, 20, 40], "f1": [0.6, 0.5, 0.4]})
+    assert data._to_target(falling, 0.8) is None
+    assert data._to_target(exact.head(2), 0.8) is None  # too few points
 
 
 def test_heatmap_escapes_tokens():

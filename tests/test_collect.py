@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -87,6 +89,66 @@ def test_batched_forward_matches_single_texts(lm):
     single = torch.cat([lm.residuals([row], [2])[2] for row in ids])
     assert batched.shape == (sum(len(r) for r in ids), lm.hidden_size)
     torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-3)
+
+
+class _SlowBlock(torch.nn.Module):
+    """Adds its number + 1 to the stream, slowly (so two threads' forwards overlap)."""
+
+    def __init__(self, i: int) -> None:
+        super().__init__()
+        self.i = i
+
+    def forward(self, x):
+        time.sleep(0.002)
+        return (x + self.i + 1,)
+
+
+class _Decoder(torch.nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(_SlowBlock(i) for i in range(n))
+
+    def forward(self, input_ids, attention_mask, use_cache):
+        x = input_ids.float().unsqueeze(-1)
+        for block in self.layers:
+            x = block(x)[0]
+        return x
+
+
+def test_concurrent_forwards_do_not_race():
+    """The app's cached inspector serves several sessions from one model: two threads asking for
+    different depths get their own, correct residuals, and the model keeps all its blocks."""
+    import threading
+    from types import SimpleNamespace
+
+    from safesail.lm import LanguageModel
+
+    n = 12
+    holder = torch.nn.Module()
+    holder.model = _Decoder(n)
+    lm = LanguageModel("fake", SimpleNamespace(pad_token_id=0), holder, 1, n, bos_id=0)
+    batch = [[5, 6, 7]]
+    # after block L the stream is token + sum_{i<=L}(i + 1) = token + (L+1)(L+2)/2
+    expected = {L: torch.tensor([[5.0], [6.0], [7.0]]) + (L + 1) * (L + 2) / 2 for L in range(n)}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def work(layer: int) -> None:
+        start.wait()
+        try:
+            for _ in range(240 // (layer + 1)):  # both threads busy for about as long
+                out = lm.residuals(batch, [layer])[layer]
+                torch.testing.assert_close(out, expected[layer])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(L,)) for L in (1, n - 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert len(holder.model.layers) == n
 
 
 def _feature_table(ws, sae_id):

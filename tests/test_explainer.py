@@ -6,29 +6,31 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
+import signal
+from pathlib import Path
 
 import pytest
 from sqlmodel import Session, delete, select
 
 from safesail.cli import main
+from safesail.errors import SafesailError
+from safesail.explainer.clients import LlmClient
 from safesail.explainer.config import EMBEDDED_ALIAS, ExplainConfig, LlmConfig
 from safesail.explainer.pipeline import explain
 from safesail.explainer.plugin import demo
 from safesail.explainer.server import EmbeddedServer
 from safesail.explainer.simulate import seed_gold
 from safesail.storage import Explanation, Feature, LlmCall, Score, get_meta
-from tests.conftest import copy_workspace
+from tests.conftest import copy_workspace, skip_or_fail
 
-needs_llama = pytest.mark.skipif(
-    importlib.util.find_spec("llama_cpp") is None,
-    reason="llama-cpp-python is not installed (pip install 'llama-cpp-python[server]')",
-)
+NO_LLAMA = "llama-cpp-python is not installed (pip install 'llama-cpp-python[server]')"
 
 
 @pytest.fixture(scope="module")
 def llm_url(tmp_path_factory):
     if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python is not installed (pip install 'llama-cpp-python[server]')")
+        skip_or_fail(NO_LLAMA)
     server = EmbeddedServer(tmp_path_factory.mktemp("llm"), port=8790)
     info, _ = server.up()
     yield info.base_url
@@ -55,7 +57,6 @@ def _counts(ws) -> tuple[int, int, float]:
     )
 
 
-@needs_llama
 def test_explain_end_to_end_over_real_http(triaged_ws, tmp_path, lm, llm_url):
     ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)
     sae = ws.selected_sae
@@ -97,7 +98,8 @@ def test_explain_end_to_end_over_real_http(triaged_ws, tmp_path, lm, llm_url):
     assert {"explain", "detection"} <= steps
     assert meta["target"] == 0.9 and meta["model"] == EMBEDDED_ALIAS
     assert meta["n_gold"] == sum(1 for r in explained if r.feature in gold)
-    assert status["calibration"] == meta
+    # status adds the readers' verdict where a reference set exists (none for this tiny SAE)
+    assert status["calibration"] == {**meta, "reference_agreement": None}
 
     # rerun: nothing new is asked or paid
     again = explain(ws, config, llm, progress=False)
@@ -116,8 +118,9 @@ def test_explain_end_to_end_over_real_http(triaged_ws, tmp_path, lm, llm_url):
     assert (back.concepts, back.text) == (lost.concepts, lost.text)
 
 
-@needs_llama
 def test_llm_commands_start_once_and_stop(tmp_path, capsys):
+    if importlib.util.find_spec("llama_cpp") is None:
+        skip_or_fail(NO_LLAMA)
     base = ["--workspace", str(tmp_path / "ws"), "--port", "8791"]
     assert main(["llm", "up", *base]) == 0
     assert main(["llm", "up", *base]) == 0
@@ -131,6 +134,61 @@ def test_llm_commands_start_once_and_stop(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.split("stopped\n")[-1])["running"] is False
 
 
+def test_a_failed_demo_step_names_the_command_that_resumes_it(triaged_ws, tmp_path, lm):
+    """The demo's core steps are done (so they are skipped); a room's step fails: the error
+    names the step and the command that reruns only it."""
+    from safesail.cli import build_parser
+    from safesail.cli import demo as run_demo
+    from safesail.plugins import Plugin
+    from tests.conftest import TINY_SPECS
+
+    def broken(ws, args, progress):
+        raise SafesailError("LLM endpoint gone")
+
+    ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)
+    specs = [f for s in TINY_SPECS for f in ("--spec", f"{s.layer}:{s.d_sae}:{s.k}")]
+    args = build_parser([]).parse_args(["demo", "--workspace", str(tmp_path / "ws"), *specs])
+    args.plugins = [
+        Plugin(
+            "explainer",
+            20,
+            demo=broken,
+            resume=lambda a: f"safesail explain --workspace {a.workspace}",
+        )
+    ]
+    with pytest.raises(SafesailError) as caught:
+        run_demo(ws, args, progress=False)
+    assert str(caught.value) == (
+        "demo step 'explainer' failed: LLM endpoint gone. Earlier steps are kept: "
+        f"`safesail explain --workspace {tmp_path / 'ws'}` reruns only this step; rerunning "
+        "the demo skips the finished ones"
+    )
+
+
 def test_demo_step_waits_for_gold_labels(triaged_ws, capsys):
     assert demo(triaged_ws, argparse.Namespace(), False) == 0
     assert "waits for gold labels" in capsys.readouterr().out
+
+
+def test_a_server_that_dies_is_reported_with_its_signal_and_log(triaged_ws, tmp_path, lm):
+    """The real server, its llama.cpp process killed by SIGILL as an illegal instruction would:
+    the client says the server died and how, instead of 'connection refused, rerun'."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        skip_or_fail(NO_LLAMA)
+    ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)
+    server = EmbeddedServer(ws.config.workspace, port=8792)
+    info, _ = server.up()
+    try:
+        assert server.death() is None
+        children = Path(f"/proc/{info.pid}/task/{info.pid}/children").read_text().split()
+        os.kill(int(children[0]), signal.SIGILL)
+        config = LlmConfig(base_url=info.base_url, max_retries=4, backoff_s=0.2)
+        client = LlmClient(ws.engine, config, info.base_url, death=server.death)
+        with pytest.raises(SafesailError) as caught:
+            client.chat([{"role": "user", "content": "hi"}], step="test", max_tokens=2)
+    finally:
+        server.down()
+    message = str(caught.value)
+    assert f"pid {info.pid}) was killed by SIGILL (Illegal instruction)" in message
+    assert "make install" in message and "last log lines:" in message
+    assert "connection" not in message

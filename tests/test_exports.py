@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import delete
 from sqlmodel import Session, select
 
-from exports.api import import_file, read_export, write_export
+from exports.api import PROVENANCE, import_file, read_export, write_export
 from exports.formats import FORMATS, _one_per_feature
 from exports.records import gather_records
 from exports.synthetic import PROJECT, populate
@@ -58,7 +58,9 @@ def test_gold_set_has_provenance(labeled_ws):
         assert r.agreement in (0.5, 1.0) and r.kappa is not None
         assert (r.layer, r.d_sae, r.model) == (sae.layer, sae.d_sae, labeled_ws.model_name)
     for r in auto:
-        assert r.agreement == r.probability and {s["scorer"] for s in r.scores} == {
+        # the calibrated P(agrees with experts) is `probability`; `agreement` is annotators'
+        assert r.probability is not None and r.agreement is None
+        assert {s["scorer"] for s in r.scores} == {
             "detection",
             "simulation",
         }
@@ -69,16 +71,20 @@ def test_round_trip(fmt, labeled_ws, blank_ws, tmp_path):
     records = gather_records(labeled_ws.engine, include_unaccepted=True)
     write_export(records, fmt, tmp_path / fmt)
     _clear(blank_ws)
-    report = import_file(blank_ws, fmt, tmp_path / fmt)
+    report = import_file(blank_ws, fmt, tmp_path / fmt, trust=True)  # our own export
     one_per_feature = fmt in ("delphi", "safesail-db")
     expected = _one_per_feature(records) if one_per_feature else records
     assert report.skipped == [] and report.added == len(expected)
     back = gather_records(blank_ws.engine, include_unaccepted=True, include_priors=True)
+    origin = {(r.details or {}).pop(PROVENANCE)["file"] for r in back}
+    assert origin == {str((tmp_path / fmt).resolve())}  # a trusted import says where from
+    for r in back:
+        r.details = r.details or None
     keeps = FORMATS[fmt].keeps
     assert _project(back, keeps) == _project(expected, keeps)
     if fmt in ("jsonl", "parquet", "csv"):
         assert back == records  # lossless, provenance and Label Studio ids included
-    again = import_file(blank_ws, fmt, tmp_path / fmt)
+    again = import_file(blank_ws, fmt, tmp_path / fmt, trust=True)
     assert (again.added, again.present) == (0, report.added)
 
 
@@ -118,34 +124,108 @@ SAFE_SAIL_DB = {
     "{L}_99999": {"explanation": "too far", "correlation_score": 0.3, "tag_list": ["terror"]},
     "{O}_3": {"explanation": "other layer", "correlation_score": 0.3, "tag_list": ["terror"]},
     "layer3-neuron4": {"explanation": "bad key", "correlation_score": 0.3, "tag_list": []},
+    "{L}_11": {"explanation": None, "correlation_score": 0.3, "tag_list": ["terror"]},
 }
+QWEN = "Qwen/Qwen2.5-3B-Instruct"
 
 
-def test_safesail_db_import(blank_ws, tmp_path):
-    _clear(blank_ws)
-    sae = next(s for s in blank_ws.saes() if s.id == blank_ws.selected_sae)
-    raw = json.dumps(SAFE_SAIL_DB).replace("{L}", str(sae.layer)).replace("{O}", str(sae.layer + 5))
+def _db_file(tmp_path, layer: int):
+    raw = json.dumps(SAFE_SAIL_DB).replace("{L}", str(layer)).replace("{O}", str(layer + 5))
     path = tmp_path / "neuron_db.json"
     path.write_text(raw)
+    return path
+
+
+def test_safesail_db_import_registers_its_own_sae(blank_ws, tmp_path):
+    """A released DB explains Safe-SAIL's Qwen2.5-3B-Instruct SAEs: it is attached to those,
+    registered by identity (no weights), never to the selected SAE of another model."""
+    _clear(blank_ws)
+    sae = next(s for s in blank_ws.saes() if s.id == blank_ws.selected_sae)
+    L = sae.layer
+    path = _db_file(tmp_path, L)
     report = import_file(blank_ws, "safesail-db", path)
+    ids = {L: f"safe-sail-qwen2.5-3b-instruct-L{L}-w20480"}
+    ids[L + 5] = f"safe-sail-qwen2.5-3b-instruct-L{L + 5}-w20480"
+    why = {where: reason for where, reason in report.skipped}
+    assert why[f"{L}_11"] == "null explanation" and why[f"{L}_9"].startswith("bad row")
+    assert why[f"{L}_5"].startswith("masked") and "not a number" in why[f"{L}_8"]
+    assert "unknown concept" in why[f"{ids[L]}/10"]
+    assert "out of range (d_sae=20480)" in why[f"{ids[L]}/99999"]
+    assert report.added == 4 and len(report.skipped) == 8  # {O}_3 is its own layer's SAE now
+    with Session(blank_ws.engine) as session:
+        rows = session.exec(select(Explanation)).all()
+        assert {(e.sae_id, e.feature) for e in rows} == {
+            (ids[L], 3), (ids[L], 4), (ids[L], 7), (ids[L + 5], 3)
+        }  # fmt: skip
+        assert all(e.sae_id != sae.id for e in rows)  # nothing on the SmolLM2 SAE
+    registered = {s.id: s for s in blank_ws.saes() if s.id in ids.values()}
+    ref = registered[ids[L]]
+    assert (ref.source, ref.path, ref.model, ref.layer) == ("reference-only", "", QWEN, L)
+    assert (ref.d_sae, ref.d_in, ref.k, ref.hook) == (20480, 2048, 200, f"blocks.{L}.hook_mlp_out")
+    assert blank_ws.selected_sae == sae.id  # the selection is untouched
+    priors = gather_records(blank_ws.engine, include_priors=True)
+    assert {(r.sae_id, r.model) for r in priors} == {(i, QWEN) for i in ids.values()}
+    # the CLI reports the same and adds nothing twice
+    code = main(["import", "safesail-db", str(path), "--workspace", str(blank_ws.config.workspace)])
+    assert code == 0 and len(gather_records(blank_ws.engine, include_priors=True)) == 4
+    assert blank_ws.status()["labels"]["prior"] == 0  # the selected SAE's count: none on it
+
+
+def test_safesail_db_refuses_another_models_sae(blank_ws, tmp_path, capsys):
+    _clear(blank_ws)
+    sae = next(s for s in blank_ws.saes() if s.id == blank_ws.selected_sae)
+    path = _db_file(tmp_path, sae.layer)
+    ws = str(blank_ws.config.workspace)
+    assert main(["import", "safesail-db", str(path), "--workspace", ws, "--sae", sae.id]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"SAE {sae.id} belongs to" in err and QWEN in err
+    with Session(blank_ws.engine) as session:
+        assert session.exec(select(Explanation)).all() == []
+
+
+def test_safesail_db_import_onto_this_models_sae(blank_ws, tmp_path):
+    """A DB declared as written for this workspace's model attaches to the SAE named."""
+    _clear(blank_ws)
+    sae = next(s for s in blank_ws.saes() if s.id == blank_ws.selected_sae)
+    path = _db_file(tmp_path, sae.layer)
+    report = import_file(blank_ws, "safesail-db", path, sae_id=sae.id, db_model=blank_ws.model_name)
     assert report.added == 3 and report.present == 0
     why = {where: reason for where, reason in report.skipped}
     L = sae.layer
     assert why[f"{L}_5"].startswith("masked") and why[f"{L}_6"].startswith("masked")
     assert "not a number" in why[f"{L}_8"] and why[f"{L}_9"].startswith("bad row")
+    assert why[f"{L}_11"] == "null explanation"
     assert "unknown concept" in why[f"{sae.id}/10"] and "out of range" in why[f"{sae.id}/99999"]
     assert "does not match" in why[f"{L + 5}_3"] and "<layer>_<index>" in why["layer3-neuron4"]
-    assert len(report.skipped) == 8
+    assert len(report.skipped) == 9
     with Session(blank_ws.engine) as session:
         rows = {e.feature: e for e in session.exec(select(Explanation))}
         assert {e.source for e in rows.values()} == {"prior"}
+        assert {e.sae_id for e in rows.values()} == {sae.id}
         assert rows[4].concepts == ["sexual_content", "violence"]
         score = session.exec(select(Score).where(Score.explanation_id == rows[7].id)).one()
         assert score.value == 0.7
-    # the CLI reports the same and adds nothing twice
-    code = main(["import", "safesail-db", str(path), "--workspace", str(blank_ws.config.workspace)])
-    assert code == 0 and len(gather_records(blank_ws.engine, include_priors=True)) == 3
-    assert blank_ws.status()["labels"]["prior"] == 3
+    again = import_file(blank_ws, "safesail-db", path, sae_id=sae.id, db_model=blank_ws.model_name)
+    assert (again.added, again.present) == (0, 3)
+
+
+def test_safesail_db_on_an_empty_workspace(tmp_path, lm):
+    """No corpus, no SAE: the DB comes in on its own SAE, browsable and exportable."""
+    from app import data
+    from tests.conftest import make_workspace
+
+    ws = make_workspace(tmp_path / "empty", lm)
+    path = _db_file(tmp_path, 8)
+    report = import_file(ws, "safesail-db", path)
+    assert report.added == 4 and ws.selected_sae is None
+    land = data.landscape(ws.engine)
+    assert "safe-sail-qwen2.5-3b-instruct-L8-w20480" in set(land["sae"])
+    out = tmp_path / "out"
+    args = ["export", "--workspace", str(ws.config.workspace), "--quiet", "--include-priors"]
+    assert main([*args, "--format", "jsonl", "--out", str(out)]) == 0
+    records, _ = read_export("jsonl", out)
+    assert len(records) == 4 and {r.model for r in records} == {QWEN}
+    assert {(r.layer, r.d_sae) for r in records} == {(8, 20480), (13, 20480)}
 
 
 def test_import_errors(blank_ws, tmp_path, capsys):
@@ -168,3 +248,41 @@ def test_demo_step_writes_gold(labeled_ws):
     assert records == gather_records(labeled_ws.engine)
     db = labeled_ws.config.workspace / "exports" / "safesail-db" / f"{labeled_ws.selected_sae}.json"
     assert len(json.loads(db.read_text())) == len({(r.sae_id, r.index) for r in records})
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_crafted_import_lands_as_prior_unless_trusted(fmt, blank_ws, tmp_path):
+    """A file's source and status are claims: without --trust a crafted "human, accepted" row
+    becomes a prior (outside the gold set, below every label); with it, the row keeps its source
+    and records the file and the time it came from."""
+    from exports.records import ExportRecord
+    from safesail.storage import best_accepted
+
+    _clear(blank_ws)
+    concept = blank_ws.taxonomy.safety_concepts()[0]
+    crafted = ExportRecord(
+        sae_id=blank_ws.selected_sae,
+        index=0,
+        explanation="planted gold",
+        concepts=[concept],
+        source="human",
+        status="accepted",
+        author="mallory",
+    )
+    write_export([crafted], fmt, tmp_path / fmt)
+    data = next(p for p in (tmp_path / fmt).iterdir() if p.name.startswith("explanations"))
+    ws = str(blank_ws.config.workspace)
+    assert main(["import", fmt, str(data), "--workspace", ws, "--quiet"]) == 0
+    assert gather_records(blank_ws.engine) == []  # nothing became gold
+    with Session(blank_ws.engine) as session:
+        (row,) = session.exec(select(Explanation)).all()
+        assert (row.source, row.status) == ("prior", "accepted")
+        provenance = row.details[PROVENANCE]
+        assert provenance["trusted"] is False and provenance["claimed_source"] == "human"
+        assert provenance["file"] == str(data.resolve()) and provenance["imported_at"]
+    assert main(["import", fmt, str(data), "--workspace", ws, "--quiet", "--trust"]) == 0
+    (gold,) = gather_records(blank_ws.engine)
+    assert gold.source == "human" and gold.details[PROVENANCE]["trusted"] is True
+    assert gold.details[PROVENANCE]["file"] == str(data.resolve())
+    with Session(blank_ws.engine) as session:
+        assert best_accepted(session, blank_ws.selected_sae)[0].source == "human"

@@ -9,6 +9,7 @@ import os
 import socket
 import stat
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from sqlmodel import Session, select
@@ -77,6 +78,10 @@ def test_server_status_and_secrets(ls_home):
     creds = server.credentials(ls_home)
     log = p.log.read_text(errors="replace")
     assert creds["token"] not in log and creds["password"] not in log
+    # started without `label listen`: Label Studio's SSRF subnet ban stays on
+    environ = Path(f"/proc/{state.pid}/environ").read_bytes().split(b"\0")
+    assert not any(v.startswith(b"LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS") for v in environ)
+    assert not server.allows_local_webhooks(ls_home)
     assert (p.data / "label_studio.sqlite3").exists()  # data in the workspace, not in ~
     again = server.up(ls_home, default_cache_dir(), progress=False)
     assert again.pid == state.pid  # idempotent: already running
@@ -260,9 +265,10 @@ def test_simulated_demo_fills_labels_and_learner(triaged_ws, ls_home, tmp_path, 
     assert ws.status()["annotation"]["tasks"] == 12
 
 
-def test_webhook_pulls_new_annotations(ws):
+def test_webhook_pulls_new_annotations(ws, ls_home):
     """`label listen`: Label Studio's ANNOTATION_CREATED webhook (to a local endpoint, allowed by
-    the managed server's settings) makes the annotations land without a manual pull."""
+    the managed server's settings, which the listen path turns on) makes the annotations land
+    without a manual pull."""
     import threading
     import time
 
@@ -270,6 +276,7 @@ def test_webhook_pulls_new_annotations(ws):
 
     push(ws, 3, config=FAST, progress=False)
     httpd = webhook_server(ws, _free_port(), FAST)
+    assert server.allows_local_webhooks(ls_home)  # restarted with the SSRF ban off for this
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:

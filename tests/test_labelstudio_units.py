@@ -153,3 +153,63 @@ def test_overlap_share_is_stable_and_close_to_the_fraction():
     assert 0.17 < share < 0.23
     assert [wants_two(k, 0.2) for k in keys[:50]] == [wants_two(k, 0.2) for k in keys[:50]]
     assert not any(wants_two(k, 0.0) for k in keys) and all(wants_two(k, 1.0) for k in keys)
+
+
+def test_login_line_shows_no_password(tmp_path):
+    """What `make demo` and `labelstudio up` print: the username and where the 0600 credentials
+    file is, never the password or the API token."""
+    import os
+    import stat
+    from types import SimpleNamespace
+
+    from annotation import server
+    from annotation.plugin import login_line
+    from safesail.config import WorkspaceConfig
+
+    ws = SimpleNamespace(config=WorkspaceConfig(tmp_path, None))
+    line = login_line(ws, "http://127.0.0.1:8080")
+    creds = server.credentials(tmp_path)
+    path = server.paths(tmp_path).credentials
+    assert creds["password"] not in line and creds["token"][:8] not in line
+    assert creds["username"] in line and str(path) in line
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_ssrf_ban_stays_on_unless_listen_asks(tmp_path, monkeypatch):
+    """Label Studio's SSRF protection (banned private/loopback subnets) is only turned off for a
+    server started for `label listen`; an inherited setting does not leak in either."""
+    from annotation import server
+
+    for prefix in ("LABEL_STUDIO_", "HEARTEX_", ""):  # Label Studio reads all three
+        monkeypatch.setenv(f"{prefix}USE_DEFAULT_BANNED_SUBNETS", "false")
+    p = server.paths(tmp_path)
+    creds = server.credentials(tmp_path)
+    assert server.ServerConfig().local_webhooks is False
+    assert not any(k.endswith("USE_DEFAULT_BANNED_SUBNETS") for k in server._server_env(p, creds))
+    env = server._server_env(p, creds, local_webhooks=True)
+    assert env["LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS"] == "false"
+
+
+def test_listen_restarts_a_server_that_bans_local_webhooks(tmp_path, monkeypatch):
+    import json
+
+    from annotation import server
+
+    p = server.paths(tmp_path)
+    p.root.mkdir(parents=True)
+    p.state.write_text(json.dumps({"pid": 1, "url": "u", "port": 18080, "host": "127.0.0.1"}))
+    started = []
+
+    def fake_up(workspace, cache_dir, config, progress):
+        started.append(config)
+        state = {"pid": 2, "url": "u", "port": config.port, "local_webhooks": config.local_webhooks}
+        p.state.write_text(json.dumps(state))
+
+    monkeypatch.setattr(server, "status", lambda ws: server.ServerState("u", 1, True, True))
+    monkeypatch.setattr(server, "down", lambda ws: True)
+    monkeypatch.setattr(server, "up", fake_up)
+    assert server.ensure_local_webhooks(tmp_path, tmp_path, progress=False) is True
+    assert started == [server.ServerConfig(port=18080, host="127.0.0.1", local_webhooks=True)]
+    assert server.allows_local_webhooks(tmp_path)
+    assert server.ensure_local_webhooks(tmp_path, tmp_path, progress=False) is False
+    assert len(started) == 1  # already allowed: no second restart

@@ -40,7 +40,9 @@ from safesail.explainer.explainers import (
     corpus_evidence,
     explain_messages,
     explanation_schema,
+    fired_tokens,
     nearest_shots,
+    segment,
 )
 from safesail.explainer.scorers import HeldOut, ScoreResult, score_explanation, text_similarity
 from safesail.storage import (
@@ -50,6 +52,7 @@ from safesail.storage import (
     Score,
     corpus_concepts,
     get_meta,
+    human_labels,
     session_scope,
     set_meta,
 )
@@ -97,34 +100,31 @@ class ExplainReport(NamedTuple):
 
 
 @contextmanager
-def endpoint(ws: Any, config: LlmConfig, progress: bool = True) -> Iterator[str]:
-    """The configured endpoint, or the embedded server (started here, and stopped again if
-    it was not already running)."""
+def endpoint(ws: Any, config: LlmConfig, progress: bool = True) -> Iterator[LlmClient]:
+    """A client of the configured endpoint, or of the embedded server (started here, and
+    stopped again if it was not already running; its death is reported as such)."""
     from safesail.explainer.server import EmbeddedServer
 
     if (url := config.resolved_base_url) is not None:
-        yield url
+        yield LlmClient(ws.engine, config, url)
         return
     server = EmbeddedServer(ws.config.workspace)
     info, started = server.up()
     if started and progress:
         print(f"started the embedded LLM server at {info.base_url} (log {info.log})")
     try:
-        yield info.base_url
+        yield LlmClient(ws.engine, config, info.base_url, death=server.death)
     finally:
         if started:
             server.down()
 
 
 def gold_labels(session: Session, sae_id: str) -> dict[int, Gold]:
-    rows = session.exec(
-        select(Explanation).where(
-            Explanation.sae_id == sae_id,
-            Explanation.source == "human",
-            Explanation.status == "accepted",
-        )
-    )
-    return {r.feature: Gold(list(r.concepts), r.text or "", r.confidence) for r in rows}
+    """The gold set: each feature's human label (storage.human_labels: the latest accepted)."""
+    return {
+        f: Gold(list(r.concepts), r.text or "", r.confidence)
+        for f, r in human_labels(session, sae_id).items()
+    }
 
 
 def _vector(feature: Feature, concepts: list[str]) -> np.ndarray:
@@ -220,7 +220,14 @@ def _explain_one(
         step="explain",
         max_tokens=config.max_tokens,
         schema=explanation_schema(concept_choices(labels, config, material.evidence)),
-        context={"labels": set(labels)},
+        context={
+            "labels": set(labels),
+            "safety": [c for c in labels if c not in (BENIGN, UNINTERPRETABLE)],
+            "fired": fired_tokens(
+                [segment(*c, config) for c in material.explain[: config.n_shown]],
+                config.mark_fraction,
+            ),
+        },
         sae_id=sae_id,
         feature=material.feature,
     )
@@ -345,38 +352,39 @@ def _run(ws, sae_id, todo, gold_features, gold, config, llm, labels, concepts, p
         if f in gold
     ]
     failed = 0
-    with endpoint(ws, llm, progress) as base_url:
-        client = LlmClient(ws.engine, llm, base_url)
-        with ThreadPoolExecutor(max_workers=llm.concurrency) as pool:
-            futures = [
-                pool.submit(
-                    _explain_one,
-                    client,
-                    sae_id,
-                    materials[f],
-                    labels,
-                    nearest_shots(materials[f].vector, shots_pool, config.few_shot, exclude=f)
-                    if config.prompting == "ours"
-                    else [],
-                    config,
-                )
-                for f in todo
-                if f in materials
-            ]
-            try:
-                for future in tqdm(
-                    as_completed(futures),
-                    total=len(futures),
-                    desc="explain",
-                    disable=not progress,
-                ):
-                    outcome = future.result()
-                    failed += outcome.answer is None
-                    _store(ws, sae_id, outcome, client.model, config)
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+    with (
+        endpoint(ws, llm, progress) as client,
+        ThreadPoolExecutor(max_workers=llm.concurrency) as pool,
+    ):
+        futures = [
+            pool.submit(
+                _explain_one,
+                client,
+                sae_id,
+                materials[f],
+                labels,
+                nearest_shots(materials[f].vector, shots_pool, config.few_shot, exclude=f)
+                if config.prompting == "ours"
+                else [],
+                config,
+            )
+            for f in todo
+            if f in materials
+        ]
+        try:
+            for future in tqdm(
+                as_completed(futures),
+                total=len(futures),
+                desc="explain",
+                disable=not progress,
+            ):
+                outcome = future.result()
+                failed += outcome.answer is None
+                _store(ws, sae_id, outcome, client.model, config)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
     return failed
 
 

@@ -174,4 +174,5 @@ PLUGIN = Plugin(
     add_commands=add_commands,
     add_demo_options=add_demo_options,
     demo=demo,
+    resume=lambda args: f"safesail explain --workspace {args.workspace}",
 )

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from safesail.errors import SafesailError
 from safesail.explainer.config import EMBEDDED_ALIAS
-from safesail.procs import http_ok, pid_alive, stop_group
+from safesail.procs import http_ok, pid_alive, start_time, stop_group
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -37,6 +37,9 @@ class ServerInfo(NamedTuple):
     base_url: str
     model: str
     log: str
+    started: int | None = None
+    """The supervisor's start time (procs.start_time): with the pid, it names the process, so a
+    recycled pid reads as gone and is never signalled."""
 
 
 def gguf_path() -> Path:
@@ -87,7 +90,7 @@ class EmbeddedServer:
         except (ValueError, TypeError):
             self.state.unlink(missing_ok=True)
             return None
-        if not _alive(info.pid):
+        if not _alive(info.pid, info.started):
             self.state.unlink(missing_ok=True)
             return None
         return info
@@ -101,7 +104,7 @@ class EmbeddedServer:
             info = ServerInfo(**json.loads(self.state.read_text()))
         except (ValueError, TypeError):
             return None
-        if _alive(info.pid):
+        if _alive(info.pid, info.started):
             return None
         ended = _read_exit(self.exit_record, info.pid)
         return f"the embedded LLM server (pid {info.pid}) {ended}; {self._tail()} (log {self.log})"
@@ -158,7 +161,12 @@ class EmbeddedServer:
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         info = ServerInfo(
-            proc.pid, port, f"http://{self.host}:{port}/v1", EMBEDDED_ALIAS, str(self.log)
+            proc.pid,
+            port,
+            f"http://{self.host}:{port}/v1",
+            EMBEDDED_ALIAS,
+            str(self.log),
+            start_time(proc.pid),
         )
         self.state.write_text(json.dumps(info._asdict()))
         deadline = time.monotonic() + wait_s
@@ -181,15 +189,15 @@ class EmbeddedServer:
         self.state.unlink(missing_ok=True)
         if info is None:
             return False
-        return stop_group(info.pid, grace_s=5.0)
+        return stop_group(info.pid, grace_s=5.0, started=info.started)
 
 
-def _alive(pid: int) -> bool:
-    """pid_alive, after reaping the pid if it is our own exited child (a zombie still answers
-    kill(pid, 0))."""
+def _alive(pid: int, started: int | None = None) -> bool:
+    """pid_alive (the same process when its start time was recorded), after reaping the pid if
+    it is our own exited child (a zombie still answers kill(pid, 0))."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    return pid_alive(pid)
+    return pid_alive(pid, started)
 
 
 _HINTS = {
