@@ -45,6 +45,17 @@ class Format(NamedTuple):
 FORMATS: dict[str, Format] = {}
 
 
+def read_neuron_db(file: Path) -> dict[str, Any]:
+    """One Safe-SAIL neuron DB file as its JSON object; anything else is a one-line error."""
+    try:
+        db = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SafesailError(f"cannot read Safe-SAIL DB {file}: {exc}") from None
+    if not isinstance(db, dict):
+        raise SafesailError(f"{file} is not a Safe-SAIL neuron DB (expected a JSON object)")
+    return db
+
+
 def register(fmt: Format) -> Format:
     FORMATS[fmt.name] = fmt
     return fmt
@@ -496,12 +507,7 @@ def read_safesail_db(
         if target is None and not by_layer:
             raise SafesailError(f"which SAE does {file.name} belong to? pass --sae ID")
         layer = sae.layer if sae and sae.id == target else None
-        try:
-            db = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise SafesailError(f"cannot read Safe-SAIL DB {file}: {exc}") from None
-        if not isinstance(db, dict):
-            raise SafesailError(f"{file} is not a Safe-SAIL neuron DB (expected a JSON object)")
+        db = read_neuron_db(file)
         for key, row in db.items():
             match = _KEY.match(str(key))
             if not match:

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
+from exports.formats import read_neuron_db
 from exports.records import ImportReport, import_records, require_sae
 from safesail.errors import SafesailError
 from safesail.storage import REFERENCE_ONLY, SaeRecord, get_meta, session_scope
@@ -157,11 +158,6 @@ def _db_layers(path: Path) -> list[int]:
     files = sorted(p for p in path.glob("*.json") if "manifest" not in p.name)
     layers: set[int] = set()
     for file in files if path.is_dir() else [path]:
-        try:
-            db = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise SafesailError(f"cannot read Safe-SAIL DB {file}: {exc}") from None
-        if not isinstance(db, dict):
-            raise SafesailError(f"{file} is not a Safe-SAIL neuron DB (expected a JSON object)")
+        db = read_neuron_db(file)
         layers |= {int(m[1]) for k in db if (m := _KEY.match(str(k)))}
     return sorted(layers)
