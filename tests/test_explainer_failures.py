@@ -89,7 +89,11 @@ class Double:
         if what == "offtaxonomy":
             return json.dumps({**VALID, "concepts": ["aliens"]})
         if "explain a feature" in messages[0]["content"]:
-            return json.dumps(VALID).replace(" with", "\n with")  # a raw newline to repair
+            # like a model that follows the prompt: quote a marked token when there is one
+            answer = dict(VALID)
+            if marked := re.search(r"<<(.+?)>>", messages[-1]["content"]):
+                answer["explanation"] = f'Fires on "{marked[1]}": violent acts with weapons.'
+            return json.dumps(answer).replace(" with", "\n with")
         n = len(re.findall(r"^\d+\. ", messages[-1]["content"], flags=re.M))
         return json.dumps({"answers": [1] * n})
 
