@@ -16,6 +16,7 @@ bench/reference/RUBRIC.md, and is bound to the exact SAE weights by their sha256
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
@@ -57,7 +58,15 @@ def sae_sha256(engine: Engine, sae_id: str) -> str:
     weights = Path(record.path) / "sae_weights.safetensors"
     if not weights.exists():
         raise SafesailError(f"SAE {sae_id} has no weights file at {weights}")
-    return hashlib.sha256(weights.read_bytes()).hexdigest()
+    stat = weights.stat()
+    return _file_sha256(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Keyed by size and mtime too, so `status --json` (which the app polls) does not re-read
+    the weights every time, yet a rewritten file is hashed again."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _marked(tokens: list[str], acts: np.ndarray, scale: float) -> str:

@@ -9,8 +9,7 @@ reader-like simulated expert both ask this question, so it is answered once, her
 from __future__ import annotations
 
 import re
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 CONTENT = "content"
 FUNCTION = "function word"
@@ -286,15 +285,6 @@ def token_class(token: str) -> str:
     if word in FUNCTION_WORDS or word.strip("'’") in FUNCTION_WORDS:
         return FUNCTION
     return CONTENT
-
-
-def dominant_class(tokens: Iterable[str]) -> tuple[str, float]:
-    """The most common class among the tokens and its share (CONTENT, 0.0 for no tokens)."""
-    counts = Counter(token_class(t) for t in tokens)
-    if not counts:
-        return CONTENT, 0.0
-    name, n = counts.most_common(1)[0]
-    return name, n / sum(counts.values())
 
 
 def _joins(left: str, right: str) -> bool:

@@ -81,16 +81,17 @@ class EmbeddedServer:
         self.exit_record = self.dir / "exit.json"
         self.log = self.dir / "server.log"
 
+    def _recorded(self) -> ServerInfo | None:
+        """The server this workspace last recorded (None if none, or the record is unreadable)."""
+        try:
+            return ServerInfo(**json.loads(self.state.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
     def info(self) -> ServerInfo | None:
         """The recorded server if its process is still alive (stale records are removed)."""
-        if not self.state.exists():
-            return None
-        try:
-            info = ServerInfo(**json.loads(self.state.read_text()))
-        except (ValueError, TypeError):
-            self.state.unlink(missing_ok=True)
-            return None
-        if not _alive(info.pid, info.started):
+        info = self._recorded()
+        if info is None or not _alive(info.pid, info.started):
             self.state.unlink(missing_ok=True)
             return None
         return info
@@ -98,13 +99,8 @@ class EmbeddedServer:
     def death(self) -> str | None:
         """Why the recorded server is gone, in one line (exit status or signal and the last
         lines of its log), or None while it runs or when none was started here."""
-        if not self.state.exists():
-            return None
-        try:
-            info = ServerInfo(**json.loads(self.state.read_text()))
-        except (ValueError, TypeError):
-            return None
-        if _alive(info.pid, info.started):
+        info = self._recorded()
+        if info is None or _alive(info.pid, info.started):
             return None
         ended = _read_exit(self.exit_record, info.pid)
         return f"the embedded LLM server (pid {info.pid}) {ended}; {self._tail()} (log {self.log})"
