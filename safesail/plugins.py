@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-Handler = Callable[[Any, argparse.Namespace, bool], int | None]
+from safesail.contracts import Learner, LearnerFactory, Workspace
+
+Handler = Callable[[Workspace, argparse.Namespace, bool], int | None]
 """A command or demo step: (workspace, parsed args, show progress) -> exit code (None = 0)."""
 
 
@@ -32,6 +34,8 @@ class Plugin:
     """This room's part of `safesail demo`, run after the core steps."""
     resume: Callable[[argparse.Namespace], str] | None = None
     """(demo args) -> the command that reruns only this room's demo step, named when it fails."""
+    learner: LearnerFactory | None = None
+    """The active learner this room offers the others (see safesail.contracts.Learner)."""
 
 
 def load_plugins() -> list[Plugin]:
@@ -48,3 +52,12 @@ def load_plugins() -> list[Plugin]:
             continue
         plugins.append(plugin)
     return sorted(plugins, key=lambda p: (p.order, p.name))
+
+
+def find_learner(ws: Workspace, strategy: str | None = None) -> Learner | None:
+    """The installed active learner for the workspace's selected SAE, or None when no room
+    offers one (the labeling room then falls back to the triage ranking)."""
+    for plugin in load_plugins():
+        if plugin.learner is not None:
+            return plugin.learner(ws, strategy)
+    return None
