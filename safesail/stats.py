@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
-import math
+import numpy as np
+
+
+def wilson_bounds(
+    successes: np.ndarray | float, trials: np.ndarray | float, z: float = 1.96
+) -> tuple[np.ndarray, np.ndarray]:
+    """The Wilson score interval of many proportions at once, elementwise ((0, 0) where there
+    are no trials). Vectorised because triage bounds the precision of every feature x concept
+    pair in one pass; ``wilson_interval`` is this on one proportion, so the rooms share one
+    formula. Trials may be fractional (counts recovered from firing fractions)."""
+    successes, trials = np.asarray(successes, dtype=np.float64), np.asarray(trials, np.float64)
+    n = np.maximum(trials, 1e-12)
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(np.maximum(p * (1 - p) / n + z * z / (4 * n * n), 0.0))
+    scale = 1 + z * z / n
+    has_trials = trials > 0
+    return (
+        np.where(has_trials, (centre - spread) / scale, 0.0),
+        np.where(has_trials, (centre + spread) / scale, 0.0),
+    )
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """The Wilson score interval of a proportion ((0, 0) for n = 0): honest at small n and at
     proportions near 0 or 1, where the normal approximation is not."""
-    if n == 0:
-        return 0.0, 0.0
-    p = successes / n
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre - spread) / (1 + z * z / n), (centre + spread) / (1 + z * z / n)
+    low, high = wilson_bounds(successes, n, z)
+    return float(low), float(high)
