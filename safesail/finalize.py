@@ -1,0 +1,380 @@
+"""Feature rows from the stored activation chunks: per feature its statistics (firing counts,
+mean and max activation, quantiles, per-concept means and firing rates) and its examples.
+
+Finalize is a pure function of the stored chunks, so rerunning it gives the same rows, and it
+holds one chunk in memory at a time, so corpus size does not bound it. It reads the chunks
+twice because two things need a full pass first: choosing a feature's examples needs its top-K
+texts and every text's max activation, and its quantile histogram needs its max activation to
+set the bins. Pass 1 gathers those; pass 2 fills the histograms and picks up the per-token
+activations of the chosen examples.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from sqlalchemy import delete
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from safesail.activations import stored_chunks
+from safesail.config import CollectConfig
+from safesail.examples import choose_examples, in_sorted, pack_examples
+from safesail.storage import (
+    Context,
+    Feature,
+    SaeRecord,
+    corpus_concepts,
+    get_meta,
+    session_scope,
+)
+
+
+class CorpusView(NamedTuple):
+    """What finalize needs to know about the corpus, read once for all SAEs."""
+
+    plan: list[list[int]]
+    concepts: dict[int, list[str]]
+    lengths: dict[int, int]
+
+    @classmethod
+    def read(cls, engine: Engine) -> CorpusView:
+        with Session(engine) as session:
+            return cls(
+                get_meta(session, "chunk_plan") or [],
+                corpus_concepts(session),
+                {c.text_id: len(c.token_ids) for c in session.exec(select(Context))},
+            )
+
+
+class TextLayout(NamedTuple):
+    """Where each text sits in the stream of chunks, and its concepts as a matrix: both passes
+    address a text by its position, so (feature, position) pairs fit in one integer key."""
+
+    names: list[str]
+    """Every concept of the corpus, sorted: the rows of concept_of, the keys of concept_stats."""
+    order: list[int]
+    """The text id at each position (the chunk plan, flattened)."""
+    concept_of: sp.csr_matrix
+    """[concepts, positions]: 1 where the text at that position carries the concept."""
+
+
+class FirstPass(NamedTuple):
+    """What pass 1 gathers per feature (d features, k = top_k, c concepts)."""
+
+    n_tokens: int
+    n_fire: np.ndarray
+    """[d] tokens the feature fires on."""
+    total: np.ndarray
+    """[d] sum of its token activations."""
+    max_act: np.ndarray
+    """[d] its strongest activation (float32)."""
+    concept_sum: np.ndarray
+    """[c, d] sum of per-text maxima over each concept's texts."""
+    concept_fire: np.ndarray
+    """[c, d] texts of each concept it fires in."""
+    concept_n: np.ndarray
+    """[c] texts of each concept."""
+    top_vals: np.ndarray
+    """[k, d] the per-text maxima of its top-K texts, strongest first."""
+    top_pos: np.ndarray
+    """[k, d] the positions of those texts."""
+    per_text: sp.csc_matrix
+    """[positions, d] every text's max activation, for sampling decile examples."""
+
+
+class ExampleHits(NamedTuple):
+    """The nonzero token activations of the chosen examples, sorted by (pair key, token)."""
+
+    keys: np.ndarray
+    """feature * n_texts + position of each activation's (feature, text) pair."""
+    pos: np.ndarray
+    """Token index inside its text."""
+    val: np.ndarray
+    """The activation."""
+
+
+def finalize(
+    engine: Engine,
+    sae_id: str,
+    config: CollectConfig,
+    *,
+    corpus: CorpusView | None = None,
+    progress: bool = True,
+) -> None:
+    """Build the feature rows of one SAE from its stored chunks (bounded memory, idempotent)."""
+    corpus = corpus or CorpusView.read(engine)
+    with Session(engine) as session:
+        d = session.get(SaeRecord, sae_id).d_sae
+    layout = _text_layout(corpus)
+    n_texts = len(layout.order)
+    first = _first_pass(
+        engine,
+        sae_id,
+        d,
+        len(corpus.plan),
+        layout,
+        config.top_k,
+        f"Statistics {sae_id}" if progress else None,
+    )
+    pair_keys, pair_kinds = choose_examples(
+        first.top_vals, first.top_pos, first.per_text, config, n_texts
+    )
+    hist, hits = _second_pass(
+        engine,
+        sae_id,
+        corpus,
+        n_texts,
+        first.max_act,
+        pair_keys,
+        config.histogram_bins,
+        f"Examples {sae_id}" if progress else None,
+    )
+    examples = _example_blobs(d, pair_keys, pair_kinds, hits, layout.order, corpus.lengths)
+    rows = _feature_rows(
+        sae_id,
+        first,
+        _quantiles(hist, first.n_fire, first.max_act, config),
+        _concept_means(first, len(layout.names)),
+        layout.names,
+        examples,
+    )
+    _write_features(engine, sae_id, rows)
+
+
+def _text_layout(corpus: CorpusView) -> TextLayout:
+    """Concept names, text positions and the concept one-hot matrix of the whole corpus."""
+    names = sorted({c for cs in corpus.concepts.values() for c in cs})
+    order = [t for chunk in corpus.plan for t in chunk]
+    column = {c: i for i, c in enumerate(names)}
+    rows_, cols_ = zip(
+        *[(column[c], j) for j, t in enumerate(order) for c in corpus.concepts[t]], strict=True
+    )
+    concept_of = sp.csr_matrix(
+        (np.ones(len(rows_)), (rows_, cols_)), shape=(len(names), len(order))
+    )
+    return TextLayout(names, order, concept_of)
+
+
+def _first_pass(
+    engine: Engine,
+    sae_id: str,
+    d: int,
+    n_chunks: int,
+    layout: TextLayout,
+    top_k: int,
+    desc: str | None,
+) -> FirstPass:
+    """Pass 1: counts, sums, maxima, per-concept text statistics and a streaming top-K of
+    texts per feature: what choosing examples and binning the histograms wait for."""
+    n_names = len(layout.names)
+    n_tokens = 0
+    n_fire = np.zeros(d, dtype=np.int64)
+    total = np.zeros(d)
+    max_act = np.zeros(d, dtype=np.float32)
+    concept_sum = np.zeros((n_names, d))
+    concept_fire = np.zeros((n_names, d))
+    concept_n = np.zeros(n_names)
+    top_vals = torch.zeros((0, d))
+    top_pos = torch.zeros((0, d), dtype=torch.long)
+    text_blocks: list[sp.csr_matrix] = []
+    offset = 0
+    for _, tokens, texts in stored_chunks(engine, sae_id, n_chunks, desc):
+        n_tokens += tokens.shape[0]
+        n_fire += np.bincount(tokens.indices, minlength=d)
+        total += np.bincount(tokens.indices, weights=tokens.data, minlength=d)
+        max_act = np.maximum(max_act, texts.max(axis=0).toarray().ravel())
+        onehot = layout.concept_of[:, offset : offset + texts.shape[0]]
+        concept_n += np.asarray(onehot.sum(axis=1)).ravel()
+        concept_sum += (onehot @ texts).toarray()
+        concept_fire += (onehot @ (texts > 0).astype(np.float64)).toarray()
+        top_vals, top_pos = _merge_top_k(top_vals, top_pos, texts, offset, top_k)
+        text_blocks.append(texts)
+        offset += texts.shape[0]
+    per_text = sp.vstack(text_blocks).tocsc() if text_blocks else sp.csc_matrix((0, d))
+    return FirstPass(
+        n_tokens,
+        n_fire,
+        total,
+        max_act,
+        concept_sum,
+        concept_fire,
+        concept_n,
+        top_vals.numpy(),
+        top_pos.numpy(),
+        per_text,
+    )
+
+
+def _merge_top_k(
+    top_vals: torch.Tensor, top_pos: torch.Tensor, texts: sp.csr_matrix, offset: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-K texts per feature so far merged with one chunk's texts (at positions from
+    offset): keeping only K rows bounds memory however large the corpus is."""
+    d = top_vals.shape[1]
+    dense = torch.from_numpy(texts.toarray())
+    vals = torch.cat([top_vals, dense])
+    pos = torch.cat(
+        [top_pos, torch.arange(offset, offset + dense.shape[0]).unsqueeze(1).expand(-1, d)]
+    )
+    top_vals, idx = torch.topk(vals, min(k, vals.shape[0]), dim=0)
+    return top_vals, torch.gather(pos, 0, idx)
+
+
+def _second_pass(
+    engine: Engine,
+    sae_id: str,
+    corpus: CorpusView,
+    n_texts: int,
+    max_act: np.ndarray,
+    pair_keys: np.ndarray,
+    bins: int,
+    desc: str | None,
+) -> tuple[np.ndarray, ExampleHits]:
+    """Pass 2: every feature's activation histogram (bins up to its max activation, known
+    from pass 1) and the per-token activations of the examples pass 1 chose."""
+    d = len(max_act)
+    hist = np.zeros(d * bins, dtype=np.int64)
+    scale = np.where(max_act > 0, bins / np.maximum(max_act, 1e-30), 0)
+    hit_keys, hit_pos, hit_val = [], [], []
+    offset = 0
+    for index, tokens, texts in stored_chunks(engine, sae_id, len(corpus.plan), desc):
+        coo = tokens.tocoo()
+        hist += _histogram_counts(coo, scale, bins, d)
+        lens = np.array([corpus.lengths[t] for t in corpus.plan[index]])
+        keys, pos, val = _chunk_hits(coo, lens, offset, n_texts, pair_keys)
+        hit_keys.append(keys)
+        hit_pos.append(pos)
+        hit_val.append(val)
+        offset += texts.shape[0]
+    hit_keys, hit_pos, hit_val = (
+        np.concatenate(a) if a else np.zeros(0) for a in (hit_keys, hit_pos, hit_val)
+    )
+    sort = np.lexsort((hit_pos, hit_keys))
+    return hist, ExampleHits(hit_keys[sort], hit_pos[sort], hit_val[sort])
+
+
+def _histogram_counts(coo: sp.coo_matrix, scale: np.ndarray, bins: int, d: int) -> np.ndarray:
+    """One chunk's token activations counted into [d * bins] histogram cells (flattened), the
+    top bin closed so that each feature's max activation falls inside it."""
+    bin_index = np.minimum((coo.data * scale[coo.col]).astype(np.int64), bins - 1)
+    return np.bincount(coo.col * bins + bin_index, minlength=d * bins)
+
+
+def _chunk_hits(
+    coo: sp.coo_matrix, lens: np.ndarray, offset: int, n_texts: int, pair_keys: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The token activations of one chunk that belong to a chosen example: their pair keys,
+    token positions inside their text, and values. Token rows of a chunk are its texts'
+    tokens back to back (lens), so a row maps to a text and a position by cumulative sums."""
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    local_text = np.repeat(np.arange(len(lens)), lens)[coo.row]
+    keys = coo.col.astype(np.int64) * n_texts + offset + local_text
+    hit = in_sorted(keys, pair_keys)
+    return keys[hit], coo.row[hit] - starts[local_text[hit]], coo.data[hit]
+
+
+def _quantiles(
+    hist: np.ndarray, n_fire: np.ndarray, max_act: np.ndarray, config: CollectConfig
+) -> dict[str, list[float]]:
+    """Per quantile, every feature's activation at it (the upper edge of the histogram bin the
+    quantile falls in), 0 for features that never fire; vectorised over features."""
+    d, bins = len(n_fire), config.histogram_bins
+    cum = hist.reshape(d, bins).cumsum(axis=1)
+    quantiles = {
+        str(q): (np.minimum((cum < (q * n_fire)[:, None]).sum(axis=1), bins - 1) + 1)
+        * (max_act / bins)
+        for q in config.quantiles
+    }
+    return {q: np.where(n_fire > 0, v, 0.0).tolist() for q, v in quantiles.items()}
+
+
+def _concept_means(first: FirstPass, n_names: int) -> list[tuple[list[float], list[float]]]:
+    """Per concept: every feature's mean per-text max activation over the concept's texts and
+    the share of those texts it fires in (0 for a concept without texts)."""
+    return [
+        (
+            (first.concept_sum[i] / max(first.concept_n[i], 1)).tolist(),
+            (first.concept_fire[i] / max(first.concept_n[i], 1)).tolist(),
+        )
+        for i in range(n_names)
+    ]
+
+
+def _example_blobs(
+    d: int,
+    pair_keys: np.ndarray,
+    pair_kinds: np.ndarray,
+    hits: ExampleHits,
+    order: list[int],
+    lengths: dict[int, int],
+) -> list[bytes | None]:
+    """Each feature's packed examples (None without any). Pair keys and hits are sorted by
+    feature, so each feature's share of both is one slice found by binary search."""
+    n_texts = len(order)
+    pair_feature = pair_keys // n_texts
+    pair_bounds = np.searchsorted(pair_feature, np.arange(d + 1))
+    hit_start = np.searchsorted(hits.keys, pair_keys, side="left")
+    hit_end = np.searchsorted(hits.keys, pair_keys, side="right")
+    text_of_pos = np.asarray(order, dtype=np.int64)
+    length_of_pos = np.array([lengths[t] for t in order], dtype=np.int32)
+    blobs: list[bytes | None] = []
+    for f in range(d):
+        a, b = pair_bounds[f], pair_bounds[f + 1]
+        examples = None
+        if b > a:
+            text_pos = pair_keys[a:b] % n_texts
+            h0, h1 = hit_start[a], hit_end[b - 1]
+            examples = pack_examples(
+                text_of_pos[text_pos],
+                pair_kinds[a:b],
+                length_of_pos[text_pos],
+                np.concatenate([hit_start[a:b], [h1]]) - h0,
+                hits.pos[h0:h1],
+                hits.val[h0:h1],
+            )
+        blobs.append(examples)
+    return blobs
+
+
+def _feature_rows(
+    sae_id: str,
+    first: FirstPass,
+    quantiles: dict[str, list[float]],
+    per_concept: list[tuple[list[float], list[float]]],
+    names: list[str],
+    examples: list[bytes | None],
+) -> list[dict[str, Any]]:
+    """One Feature mapping per feature, from plain Python lists: indexing numpy arrays per
+    feature would cost more than everything else here."""
+    n_fire_l, total_l, max_l = first.n_fire.tolist(), first.total.tolist(), first.max_act.tolist()
+    return [
+        dict(
+            sae_id=sae_id,
+            index=f,
+            n_fire=n_fire_l[f],
+            firing_rate=n_fire_l[f] / max(first.n_tokens, 1),
+            mean_act=total_l[f] / n_fire_l[f] if n_fire_l[f] else 0.0,
+            max_act=max_l[f],
+            quantiles={q: v[f] for q, v in quantiles.items()},
+            concept_stats={
+                c: [per_concept[i][0][f], per_concept[i][1][f]] for i, c in enumerate(names)
+            },
+            examples=examples[f],
+        )
+        for f in range(len(examples))
+    ]
+
+
+def _write_features(engine: Engine, sae_id: str, rows: list[dict[str, Any]]) -> None:
+    """Replace the SAE's feature rows and mark it collected in one transaction, so a crash
+    leaves either the old rows or the new ones, never a mix."""
+    with session_scope(engine) as session:
+        session.exec(delete(Feature).where(Feature.sae_id == sae_id))
+        session.bulk_insert_mappings(Feature, rows)
+        record = session.get(SaeRecord, sae_id)
+        record.collected = True
+        session.add(record)
