@@ -6,13 +6,15 @@ embedding of the tokens the feature fires on.
 
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple
 
 import numpy as np
+from sqlalchemy import case, func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from safesail.collect import TOP, feature_examples
+from safesail.examples import TOP, feature_examples
 from safesail.storage import Context, Feature, corpus_concepts
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE, Taxonomy
 
@@ -65,8 +67,52 @@ def _embed(docs: list[list[str]], seed: int) -> np.ndarray:
     return out
 
 
+_CACHE: weakref.WeakKeyDictionary[Engine, dict[tuple, tuple[tuple, FeatureMatrix]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Per engine (dropped with it): (sae_id, seed, taxonomy) -> (fingerprint, matrix)."""
+
+
+def _fingerprint(session: Session, sae_id: str) -> tuple:
+    """A cheap summary of everything the matrix reads: the SAE's feature rows (count, examples,
+    collect's statistics, triage's results) and the stored contexts. Collect and triage
+    update rows in place, so sums of their columns are part of it, not just the count."""
+    f = Feature
+    row = session.exec(
+        select(
+            func.count(),
+            func.count(f.examples),
+            func.max(f.index),
+            func.sum(f.n_fire),
+            func.sum(f.max_act),
+            func.sum(case((f.candidate, 1), else_=0)),
+            func.sum(func.coalesce(f.safety_score, 0.0)),
+            func.sum(func.coalesce(f.auroc, 0.0)),
+            func.sum(func.coalesce(f.precision, 0.0)),
+        ).where(f.sae_id == sae_id)
+    ).one()
+    contexts = session.exec(select(func.count()).select_from(Context)).one()
+    return (*row, contexts)
+
+
 def feature_matrix(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int = 0) -> FeatureMatrix:
-    """The representation of every feature of `sae_id` that has examples (seconds on 4,608)."""
+    """The representation of every feature of `sae_id` that has examples, cached in the process
+    while the SAE's rows are unchanged (building takes seconds on 4,608 features, and one
+    `label push` asks for it twice). Its arrays are read-only: the cache shares them."""
+    key = (sae_id, seed, tuple(taxonomy.concepts), tuple(taxonomy.safety_concepts()))
+    with Session(engine) as session:
+        fingerprint = _fingerprint(session, sae_id)
+    held = _CACHE.setdefault(engine, {}).get(key)
+    if held is not None and held[0] == fingerprint:
+        return held[1]
+    matrix = _build(engine, sae_id, taxonomy, seed)
+    for array in (matrix.features, matrix.X, matrix.value):
+        array.flags.writeable = False
+    _CACHE[engine][key] = (fingerprint, matrix)
+    return matrix
+
+
+def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> FeatureMatrix:
     concepts = [c for c in taxonomy.concepts if c != UNINTERPRETABLE]
     safety = taxonomy.safety_concepts()
     with Session(engine) as session:

@@ -1,10 +1,13 @@
 """The active learner over SAE features: which features are worth an expert's label next, and
 what the current model predicts for the rest.
 
-Labels are primary-concept multi-class: a feature's label is the first safety concept of its
-human Explanation, else "benign" (not safety-related), else "uninterpretable". Macro-F1 is
-taken over the label values present. Import-light: numpy, scikit-learn and modAL are imported
-inside the functions.
+`ActiveLearner` is the object other rooms get through `safesail.plugins.find_learner`
+(safesail.contracts.Learner, label-studio-ml-backend's setup / fit / predict shape): built once
+per SAE and label state, so one `label push` asks it for a batch and its predictions without
+reading the labels twice. Labels are primary-concept multi-class: a feature's label is the first
+safety concept of its human Explanation, else "benign" (not safety-related), else
+"uninterpretable". Macro-F1 is taken over the label values present. Import-light: scikit-learn
+and modAL are imported inside the methods.
 """
 
 from __future__ import annotations
@@ -16,21 +19,30 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session
 
+from active_learning.strategies import can_fit, get_strategy, make_estimator, strategy_names
+from safesail.contracts import (
+    CurvePoint,
+    FitReport,
+    LearnerPredictions,
+    LearnerQuery,
+    LearnerState,
+    PredictedLabel,
+    Workspace,
+    read_record,
+    write_record,
+)
 from safesail.errors import SafesailError
-from safesail.storage import Explanation, LabelTask, get_meta, human_labels, session_scope, set_meta
+from safesail.queries import human_labels, require_selected_sae, taken_features
+from safesail.storage import session_scope
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from active_learning.features import FeatureMatrix
-
-Strategy = Literal["uncertainty", "margin", "entropy", "committee", "diverse", "value", "random"]
-STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 LEARNER_VERSION = "al1"
 """Bumped when the representation or the model changes, so model_version names change too."""
@@ -40,7 +52,7 @@ LEARNER_VERSION = "al1"
 class ALConfig:
     """How the learner fits and which strategy picks the next batch."""
 
-    strategy: Strategy = "diverse"
+    strategy: str = "diverse"
     """uncertainty | margin | entropy | committee (max KL disagreement) | diverse (modAL ranked
     batch over the most uncertain; best in bench/label_efficiency.py) | value (margin
     uncertainty x safety value, diverse batch) | random."""
@@ -59,9 +71,9 @@ class ALConfig:
     """At most this many folds for the held-out macro-F1 estimate."""
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
+        if self.strategy not in strategy_names():
             raise ValueError(
-                f"strategy must be one of {', '.join(STRATEGIES)}, got '{self.strategy}'"
+                f"strategy must be one of {', '.join(strategy_names())}, got '{self.strategy}'"
             )
         if self.C <= 0:
             raise ValueError(f"C must be > 0, got {self.C}")
@@ -71,32 +83,13 @@ class ALConfig:
             raise ValueError(f"candidate_factor must be >= 1, got {self.candidate_factor}")
 
 
-class Query(NamedTuple):
-    """One feature worth labeling next."""
+@dataclass
+class Prediction(PredictedLabel):
+    """A PredictedLabel that also names the model that made it: the fitted model's version,
+    with "-prior" (triage's guess at a cold start) or "-rule" (no examples) appended, which the
+    labeling room shows as the pre-annotation's model_version."""
 
-    sae_id: str
-    feature: int
-    score: float
-    strategy: str
-
-
-class Prediction(NamedTuple):
-    """The learner's label for a feature and its probability."""
-
-    concepts: list[str]
-    probability: float
-    model_version: str
-
-
-class LearnerReport(NamedTuple):
-    """What one retrain learned."""
-
-    n_labels: int
-    macro_f1_heldout: float | None
-    model_version: str
-    strategy: str
-    label_distribution: dict[str, int]
-    n_predictions: int
+    model_version: str = ""
 
 
 def primary_label(concepts: list[str], values: list[str]) -> str | None:
@@ -112,23 +105,8 @@ def primary_label(concepts: list[str], values: list[str]) -> str | None:
     return None
 
 
-class _State(NamedTuple):
-    sae_id: str
-    matrix: FeatureMatrix
-    Xs: np.ndarray  # standardised rows of matrix.X
-    labels: dict[int, str]  # feature -> primary label (human gold)
-    model_version: str
-
-
-def _sae_id(ws) -> str:
-    sae_id = ws.selected_sae
-    if sae_id is None:
-        raise SafesailError("no SAE selected yet: run `safesail select` and `safesail triage`")
-    return sae_id
-
-
 def _gold(session: Session, sae_id: str, values: list[str]) -> dict[int, str]:
-    """Primary labels of each feature's human label (storage.human_labels: the latest accepted)."""
+    """Primary labels of each feature's human label (queries.human_labels: the latest accepted)."""
     out = {}
     for feature, row in sorted(human_labels(session, sae_id).items()):
         if (label := primary_label(list(row.concepts or []), values)) is not None:
@@ -146,137 +124,178 @@ def _one_blas_thread() -> Iterator[None]:
         yield
 
 
-def _state(ws, config: ALConfig) -> _State:
-    import numpy as np
+class ActiveLearner:
+    """The learner of the workspace's selected SAE, over its labels at construction
+    (`setup`); build a new one after labels change."""
 
-    from active_learning.features import feature_matrix
+    def __init__(self, ws: Workspace, config: ALConfig | None = None) -> None:
+        self.ws = ws
+        self.config = config or ALConfig()
+        self.strategy = get_strategy(self.config.strategy)
+        self.setup()
 
-    sae_id = _sae_id(ws)
-    matrix = feature_matrix(ws.engine, sae_id, ws.taxonomy, config.seed)
-    if not len(matrix.features):
-        raise SafesailError(
-            f"SAE {sae_id} has no features with examples: run `safesail collect` and `safesail triage`"
-        )
-    with Session(ws.engine) as session:
-        labels = _gold(session, sae_id, ws.taxonomy.label_values())
-    std = matrix.X.std(axis=0)
-    Xs = (matrix.X - matrix.X.mean(axis=0)) / np.where(std > 0, std, 1.0)
-    key = json.dumps(
-        [sorted(labels.items()), config.C, config.seed, LEARNER_VERSION], separators=(",", ":")
-    )
-    version = f"{LEARNER_VERSION}-n{len(labels)}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
-    return _State(sae_id, matrix, Xs.astype(np.float32), labels, version)
+    def setup(self) -> None:
+        """Read the selected SAE, its feature matrix (cached per process) and its gold labels;
+        standardise the rows; name the model version after labels and settings."""
+        import numpy as np
 
+        from active_learning.features import feature_matrix
 
-def _labeled_rows(state: _State) -> list[int]:
-    """Matrix rows of the labeled features that have examples, in feature order."""
-    row_of = {int(f): i for i, f in enumerate(state.matrix.features)}
-    return [row_of[f] for f in sorted(state.labels) if f in row_of]
-
-
-def _labeled_features(state: _State) -> list[int]:
-    return [int(state.matrix.features[r]) for r in _labeled_rows(state)]
-
-
-def _training(state: _State) -> tuple[np.ndarray, np.ndarray]:
-    """The standardised rows and labels of the labeled features that have examples."""
-    import numpy as np
-
-    rows = _labeled_rows(state)
-    y = np.array([state.labels[int(state.matrix.features[r])] for r in rows], dtype=object)
-    return state.Xs[rows], y.astype(str)
-
-
-def query_features(
-    ws, n: int, config: ALConfig | None = None, exclude: set[int] | None = None
-) -> list[Query]:
-    """The next n features of the selected SAE to label: none already labeled by a human,
-    pushed to Label Studio, accepted automatically, or in `exclude`; best first."""
-    if n < 0:
-        raise SafesailError(f"the batch size must be >= 0, got {n}")
-    config = config or ALConfig()
-    with _one_blas_thread():
-        return _query(ws, n, config, exclude or set())
-
-
-def _query(ws, n: int, config: ALConfig, exclude: set[int]) -> list[Query]:
-    import numpy as np
-
-    from active_learning.strategies import select as pick
-
-    state = _state(ws, config)
-    with Session(ws.engine) as session:
-        taken = set(
-            session.exec(
-                select(Explanation.feature).where(
-                    Explanation.sae_id == state.sae_id, Explanation.source == "human"
-                )
+        self.sae_id = require_selected_sae(self.ws.engine)
+        with _one_blas_thread():
+            matrix = feature_matrix(self.ws.engine, self.sae_id, self.ws.taxonomy, self.config.seed)
+        if not len(matrix.features):
+            raise SafesailError(
+                f"SAE {self.sae_id} has no features with examples: run `safesail collect` and "
+                "`safesail triage`"
             )
+        with Session(self.ws.engine) as session:
+            self.labels = _gold(session, self.sae_id, self.ws.taxonomy.label_values())
+        std = matrix.X.std(axis=0)
+        Xs = (matrix.X - matrix.X.mean(axis=0)) / np.where(std > 0, std, 1.0)
+        self.matrix, self.Xs = matrix, Xs.astype(np.float32)
+        key = json.dumps(
+            [sorted(self.labels.items()), self.config.C, self.config.seed, LEARNER_VERSION],
+            separators=(",", ":"),
         )
-        taken |= set(
-            session.exec(
-                select(Explanation.feature).where(
-                    Explanation.sae_id == state.sae_id,
-                    Explanation.source == "auto",
-                    Explanation.status == "accepted",
-                )
+        digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+        self._model_version = f"{LEARNER_VERSION}-n{len(self.labels)}-{digest}"
+        self.__dict__.pop("_model", None)
+
+    @property
+    def model_version(self) -> str:
+        return self._model_version
+
+    def _labeled_rows(self) -> list[int]:
+        """Matrix rows of the labeled features that have examples, in feature order."""
+        row_of = {int(f): i for i, f in enumerate(self.matrix.features)}
+        return [row_of[f] for f in sorted(self.labels) if f in row_of]
+
+    def _training(self) -> tuple[np.ndarray, np.ndarray]:
+        """The standardised rows and labels of the labeled features that have examples."""
+        import numpy as np
+
+        rows = self._labeled_rows()
+        features = self.matrix.features
+        y = np.array([self.labels[int(features[r])] for r in rows], dtype=object)
+        return self.Xs[rows], y.astype(str)
+
+    def query(self, n: int, exclude: set[int] | None = None) -> list[LearnerQuery]:
+        """The next n features to label: none already labeled by a human, pushed to Label
+        Studio, accepted automatically, or in `exclude`; best first."""
+        import numpy as np
+
+        if n < 0:
+            raise SafesailError(f"the batch size must be >= 0, got {n}")
+        with Session(self.ws.engine) as session:
+            taken = taken_features(session, self.sae_id) | (exclude or set())
+        features = self.matrix.features
+        pool = np.flatnonzero(~np.isin(features, np.array(sorted(taken), dtype=np.int64)))
+        X_lab, y_lab = self._training()
+        c = self.config
+        with _one_blas_thread():
+            picked = self.strategy(
+                self.Xs[pool],
+                self.matrix.value[pool],
+                n,
+                X_labeled=X_lab,
+                y_labeled=y_lab,
+                C=c.C,
+                seed=c.seed,
+                min_labels=c.min_labels,
+                committee_size=c.committee_size,
+                candidate_factor=c.candidate_factor,
             )
-        )
-        taken |= set(
-            session.exec(select(LabelTask.feature).where(LabelTask.sae_id == state.sae_id))
-        )
-    taken |= exclude
-    pool = np.flatnonzero(~np.isin(state.matrix.features, np.array(sorted(taken), dtype=np.int64)))
-    X_lab, y_lab = _training(state)
-    picked = pick(
-        config.strategy,
-        state.Xs[pool],
-        state.matrix.value[pool],
-        n,
-        X_labeled=X_lab,
-        y_labeled=y_lab,
-        C=config.C,
-        seed=config.seed,
-        min_labels=config.min_labels,
-        committee_size=config.committee_size,
-        candidate_factor=config.candidate_factor,
-    )
-    return [
-        Query(state.sae_id, int(state.matrix.features[pool[r]]), float(s), config.strategy)
-        for r, s in zip(picked.rows, picked.scores, strict=True)
-    ]
+        return [
+            LearnerQuery(self.sae_id, int(features[pool[r]]), float(s), self.strategy.name)
+            for r, s in zip(picked.rows, picked.scores, strict=True)
+        ]
 
+    @cached_property
+    def _model(self) -> Any | None:
+        """The model fitted on every gold label; None at a cold start."""
+        X_lab, y_lab = self._training()
+        if not can_fit(y_lab, self.config.min_labels):
+            return None
+        with _one_blas_thread():
+            return make_estimator(self.config.C, self.config.seed).fit(X_lab, y_lab)
 
-def _predict_state(state: _State, config: ALConfig) -> dict[int, Prediction]:
-    """Predictions for every feature with examples: the fitted model, or triage's prior at a
-    cold start."""
-    from active_learning.strategies import can_fit, make_estimator
-
-    X_lab, y_lab = _training(state)
-    features = [int(f) for f in state.matrix.features]
-    if not can_fit(y_lab, config.min_labels):
+    def _predict_all(self) -> dict[int, Prediction]:
+        """Predictions for every feature with examples: the fitted model, or triage's prior at
+        a cold start."""
+        features = [int(f) for f in self.matrix.features]
+        model = self._model
+        if model is None:
+            version = f"{self.model_version}-prior"
+            return {
+                f: Prediction([label], p, version)
+                for f, (label, p) in zip(features, self.matrix.prior, strict=True)
+            }
+        with _one_blas_thread():
+            proba = model.predict_proba(self.Xs)
+        best = proba.argmax(axis=1)
         return {
-            f: Prediction([label], p, f"{state.model_version}-prior")
-            for f, (label, p) in zip(features, state.matrix.prior, strict=True)
+            f: Prediction([str(model.classes_[b])], float(proba[i, b]), self.model_version)
+            for i, (f, b) in enumerate(zip(features, best, strict=True))
         }
-    model = make_estimator(config.C, config.seed).fit(X_lab, y_lab)
-    proba = model.predict_proba(state.Xs)
-    best = proba.argmax(axis=1)
-    return {
-        f: Prediction([str(model.classes_[b])], float(proba[i, b]), state.model_version)
-        for i, (f, b) in enumerate(zip(features, best, strict=True))
-    }
 
+    def predict(self, features: list[int]) -> dict[int, Prediction]:
+        """The current model's label per feature; a feature without examples is uninterpretable
+        by rule (nothing to show an expert)."""
+        known = self._predict_all()
+        rule = Prediction([UNINTERPRETABLE], 1.0, f"{self.model_version}-rule")
+        return {int(f): known.get(int(f), rule) for f in features}
 
-def predict(ws, features: list[int], config: ALConfig | None = None) -> dict[int, Prediction]:
-    """The current model's label per feature; a feature without examples is uninterpretable
-    by rule (nothing to show an expert)."""
-    config = config or ALConfig()
-    with _one_blas_thread():
-        state = _state(ws, config)
-        known = _predict_state(state, config)
-    rule = Prediction([UNINTERPRETABLE], 1.0, f"{state.model_version}-rule")
-    return {int(f): known.get(int(f), rule) for f in features}
+    def fit(self) -> FitReport:
+        """Fit on the gold labels, estimate held-out macro-F1, and store LearnerState (with the
+        learning curve) and LearnerPredictions."""
+        X_lab, y_lab = self._training()
+        with _one_blas_thread():
+            oof = out_of_fold(X_lab, y_lab, self.config)
+        predictions = self._predict_all()
+        f1 = None
+        if oof is not None:
+            # labeled features get the prediction of a model that never saw their label, so
+            # the explainer's calibration can use "the learner agrees" without leaking it
+            f1 = _macro_f1(y_lab, oof[0])
+            labeled = [int(self.matrix.features[r]) for r in self._labeled_rows()]
+            for f, label, prob in zip(labeled, *oof, strict=True):
+                predictions[f] = Prediction([str(label)], float(prob), self.model_version)
+        distribution = dict(Counter(y_lab.tolist()).most_common())
+        point = CurvePoint(len(y_lab), None if f1 is None else round(f1, 4))
+        with session_scope(self.ws.engine) as session:
+            previous = read_record(session, LearnerState)
+            curve = list(previous.curve) if previous else []
+            if previous and previous.model_version == self.model_version and curve:
+                curve[-1] = point  # a rerun on the same labels replaces, never duplicates
+            else:
+                curve.append(point)
+            write_record(
+                session,
+                LearnerState(
+                    sae_id=self.sae_id,
+                    n_labels=len(y_lab),
+                    macro_f1_heldout=point.macro_f1,
+                    strategy=self.strategy.name,
+                    model_version=self.model_version,
+                    label_distribution=distribution,
+                    curve=curve,
+                ),
+            )
+            write_record(
+                session,
+                LearnerPredictions(
+                    sae_id=self.sae_id,
+                    model_version=self.model_version,
+                    labeled_out_of_fold=oof is not None,
+                    predictions={
+                        f: PredictedLabel(p.concepts, p.probability) for f, p in predictions.items()
+                    },
+                ),
+            )
+        return FitReport(
+            len(y_lab), f1, self.model_version, self.strategy.name, distribution, len(predictions)
+        )
 
 
 def out_of_fold(
@@ -287,8 +306,6 @@ def out_of_fold(
     with probability 1. None when there are too few labels."""
     import numpy as np
     from sklearn.model_selection import StratifiedKFold
-
-    from active_learning.strategies import can_fit, make_estimator
 
     if not can_fit(y, config.min_labels):
         return None
@@ -312,72 +329,16 @@ def out_of_fold(
     return pred, prob
 
 
+def _macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
+    """Macro-F1 over the label values present in y."""
+    from sklearn.metrics import f1_score
+
+    present = sorted(set(y.tolist()))
+    return float(f1_score(y, pred, labels=present, average="macro", zero_division=0))
+
+
 def heldout_macro_f1(Xs: np.ndarray, y: np.ndarray, config: ALConfig) -> float | None:
     """Cross-validated macro-F1 over the label values present (None when there are too few
     labels)."""
-    from sklearn.metrics import f1_score
-
     oof = out_of_fold(Xs, y, config)
-    if oof is None:
-        return None
-    present = sorted(set(y.tolist()))
-    return float(f1_score(y, oof[0], labels=present, average="macro", zero_division=0))
-
-
-def retrain(ws, config: ALConfig | None = None) -> LearnerReport:
-    """Fit on the human gold labels of the selected SAE, estimate held-out macro-F1, and write
-    Meta "learner" (with the learning curve) and "learner_predictions"."""
-    config = config or ALConfig()
-    with _one_blas_thread():
-        state = _state(ws, config)
-        X_lab, y_lab = _training(state)
-        oof = out_of_fold(X_lab, y_lab, config)
-        f1 = None
-        predictions = _predict_state(state, config)
-        if oof is not None:
-            # labeled features get the prediction of a model that never saw their label, so
-            # the explainer's calibration can use "the learner agrees" without leaking it
-            from sklearn.metrics import f1_score
-
-            present = sorted(set(y_lab.tolist()))
-            f1 = float(f1_score(y_lab, oof[0], labels=present, average="macro", zero_division=0))
-            for f, label, prob in zip(_labeled_features(state), *oof, strict=True):
-                predictions[f] = Prediction([str(label)], float(prob), state.model_version)
-    distribution = dict(Counter(y_lab.tolist()).most_common())
-    with session_scope(ws.engine) as session:
-        previous: dict[str, Any] = get_meta(session, "learner") or {}
-        curve = [list(p) for p in previous.get("curve", [])]
-        point = [len(y_lab), None if f1 is None else round(f1, 4)]
-        if previous.get("model_version") == state.model_version and curve:
-            curve[-1] = point  # a rerun on the same labels replaces, never duplicates
-        else:
-            curve.append(point)
-        set_meta(
-            session,
-            "learner",
-            {
-                "sae_id": state.sae_id,
-                "n_labels": len(y_lab),
-                "macro_f1_heldout": point[1],
-                "strategy": config.strategy,
-                "model_version": state.model_version,
-                "label_distribution": distribution,
-                "curve": curve,
-            },
-        )
-        set_meta(
-            session,
-            "learner_predictions",
-            {
-                "sae_id": state.sae_id,
-                "model_version": state.model_version,
-                "labeled_out_of_fold": oof is not None,
-                "predictions": {
-                    str(f): {"concepts": p.concepts, "probability": round(p.probability, 4)}
-                    for f, p in predictions.items()
-                },
-            },
-        )
-    return LearnerReport(
-        len(y_lab), f1, state.model_version, config.strategy, distribution, len(predictions)
-    )
+    return None if oof is None else _macro_f1(y, oof[0])

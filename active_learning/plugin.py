@@ -1,24 +1,29 @@
-"""The `active_learning` room's commands and demo step (registered in pyproject.toml)."""
+"""The `active_learning` room's command, demo step and learner (registered in pyproject.toml):
+the learner is offered to the other rooms through `Plugin.learner`, so the labeling room asks
+`safesail.plugins.find_learner` instead of importing this package."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from safesail.errors import SafesailError
+from safesail.cliconfig import add_config_flags, config_from_args, field_docs
+from safesail.contracts import FitReport, Learner, Workspace
 from safesail.plugins import Plugin
 
-
-def _config(args: argparse.Namespace):
-    from active_learning.learner import ALConfig
-
-    try:
-        return ALConfig(strategy=args.strategy, seed=args.seed)
-    except ValueError as exc:
-        raise SafesailError(str(exc)) from None
+FLAGS = ("strategy", "seed")
+"""ALConfig fields `safesail learn` takes as flags."""
 
 
-def _print_report(report: Any) -> None:
+def make_learner(ws: Workspace, strategy: str | None = None) -> Learner:
+    """The LearnerFactory this room offers: the learner of the selected SAE with the default
+    settings and the named query strategy (None: the default one)."""
+    from active_learning.learner import ActiveLearner, ALConfig
+
+    return ActiveLearner(ws, ALConfig(strategy=strategy) if strategy else ALConfig())
+
+
+def _print_report(report: FitReport) -> None:
     f1 = (
         "n/a (too few labels)"
         if report.macro_f1_heldout is None
@@ -30,16 +35,16 @@ def _print_report(report: Any) -> None:
     print(f"  predictions written for {report.n_predictions} features (Meta learner_predictions)")
 
 
-def learn(ws: Any, args: argparse.Namespace, progress: bool) -> int:
+def learn(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     """Retrain on the human labels, print the report, and optionally the next batch."""
-    from active_learning.learner import predict, query_features, retrain
+    from active_learning.learner import ActiveLearner, ALConfig
 
-    config = _config(args)
-    _print_report(retrain(ws, config))
+    learner = ActiveLearner(ws, config_from_args(ALConfig, args, FLAGS))
+    _print_report(learner.fit())
     if args.query:
-        queries = query_features(ws, args.query, config)
-        guesses = predict(ws, [q.feature for q in queries], config)
-        print(f"next {len(queries)} features to label ({config.strategy}; not pushed):")
+        queries = learner.query(args.query)
+        guesses = learner.predict([q.feature for q in queries])
+        print(f"next {len(queries)} features to label ({learner.strategy.name}; not pushed):")
         for q in queries:
             guess = guesses[q.feature]
             print(
@@ -50,28 +55,36 @@ def learn(ws: Any, args: argparse.Namespace, progress: bool) -> int:
 
 
 def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    from active_learning.learner import STRATEGIES, ALConfig
+    from active_learning.learner import ALConfig
+    from active_learning.strategies import strategy_names
 
     parser = subparsers.add_parser(
         "learn",
         parents=[common],
         help="retrain the active learner on the human labels; --query N shows the next batch",
     )
-    parser.add_argument("--strategy", choices=STRATEGIES, default=ALConfig.strategy)
-    parser.add_argument("--seed", type=int, default=ALConfig.seed)
+    # --strategy by hand: its choices come from the strategy registry, not a Literal type
+    parser.add_argument(
+        "--strategy",
+        dest="strategy",
+        choices=strategy_names(),
+        default=None,
+        help=f"{field_docs(ALConfig)['strategy']} (default: {ALConfig.strategy})",
+    )
+    add_config_flags(parser, ALConfig, [f for f in FLAGS if f != "strategy"])
     parser.add_argument(
         "--query", type=int, default=0, metavar="N", help="also show the next N features to label"
     )
     parser.set_defaults(handler=learn)
 
 
-def demo(ws: Any, args: argparse.Namespace, progress: bool) -> int:
+def demo(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     """Print the learner's report when human labels exist (the labeling loop drives it)."""
-    from active_learning.learner import ALConfig, retrain
-
     if ws.status()["labels"]["human"]:
-        _print_report(retrain(ws, ALConfig()))
+        _print_report(make_learner(ws).fit())
     return 0
 
 
-PLUGIN = Plugin(name="active_learning", order=5, add_commands=add_commands, demo=demo)
+PLUGIN = Plugin(
+    name="active_learning", order=5, add_commands=add_commands, demo=demo, learner=make_learner
+)

@@ -7,19 +7,13 @@ import numpy as np
 import pytest
 from sqlmodel import Session, select
 
-from active_learning.learner import (
-    STRATEGIES,
-    ALConfig,
-    predict,
-    primary_label,
-    query_features,
-    retrain,
-)
-from active_learning.strategies import diverse_pick
+from active_learning.learner import ActiveLearner, ALConfig, primary_label
+from active_learning.strategies import diverse_pick, strategy_names
 from active_learning.strategies import select as pick
+from safesail.contracts import LearnerPredictions, LearnerState, read_record
 from safesail.errors import SafesailError
 from safesail.oracle import oracle_labels
-from safesail.storage import Explanation, Feature, LabelTask, get_meta, session_scope
+from safesail.storage import Explanation, Feature, LabelTask, session_scope
 from tests.conftest import copy_workspace
 
 
@@ -79,6 +73,19 @@ def test_config_is_validated():
         ALConfig(C=0)
 
 
+def test_strategy_registry_refuses_a_taken_name():
+    from active_learning.strategies import Strategy, get_strategy, register_strategy
+
+    class Again(Strategy):
+        name = "random"
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_strategy(Again)
+    with pytest.raises(ValueError, match="one of uncertainty, margin, .*, random, got 'bogus'"):
+        ALConfig(strategy="bogus")
+    assert all(get_strategy(s).version >= 1 for s in strategy_names())
+
+
 @pytest.fixture(scope="module")
 def al_ws(triaged_ws, tmp_path_factory, lm):
     return copy_workspace(triaged_ws, tmp_path_factory.mktemp("al") / "ws", lm)
@@ -99,12 +106,12 @@ def test_learning_loop_on_a_workspace(al_ws):
     ws, sae_id = al_ws, al_ws.selected_sae
     pool = set(_with_examples(ws))
     # cold start: no labels, every strategy still proposes distinct features with examples
-    for strategy in STRATEGIES:
-        batch = query_features(ws, 6, ALConfig(strategy=strategy))
+    for strategy in strategy_names():
+        batch = ActiveLearner(ws, ALConfig(strategy=strategy)).query(6)
         features = [q.feature for q in batch]
         assert len(features) == 6 == len(set(features)) and set(features) <= pool
         assert {q.strategy for q in batch} == {strategy} and {q.sae_id for q in batch} == {sae_id}
-    cold = retrain(ws)
+    cold = ActiveLearner(ws).fit()
     assert cold.n_labels == 0 and cold.macro_f1_heldout is None
 
     truth = oracle_labels(ws.engine, sae_id, sorted(pool))
@@ -134,46 +141,75 @@ def test_learning_loop_on_a_workspace(al_ws):
                 )
             )
 
-    report = retrain(ws)
-    again = retrain(ws)  # same labels: same model, the curve gains no duplicate point
+    learner = ActiveLearner(ws)
+    report = learner.fit()
+    again = learner.fit()  # same labels: same model, the curve gains no duplicate point
     with Session(ws.engine) as session:
-        meta = get_meta(session, "learner")
-        preds = get_meta(session, "learner_predictions")
+        meta = read_record(session, LearnerState)
+        preds = read_record(session, LearnerPredictions)
     assert report.n_labels == len(labeled) and again.model_version == report.model_version
     assert report.macro_f1_heldout is not None and 0.0 <= report.macro_f1_heldout <= 1.0
-    assert meta["macro_f1_heldout"] == pytest.approx(report.macro_f1_heldout, abs=1e-4)
-    assert meta["curve"] == [[0, None], [len(labeled), meta["macro_f1_heldout"]]]
-    assert sum(meta["label_distribution"].values()) == len(labeled)
-    assert preds["model_version"] == report.model_version and preds["sae_id"] == sae_id
-    assert {int(f) for f in preds["predictions"]} == pool
+    assert meta.macro_f1_heldout == pytest.approx(report.macro_f1_heldout, abs=1e-4)
+    curve = [[p.n_labels, p.macro_f1] for p in meta.curve]
+    assert curve == [[0, None], [len(labeled), meta.macro_f1_heldout]]
+    assert sum(meta.label_distribution.values()) == len(labeled)
+    assert preds.model_version == report.model_version and preds.sae_id == sae_id
+    assert {int(f) for f in preds.predictions} == pool
     values = set(ws.taxonomy.label_values())
-    for p in preds["predictions"].values():
-        assert set(p["concepts"]) <= values and 0.0 < p["probability"] <= 1.0
+    for p in preds.predictions.values():
+        assert set(p.concepts) <= values and 0.0 < p.probability <= 1.0
     # labeled features carry out-of-fold predictions (a model that never saw their label), the
     # very ones the held-out macro-F1 is computed from, so calibration can use them unleaked
     from sklearn.metrics import f1_score
 
-    assert preds["labeled_out_of_fold"] is True
-    stored = [preds["predictions"][str(f)]["concepts"][0] for f in sorted(labeled)]
+    assert preds.labeled_out_of_fold is True
+    stored = [preds.predictions[f].concepts[0] for f in sorted(labeled)]
     gold = [truth[f][0] for f in sorted(labeled)]
     f1 = f1_score(gold, stored, labels=sorted(set(gold)), average="macro", zero_division=0)
     assert f1 == pytest.approx(report.macro_f1_heldout, abs=1e-9)
 
     exclude = set(sorted(pool - set(labeled) - set(pushed))[:2])
-    for strategy in STRATEGIES:
+    for strategy in strategy_names():
         n = 4
-        batch = [q.feature for q in query_features(ws, n, ALConfig(strategy=strategy), exclude)]
+        batch = [
+            q.feature for q in ActiveLearner(ws, ALConfig(strategy=strategy)).query(n, exclude)
+        ]
         assert len(batch) == len(set(batch)) == min(n, len(pool) - len(labeled) - 5)
         assert set(batch) <= pool and not set(batch) & (set(labeled) | set(pushed) | exclude)
-    everything = query_features(ws, 10_000)
+    everything = learner.query(10_000)
     assert {q.feature for q in everything} == pool - set(labeled) - set(pushed)
 
     d_sae = next(r.d_sae for r in ws.saes() if r.selected)
     dead = next(iter(set(range(d_sae)) - pool), None)
-    got = predict(ws, labeled[:2] + ([dead] if dead is not None else []))
+    got = learner.predict(labeled[:2] + ([dead] if dead is not None else []))
     assert got[labeled[0]].model_version == report.model_version
     if dead is not None:
         assert got[dead].concepts == ["uninterpretable"]
+
+
+def test_feature_matrix_is_cached_until_the_rows_change(al_ws):
+    from active_learning.features import feature_matrix
+
+    ws, sae_id = al_ws, al_ws.selected_sae
+    first = feature_matrix(ws.engine, sae_id, ws.taxonomy)
+    assert feature_matrix(ws.engine, sae_id, ws.taxonomy) is first
+    assert not first.X.flags.writeable  # shared by every caller
+    with session_scope(ws.engine) as session:
+        row = session.get(Feature, (sae_id, int(first.features[0])))
+        old, row.safety_score = row.safety_score, (row.safety_score or 0.0) + 0.5
+    try:
+        assert feature_matrix(ws.engine, sae_id, ws.taxonomy) is not first  # triage reran
+    finally:
+        with session_scope(ws.engine) as session:
+            session.get(Feature, (sae_id, int(first.features[0]))).safety_score = old
+
+
+def test_plugin_offers_the_learner(al_ws):
+    from active_learning.plugin import PLUGIN
+
+    learner = PLUGIN.learner(al_ws, "random")
+    assert learner.strategy.name == "random" and learner.model_version.startswith("al1-n")
+    assert PLUGIN.learner(al_ws, None).strategy.name == ALConfig.strategy
 
 
 def test_learn_command(al_ws, capsys):
@@ -190,7 +226,7 @@ def test_query_needs_a_selected_sae(tmp_path, lm):
     from tests.conftest import make_workspace
 
     with pytest.raises(SafesailError, match="no SAE selected"):
-        query_features(make_workspace(tmp_path / "empty", lm), 3)
+        ActiveLearner(make_workspace(tmp_path / "empty", lm)).query(3)
 
 
 def test_heldout_macro_f1_known_answers():
