@@ -6,6 +6,7 @@ name as `value` (what annotators see), so results never depend on display wordin
 
 from __future__ import annotations
 
+from typing import Literal
 from xml.sax.saxutils import quoteattr
 
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE, Taxonomy
@@ -20,9 +21,10 @@ TO_NAME = "contexts"
 """The HyperText that every question refers to."""
 MAX_RATING = 5
 
-READER = "reader"
-CORPUS_TAGS = "corpus-tags"
-EXPERTS = (READER, CORPUS_TAGS)
+Expert = Literal["reader", "corpus-tags"]
+READER: Expert = "reader"
+CORPUS_TAGS: Expert = "corpus-tags"
+EXPERTS: tuple[Expert, ...] = (READER, CORPUS_TAGS)
 """Where simulated annotators' answers come from (annotation/simulate.py): the reader, which
 reads the top windows like a person, or the corpus-tag oracle. Here, not in simulate, so the
 command line can offer the choice without importing torch."""

@@ -8,19 +8,18 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from annotation.client import ClientConfig, ensure_project, open_client, pull
+from annotation.project import ensure_project
+from annotation.pull import pull
 from annotation.server import ensure_local_webhooks
+from annotation.transport import ClientConfig, open_client
+from safesail.contracts import Workspace
 from safesail.errors import SafesailError
 
 ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED"]
 
 
-DEFAULT_PORT = 8766
-"""`label listen`'s default port (8765 is the embedded LLM server's)."""
-
-
 def webhook_server(
-    ws: Any, port: int, config: ClientConfig, progress: bool = False
+    ws: Workspace, port: int, config: ClientConfig, progress: bool = False
 ) -> ThreadingHTTPServer:
     """Bind the endpoint first (a busy port fails before anything changes on the server), then
     let the managed Label Studio reach it (its SSRF ban on local addresses is turned off for the
@@ -60,7 +59,7 @@ def webhook_server(
     return httpd
 
 
-def _register(ws: Any, config: ClientConfig, url: str) -> None:
+def _register(ws: Workspace, config: ClientConfig, url: str) -> None:
     client = open_client(ws, config)
     project_id, _ = ensure_project(ws, client)
     hooks = client.call(lambda: list(client.sdk.webhooks.list(project=str(project_id))))
@@ -75,7 +74,7 @@ def _register(ws: Any, config: ClientConfig, url: str) -> None:
         )
 
 
-def listen(ws: Any, port: int, config: ClientConfig, progress: bool = True) -> None:
+def listen(ws: Workspace, port: int, config: ClientConfig, progress: bool = True) -> None:
     """Serve the webhook endpoint until interrupted."""
     httpd = webhook_server(ws, port, config, progress)
     print(

@@ -1,33 +1,33 @@
 """The `annotation` room's commands and demo step (registered in pyproject.toml):
-`safesail labelstudio up|down|status` and `safesail label push|pull|simulate|listen`."""
+`safesail labelstudio up|down|status` and `safesail label push|pull|simulate|listen`.
+
+Flags come from the settings dataclasses (ServerConfig, ClientConfig, PushConfig,
+SimulateConfig) through safesail.cliconfig, so a setting's type, default and help live in one
+place. Everything heavy is imported inside the handlers: building the CLI stays fast."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
-from safesail.errors import SafesailError
+from annotation.server import ServerConfig
+from annotation.settings import LISTEN_PORT, PushConfig, SimulateConfig
+from annotation.transport import ClientConfig
+from safesail.cliconfig import add_config_flags, config_from_args
+from safesail.contracts import AnnotationSummary, Workspace, read_engine
 from safesail.plugins import Plugin
 
-
-def _client_config(args: argparse.Namespace):
-    from annotation.client import ClientConfig
-
-    return ClientConfig(url=args.ls_url, token_file=args.ls_token_file)
-
-
-def _server_config(args: argparse.Namespace):
-    from annotation.server import ServerConfig
-
-    try:
-        return ServerConfig(port=args.port, host=args.host)
-    except ValueError as exc:
-        raise SafesailError(str(exc)) from None
+CONNECTION = ("url", "token_file")
+CONNECTION_FLAGS = {"url": "--ls-url", "token_file": "--ls-token-file"}
+SERVER = ("port", "host")
+PUSH = ("batch", "strategy", "overlap")
+SIMULATE = ("noise", "seed", "expert")
+DEMO_PUSH = ("batch",)
+DEMO_SIMULATE = ("noise", "expert")
 
 
-def login_line(ws: Any, url: str) -> str:
+def login_line(ws: Workspace, url: str) -> str:
     """Where to log in: the URL, the username and the 0600 credentials file that holds the
     password and API token (no secret goes to stdout, which ends up in logs and CI output)."""
     from annotation.server import credentials, paths
@@ -39,24 +39,29 @@ def login_line(ws: Any, url: str) -> str:
     )
 
 
-def cmd_up(ws: Any, args: argparse.Namespace, progress: bool) -> int:
+def _client_config(args: argparse.Namespace) -> ClientConfig:
+    return config_from_args(ClientConfig, args, CONNECTION)
+
+
+def cmd_up(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     from annotation.server import status, up
 
     was = status(ws.config.workspace)
-    state = up(ws.config.workspace, ws.config.cache_dir, _server_config(args), progress)
+    config = config_from_args(ServerConfig, args, SERVER)
+    state = up(ws.config.workspace, ws.config.cache_dir, config, progress)
     print(("already running: " if was.running else "started: ") + login_line(ws, state.url))
     print(f"stop it with: safesail labelstudio down --workspace {ws.config.workspace}")
     return 0
 
 
-def cmd_down(ws: Any, args: argparse.Namespace, progress: bool) -> int:
+def cmd_down(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     from annotation.server import down
 
     print("stopped Label Studio" if down(ws.config.workspace) else "Label Studio was not running")
     return 0
 
 
-def cmd_status(ws: Any, args: argparse.Namespace, progress: bool) -> int:
+def cmd_status(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     from annotation.server import status
 
     state = status(ws.config.workspace)._asdict()
@@ -64,14 +69,15 @@ def cmd_status(ws: Any, args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
-def cmd_push(ws: Any, args: argparse.Namespace, progress: bool) -> int:
-    from annotation.client import push
+def cmd_push(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
+    from annotation.push import push
 
+    s = config_from_args(PushConfig, args, PUSH)
     r = push(
         ws,
-        args.batch,
-        strategy=args.strategy,
-        overlap=args.overlap,
+        s.batch,
+        strategy=s.strategy,
+        overlap=s.overlap,
         config=_client_config(args),
         progress=progress,
     )
@@ -83,8 +89,8 @@ def cmd_push(ws: Any, args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
-def cmd_pull(ws: Any, args: argparse.Namespace, progress: bool) -> int:
-    from annotation.client import pull
+def cmd_pull(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
+    from annotation.pull import pull
 
     r = pull(ws, config=_client_config(args), retrain=not args.no_retrain, progress=progress)
     print(
@@ -102,14 +108,15 @@ def cmd_pull(ws: Any, args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
-def cmd_simulate(ws: Any, args: argparse.Namespace, progress: bool) -> int:
+def cmd_simulate(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     from annotation.simulate import simulate
 
+    s = config_from_args(SimulateConfig, args, SIMULATE)
     r = simulate(
         ws,
-        noise=args.noise,
-        seed=args.seed,
-        expert=args.expert,
+        noise=s.noise,
+        seed=s.seed,
+        expert=s.expert,
         config=_client_config(args),
         progress=progress,
     )
@@ -119,30 +126,11 @@ def cmd_simulate(ws: Any, args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
-def cmd_listen(ws: Any, args: argparse.Namespace, progress: bool) -> int:
+def cmd_listen(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     from annotation.listen import listen
 
     listen(ws, args.listen_port, _client_config(args), progress)
     return 0
-
-
-def _connection_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ls-url", help="an existing Label Studio (default: the managed one)")
-    parser.add_argument(
-        "--ls-token-file", type=Path, help="0600 file with its API token (or $LABEL_STUDIO_API_KEY)"
-    )
-
-
-def _expert_option(parser: argparse.ArgumentParser) -> None:
-    from annotation.config import EXPERTS, READER
-
-    parser.add_argument(
-        "--expert",
-        choices=EXPERTS,
-        default=READER,
-        help="where simulated answers come from: the reader (reads the top windows, like a "
-        "person) or the corpus-tag oracle (the concept tags of the texts a feature fires in)",
-    )
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -150,8 +138,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         dest="action", required=True
     )
     up = ls.add_parser("up", parents=[common], help="install (first time) and start it")
-    up.add_argument("--port", type=int, default=8080)
-    up.add_argument("--host", default="127.0.0.1", help="bind address (default: local only)")
+    add_config_flags(up, ServerConfig, SERVER)
     up.set_defaults(handler=cmd_up)
     ls.add_parser("down", parents=[common], help="stop the server `up` started").set_defaults(
         handler=cmd_down
@@ -164,21 +151,18 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         dest="action", required=True
     )
     push = label.add_parser("push", parents=[common], help="push the next batch of features")
-    push.add_argument("--batch", type=int, default=20, help="features per batch")
-    push.add_argument("--strategy", help="active-learning query strategy (default: the learner's)")
-    push.add_argument("--overlap", type=float, default=0.2, help="share of tasks for 2 annotators")
+    add_config_flags(push, PushConfig, PUSH)
     pull = label.add_parser("pull", parents=[common], help="pull annotations, adjudicate, retrain")
     pull.add_argument("--no-retrain", action="store_true")
     sim = label.add_parser("simulate", parents=[common], help="simulated annotators answer tasks")
-    sim.add_argument("--noise", type=float, default=0.05, help="share of wrong answers")
-    sim.add_argument("--seed", type=int, default=0)
-    _expert_option(sim)
+    add_config_flags(sim, SimulateConfig, SIMULATE)
     listen = label.add_parser("listen", parents=[common], help="pull on each new annotation")
     listen.add_argument(
         "--listen-port",
         type=int,
-        default=8766,
-        help="port of the local webhook endpoint (default 8766; 8765 is the LLM server's)",
+        default=LISTEN_PORT,
+        help=f"port of the local webhook endpoint (default {LISTEN_PORT}; 8765 is the LLM "
+        "server's)",
     )
     for parser, handler in (
         (push, cmd_push),
@@ -186,7 +170,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         (sim, cmd_simulate),
         (listen, cmd_listen),
     ):
-        _connection_options(parser)
+        add_config_flags(parser, ClientConfig, CONNECTION, flags=CONNECTION_FLAGS)
         parser.set_defaults(handler=handler)
 
 
@@ -197,13 +181,20 @@ def add_demo_options(demo: argparse.ArgumentParser) -> None:
         help="simulated experts answer the tasks through the Label Studio API",
     )
     demo.add_argument("--rounds", type=int, default=4, help="push/annotate/pull rounds")
-    demo.add_argument("--batch", type=int, default=20, help="features pushed per round")
-    demo.add_argument("--noise", type=float, default=0.05, help="simulated annotators' error rate")
-    _expert_option(demo)
-    demo.add_argument("--ls-port", type=int, default=8080, help="port of the demo's Label Studio")
+    add_config_flags(demo, PushConfig, DEMO_PUSH, helps={"batch": "features pushed per round"})
+    add_config_flags(
+        demo, SimulateConfig, DEMO_SIMULATE, helps={"noise": "simulated annotators' error rate"}
+    )
+    add_config_flags(
+        demo,
+        ServerConfig,
+        ("port",),
+        flags={"port": "--ls-port"},
+        helps={"port": "port of the demo's Label Studio"},
+    )
 
 
-def _rounds_pushed(ws: Any) -> int:
+def _rounds_pushed(ws: Workspace) -> int:
     """The last push round recorded for the selected SAE (0 before the first push)."""
     from sqlmodel import Session, func, select
 
@@ -216,20 +207,24 @@ def _rounds_pushed(ws: Any) -> int:
     return int(last or 0)
 
 
-def demo(ws: Any, args: argparse.Namespace, progress: bool) -> int:
+def demo(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     """Start Label Studio and push the first batch; with --simulate-annotators run the rounds.
     Headless: stop the server it started (and skip the step when nobody would answer);
     otherwise leave it running for a person."""
-    from annotation.client import pull, push
-    from annotation.server import ServerConfig, down, status, up
+    from annotation.pull import pull
+    from annotation.push import push
+    from annotation.server import down, status, up
     from annotation.simulate import simulate
 
     print("\n== labeling loop (Label Studio) ==")
     if args.headless and not args.simulate_annotators:
         print("headless without --simulate-annotators: nobody would label; skipped")
         return 0
+    settings = config_from_args(PushConfig, args, DEMO_PUSH)
+    answers = config_from_args(SimulateConfig, args, DEMO_SIMULATE)
+    server = config_from_args(ServerConfig, args, ("port",))
     was_running = status(ws.config.workspace).running
-    state = up(ws.config.workspace, ws.config.cache_dir, ServerConfig(port=args.ls_port), progress)
+    state = up(ws.config.workspace, ws.config.cache_dir, server, progress)
     try:
         rounds = args.rounds if args.simulate_annotators else 1
         done = _rounds_pushed(ws)
@@ -237,16 +232,19 @@ def demo(ws: Any, args: argparse.Namespace, progress: bool) -> int:
             print(f"{done} round(s) already pushed (--rounds {rounds}); no new round")
         for i in range(min(done + 1, rounds), rounds + 1):
             if i > done:
-                r = push(ws, args.batch, progress=progress)
-                print(f"round {i}: pushed {r.pushed} task(s) ({r.strategy}); {r.total_tasks} in all")
+                r = push(ws, settings.batch, progress=progress)
+                print(
+                    f"round {i}: pushed {r.pushed} task(s) ({r.strategy}); {r.total_tasks} in all"
+                )
             if not args.simulate_annotators:
                 break
-            s = simulate(ws, noise=args.noise, expert=args.expert, progress=progress)
+            s = simulate(ws, noise=answers.noise, expert=answers.expert, progress=progress)
             p = pull(ws, progress=progress)
-            mean = ws.status()["annotation"].get("cohen_kappa_mean")
+            summary = read_engine(ws.engine, AnnotationSummary) or AnnotationSummary()
             print(
                 f"round {i}: {s.annotations} simulated answer(s); {p.features_labeled} feature(s) "
-                f"labeled, {p.invalid} invalid, mean Cohen's kappa {mean}; learner {p.learner}"
+                f"labeled, {p.invalid} invalid, mean Cohen's kappa {summary.cohen_kappa_mean}; "
+                f"learner {p.learner}"
             )
     finally:
         if args.headless and not was_running:
@@ -258,17 +256,22 @@ def demo(ws: Any, args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
+def _resume(args: argparse.Namespace) -> str:
+    """The command that reruns only this room's demo step."""
+    if not args.simulate_annotators:
+        return f"safesail label push --workspace {args.workspace}"
+    expert = config_from_args(SimulateConfig, args, ("expert",)).expert
+    return (
+        f"safesail label simulate --expert {expert} --workspace {args.workspace} && "
+        f"safesail label pull --workspace {args.workspace}"
+    )
+
+
 PLUGIN = Plugin(
     name="annotation",
     order=10,
     add_commands=add_commands,
     add_demo_options=add_demo_options,
     demo=demo,
-    resume=lambda args: (
-        f"safesail label simulate --expert {args.expert} --workspace {args.workspace} && "
-        f"safesail label pull "
-        f"--workspace {args.workspace}"
-        if args.simulate_annotators
-        else f"safesail label push --workspace {args.workspace}"
-    ),
+    resume=_resume,
 )

@@ -20,19 +20,23 @@ from typing import Any, NamedTuple
 import numpy as np
 from sqlmodel import Session, select
 
-from annotation.client import ClientConfig, ensure_project, open_client
 from annotation.config import (
     CONCEPTS,
     CONFIDENCE,
-    EXPERTS,
     EXPLANATION,
     MAX_RATING,
     READER,
     TO_NAME,
+    Expert,
     display_name,
 )
+from annotation.project import ensure_project
+from annotation.settings import SimulateConfig
+from annotation.transport import Client, ClientConfig, open_client
+from safesail.contracts import Workspace
 from safesail.oracle import noisy_answer, oracle_labels
-from safesail.reader import Reader, ReaderAnswer, read_features
+from safesail.reader import Reader, read_features
+from safesail.reader_answers import ReaderAnswer
 from safesail.storage import LabelTask
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
@@ -72,7 +76,7 @@ def result(concepts: list[str], confidence: int, text: str) -> list[dict[str, An
 
 
 def _expert_answers(
-    ws: Any, expert: str, features: dict[str, list[int]]
+    ws: Workspace, expert: Expert, features: dict[str, list[int]]
 ) -> dict[tuple[str, int], ReaderAnswer]:
     """The simulated expert's answer per (SAE, feature); `expert` is one of EXPERTS."""
     out: dict[tuple[str, int], ReaderAnswer] = {}
@@ -91,7 +95,7 @@ def _expert_answers(
     return out
 
 
-def _second_user(client: Any) -> int:
+def _second_user(client: Client) -> int:
     """The second annotator's user id, creating the user (random password) the first time."""
     users = client.call(lambda: list(client.sdk.users.list()))
     for user in users:
@@ -109,11 +113,11 @@ def _second_user(client: Any) -> int:
 
 
 def simulate(
-    ws: Any,
+    ws: Workspace,
     *,
     noise: float = 0.05,
     seed: int = 0,
-    expert: str = READER,
+    expert: Expert = READER,
     config: ClientConfig | None = None,
     progress: bool = True,
 ) -> SimResult:
@@ -122,10 +126,7 @@ def simulate(
     probability `noise`."""
     from tqdm import tqdm
 
-    if not 0 <= noise <= 1:
-        raise ValueError(f"noise must be in [0, 1], got {noise}")
-    if expert not in EXPERTS:
-        raise ValueError(f"expert must be one of {', '.join(EXPERTS)}, got {expert!r}")
+    SimulateConfig(noise=noise, seed=seed, expert=expert)  # ValueError on a bad setting
     client = open_client(ws, config)
     project_id, key = ensure_project(ws, client)
     me = client.call(client.sdk.users.whoami)

@@ -12,7 +12,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from annotation.config import CONCEPTS, EXPLANATION, TO_NAME
-from safesail.collect import TOP, feature_examples
+from safesail.examples import TOP, feature_examples
 from safesail.reference import N_LOW, N_TOP, window
 from safesail.storage import Context, Explanation, Feature, SaeRecord
 

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from annotation import server
-from annotation.client import ClientConfig, ensure_project, import_tasks, open_client
+from annotation.project import ensure_project
+from annotation.push import import_tasks
 from annotation.tasks import _block, heatmap_html, task_key
+from annotation.transport import ClientConfig, open_client
 from safesail.config import WorkspaceConfig, default_cache_dir
 from safesail.storage import LabelTask, SaeRecord, session_scope, set_meta
 from safesail.workspace import Workspace

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from annotation import client as client_mod
+from annotation import push as push_mod
 from annotation import server
-from annotation.client import ClientConfig, open_client, pull, push, server_keys
+from annotation.pull import pull
+from annotation.push import push, server_keys
 from annotation.simulate import simulate
+from annotation.transport import ClientConfig, open_client
 from safesail.config import default_cache_dir
 from safesail.errors import SafesailError
 from safesail.procs import stop_group
@@ -154,7 +156,7 @@ def test_push_annotate_pull_rerun(ws):
 
 
 def test_crash_between_import_and_commit_then_rerun(ws, monkeypatch):
-    real = client_mod.record_push
+    real = push_mod.record_push
     calls = Counter()
 
     def crash_once(*args, **kwargs):
@@ -163,7 +165,7 @@ def test_crash_between_import_and_commit_then_rerun(ws, monkeypatch):
             raise KeyboardInterrupt("killed after the HTTP import, before the commit")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(client_mod, "record_push", crash_once)
+    monkeypatch.setattr(push_mod, "record_push", crash_once)
     with pytest.raises(KeyboardInterrupt):
         push(ws, 4, config=FAST, progress=False)
     assert _tasks(ws) == []  # nothing committed locally, but 4 tasks exist on the server

@@ -15,16 +15,12 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from sqlmodel import Session, select
 
-from annotation.client import ClientConfig, import_tasks, open_client, pull
-from safesail.storage import (
-    Annotation,
-    Explanation,
-    LabelTask,
-    human_labels,
-    open_db,
-    session_scope,
-    set_meta,
-)
+from annotation.pull import pull
+from annotation.push import import_tasks
+from annotation.transport import ClientConfig, open_client
+from safesail.contracts import AnnotationSummary, write_record
+from safesail.queries import human_labels
+from safesail.storage import Annotation, Explanation, LabelTask, open_db, session_scope, set_meta
 from safesail.taxonomy import Taxonomy
 
 SAE = "L1-w64-k4"
@@ -114,7 +110,8 @@ def ws(tmp_path, fake_ls, monkeypatch):
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", "test-token")
     engine = open_db(f"sqlite:///{tmp_path / 'safesail.db'}")
     with session_scope(engine) as session:
-        set_meta(session, "annotation", {"url": fake_ls.url, "project": PROJECT, "sae_id": SAE})
+        write_record(session, AnnotationSummary(url=fake_ls.url, project=PROJECT, sae_id=SAE))
+        set_meta(session, "selected_sae", SAE)
     return SimpleNamespace(
         engine=engine,
         selected_sae=SAE,
@@ -254,8 +251,8 @@ def test_one_rule_for_a_features_human_label(ws):
     """Two accepted human labels of one feature, the newer stored first: the explainer's gold
     set, the learner's labels, the shown label and storage.human_labels all take the newer."""
     from active_learning.learner import _gold
-    from safesail.explainer.pipeline import gold_labels
-    from safesail.storage import best_accepted
+    from safesail.explainer.materials import gold_labels
+    from safesail.queries import best_accepted
 
     with session_scope(ws.engine) as session:
         session.add(_human(3, ["fraud"], "2026-12-01T12:00:00"))  # newer, lower id
