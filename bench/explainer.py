@@ -126,9 +126,9 @@ def main() -> None:
                 "per_feature": spent / (len(gold) + len(unlabeled)),
                 "answer_agreement": concept_right / max(len(answered), 1),
                 "answered": len(answered),
-                "heldout": report.calibration.get("achieved_agreement"),
-                "threshold": report.calibration.get("threshold"),
-                "error": report.calibration.get("error"),
+                "heldout": report.calibration.achieved_agreement,
+                "threshold": report.calibration.threshold,
+                "error": report.calibration.error,
                 "failed": report.failed,
                 "seconds": seconds,
             }

@@ -14,6 +14,7 @@ import pytest
 from sqlmodel import Session, delete, select
 
 from safesail.cli import main
+from safesail.contracts import CalibrationReport, read_record
 from safesail.errors import SafesailError
 from safesail.explainer.clients import LlmClient
 from safesail.explainer.config import EMBEDDED_ALIAS, ExplainConfig, LlmConfig
@@ -21,7 +22,7 @@ from safesail.explainer.pipeline import explain
 from safesail.explainer.plugin import demo
 from safesail.explainer.server import EmbeddedServer
 from safesail.explainer.simulate import seed_gold
-from safesail.storage import Explanation, Feature, LlmCall, Score, get_meta
+from safesail.storage import Explanation, Feature, LlmCall, Score
 from tests.conftest import copy_workspace, skip_or_fail
 
 NO_LLAMA = "llama-cpp-python is not installed (pip install 'llama-cpp-python[server]')"
@@ -72,7 +73,7 @@ def test_explain_end_to_end_over_real_http(triaged_ws, tmp_path, lm, llm_url):
         auto = list(session.exec(select(Explanation).where(Explanation.source == "auto")))
         human = list(session.exec(select(Explanation).where(Explanation.source == "human")))
         scores = list(session.exec(select(Score)))
-        meta = get_meta(session, "calibration")
+        meta = read_record(session, CalibrationReport)
     assert {r.feature for r in auto} == {candidates[0], *gold}
     assert len(human) == 4 and all(h.status == "accepted" for h in human)  # never overwritten
     labels = set(ws.taxonomy.label_values())
@@ -96,10 +97,10 @@ def test_explain_end_to_end_over_real_http(triaged_ws, tmp_path, lm, llm_url):
     with Session(ws.engine) as session:
         steps = {c.step for c in session.exec(select(LlmCall))}
     assert {"explain", "detection"} <= steps
-    assert meta["target"] == 0.9 and meta["model"] == EMBEDDED_ALIAS
-    assert meta["n_gold"] == sum(1 for r in explained if r.feature in gold)
+    assert meta.target == 0.9 and meta.model == EMBEDDED_ALIAS
+    assert meta.n_gold == sum(1 for r in explained if r.feature in gold)
     # status adds the readers' verdict where a reference set exists (none for this tiny SAE)
-    assert status["calibration"] == {**meta, "reference_agreement": None}
+    assert status["calibration"] == {**meta.to_dict(), "reference_agreement": None}
 
     # rerun: nothing new is asked or paid
     again = explain(ws, config, llm, progress=False)

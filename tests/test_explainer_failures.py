@@ -16,13 +16,14 @@ import pytest
 from sqlmodel import Session, select
 
 from safesail.cli import main
+from safesail.contracts import CalibrationReport, read_record
 from safesail.errors import SafesailError
 from safesail.explainer.calibration import choose_threshold, fit_calibration
 from safesail.explainer.clients import LlmClient, parse_json
 from safesail.explainer.config import ExplainConfig, LlmConfig
 from safesail.explainer.explainers import ExplanationAnswer, explanation_schema
 from safesail.explainer.pipeline import explain
-from safesail.storage import Explanation, LlmCall, get_meta
+from safesail.storage import Explanation, LlmCall
 from safesail.taxonomy import Taxonomy
 from tests.conftest import copy_workspace
 
@@ -201,8 +202,8 @@ def test_empty_gold_set_refuses_calibration_and_queues_everything(ws, double):
     report = explain(ws, ExplainConfig(limit=2, min_gold=20), llm, progress=False)
     assert report.explained == 2 and report.accepted == 0 and report.queued == 2
     with Session(ws.engine) as session:
-        meta = get_meta(session, "calibration")
-    assert "needs at least 20" in meta["error"] and "has 0" in meta["error"]
+        meta = read_record(session, CalibrationReport)
+    assert "needs at least 20" in meta.error and "has 0" in meta.error
     assert ws.status()["labels"]["queued_for_humans"] == 2
     assert ws.status()["labels"]["auto_accepted"] == 0
     with pytest.raises(SafesailError, match="needs at least 20 .* has 3"):

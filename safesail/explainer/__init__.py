@@ -5,6 +5,9 @@ and accepts only above the threshold that reaches the target agreement; the rest
 humans.
 
 Modules: `server` (embedded endpoint), `clients` (cached, accounted, retried chat calls),
-`explainers` (prompts), `scorers` (detection, fuzzing, simulation, embedding), `calibration`,
-`pipeline` (`safesail explain`), `simulate` (oracle gold labels for tests and benchmarks).
+`explainers` (prompts), `scorers` (the scorer registry: detection, fuzzing, simulation,
+embedding), `calibration` (the model and threshold), `materials` (gold labels, explain split,
+held-out material), `context` (a run's settings and model), `pipeline` (`safesail explain`: the
+run), `routing` (signals, calibration fit, statuses), `report` (the CalibrationReport and the
+reliability diagram), `simulate` (oracle gold labels for tests and benchmarks).
 """

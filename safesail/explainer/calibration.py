@@ -14,11 +14,11 @@ so it accepts nothing.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from safesail.contracts import ReliabilityBin
 from safesail.errors import SafesailError
 from safesail.stats import wilson_interval
 
@@ -113,7 +113,7 @@ class Calibration(NamedTuple):
             return np.full(len(x), self.model)
         return np.mean([m.predict_proba(x)[:, 1] for m in self.model], axis=0)
 
-    def reliability(self, bins: int = 5) -> list[dict[str, float | int]]:
+    def reliability(self, bins: int = 5) -> list[ReliabilityBin]:
         """Held-out predicted probability vs. observed agreement, per probability bin."""
         edges = np.linspace(0, 1, bins + 1)
         out = []
@@ -121,13 +121,13 @@ class Calibration(NamedTuple):
             inside = (self.oof >= lo) & ((self.oof < hi) | (hi == 1.0))
             if inside.any():
                 out.append(
-                    {
-                        "lo": round(float(lo), 2),
-                        "hi": round(float(hi), 2),
-                        "n": int(inside.sum()),
-                        "mean_probability": round(float(self.oof[inside].mean()), 4),
-                        "agreement": round(float(self.agree[inside].mean()), 4),
-                    }
+                    ReliabilityBin(
+                        lo=round(float(lo), 2),
+                        hi=round(float(hi), 2),
+                        n=int(inside.sum()),
+                        mean_probability=round(float(self.oof[inside].mean()), 4),
+                        agreement=round(float(self.agree[inside].mean()), 4),
+                    )
                 )
         return out
 
@@ -171,40 +171,3 @@ def fit_calibration(
         models.append(_pipeline().fit(x[train], agree[train]))
         oof[test] = models[-1].predict_proba(x[test])[:, 1]
     return Calibration(models, choose_threshold(oof, agree, target, z), n, oof, agree)
-
-
-def plot_reliability(calibration: Calibration, target: float, path: Path) -> Path:
-    """Reliability diagram (held-out P(agree) vs. observed agreement) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    bins = calibration.reliability()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
-    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfectly calibrated")
-    if bins:
-        ax.plot(
-            [b["mean_probability"] for b in bins],
-            [b["agreement"] for b in bins],
-            "o-",
-            label="held-out (out-of-fold)",
-        )
-        for b in bins:
-            ax.annotate(f"n={b['n']}", (b["mean_probability"], b["agreement"]), fontsize=7)
-    ax.axhline(target, c="green", lw=1, label=f"target {target:.0%}")
-    if math.isfinite(calibration.threshold.threshold):
-        ax.axvline(calibration.threshold.threshold, c="red", lw=1, label="threshold")
-    ax.set(
-        xlim=(0, 1),
-        ylim=(0, 1.02),
-        xlabel="predicted P(agrees with experts)",
-        ylabel="observed agreement",
-        title=f"Explainer calibration ({calibration.n_gold} gold features)",
-    )
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path

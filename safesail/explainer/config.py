@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from safesail.errors import SafesailError
+from safesail.explainer.scorers import scorer_names
 
 EMBEDDED_ALIAS = "smollm2-135m-instruct"
 """Model name the embedded llama.cpp server answers to."""
@@ -23,7 +24,6 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 """USD per million (prompt, completion) tokens; a local model must be listed with zeros."""
 
 Prompting = Literal["ours", "baseline"]
-Scorer = Literal["detection", "fuzzing", "simulation", "embedding"]
 StructuredMode = Literal["json_object_schema", "json_object"]
 
 
@@ -126,8 +126,9 @@ class ExplainConfig:
     """Show the corpus concept tags of the explain split's texts vs. their base rates (ours)."""
     max_tokens: int = 72
     """Completion budget of an explanation (short: ~90 tokens/s on a CPU)."""
-    scorers: tuple[Scorer, ...] = ("detection", "fuzzing", "simulation", "embedding")
-    """Scorers run on held-out contexts; embedding needs no LLM call."""
+    scorers: tuple[str, ...] = ("detection", "fuzzing", "simulation", "embedding")
+    """Registered scorers (safesail.explainer.scorers) run on held-out contexts, in this order;
+    embedding needs no LLM call."""
     n_score_pos: int = 4
     """Held-out activating contexts per scorer."""
     n_score_neg: int = 4
@@ -159,7 +160,7 @@ class ExplainConfig:
             raise ValueError("few_shot, n_score_neg must be >= 0, n_score_pos >= 1")
         if self.min_gold < 2 or self.folds < 2 or self.confidence_z < 0:
             raise ValueError("min_gold and folds must be >= 2, confidence_z >= 0")
-        unknown = set(self.scorers) - {"detection", "fuzzing", "simulation", "embedding"}
+        unknown = set(self.scorers) - set(scorer_names())
         if unknown:
             raise ValueError(f"unknown scorers: {sorted(unknown)}")
 

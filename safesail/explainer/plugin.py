@@ -6,46 +6,43 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safesail.plugins import Plugin
 
+if TYPE_CHECKING:
+    from safesail.contracts import Workspace
+    from safesail.explainer.config import ExplainConfig, LlmConfig
+    from safesail.explainer.pipeline import ExplainReport
 
-def _llm_config(args: argparse.Namespace):
-    from safesail.errors import SafesailError
+LLM_FLAGS = ("base_url", "concurrency", "requests_per_second", "timeout_s")
+"""LlmConfig fields with a flag of their own name (`--llm-model`, the model, is apart: the
+common `--model` flag, the language model that is explained, holds its name)."""
+EXPLAIN_FLAGS = ("limit", "max_gold", "target", "min_gold", "prompting", "scorers")
+"""ExplainConfig fields with a flag (`--scorers` is spelled `--scorer`, it repeats)."""
+
+
+def _llm_config(args: argparse.Namespace) -> LlmConfig:
+    from safesail.cliconfig import config_from_args
     from safesail.explainer.config import LlmConfig, load_prices
 
-    given = {
-        name: value
-        for name in ("base_url", "concurrency", "requests_per_second", "timeout_s")
-        if (value := getattr(args, name, None)) is not None
-    }
-    if getattr(args, "llm_model", None):
-        given["model"] = args.llm_model
-    try:
-        return LlmConfig(prices=load_prices(getattr(args, "price_table", None)), **given)
-    except ValueError as exc:
-        raise SafesailError(str(exc)) from None
+    return config_from_args(
+        LlmConfig,
+        args,
+        LLM_FLAGS,
+        model=getattr(args, "llm_model", None) or None,
+        prices=load_prices(getattr(args, "price_table", None)),
+    )
 
 
-def _explain_config(args: argparse.Namespace, **overrides: Any):
-    from safesail.errors import SafesailError
+def _explain_config(args: argparse.Namespace, **overrides: Any) -> ExplainConfig:
+    from safesail.cliconfig import config_from_args
     from safesail.explainer.config import ExplainConfig
 
-    given = {
-        name: value
-        for name in ("limit", "max_gold", "target", "min_gold", "prompting")
-        if (value := getattr(args, name, None)) is not None
-    }
-    if getattr(args, "scorer", None):
-        given["scorers"] = tuple(args.scorer)
-    try:
-        return ExplainConfig(**{**given, **overrides})
-    except ValueError as exc:
-        raise SafesailError(str(exc)) from None
+    return config_from_args(ExplainConfig, args, EXPLAIN_FLAGS, **overrides)
 
 
-def _llm(ws: Any, args: argparse.Namespace, progress: bool) -> int:
+def _llm(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     from safesail.explainer.server import EmbeddedServer
 
     server = EmbeddedServer(ws.config.workspace, port=args.port)
@@ -59,25 +56,25 @@ def _llm(ws: Any, args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
-def _report(report: Any) -> None:
+def _report(report: ExplainReport) -> None:
     cal = report.calibration
     print(
         f"explained {report.explained} feature(s) ({report.failed} failed); "
         f"accepted {report.accepted}, queued for humans {report.queued}"
     )
-    if cal.get("error"):
-        print(f"calibration: {cal['error']}")
+    if cal.error:
+        print(f"calibration: {cal.error}")
     else:
-        agreement, threshold = cal["achieved_agreement"], cal["threshold"]
+        agreement, threshold = cal.achieved_agreement, cal.threshold
         print(
-            f"calibration on {cal['n_gold']} gold features: target {cal['target']:.0%}, held-out "
+            f"calibration on {cal.n_gold} gold features: target {cal.target:.0%}, held-out "
             f"agreement {'-' if agreement is None else f'{agreement:.0%}'}, threshold "
-            f"{'-' if threshold is None else f'{threshold:.3f}'}, coverage {cal['coverage']:.0%}; "
-            f"diagram {cal.get('reliability_png')}"
+            f"{'-' if threshold is None else f'{threshold:.3f}'}, coverage {cal.coverage:.0%}; "
+            f"diagram {cal.reliability_png}"
         )
 
 
-def _explain(ws: Any, args: argparse.Namespace, progress: bool) -> int:
+def _explain(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     from safesail.explainer.pipeline import explain
 
     config, llm = _explain_config(args), _llm_config(args)
@@ -86,10 +83,10 @@ def _explain(ws: Any, args: argparse.Namespace, progress: bool) -> int:
 
 
 def _endpoint_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--base-url",
-        help="OpenAI-compatible endpoint (default: $SAFESAIL_LLM_BASE_URL or embedded)",
-    )
+    from safesail.cliconfig import add_config_flags
+    from safesail.explainer.config import LlmConfig
+
+    add_config_flags(parser, LlmConfig, ("base_url",))
     parser.add_argument(
         "--llm-model", help="model at the endpoint (default: $SAFESAIL_LLM_MODEL or embedded)"
     )
@@ -99,6 +96,10 @@ def _endpoint_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    from safesail.cliconfig import add_config_flags
+    from safesail.explainer.config import ExplainConfig, LlmConfig
+    from safesail.explainer.scorers import scorer_names
+
     llm = sub.add_parser("llm", help="the embedded LLM server (llama.cpp, SmolLM2)")
     actions = llm.add_subparsers(dest="action", required=True)
     for action, text in (
@@ -114,23 +115,18 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="explain safety candidates with an LLM, calibrate against gold labels, route",
     )
-    explain.add_argument("--limit", type=int, help="unlabeled candidates to explain this run")
     explain.add_argument(
         "--feature", type=int, action="append", help="explain this feature (repeatable)"
     )
-    explain.add_argument("--max-gold", type=int, help="gold-labeled features to explain this run")
-    explain.add_argument("--target", type=float, help="agreement to reach (default 0.9)")
-    explain.add_argument("--min-gold", type=int, help="gold features calibration needs (20)")
-    explain.add_argument("--prompting", choices=["ours", "baseline"], help="prompt style")
-    explain.add_argument(
+    add_config_flags(explain, ExplainConfig, [f for f in EXPLAIN_FLAGS if f != "scorers"])
+    explain.add_argument(  # choices from the registry: cliconfig derives them from Literals only
         "--scorer",
+        dest="scorers",
         action="append",
-        choices=["detection", "fuzzing", "simulation", "embedding"],
-        help="scorers to run (repeatable; default: all four)",
+        choices=scorer_names(),
+        help=f"scorers to run (repeatable; default: {', '.join(ExplainConfig().scorers)})",
     )
-    explain.add_argument("--concurrency", type=int, help="requests in flight")
-    explain.add_argument("--requests-per-second", type=float, help="rate limit")
-    explain.add_argument("--timeout-s", type=float, help="per-request timeout")
+    add_config_flags(explain, LlmConfig, [f for f in LLM_FLAGS if f != "base_url"])
     _endpoint_options(explain)
     explain.set_defaults(handler=_explain)
 
@@ -147,13 +143,16 @@ def add_demo_options(demo: argparse.ArgumentParser) -> None:
     )
 
 
-def demo(ws: Any, args: argparse.Namespace, progress: bool) -> int:
+def demo(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     from sqlmodel import Session
 
-    from safesail.explainer.pipeline import explain, gold_labels
+    from safesail.explainer.materials import gold_labels
+    from safesail.explainer.pipeline import explain
+    from safesail.queries import require_selected_sae
 
+    sae_id = require_selected_sae(ws.engine)
     with Session(ws.engine) as session:
-        n_gold = len(gold_labels(session, ws.selected_sae))
+        n_gold = len(gold_labels(session, sae_id))
     if not n_gold:
         print("\nexplainer: explaining waits for gold labels (none yet); skipped")
         return 0

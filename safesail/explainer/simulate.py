@@ -7,7 +7,7 @@ from collections import Counter
 
 from sqlmodel import Session, select
 
-from safesail.collect import TOP, feature_examples
+from safesail.examples import TOP, feature_examples
 from safesail.oracle import oracle_labels
 from safesail.storage import Context, Explanation, Feature, session_scope
 

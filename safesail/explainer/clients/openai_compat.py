@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Engine
@@ -22,8 +22,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from safesail.errors import SafesailError
-from safesail.explainer.config import LlmConfig
 from safesail.storage import LlmCall, session_scope
+
+if TYPE_CHECKING:  # the settings import the scorer registry, whose scorers call this client
+    from safesail.explainer.config import LlmConfig
 
 
 class Completion(NamedTuple):

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ValidationInfo, field_validator, model_validator
 
-from safesail.explainer.config import ExplainConfig
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE, normalize_name
+
+if TYPE_CHECKING:  # the settings import the scorer registry, which renders with these helpers
+    from safesail.explainer.config import ExplainConfig
 
 
 class Shown(NamedTuple):

@@ -7,27 +7,29 @@
 - embedding: no LLM call; AUROC of TF-IDF similarity to the explanation, activating vs. not.
 
 Each LLM scorer asks about every text of a feature in ONE call, so scoring costs three short
-calls per feature.
+calls per feature. Each is a registered `Scorer` class (scorers/base.py); importing this module
+registers them, in this order.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ValidationInfo, field_validator
 
-from safesail.explainer.clients import LlmClient
-from safesail.explainer.config import ExplainConfig
 from safesail.explainer.explainers.prompts import Shown, random_window, render, segment
+from safesail.explainer.scorers.base import (
+    Scorer,
+    ScoreResult,
+    ScoringRecord,
+    get_scorer,
+    register_scorer,
+)
 
-
-class ScoreResult(NamedTuple):
-    """One scorer's value (None when the scorer's answer stayed invalid) and what it saw."""
-
-    scorer: str
-    value: float | None
-    details: dict[str, Any]
+if TYPE_CHECKING:  # the settings import this module (through the registry) to validate
+    from safesail.explainer.clients import LlmClient
+    from safesail.explainer.config import ExplainConfig
 
 
 class Ratings(BaseModel):
@@ -78,14 +80,15 @@ def shown_for_scoring(held: HeldOut, config: ExplainConfig, rng: np.random.Gener
 
 
 def _ask(
-    client: LlmClient,
+    client: LlmClient | None,
     step: str,
     instruction: str,
     texts: list[str],
     top: int,
-    sae_id: str,
-    feature: int,
+    record: ScoringRecord,
 ):
+    """One call asking for a rating per numbered text (every text of a feature at once)."""
+    assert client is not None  # Scorer.__init__ refuses an LLM scorer without one
     numbered = "\n".join(f"{i}. {t}" for i, t in enumerate(texts, 1))
     messages = [
         {"role": "system", "content": instruction},
@@ -98,8 +101,8 @@ def _ask(
         max_tokens=4 * len(texts) + 16,
         schema=_schema(len(texts), top),
         context={"n": len(texts), "max": top},
-        sae_id=sae_id,
-        feature=feature,
+        sae_id=record.sae_id,
+        feature=record.feature,
     )
 
 
@@ -108,79 +111,117 @@ def _shuffle(items: list[Any], rng: np.random.Generator) -> tuple[list[Any], np.
     return [items[i] for i in order], order
 
 
-def detection(
-    client, explanation, pos, neg, sae_id: str, feature: int, rng: np.random.Generator
-) -> ScoreResult:
-    items, order = _shuffle(
-        [(render(s, None), True) for s in pos] + [(render(s, None), False) for s in neg], rng
-    )
-    instruction = (
-        f'A language-model feature is explained as: "{explanation}". For each text answer 1 if '
-        'the feature fires on it, else 0. Reply JSON {"answers": [one number per text]}.'
-    )
-    reply = _ask(client, "detection", instruction, [t for t, _ in items], 1, sae_id, feature)
-    if reply.value is None:
-        return ScoreResult("detection", None, {"reason": reply.reason})
-    truth = [y for _, y in items]
-    guess = [bool(a) for a in reply.value.answers]
-    return ScoreResult(
-        "detection", balanced_accuracy(truth, guess), {"truth": truth, "guess": guess}
-    )
+@register_scorer
+class Detection(Scorer):
+    """Given the explanation, which texts make the feature fire (balanced accuracy)."""
+
+    name = "detection"
+    version = "v1"
+
+    def __call__(self, record: ScoringRecord) -> ScoreResult:
+        pos, neg, rng = record.positives, record.negatives, record.rng
+        items, order = _shuffle(
+            [(render(s, None), True) for s in pos] + [(render(s, None), False) for s in neg], rng
+        )
+        instruction = (
+            f'A language-model feature is explained as: "{record.explanation}". For each text '
+            'answer 1 if the feature fires on it, else 0. Reply JSON {"answers": [one number per '
+            "text]}."
+        )
+        reply = _ask(self.client, self.name, instruction, [t for t, _ in items], 1, record)
+        if reply.value is None:
+            return ScoreResult(self.name, None, {"reason": reply.reason})
+        truth = [y for _, y in items]
+        guess = [bool(a) for a in reply.value.answers]
+        return ScoreResult(
+            self.name, balanced_accuracy(truth, guess), {"truth": truth, "guess": guess}
+        )
 
 
-def fuzzing(
-    client, explanation, pos, config: ExplainConfig, sae_id: str, feature: int, rng
-) -> ScoreResult:
-    items = []
-    for shown in pos:
-        top = float(shown.acts.max(initial=0.0))
-        right = shown.acts >= config.mark_fraction * top
-        quiet = np.flatnonzero(~right)
-        wrong = np.zeros(len(shown.tokens), dtype=bool)
-        if len(quiet):
-            wrong[rng.choice(quiet, size=min(int(right.sum()) or 1, len(quiet)), replace=False)] = (
-                True
-            )
-        items += [(render(shown, None, right), True), (render(shown, None, wrong), False)]
-    items, _ = _shuffle(items, rng)
-    instruction = (
-        f'A language-model feature is explained as: "{explanation}". In each text some tokens '
-        "are marked <<like this>>. Answer 1 if the marked tokens are where this feature fires, "
-        'else 0. Reply JSON {"answers": [one number per text]}.'
-    )
-    reply = _ask(client, "fuzzing", instruction, [t for t, _ in items], 1, sae_id, feature)
-    if reply.value is None:
-        return ScoreResult("fuzzing", None, {"reason": reply.reason})
-    truth = [y for _, y in items]
-    guess = [bool(a) for a in reply.value.answers]
-    return ScoreResult("fuzzing", balanced_accuracy(truth, guess), {"truth": truth, "guess": guess})
+@register_scorer
+class Fuzzing(Scorer):
+    """Which texts have the activating tokens marked, versus random tokens (balanced acc.)."""
+
+    name = "fuzzing"
+    version = "v1"
+
+    def __call__(self, record: ScoringRecord) -> ScoreResult:
+        rng = record.rng
+        items = []
+        for shown in record.positives:
+            top = float(shown.acts.max(initial=0.0))
+            right = shown.acts >= self.config.mark_fraction * top
+            quiet = np.flatnonzero(~right)
+            wrong = np.zeros(len(shown.tokens), dtype=bool)
+            if len(quiet):
+                size = min(int(right.sum()) or 1, len(quiet))
+                wrong[rng.choice(quiet, size=size, replace=False)] = True
+            items += [(render(shown, None, right), True), (render(shown, None, wrong), False)]
+        items, _ = _shuffle(items, rng)
+        instruction = (
+            f'A language-model feature is explained as: "{record.explanation}". In each text some '
+            "tokens are marked <<like this>>. Answer 1 if the marked tokens are where this feature "
+            'fires, else 0. Reply JSON {"answers": [one number per text]}.'
+        )
+        reply = _ask(self.client, self.name, instruction, [t for t, _ in items], 1, record)
+        if reply.value is None:
+            return ScoreResult(self.name, None, {"reason": reply.reason})
+        truth = [y for _, y in items]
+        guess = [bool(a) for a in reply.value.answers]
+        return ScoreResult(
+            self.name, balanced_accuracy(truth, guess), {"truth": truth, "guess": guess}
+        )
 
 
-def simulation(client, explanation, pos, neg, sae_id: str, feature: int, rng) -> ScoreResult:
-    peak = max((float(s.acts.max(initial=0.0)) for s in pos), default=1.0) or 1.0
-    items, _ = _shuffle(
-        [(render(s, None), float(s.acts.max(initial=0.0)) / peak) for s in pos + neg], rng
-    )
-    instruction = (
-        f'A language-model feature is explained as: "{explanation}". Rate from 0 to 10 how '
-        'strongly it fires on each text. Reply JSON {"answers": [one rating per text]}.'
-    )
-    reply = _ask(client, "simulation", instruction, [t for t, _ in items], 10, sae_id, feature)
-    if reply.value is None:
-        return ScoreResult("simulation", None, {"reason": reply.reason})
-    real = np.array([a for _, a in items])
-    predicted = np.array(reply.value.answers, dtype=float)
-    corr = (
-        float(np.corrcoef(real, predicted)[0, 1]) if real.std() > 0 and predicted.std() > 0 else 0.0
-    )
-    return ScoreResult(
-        "simulation", corr, {"real": real.round(3).tolist(), "predicted": predicted.tolist()}
-    )
+@register_scorer
+class Simulation(Scorer):
+    """The LLM rates each text 0-10, correlated with the real max activation (the cheap
+    per-segment variant of simulating activations)."""
+
+    name = "simulation"
+    version = "v1"
+
+    def __call__(self, record: ScoringRecord) -> ScoreResult:
+        pos, neg = record.positives, record.negatives
+        peak = max((float(s.acts.max(initial=0.0)) for s in pos), default=1.0) or 1.0
+        items, _ = _shuffle(
+            [(render(s, None), float(s.acts.max(initial=0.0)) / peak) for s in pos + neg],
+            record.rng,
+        )
+        instruction = (
+            f'A language-model feature is explained as: "{record.explanation}". Rate from 0 to 10 '
+            'how strongly it fires on each text. Reply JSON {"answers": [one rating per text]}.'
+        )
+        reply = _ask(self.client, self.name, instruction, [t for t, _ in items], 10, record)
+        if reply.value is None:
+            return ScoreResult(self.name, None, {"reason": reply.reason})
+        real = np.array([a for _, a in items])
+        predicted = np.array(reply.value.answers, dtype=float)
+        corr = (
+            float(np.corrcoef(real, predicted)[0, 1])
+            if real.std() > 0 and predicted.std() > 0
+            else 0.0
+        )
+        return ScoreResult(
+            self.name, corr, {"real": real.round(3).tolist(), "predicted": predicted.tolist()}
+        )
+
+
+@register_scorer
+class Embedding(Scorer):
+    """AUROC of the explanation's similarity to activating vs. non-activating texts, over
+    character n-gram TF-IDF (no model, no call; robust to word forms like stab/stabbed)."""
+
+    name = "embedding"
+    version = "tfidf-char3-5-v1"
+    needs_llm = False
+
+    def __call__(self, record: ScoringRecord) -> ScoreResult:
+        return embedding(record.explanation, record.positives, record.negatives)
 
 
 def embedding(explanation: str, pos: list[Shown], neg: list[Shown]) -> ScoreResult:
-    """AUROC of the explanation's similarity to activating vs. non-activating texts, over
-    character n-gram TF-IDF (no model, no call; robust to word forms like stab/stabbed)."""
+    """The embedding scorer's arithmetic (no client, no settings needed)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.metrics import roc_auc_score
 
@@ -191,7 +232,7 @@ def embedding(explanation: str, pos: list[Shown], neg: list[Shown]) -> ScoreResu
     sims = (vectors[1:] @ vectors[0].T).toarray().ravel()
     truth = [1] * len(pos) + [0] * len(neg)
     value = float(roc_auc_score(truth, sims)) if pos and neg else float(sims.mean())
-    return ScoreResult("embedding", value, {"similarity": sims.round(4).tolist()})
+    return ScoreResult(Embedding.name, value, {"similarity": sims.round(4).tolist()})
 
 
 def text_similarity(a: str, b: str) -> float:
@@ -215,14 +256,5 @@ def score_explanation(
     """Every configured scorer on the feature's held-out material (seeded per feature)."""
     rng = np.random.default_rng([config.seed, feature])
     pos, neg = shown_for_scoring(held, config, rng)
-    out = []
-    for name in config.scorers:
-        if name == "embedding":
-            out.append(embedding(explanation, pos, neg))
-        elif name == "detection":
-            out.append(detection(client, explanation, pos, neg, sae_id, feature, rng))
-        elif name == "fuzzing":
-            out.append(fuzzing(client, explanation, pos, config, sae_id, feature, rng))
-        else:
-            out.append(simulation(client, explanation, pos, neg, sae_id, feature, rng))
-    return out
+    record = ScoringRecord(explanation, pos, neg, sae_id, feature, rng)
+    return [get_scorer(name)(client, config)(record) for name in config.scorers]

@@ -1,0 +1,51 @@
+"""The one record a `safesail explain` run carries through its steps (gather, explain, score,
+store, route, report), instead of the same ten arguments handed from function to function."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from safesail.contracts import Workspace
+from safesail.explainer.config import ExplainConfig, LlmConfig
+from safesail.queries import require_selected_sae
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything fixed for one run: where, with which settings and model, over which labels."""
+
+    ws: Workspace
+    config: ExplainConfig
+    llm: LlmConfig
+    sae_id: str
+    """The selected SAE, whose features are explained."""
+    model: str
+    """The model that answers (the endpoint's name for it)."""
+    version: str
+    """model/prompt version: explanations of another version are neither reused nor routed."""
+    labels: list[str]
+    """Taxonomy labels an explanation may name (the safety concepts, benign, uninterpretable)."""
+    concepts: list[str]
+    """Taxonomy concepts, the columns of a feature's profile."""
+    progress: bool = True
+
+    @classmethod
+    def start(
+        cls, ws: Workspace, config: ExplainConfig, llm: LlmConfig, progress: bool = True
+    ) -> RunContext:
+        """The run's context; refuses before anything is spent when no SAE is selected or
+        the model has no price (a paid endpoint is never reported as free)."""
+        sae_id = require_selected_sae(ws.engine)
+        model = llm.resolved_model
+        llm.price()
+        return cls(
+            ws=ws,
+            config=config,
+            llm=llm,
+            sae_id=sae_id,
+            model=model,
+            version=f"{model}/{config.prompt_version}",
+            labels=ws.taxonomy.label_values(),
+            concepts=list(ws.taxonomy.concepts),
+            progress=progress,
+        )

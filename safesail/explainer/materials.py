@@ -1,0 +1,128 @@
+"""What a feature is explained from and judged by: the experts' gold labels, its explain split
+(the strongest top contexts) and held-out scoring material, the corpus evidence of the explain
+split and a cheap profile for finding similar features.
+
+Shared by the run (which explains and scores) and the routing (which compares with the gold
+labels and the nearest gold features), so both split a feature's contexts the same way: the
+held-out contexts a feature is scored on are never the ones it was explained from.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from sqlmodel import Session, select
+
+from safesail.activations import text_max_matrix
+from safesail.contracts import Workspace
+from safesail.examples import TOP, Example, feature_examples
+from safesail.explainer.config import ExplainConfig
+from safesail.explainer.explainers import Evidence, Shown, base_rates, corpus_evidence
+from safesail.explainer.scorers import HeldOut
+from safesail.queries import human_labels
+from safesail.storage import Context, Feature, corpus_concepts
+
+
+class Gold(NamedTuple):
+    """A human gold label (accepted, adjudicated)."""
+
+    concepts: list[str]
+    text: str
+    confidence: float | None
+
+
+class Material(NamedTuple):
+    """What one feature is explained from and scored on."""
+
+    feature: int
+    vector: np.ndarray
+    explain: list[Shown]
+    held: HeldOut
+    evidence: Evidence
+
+
+def gold_labels(session: Session, sae_id: str) -> dict[int, Gold]:
+    """The gold set: each feature's human label (queries.human_labels: the latest accepted)."""
+    return {
+        f: Gold(list(r.concepts), r.text or "", r.confidence)
+        for f, r in human_labels(session, sae_id).items()
+    }
+
+
+def profile(feature: Feature, concepts: list[str]) -> np.ndarray:
+    """A cheap profile for finding similar features: firing fraction per concept."""
+    stats = feature.concept_stats or {}
+    return np.array([stats.get(c, [0.0, 0.0])[1] for c in concepts], dtype=float)
+
+
+def explain_split(row: Feature, config: ExplainConfig) -> tuple[list[Example], list[Example]]:
+    """(explain split: the strongest top contexts, held-out rest incl. the decile samples)."""
+    examples = feature_examples(row)
+    top = [e for e in examples if e.kind == TOP]
+    split = min(config.max_explain_split, max(1, len(top) // 2))
+    return top[:split], top[split:] + [e for e in examples if e.kind != TOP]
+
+
+def feature_evidence(
+    session: Session, rows: list[Feature], config: ExplainConfig
+) -> dict[int, Evidence]:
+    """Corpus tag evidence of each feature's explain split (never the held-out contexts)."""
+    tags = corpus_concepts(session)
+    base = base_rates(tags)
+    return {
+        row.index: corpus_evidence([e.text_id for e in explain_split(row, config)[0]], tags, base)
+        for row in rows
+    }
+
+
+def materials(
+    ws: Workspace, sae_id: str, features: list[int], config: ExplainConfig, concepts: list[str]
+) -> dict[int, Material]:
+    """Explain split (top contexts 0..S-1), held-out activating contexts (the other top ones and
+    the decile samples) and seeded non-activating texts, per feature."""
+    text_ids, matrix = text_max_matrix(ws.engine, sae_id)
+    matrix = matrix.tocsc()
+    text_ids = np.asarray(text_ids)
+    out: dict[int, tuple[Feature, list, list, list[int]]] = {}
+    with Session(ws.engine) as session:
+        rows = session.exec(
+            select(Feature).where(Feature.sae_id == sae_id, Feature.index.in_(features))
+        ).all()
+        evidence = feature_evidence(session, list(rows), config)
+        need: set[int] = set()
+        for row in rows:
+            explain, rest = explain_split(row, config)
+            rng = np.random.default_rng([config.seed, row.index])
+            held = _spread(rest, config.n_score_pos)
+            column = matrix.getcol(row.index)
+            quiet = np.setdiff1d(np.arange(len(text_ids)), column.indices[column.data > 0])
+            neg = (
+                text_ids[rng.choice(quiet, size=min(config.n_score_neg, len(quiet)), replace=False)]
+                if len(quiet)
+                else np.array([], dtype=int)
+            )
+            out[row.index] = (row, explain, held, [int(t) for t in neg])
+            need |= {e.text_id for e in explain + held} | {int(t) for t in neg}
+        tokens = {
+            c.text_id: c.tokens
+            for c in session.exec(select(Context).where(Context.text_id.in_(need)))
+        }
+    result = {}
+    for index, (row, explain, held, neg) in out.items():
+        zeros = [Shown(tokens[t], np.zeros(len(tokens[t]), np.float32)) for t in neg]
+        result[index] = Material(
+            index,
+            profile(row, concepts),
+            [Shown(tokens[e.text_id], e.activations) for e in explain],
+            HeldOut([Shown(tokens[e.text_id], e.activations) for e in held], zeros),
+            evidence[index],
+        )
+    return result
+
+
+def _spread(examples: list, n: int) -> list:
+    """n examples spread over the list (strongest to weakest), so scoring sees every level."""
+    if len(examples) <= n:
+        return list(examples)
+    return [examples[int(i)] for i in np.linspace(0, len(examples) - 1, n).round()]
