@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import streamlit as st
+from sqlalchemy.engine import Engine
 
-from app import data
+from app import browse, frames, reads
 from safesail.storage import masked_url
 
 REFRESH_S = 15
@@ -30,12 +31,38 @@ def settings() -> tuple[Path, str | None]:
     return workspace, args.db_url or os.environ.get("SAFESAIL_DB_URL")
 
 
+QUERIES: dict[str, Callable[..., Any]] = {
+    f.__name__: f
+    for f in (
+        reads.selected_sae,
+        reads.model_name,
+        reads.learner_state,
+        reads.calibration_report,
+        reads.sae_list,
+        frames.coverage,
+        frames.labels_per_day,
+        frames.llm_cost,
+        frames.cost_per_accepted,
+        frames.labels_needed,
+        frames.learner_curve,
+        frames.label_distribution,
+        frames.kappa,
+        frames.reliability,
+        frames.coverage_curve,
+        browse.landscape,
+        browse.feature_table,
+    )
+}
+"""What a page may `query`, by name: each takes the engine first and returns typed records or
+frames (picklable, as Streamlit's cache keeps them)."""
+
+
 @st.cache_resource
-def _engine(workspace: str, db_url: str | None) -> Any:
-    return data.connect(Path(workspace), db_url)
+def _engine(workspace: str, db_url: str | None) -> Engine | None:
+    return reads.connect(Path(workspace), db_url)
 
 
-def engine() -> Any:
+def engine() -> Engine | None:
     """The workspace database, or None (a missing database is retried on the next run)."""
     workspace, db_url = settings()
     found = _engine(str(workspace), db_url)
@@ -45,14 +72,14 @@ def engine() -> Any:
 
 
 def query(name: str, *args: Any) -> Any:
-    """`app.data.<name>(engine, *args)`, cached for REFRESH_S seconds."""
+    """`QUERIES[name](engine, *args)`, cached for REFRESH_S seconds."""
     workspace, db_url = settings()
     return _query(str(workspace), db_url, name, *args)
 
 
 @st.cache_data(ttl=REFRESH_S, show_spinner=False)
 def _query(workspace: str, db_url: str | None, name: str, *args: Any) -> Any:
-    return getattr(data, name)(_engine(workspace, db_url), *args)
+    return QUERIES[name](_engine(workspace, db_url), *args)
 
 
 def sidebar() -> None:
@@ -87,7 +114,7 @@ def ready() -> bool:
             f"{workspace}` (or `corpus build`, `sae train`, `collect`, `select`, `triage`)."
         )
         return False
-    if data.selected_sae(eng) is None:
+    if reads.selected_sae(eng) is None:
         need("selected SAE", "safesail collect && safesail select && safesail triage")
         return False
     return True

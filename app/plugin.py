@@ -9,11 +9,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safesail.errors import SafesailError
 from safesail.plugins import Plugin
 from safesail.procs import http_ok, pid_alive, start_time, stop_group
+
+if TYPE_CHECKING:
+    from safesail.contracts import Workspace
 
 PID_FILE = "app.json"
 """In the workspace: pid, its start time, port and URL of the app started with --background."""
@@ -47,7 +50,7 @@ def _add_demo_options(demo: argparse.ArgumentParser) -> None:
     )
 
 
-def _command(ws: Any, port: int, address: str = LOCAL) -> list[str]:
+def _command(ws: Workspace, port: int, address: str = LOCAL) -> list[str]:
     """The Streamlit command line: no secret on it (it is world-readable in `ps`); the database
     URL goes by environment (`_env`)."""
     main = Path(__file__).parent / "main.py"
@@ -59,7 +62,7 @@ def _command(ws: Any, port: int, address: str = LOCAL) -> list[str]:
     return cmd
 
 
-def _env(ws: Any) -> dict[str, str]:
+def _env(ws: Workspace) -> dict[str, str]:
     """The app's environment: the workspace's database URL (which may hold a password) in
     $SAFESAIL_DB_URL, never on the command line; without one, none inherited either."""
     from safesail.storage import DB_URL_ENV  # not at import: `safesail --help` stays fast
@@ -90,7 +93,7 @@ def _healthy(url: str) -> bool:
     return http_ok(f"{url}/_stcore/health", timeout=2)
 
 
-def running(ws: Any) -> dict[str, Any] | None:
+def running(ws: Workspace) -> dict[str, Any] | None:
     """The background app of this workspace, if one is running."""
     path = Path(ws.config.workspace) / PID_FILE
     if not path.is_file():
@@ -102,7 +105,7 @@ def running(ws: Any) -> dict[str, Any] | None:
     return None
 
 
-def start_background(ws: Any, port: int, address: str = LOCAL) -> dict[str, Any]:
+def start_background(ws: Workspace, port: int, address: str = LOCAL) -> dict[str, Any]:
     """Start the app detached (its own session, log in the workspace) unless this workspace's
     app already runs; waits until it answers. Returns {pid, started, port, address, url}."""
     if (info := running(ws)) is not None:
@@ -135,7 +138,7 @@ def start_background(ws: Any, port: int, address: str = LOCAL) -> dict[str, Any]
     return info
 
 
-def stop(ws: Any) -> bool:
+def stop(ws: Workspace) -> bool:
     """Stop this workspace's background app; False when none was running."""
     info = running(ws)
     if info is None:
@@ -145,7 +148,7 @@ def stop(ws: Any) -> bool:
     return True
 
 
-def _app(ws: Any, args: argparse.Namespace, progress: bool) -> int:
+def _app(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     if args.stop:
         print("stopped the app" if stop(ws) else "no app running for this workspace")
         return 0
@@ -158,7 +161,7 @@ def _app(ws: Any, args: argparse.Namespace, progress: bool) -> int:
     return subprocess.call(_command(ws, args.port, args.address), env=_env(ws))
 
 
-def _demo(ws: Any, args: argparse.Namespace, progress: bool) -> int:
+def _demo(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     """Without --headless: start the progress view in the background and print where it is."""
     if getattr(args, "headless", False):
         return 0

@@ -15,18 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from exports.formats import FORMATS, Format
+from exports.neuron_db import import_safesail_db
+from exports.provenance import apply_trust, manifest_name, read_manifest
 from exports.records import ExportRecord, ImportReport, gather_records, import_records, require_sae
+from safesail.contracts import Workspace
 from safesail.errors import SafesailError
+from safesail.storage import SaeRecord
 
 
 def get_format(name: str) -> Format:
     if name not in FORMATS:
         raise SafesailError(f"unknown format '{name}'; known: {', '.join(FORMATS)}")
     return FORMATS[name]
-
-
-def manifest_name(fmt: str) -> str:
-    return f"{fmt}.manifest.json"
 
 
 def write_export(
@@ -69,7 +69,7 @@ def write_export(
 
 
 def export_gold(
-    ws: Any,
+    ws: Workspace,
     fmt: str,
     out: Path,
     *,
@@ -90,44 +90,15 @@ def export_gold(
 
 
 def read_export(
-    fmt: str, path: Path, sae: Any = None
+    fmt: str, path: Path, sae: SaeRecord | None = None
 ) -> tuple[list[ExportRecord], list[tuple[str, str]]]:
     """Records of an export (folder or data file) and the rows the reader could not use."""
     spec = get_format(fmt)
-    if not path.exists():
-        raise SafesailError(f"no such file or folder: {path}")
-    folder = path if path.is_dir() else path.parent
-    manifest_file = folder / manifest_name(fmt)
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
-    return spec.read(path, manifest, sae)
-
-
-PROVENANCE = "provenance"
-"""Key in an imported row's details: {file, imported_at, trusted[, claimed_source,
-claimed_status]}."""
-
-
-def apply_trust(records: list[ExportRecord], path: Path, *, trust: bool) -> None:
-    """The trust rule of every import: a file's `source` and `status` are claims. Untrusted
-    (the default), every row becomes a prior (`source="prior"`, ranked below human and automatic
-    labels and out of the gold set), so a crafted file cannot make gold; what it claimed is kept
-    in the row's details. Trusted (`--trust`), rows keep their source. Either way the file path
-    and the import time are recorded as provenance in the row's details."""
-    origin = {
-        "file": str(Path(path).resolve()),
-        "imported_at": datetime.now(UTC).isoformat(),
-        "trusted": trust,
-    }
-    for r in records:
-        provenance = dict(origin)
-        if not trust and r.source != "prior":
-            provenance.update(claimed_source=r.source, claimed_status=r.status)
-            r.source = "prior"
-        r.details = {**(r.details or {}), PROVENANCE: provenance}
+    return spec.read(path, read_manifest(fmt, path), sae)
 
 
 def import_file(
-    ws: Any,
+    ws: Workspace,
     fmt: str,
     path: Path,
     *,
@@ -141,8 +112,6 @@ def import_file(
     nothing twice. A Safe-SAIL DB goes to the SAE it was written for (exports.neuron_db;
     `db_model` / `db_width` name a released DB's SAEs when they are not Safe-SAIL's)."""
     if fmt == "safesail-db":
-        from exports.neuron_db import import_safesail_db
-
         return import_safesail_db(
             ws, path, sae_id=sae_id, trust=trust, db_model=db_model, db_width=db_width
         )
@@ -157,7 +126,7 @@ def import_file(
     return import_records(ws.engine, ws.taxonomy, records, model=ws.model_name, skipped=skipped)
 
 
-def _selected_or_none(ws: Any) -> Any:
+def _selected_or_none(ws: Workspace) -> SaeRecord | None:
     try:
         return require_sae(ws.engine, None)
     except SafesailError:

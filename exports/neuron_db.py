@@ -10,20 +10,20 @@ its model and SAEs in its manifest and goes back to them.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from exports.formats import read_neuron_db
+from exports.formats.safesail_db import NEURON_KEY, read_neuron_db, read_safesail_db
+from exports.provenance import apply_trust, read_manifest
 from exports.records import ImportReport, import_records, require_sae
+from safesail.contracts import Workspace
 from safesail.errors import SafesailError
-from safesail.storage import REFERENCE_ONLY, SaeRecord, get_meta, session_scope
-
-_KEY = re.compile(r"^(\d+)_(\d+)$")
+from safesail.queries import model_name
+from safesail.storage import REFERENCE_ONLY, SaeRecord, session_scope
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def db_identity(model: str | None, width: int | None) -> SaeIdentity:
 
 
 def import_safesail_db(
-    ws: Any,
+    ws: Workspace,
     path: Path,
     *,
     sae_id: str | None = None,
@@ -87,16 +87,10 @@ def import_safesail_db(
 ) -> ImportReport:
     """Import a Safe-SAIL neuron DB (file or folder) as priors on the SAE it was written for
     (see the module docstring); rerunning adds nothing twice."""
-    from exports.api import apply_trust, get_format, manifest_name
-
-    if not path.exists():
-        raise SafesailError(f"no such file or folder: {path}")
-    folder = path if path.is_dir() else path.parent
-    manifest_file = folder / manifest_name("safesail-db")
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    manifest = read_manifest("safesail-db", path)
     own_export = bool(manifest.get("modules"))
     model = db_model or (manifest.get("model") if own_export else None) or SAFE_SAIL_RELEASE.model
-    reader = get_format("safesail-db").read
+    reader = read_safesail_db
     if sae_id:
         sae = require_sae(ws.engine, sae_id)
         sae_model = sae.model or ws.model_name
@@ -117,7 +111,7 @@ def import_safesail_db(
         layers = _db_layers(path)  # a file that is not a DB fails here, before any write
         with Session(ws.engine) as session:
             here = {r.id for r in session.exec(select(SaeRecord))}
-            ws_model = get_meta(session, "model") or ws.model_name
+            ws_model = model_name(session) or ws.model_name
         if own_export and model == ws_model and set(manifest["modules"].values()) <= here:
             records, skipped = reader(path, manifest, None)  # safesail's own export, back home
         else:
@@ -129,7 +123,7 @@ def import_safesail_db(
     return import_records(ws.engine, ws.taxonomy, records, model=None, skipped=skipped)
 
 
-def register(engine: Any, identity: SaeIdentity, by_layer: dict[int, str]) -> None:
+def register(engine: Engine, identity: SaeIdentity, by_layer: dict[int, str]) -> None:
     """The reference-only SaeRecords of an identity, one per layer (kept when present)."""
     with session_scope(engine) as session:
         for layer, sid in by_layer.items():
@@ -159,5 +153,5 @@ def _db_layers(path: Path) -> list[int]:
     layers: set[int] = set()
     for file in files if path.is_dir() else [path]:
         db = read_neuron_db(file)
-        layers |= {int(m[1]) for k in db if (m := _KEY.match(str(k)))}
+        layers |= {int(m[1]) for k in db if (m := NEURON_KEY.match(str(k)))}
     return sorted(layers)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safesail.plugins import Plugin
+
+if TYPE_CHECKING:
+    from safesail.contracts import Workspace
 
 FORMAT_NAMES = ("jsonl", "parquet", "csv", "neuronpedia", "delphi", "openai", "safesail-db")
 """Kept here (not imported from exports.formats) so `safesail --help` stays fast."""
@@ -52,7 +55,7 @@ def _add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     imp.set_defaults(handler=_import)
 
 
-def _export(ws: Any, args: argparse.Namespace, progress: bool) -> int:
+def _export(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     from exports.api import export_gold
 
     manifest = export_gold(
@@ -69,7 +72,7 @@ def _export(ws: Any, args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
-def _import(ws: Any, args: argparse.Namespace, progress: bool) -> int:
+def _import(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     from exports.api import import_file, print_report
 
     report = import_file(
@@ -85,7 +88,7 @@ def _import(ws: Any, args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
-def _demo(ws: Any, args: argparse.Namespace, progress: bool) -> int:
+def _demo(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     """Writes the gold set as JSONL and as a Safe-SAIL neuron DB into the workspace."""
     from exports.api import export_gold
 

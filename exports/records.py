@@ -16,14 +16,15 @@ from typing import Any, NamedTuple
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from safesail.contracts import AnnotationSummary, read_record
 from safesail.errors import SafesailError
+from safesail.queries import model_name, selected_sae
 from safesail.storage import (
     Annotation,
     Explanation,
     LabelTask,
     SaeRecord,
     Score,
-    get_meta,
     session_scope,
 )
 from safesail.taxonomy import Taxonomy
@@ -113,24 +114,6 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat()
 
 
-def _kappas(annotation_meta: Any) -> dict[str, float]:
-    """Kappa per concept from the labeling loop's Meta: {concept: kappa} or {concept: {"cohen":
-    .., "fleiss": ..}} (Cohen's where two annotators overlap, else Fleiss')."""
-    if not isinstance(annotation_meta, dict):
-        return {}
-    for key in ("kappa", "kappa_per_concept", "kappas"):
-        value = annotation_meta.get(key)
-        if isinstance(value, dict):
-            return {k: v for k, raw in value.items() if (v := kappa_value(raw)) is not None}
-    return {}
-
-
-def kappa_value(raw: Any) -> float | None:
-    if isinstance(raw, dict):
-        raw = raw.get("cohen") if raw.get("cohen") is not None else raw.get("fleiss")
-    return float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else None
-
-
 def gather_records(
     engine: Engine,
     *,
@@ -167,8 +150,9 @@ def gather_records(
     with Session(engine) as session:
         rows = session.exec(query).all()
         saes = {r.id: r for r in session.exec(select(SaeRecord))}
-        model = get_meta(session, "model")
-        kappas = _kappas(get_meta(session, "annotation"))
+        model = model_name(session)
+        summary = read_record(session, AnnotationSummary)
+        kappas = summary.kappa_per_concept() if summary else {}
         scores: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for s in session.exec(
             select(
@@ -359,7 +343,7 @@ def import_records(
 def require_sae(engine: Engine, sae_id: str | None) -> SaeRecord:
     """The SAE an import targets: the one named, else the selected one."""
     with Session(engine) as session:
-        chosen = sae_id or get_meta(session, "selected_sae")
+        chosen = sae_id or selected_sae(session)
         if chosen is None:
             raise SafesailError("no SAE given and none selected: pass --sae ID")
         record = session.get(SaeRecord, chosen)

@@ -1,6 +1,7 @@
 """Plausible labeling-loop and explainer rows (human labels with their Label Studio tasks and
-annotations, automatic labels with scores and LLM calls, room summaries) for the benchmark and
-the tests of the exports and the app, written through the same tables the real rooms use.
+annotations, automatic labels with scores and LLM calls, room records) for the benchmark and
+the tests of the exports and the app, written through the same tables and contracts
+(safesail.contracts) the real rooms use.
 """
 
 from __future__ import annotations
@@ -12,6 +13,16 @@ from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from safesail.contracts import (
+    AnnotationSummary,
+    CalibrationReport,
+    ConceptKappa,
+    CurvePoint,
+    LearnerState,
+    ReliabilityBin,
+    read_record,
+    write_record,
+)
 from safesail.storage import (
     Annotation,
     Explanation,
@@ -20,9 +31,7 @@ from safesail.storage import (
     LlmCall,
     SaeRecord,
     Score,
-    get_meta,
     session_scope,
-    set_meta,
 )
 
 PROJECT = "http://127.0.0.1:8080#1"
@@ -198,56 +207,53 @@ def populate(
 
 
 def _room_meta(session: Session, concepts: list[str], n_human: int, rng: np.random.Generator):
-    """Summaries in the shape the labeling, learner and explainer rooms write them."""
-    if get_meta(session, "learner") is None:
-        curve = [[2, None]] + [
-            [n, round(0.3 + 0.5 * (1 - np.exp(-n / 40)), 3)] for n in (5, 10, 20, 40, 60)
+    """The records the labeling, learner and explainer rooms write (each kept if present)."""
+    if read_record(session, LearnerState) is None:
+        curve = [CurvePoint(2, None)] + [
+            CurvePoint(n, round(0.3 + 0.5 * (1 - np.exp(-n / 40)), 3)) for n in (5, 10, 20, 40, 60)
         ]
-        set_meta(
+        write_record(
             session,
-            "learner",
-            {
-                "n_labels": n_human,
-                "macro_f1_heldout": curve[-1][1],
-                "strategy": "uncertainty",
-                "label_distribution": {c: int(rng.integers(1, 9)) for c in concepts},
-                "curve": curve,
-            },
+            LearnerState(
+                n_labels=n_human,
+                macro_f1_heldout=curve[-1].macro_f1,
+                strategy="uncertainty",
+                label_distribution={c: int(rng.integers(1, 9)) for c in concepts},
+                curve=curve,
+            ),
         )
-    if get_meta(session, "annotation") is None:
-        set_meta(
+    if read_record(session, AnnotationSummary) is None:
+        write_record(
             session,
-            "annotation",
-            {
-                "url": PROJECT.split("#")[0],
-                "project": 1,
-                "tasks": n_human,
-                "kappa": {
-                    c: {"cohen": round(float(0.4 + 0.5 * rng.random()), 3), "fleiss": None}
+            AnnotationSummary(
+                url=PROJECT.split("#")[0],
+                project=1,
+                tasks=n_human,
+                kappa={
+                    c: ConceptKappa(cohen=round(float(0.4 + 0.5 * rng.random()), 3), fleiss=None)
                     for c in concepts
                 },
-            },
+            ),
         )
-    if get_meta(session, "calibration") is None:
+    if read_record(session, CalibrationReport) is None:
         reliability = [
-            {
-                "lo": round(float(lo), 2),
-                "hi": round(float(lo) + 0.2, 2),
-                "n": int(rng.integers(5, 30)),
-                "mean_probability": round(float(lo) + 0.1, 3),
-                "agreement": round(float(np.clip(lo + 0.1 + 0.1 * rng.standard_normal(), 0, 1)), 3),
-            }
+            ReliabilityBin(
+                lo=round(float(lo), 2),
+                hi=round(float(lo) + 0.2, 2),
+                n=int(rng.integers(5, 30)),
+                mean_probability=round(float(lo) + 0.1, 3),
+                agreement=round(float(np.clip(lo + 0.1 + 0.1 * rng.standard_normal(), 0, 1)), 3),
+            )
             for lo in np.linspace(0, 0.8, 5)
         ]
-        set_meta(
+        write_record(
             session,
-            "calibration",
-            {
-                "target": 0.9,
-                "achieved_agreement": 0.91,
-                "threshold": 0.8,
-                "coverage": 0.5,
-                "n_gold": n_human,
-                "reliability": reliability,
-            },
+            CalibrationReport(
+                target=0.9,
+                achieved_agreement=0.91,
+                threshold=0.8,
+                coverage=0.5,
+                n_gold=n_human,
+                reliability=reliability,
+            ),
         )

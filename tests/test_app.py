@@ -9,9 +9,10 @@ import pytest
 from sqlmodel import Session, select
 from streamlit.testing.v1 import AppTest
 
-from app import data
+from app import browse, frames
 from exports.synthetic import populate
-from safesail.storage import Explanation, Feature, get_meta, session_scope
+from safesail.contracts import LearnerState, read_engine
+from safesail.storage import Explanation, Feature, session_scope
 from tests.conftest import copy_workspace
 
 VIEWS = Path(__file__).parent.parent / "app" / "views"
@@ -69,7 +70,7 @@ def test_navigation_and_feature_browser(monkeypatch, populated_ws):
     assert not at.exception and at.header[0].value == "Overview"
     at.switch_page("views/features.py").run()
     assert not at.exception and at.header[0].value == "Feature browser"
-    table = data.feature_table(populated_ws.engine, populated_ws.selected_sae)
+    table = browse.feature_table(populated_ws.engine, populated_ws.selected_sae)
     labeled = table[table["source"] == "human"].iloc[0]
     at.text_input[0].input(labeled["explanation"]).run()
     feature_box = next(s for s in at.selectbox if s.label == "feature")
@@ -82,7 +83,7 @@ def test_navigation_and_feature_browser(monkeypatch, populated_ws):
 
 def test_coverage_and_estimate(populated_ws):
     ws = populated_ws
-    cov = data.coverage(ws.engine)
+    cov = frames.coverage(ws.engine)
     by_state = cov.groupby("state")["features"].sum()
     assert by_state.sum() == ws.status()["safety_candidates"]
     with Session(ws.engine) as session:
@@ -98,15 +99,15 @@ def test_coverage_and_estimate(populated_ws):
     auto = {f for f, src, st in labels if src == "auto" and st == "accepted"} & candidates
     assert by_state.get("human-labeled", 0) == len(human)
     assert by_state.get("auto-accepted", 0) == len(auto - human)
-    est = data.labels_needed(ws.engine)
+    est = frames.labels_needed(ws.engine)
     queued = int(by_state.get("queued for humans", 0))
     assert est.queued == queued and est.human_needed >= queued
     # independently: least squares of F1 on ln(labels) over the learner's curve (its input),
     # solved for the target and rounded up, minus the labels it already has
     import math
 
-    with Session(ws.engine) as session:
-        curve = [(n, f) for n, f in get_meta(session, "learner")["curve"] if f is not None]
+    points = read_engine(ws.engine, LearnerState).curve
+    curve = [(p.n_labels, p.macro_f1) for p in points if p.macro_f1 is not None]
     xs, ys = [math.log(n) for n, _ in curve], [f for _, f in curve]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
@@ -126,25 +127,25 @@ def test_labels_to_target_known_curves():
     exact = pd.DataFrame(
         {"labels": [10, 20, 40], "f1": [0.1 + 0.1 * math.log(n) for n in (10, 20, 40)]}
     )
-    assert data._to_target(exact, 0.8) == 1097 - 40
+    assert frames._to_target(exact, 0.8) == 1097 - 40
     reached = pd.DataFrame({"labels": [10, 20, 40], "f1": [0.5, 0.7, 0.85]})
-    assert data._to_target(reached, 0.8) == 0
+    assert frames._to_target(reached, 0.8) == 0
     falling = pd.DataFrame({"labels": [10, 20, 40], "f1": [0.6, 0.5, 0.4]})
-    assert data._to_target(falling, 0.8) is None
-    assert data._to_target(exact.head(2), 0.8) is None  # too few points
+    assert frames._to_target(falling, 0.8) is None
+    assert frames._to_target(exact.head(2), 0.8) is None  # too few points
 
 
 def test_heatmap_escapes_tokens():
     import numpy as np
 
-    out = data.heatmap_html(["<script>", " &x"], np.array([2.0, 0.0]), 2.0)
+    out = browse.heatmap_html(["<script>", " &x"], np.array([2.0, 0.0]), 2.0)
     assert "<script>" not in out and "&lt;script&gt;" in out and "&amp;x" in out
     assert "rgba(220,38,38,1.00)" in out and "rgba(220,38,38,0.00)" in out
 
 
 def test_landscape_counts_labeled_safety_features(populated_ws, tmp_path, lm):
     ws = copy_workspace(populated_ws, tmp_path / "ws", lm)
-    before = data.landscape(ws.engine)
+    before = browse.landscape(ws.engine)
     with session_scope(ws.engine) as session:  # a non-candidate labeled as weapons by a human
         plain = session.exec(
             select(Feature.index)
@@ -160,7 +161,7 @@ def test_landscape_counts_labeled_safety_features(populated_ws, tmp_path, lm):
                 concepts=["weapons"],
             )
         )
-    after = data.landscape(ws.engine)
+    after = browse.landscape(ws.engine)
     weapons = after[(after.sae == ws.selected_sae) & (after.concept == "weapons")]["features"]
     had = before[(before.sae == ws.selected_sae) & (before.concept == "weapons")]["features"]
     assert int(weapons.sum()) == int(had.sum()) + 1
@@ -221,7 +222,7 @@ def test_coverage_curve_uses_held_out_probability_and_verdict(tmp_path):
                 probability=0.95,
             )
         )
-    curve = data.coverage_curve(engine).set_index("threshold")
+    curve = frames.coverage_curve(engine).set_index("threshold")
     assert list(curve.index) == [0.2, 0.4, 0.7, 0.9]
     assert curve.loc[0.9, "coverage"] == 0.25 and curve.loc[0.9, "agreement"] == 1.0
     assert curve.loc[0.7, "agreement"] == 0.5

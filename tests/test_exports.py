@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy import delete
 from sqlmodel import Session, select
 
-from exports.api import PROVENANCE, import_file, read_export, write_export
-from exports.formats import FORMATS, _one_per_feature
+from exports.api import import_file, read_export, write_export
+from exports.formats import FORMATS, one_per_feature
+from exports.provenance import PROVENANCE
 from exports.records import gather_records
 from exports.synthetic import PROJECT, populate
 from safesail.cli import main
@@ -72,8 +73,8 @@ def test_round_trip(fmt, labeled_ws, blank_ws, tmp_path):
     write_export(records, fmt, tmp_path / fmt)
     _clear(blank_ws)
     report = import_file(blank_ws, fmt, tmp_path / fmt, trust=True)  # our own export
-    one_per_feature = fmt in ("delphi", "safesail-db")
-    expected = _one_per_feature(records) if one_per_feature else records
+    one_each = fmt in ("delphi", "safesail-db")
+    expected = one_per_feature(records) if one_each else records
     assert report.skipped == [] and report.added == len(expected)
     back = gather_records(blank_ws.engine, include_unaccepted=True, include_priors=True)
     origin = {(r.details or {}).pop(PROVENANCE)["file"] for r in back}
@@ -211,14 +212,14 @@ def test_safesail_db_import_onto_this_models_sae(blank_ws, tmp_path):
 
 def test_safesail_db_on_an_empty_workspace(tmp_path, lm):
     """No corpus, no SAE: the DB comes in on its own SAE, browsable and exportable."""
-    from app import data
+    from app import browse
     from tests.conftest import make_workspace
 
     ws = make_workspace(tmp_path / "empty", lm)
     path = _db_file(tmp_path, 8)
     report = import_file(ws, "safesail-db", path)
     assert report.added == 4 and ws.selected_sae is None
-    land = data.landscape(ws.engine)
+    land = browse.landscape(ws.engine)
     assert "safe-sail-qwen2.5-3b-instruct-L8-w20480" in set(land["sae"])
     out = tmp_path / "out"
     args = ["export", "--workspace", str(ws.config.workspace), "--quiet", "--include-priors"]
@@ -256,7 +257,7 @@ def test_crafted_import_lands_as_prior_unless_trusted(fmt, blank_ws, tmp_path):
     becomes a prior (outside the gold set, below every label); with it, the row keeps its source
     and records the file and the time it came from."""
     from exports.records import ExportRecord
-    from safesail.storage import best_accepted
+    from safesail.queries import best_accepted
 
     _clear(blank_ws)
     concept = blank_ws.taxonomy.safety_concepts()[0]

@@ -12,14 +12,18 @@ st.header("Explainer calibration")
 def body() -> None:
     if not common.ready():
         return
-    cal = common.query("meta", "calibration")
-    if not cal:
+    cal = common.query("calibration_report")
+    if cal is None:
         common.need("calibration", "the explainer after some human labels (safesail demo)")
         return
-    c = st.columns(4)
-    for col, key in zip(c, ("target", "achieved_agreement", "threshold", "coverage"), strict=True):
-        value = cal.get(key)
-        col.metric(key.replace("_", " "), f"{value:.2f}" if isinstance(value, int | float) else "-")
+    figures = {
+        "target": cal.target,
+        "achieved agreement": cal.achieved_agreement,
+        "threshold": cal.threshold,
+        "coverage": cal.coverage,
+    }
+    for col, (name, value) in zip(st.columns(4), figures.items(), strict=True):
+        col.metric(name, f"{value:.2f}" if value is not None else "-")
     left, right = st.columns(2)
     with left:
         st.subheader("Reliability diagram")
@@ -63,11 +67,9 @@ def body() -> None:
                     tooltip=["coverage", "agreement"],
                 )
             )
-            layers = [line]
-            if isinstance(cal.get("target"), int | float):
-                target = pd.DataFrame({"agreement": [cal["target"]]})
-                layers.append(alt.Chart(target).mark_rule(color="red").encode(y="agreement:Q"))
-            st.altair_chart(alt.layer(*layers), width="stretch")
+            target = pd.DataFrame({"agreement": [cal.target]})
+            rule = alt.Chart(target).mark_rule(color="red").encode(y="agreement:Q")
+            st.altair_chart(alt.layer(line, rule), width="stretch")
     st.subheader("Tokens and $ per accepted feature")
     per = common.query("cost_per_accepted")
     cost = common.query("llm_cost")

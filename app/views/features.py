@@ -5,7 +5,7 @@ import altair as alt
 import streamlit as st
 
 from app import common
-from app.data import heatmap_html
+from app.browse import feature_view, heatmap_html
 
 st.header("Feature browser")
 
@@ -61,7 +61,7 @@ def body() -> None:
     options = hits["feature"].tolist()
     start = options.index(preset_feature) if preset_feature in options else 0
     index = st.selectbox("feature", options, index=start)
-    view = common.data.feature_view(eng, sae, int(index))
+    view = feature_view(eng, sae, int(index))
     if view is None:
         return
     f = view.feature

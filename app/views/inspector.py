@@ -6,7 +6,7 @@ import html
 import pandas as pd
 import streamlit as st
 
-from app import common
+from app import common, reads
 
 st.header("Inspector")
 
@@ -18,14 +18,13 @@ def _inspector(workspace: str, db_url: str | None):
     from safesail.lm import load_model
 
     eng = common.engine()
-    model = common.data.meta(eng, "model")
-    return Inspector.load(eng, load_model(model, default_cache_dir()))
+    return Inspector.load(eng, load_model(reads.model_name(eng), default_cache_dir()))
 
 
 def body() -> None:
     if not common.ready():
         return
-    if common.data.meta(common.engine(), "model") is None:
+    if common.query("model_name") is None:
         common.need("model", "safesail collect")
         return
     prompt = st.text_area("prompt", placeholder="Type a prompt, then press Inspect")

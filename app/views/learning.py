@@ -11,17 +11,17 @@ st.header("Active learning")
 def body() -> None:
     if not common.ready():
         return
-    learner = common.query("meta", "learner")
+    learner = common.query("learner_state")
     kappa = common.query("kappa")
-    if not learner and kappa.empty:
+    if learner is None and kappa.empty:
         common.need("labels or learner", "the labeling loop (safesail demo --simulate-annotators)")
         return
-    if learner:
+    if learner is not None:
         c = st.columns(3)
-        c[0].metric("labels", learner.get("n_labels", "-"))
-        f1 = learner.get("macro_f1_heldout")
-        c[1].metric("held-out macro-F1", f"{f1:.3f}" if isinstance(f1, int | float) else "-")
-        c[2].metric("strategy", str(learner.get("strategy", "-")))
+        c[0].metric("labels", learner.n_labels)
+        f1 = learner.macro_f1_heldout
+        c[1].metric("held-out macro-F1", f"{f1:.3f}" if f1 is not None else "-")
+        c[2].metric("strategy", learner.strategy or "-")
     left, right = st.columns(2)
     with left:
         st.subheader("Learning curve")

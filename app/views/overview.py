@@ -4,7 +4,7 @@ import altair as alt
 import streamlit as st
 
 from app import common
-from app.data import STATES
+from safesail.queries import COVERAGE_STATES
 
 st.header("Overview")
 
@@ -19,7 +19,7 @@ def body() -> None:
     total = int(cov["features"].sum())
     by_state = cov.groupby("state")["features"].sum()
     cols = st.columns(4)
-    for col, state in zip(cols, STATES, strict=True):
+    for col, state in zip(cols, COVERAGE_STATES, strict=True):
         col.metric(f"{state} ({by_state.get(state, 0) / total:.0%})", int(by_state.get(state, 0)))
     st.subheader("Coverage of safety candidates per concept")
     st.altair_chart(
@@ -28,12 +28,14 @@ def body() -> None:
         .encode(
             x=alt.X("features:Q", title="safety candidates"),
             y=alt.Y("concept:N", sort="-x"),
-            color=alt.Color("state:N", scale=alt.Scale(domain=list(STATES))),
+            color=alt.Color("state:N", scale=alt.Scale(domain=list(COVERAGE_STATES))),
             order=alt.Order("state_order:Q"),
             tooltip=["concept", "state", "features"],
         )
         .transform_calculate(
-            state_order=" + ".join(f"(datum.state == '{s}') * {i}" for i, s in enumerate(STATES))
+            state_order=" + ".join(
+                f"(datum.state == '{s}') * {i}" for i, s in enumerate(COVERAGE_STATES)
+            )
         ),
         width="stretch",
     )
