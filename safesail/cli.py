@@ -1,218 +1,44 @@
 """`safesail`: one command, a subcommand per pipeline step, one-line errors.
 
-Heavy imports (torch, transformers, sae-lens) happen inside the steps, so `--help` and
-`status` start fast.
+This module runs the commands; their flags are declared in `safesail.cli_commands`, mostly
+derived from the config dataclasses, and mapped back onto them here with `config_from_args`
+(so a value a config refuses is a one-line error, exit code 2). Heavy imports (torch,
+transformers, sae-lens) happen inside the steps, so `--help` and `status` start fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from safesail.config import (
-    DEFAULT_SAES,
-    CollectConfig,
-    SaeSpec,
-    TrainConfig,
-    WorkspaceConfig,
-    default_cache_dir,
+from safesail.cli_commands import (
+    COLLECT_FLAGS,
+    DEMO_TRAIN_FLAGS,
+    SELECTION_FLAGS,
+    TRAIN_FLAGS,
+    TRIAGE_FLAGS,
+    WORKSPACE_FLAGS,
+    build_parser,
 )
+from safesail.cliconfig import config_from_args
+from safesail.config import DEFAULT_SAES, CollectConfig, SaeSpec, TrainConfig, WorkspaceConfig
+from safesail.contracts import Workspace
 from safesail.errors import SafesailError
-from safesail.plugins import Plugin, load_plugins
+from safesail.queries import require_selected_sae
+from safesail.selection_config import SelectionConfig, TriageConfig
+
+if TYPE_CHECKING:
+    from safesail import workspace
+
+__all__ = ["build_parser", "demo", "main", "run"]
 
 
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--workspace",
-        type=Path,
-        default=Path(os.environ.get("SAFESAIL_WORKSPACE", "workspace")),
-        help="workspace folder (default: ./workspace or $SAFESAIL_WORKSPACE)",
-    )
-    common.add_argument(
-        "--db-url",
-        default=os.environ.get("SAFESAIL_DB_URL"),
-        help="SQLAlchemy URL (default: sqlite in the workspace)",
-    )
-    common.add_argument(
-        "--model",
-        default=None,
-        help="HF model name or local folder (default: the embedded SmolLM2)",
-    )
-    common.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="download/conversion cache (default: ~/.cache/safesail)",
-    )
-    common.add_argument("--quiet", action="store_true", help="no progress bars")
-    return common
+def _workspace(args: argparse.Namespace) -> workspace.Workspace:
+    from safesail.workspace import Workspace as Core
 
-
-def build_parser(plugins: list[Plugin] | None = None) -> argparse.ArgumentParser:
-    plugins = load_plugins() if plugins is None else plugins
-    common = _common()
-    parser = argparse.ArgumentParser(prog="safesail", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    corpus = sub.add_parser("corpus", help="build or add to the corpus").add_subparsers(
-        dest="action", required=True
-    )
-    build = corpus.add_parser(
-        "build",
-        parents=[common],
-        help="build the default safety + benign corpus from packaged data",
-    )
-    build.add_argument("--max-benign", type=int, default=3000)
-    build.add_argument(
-        "--taxonomy", type=Path, help="concept taxonomy JSON (default: the packaged one)"
-    )
-    add = corpus.add_parser(
-        "add", parents=[common], help="add your own corpus (JSONL, JSON, CSV, Parquet)"
-    )
-    add.add_argument("path", type=Path)
-    add.add_argument("--text-field", default="text")
-    add.add_argument("--concept-field", default="concept")
-    corpus.add_parser("show", parents=[common], help="texts per concept")
-
-    sae = sub.add_parser("sae", help="train, add or list SAEs").add_subparsers(
-        dest="action", required=True
-    )
-    train = sae.add_parser("train", parents=[common], help="train TopK candidates with sae-lens")
-    train.add_argument(
-        "--spec", action="append", help="LAYER:WIDTH:K, repeatable (default: the demo candidates)"
-    )
-    train.add_argument("--epochs", type=float, help="passes over the training tokens")
-    train.add_argument("--batch-size", type=int, help="activations per training step")
-    sae_add = sae.add_parser(
-        "add", parents=[common], help="add an SAE in sae-lens format or a pretrained release"
-    )
-    sae_add.add_argument("--path", type=Path, help="folder with cfg.json + sae_weights.safetensors")
-    sae_add.add_argument("--release", help="sae-lens pretrained release (needs the hub)")
-    sae_add.add_argument("--sae-id", help="SAE id inside the release")
-    sae_add.add_argument(
-        "--layer", type=int, help="block the SAE reads (default: from its hook name)"
-    )
-    sae_add.add_argument("--id", dest="record_id", help="id to give it here")
-    sae.add_parser("list", parents=[common], help="candidate SAEs and their scores")
-
-    collect = sub.add_parser(
-        "collect", parents=[common], help="build the activation cache (resumable)"
-    )
-    collect.add_argument("--top-k", type=int, help="top-activating contexts kept per feature")
-    collect.add_argument("--sae", action="append", help="only these SAE ids")
-
-    select_ = sub.add_parser(
-        "select", parents=[common], help="rank SAEs by concept-specific interpretability"
-    )
-    select_.add_argument("--sae", help="select this SAE instead of the best-scoring one")
-    select_.add_argument("--contrast", choices=["rest", "benign"], help="contrast texts")
-
-    triage = sub.add_parser(
-        "triage", parents=[common], help="mark safety-relevant features of the selected SAE"
-    )
-    triage.add_argument(
-        "--min-precision", type=float, help="Wilson lower bound of P(concept | fires)"
-    )
-    triage.add_argument("--min-support", type=int, help="concept texts the feature must fire on")
-    triage.add_argument("--fire-fraction", type=float, help="fires = above this share of its max")
-    triage.add_argument("--contrast", choices=["rest", "benign"], help="contrast texts")
-    triage.add_argument(
-        "--max-density",
-        type=float,
-        help="reject features firing outside their concept at more x the mean feature rate",
-    )
-    triage.add_argument(
-        "--max-non-content",
-        type=float,
-        help="reject features whose top contexts peak on non-content tokens in more of them",
-    )
-    triage.add_argument(
-        "--min-term-share",
-        type=float,
-        help="share of top contexts that must peak on a safety keyword",
-    )
-
-    reference = sub.add_parser(
-        "reference", help="the reference set: features labeled by reading (bench/reference/)"
-    ).add_subparsers(dest="action", required=True)
-    dump = reference.add_parser(
-        "dump",
-        parents=[common],
-        help="blind views of a stratified sample of the selected SAE, for labelers to read",
-    )
-    dump.add_argument(
-        "--out", type=Path, required=True, help="folder for view-NN.txt + sample.json"
-    )
-    dump.add_argument("--n", type=int, default=240, help="features to sample")
-    dump.add_argument("--seed", type=int, default=0, help="sampling seed")
-    assemble = reference.add_parser(
-        "assemble", help="join a dump's sample.json with the readers' labels (JSON lines)"
-    )
-    assemble.add_argument("--sample", type=Path, required=True, help="the dump's sample.json")
-    assemble.add_argument("--labels", type=Path, nargs="+", required=True, help="JSONL files")
-    assemble.add_argument("--out", type=Path, required=True, help="the reference set file")
-    assemble.add_argument(
-        "--overlap", type=Path, nargs="*", default=[], help="second readers' labels (JSONL)"
-    )
-    check = reference.add_parser(
-        "check",
-        parents=[common],
-        help="simulated expert, triage and accepted explanations against the reference set",
-    )
-    check.add_argument(
-        "--file", type=Path, help="reference set (default: bench/reference/<sae>.json)"
-    )
-    check.add_argument(
-        "--half", choices=["test", "dev", "all"], default="test", help="which half to judge on"
-    )
-
-    status = sub.add_parser("status", parents=[common], help="progress of the workspace")
-    status.add_argument("--json", action="store_true", help="one JSON object (stable keys)")
-
-    demo = sub.add_parser(
-        "demo", parents=[common], help="run the whole main job on the embedded default"
-    )
-    demo.add_argument(
-        "--headless", action="store_true", help="never wait on a person; leave no server running"
-    )
-    demo.add_argument("--max-benign", type=int, default=3000)
-    demo.add_argument(
-        "--corpus", type=Path, help="use this corpus file instead of the packaged default"
-    )
-    demo.add_argument(
-        "--spec", action="append", help="LAYER:WIDTH:K candidates (default: the demo set)"
-    )
-    demo.add_argument("--epochs", type=float, help="SAE training passes over the tokens")
-    for plugin in plugins:
-        if plugin.add_commands:
-            plugin.add_commands(sub, common)
-        if plugin.add_demo_options:
-            plugin.add_demo_options(demo)
-    demo.set_defaults(plugins=plugins)
-    return parser
-
-
-def _workspace(args: argparse.Namespace):
-    from safesail.workspace import Workspace
-
-    return Workspace(
-        WorkspaceConfig(args.workspace, args.db_url, args.cache_dir or default_cache_dir()),
-        args.model,
-    )
-
-
-def _config(cls: type, args: argparse.Namespace, *names: str):
-    """A config from the flags the user gave (the dataclass keeps every default, in one place);
-    invalid values become one-line errors."""
-    given = {name: value for name in names if (value := getattr(args, name, None)) is not None}
-    try:
-        return cls(**given)
-    except ValueError as exc:
-        raise SafesailError(str(exc)) from None
+    return Core(config_from_args(WorkspaceConfig, args, WORKSPACE_FLAGS), args.model)
 
 
 def _specs(values: list[str] | None) -> list[SaeSpec]:
@@ -224,7 +50,7 @@ def _specs(values: list[str] | None) -> list[SaeSpec]:
         raise SafesailError(str(exc)) from None
 
 
-def _print_ranking(ws) -> None:
+def _print_ranking(ws: Workspace) -> None:
     rows = sorted(ws.saes(), key=lambda r: -(r.selection_score or -1))
     print(
         f"{'SAE':<22}{'layer':>6}{'d_sae':>7}{'k':>5}{'score':>8}  {'best AUROC / probe F1 per concept'}"
@@ -239,10 +65,10 @@ def _print_ranking(ws) -> None:
         print(f"{r.id + mark:<22}{r.layer:>6}{r.d_sae:>7}{r.k or '-':>5}{score:>8}  {detail} ...")
 
 
-def _print_candidates(ws, per_concept: int = 1, contexts: int = 3) -> None:
+def _print_candidates(ws: Workspace, per_concept: int = 1, contexts: int = 3) -> None:
     from sqlmodel import Session, select
 
-    from safesail.collect import feature_examples
+    from safesail.examples import feature_examples
     from safesail.storage import Context, Feature
 
     with Session(ws.engine) as session:
@@ -285,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             added = ws.build_default_corpus(max_benign=args.max_benign, progress=progress)
             print(f"added {added} texts; per concept: {ws.corpus_counts()}")
         elif args.action == "add":
-            from safesail.corpus import load_corpus_file
+            from safesail.corpus_files import load_corpus_file
 
             records = load_corpus_file(
                 args.path, ws.taxonomy, text_field=args.text_field, concept_field=args.concept_field
@@ -298,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == "sae":
         if args.action == "train":
             trained = ws.train_saes(
-                _specs(args.spec), _config(TrainConfig, args, "batch_size", "epochs")
+                _specs(args.spec), config_from_args(TrainConfig, args, TRAIN_FLAGS)
             )
             print(f"trained {len(trained)} SAE(s): {', '.join(trained) or 'all already trained'}")
         elif args.action == "add":
@@ -313,39 +139,23 @@ def run(args: argparse.Namespace) -> int:
         else:
             _print_ranking(ws)
     elif cmd == "collect":
-        done = ws.collect(
-            _config(CollectConfig, args, "top_k"), sae_ids=args.sae, progress=progress
-        )
+        config = config_from_args(CollectConfig, args, COLLECT_FLAGS)
+        done = ws.collect(config, sae_ids=args.sae, progress=progress)
         print(f"collected {len(done)} SAE(s): {', '.join(done) or 'all already collected'}")
     elif cmd == "select":
-        from safesail.selection import SelectionConfig
-
-        ws.select(override=args.sae, config=_config(SelectionConfig, args, "contrast"))
+        ws.select(
+            override=args.sae, config=config_from_args(SelectionConfig, args, SELECTION_FLAGS)
+        )
         _print_ranking(ws)
     elif cmd == "triage":
-        from safesail.selection import TriageConfig
-
-        counts = ws.triage(
-            _config(
-                TriageConfig,
-                args,
-                "min_precision",
-                "min_support",
-                "fire_fraction",
-                "contrast",
-                "max_density",
-                "max_non_content",
-                "min_term_share",
-            )
-        )
+        counts = ws.triage(config_from_args(TriageConfig, args, TRIAGE_FLAGS))
         print(f"{sum(counts.values())} safety candidates in {ws.selected_sae}: {counts}")
         _print_candidates(ws)
     elif cmd == "reference":
         if args.action == "dump":
             from safesail.reference import dump
 
-            if (sae_id := ws.selected_sae) is None:
-                raise SafesailError("no SAE selected yet: run `safesail select` first")
+            sae_id = require_selected_sae(ws.engine)
             n = dump(ws.engine, sae_id, args.out, args.n, args.seed)
             print(f"wrote the blind views of {n} features of {sae_id} to {args.out}/view-*.txt")
         else:
@@ -362,18 +172,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo(ws, args: argparse.Namespace, progress: bool) -> int:
+def demo(ws: workspace.Workspace, args: argparse.Namespace, progress: bool) -> int:
     """The main job on the embedded default: corpus, SAEs, collection, selection, triage, then
     each room's step (labeling, explaining, exports, app) in plugin order."""
     print(f"safesail demo: workspace {ws.config.workspace.resolve()}")
     if args.corpus:
-        from safesail.corpus import load_corpus_file
+        from safesail.corpus_files import load_corpus_file
 
         ws.add_corpus(load_corpus_file(args.corpus, ws.taxonomy))
     elif not ws.corpus_counts():
         ws.build_default_corpus(max_benign=args.max_benign, progress=progress)
     print(f"corpus: {ws.corpus_counts()}")
-    ws.train_saes(_specs(args.spec), _config(TrainConfig, args, "epochs"))
+    ws.train_saes(_specs(args.spec), config_from_args(TrainConfig, args, DEMO_TRAIN_FLAGS))
     ws.collect(progress=progress)
     ws.select()
     counts = ws.triage()

@@ -14,7 +14,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from safesail.errors import SafesailError
-from safesail.storage import Feature, SaeRecord, best_accepted, get_meta
+from safesail.queries import best_accepted, require_selected_sae
+from safesail.storage import Feature, SaeRecord
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 NORM_QUANTILE = "0.999"
@@ -84,7 +85,9 @@ def safety_features(engine: Engine, sae_id: str) -> dict[int, FeatureInfo]:
 class Inspector:
     """A loaded model + SAE + the SAE's safety features, ready to inspect prompts."""
 
-    def __init__(self, lm: Any, record: SaeRecord, sae: torch.nn.Module, features: dict) -> None:
+    def __init__(
+        self, lm: Any, record: SaeRecord, sae: torch.nn.Module, features: dict[int, FeatureInfo]
+    ) -> None:
         self.lm = lm
         self.record = record
         self.sae = sae
@@ -95,11 +98,11 @@ class Inspector:
         """For the selected SAE (or the one named); fails with what to run when there is none."""
         from safesail.saes import load_sae
 
+        sae_id = sae_id or require_selected_sae(engine)
         with Session(engine) as session:
-            sae_id = sae_id or get_meta(session, "selected_sae")
-            record = session.get(SaeRecord, sae_id) if sae_id else None
+            record = session.get(SaeRecord, sae_id)
         if record is None:
-            raise SafesailError("no SAE selected: run `safesail demo` (or collect, select, triage)")
+            raise SafesailError(f"no SAE '{sae_id}' in this workspace")
         return cls(lm, record, load_sae(record), safety_features(engine, record.id))
 
     @torch.inference_mode()

@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from safesail.collect import TOP, feature_examples
+from safesail.examples import TOP, feature_examples
 from safesail.storage import Feature, corpus_concepts
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 

@@ -27,8 +27,8 @@ import numpy as np
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from safesail.collect import TOP, feature_examples
 from safesail.errors import SafesailError
+from safesail.examples import TOP, feature_examples
 from safesail.storage import Context, Feature, SaeRecord
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 

@@ -15,7 +15,9 @@ from typing import Any
 
 from sqlmodel import Session, select
 
+from safesail.contracts import Workspace
 from safesail.errors import SafesailError
+from safesail.queries import require_selected_sae
 from safesail.reference import ReferenceSet, agrees, load, sae_sha256, weighted_precision_recall
 from safesail.stats import wilson_interval
 from safesail.storage import Explanation, Feature
@@ -23,14 +25,12 @@ from safesail.storage import Explanation, Feature
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "bench" / "reference"
 
 
-def default_file(ws: Any) -> Path:
+def default_file(ws: Workspace) -> Path:
     """bench/reference/<selected SAE>.json of this checkout."""
-    if (sae_id := ws.selected_sae) is None:
-        raise SafesailError("no SAE selected yet: run `safesail select` first")
-    return REFERENCE_DIR / f"{sae_id}.json"
+    return REFERENCE_DIR / f"{require_selected_sae(ws.engine)}.json"
 
 
-def open_reference(ws: Any, path: Path) -> ReferenceSet:
+def open_reference(ws: Workspace, path: Path) -> ReferenceSet:
     """The reference set, bound to the workspace SAE whose weights it was labeled on (found by
     the weights' sha256, whatever its id here); refused when no SAE here has those weights."""
     if not Path(path).exists():
@@ -57,12 +57,28 @@ def open_reference(ws: Any, path: Path) -> ReferenceSet:
     )
 
 
+def _accepted_auto(session: Session, sae_id: str, features: list[int]) -> dict[int, list[str]]:
+    """The concepts of each accepted automatic explanation among these features (what the
+    calibrated explainer claims without a person; the latest where a feature has several)."""
+    rows = session.exec(
+        select(Explanation.feature, Explanation.concepts)
+        .where(
+            Explanation.sae_id == sae_id,
+            Explanation.source == "auto",
+            Explanation.status == "accepted",
+            Explanation.feature.in_(features),
+        )
+        .order_by(Explanation.created_at, Explanation.id)  # the latest wins
+    )
+    return {int(f): list(concepts) for f, concepts in rows}
+
+
 def _interval(agree: int, n: int) -> str:
     lo, hi = wilson_interval(agree, n)
     return f"[{lo:.2f}, {hi:.2f}]"
 
 
-def check(ws: Any, path: Path, half: str = "test") -> dict[str, Any]:
+def check(ws: Workspace, path: Path, half: str = "test") -> dict[str, Any]:
     """name -> figure, printed as name=value; the last is the number of reference features."""
     from safesail.reader import read_features
 
@@ -81,23 +97,11 @@ def check(ws: Any, path: Path, half: str = "test") -> dict[str, Any]:
                 )
             ).all()
         )
-        accepted = {
-            row.feature: row
-            for row in session.exec(
-                select(Explanation).where(
-                    Explanation.sae_id == ref.sae_id,
-                    Explanation.source == "auto",
-                    Explanation.status == "accepted",
-                    Explanation.feature.in_(features),
-                )
-            )
-        }
+        accepted = _accepted_auto(session, ref.sae_id, features)
     precision, recall, n_flagged, n_safety = weighted_precision_recall(
         {f: bool(c) for f, c in candidate.items()}, labels
     )
-    auto_agree = sum(
-        agrees(accepted[r.feature].concepts, r) for r in labels if r.feature in accepted
-    )
+    auto_agree = sum(agrees(accepted[r.feature], r) for r in labels if r.feature in accepted)
     pair = ref.reader_agreement
     return {
         "reference_half": half,
@@ -118,7 +122,7 @@ def check(ws: Any, path: Path, half: str = "test") -> dict[str, Any]:
     }
 
 
-def reference_agreement(ws: Any) -> dict[str, Any] | None:
+def reference_agreement(ws: Workspace) -> dict[str, Any] | None:
     """For `status --json` (calibration.reference_agreement): how many accepted automatic
     explanations of the selected SAE's reference features agree with the readers, with the
     Wilson interval; None when this checkout has no reference set for these weights."""
@@ -129,15 +133,8 @@ def reference_agreement(ws: Any) -> dict[str, Any] | None:
     except SafesailError:
         return None
     with Session(ws.engine) as session:
-        accepted = session.exec(
-            select(Explanation.feature, Explanation.concepts).where(
-                Explanation.sae_id == ref.sae_id,
-                Explanation.source == "auto",
-                Explanation.status == "accepted",
-                Explanation.feature.in_(list(ref.labels)),
-            )
-        ).all()
-    agree = sum(agrees(concepts, ref.labels[f]) for f, concepts in accepted)
+        accepted = _accepted_auto(session, ref.sae_id, list(ref.labels))
+    agree = sum(agrees(concepts, ref.labels[f]) for f, concepts in accepted.items())
     lo, hi = wilson_interval(agree, len(accepted))
     return {
         "accepted_in_reference": len(accepted),

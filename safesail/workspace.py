@@ -25,12 +25,12 @@ from safesail.config import (
     WorkspaceConfig,
 )
 from safesail.errors import SafesailError
+from safesail.queries import require_selected_sae, selected_sae
+from safesail.selection_config import SelectionConfig, TriageConfig
 from safesail.storage import (
     Context,
     CorpusText,
-    Explanation,
     Feature,
-    LlmCall,
     SaeRecord,
     corpus_concepts,
     get_meta,
@@ -39,11 +39,6 @@ from safesail.storage import (
     set_meta,
 )
 from safesail.taxonomy import Taxonomy
-
-ROOM_STATUS_KEYS = ("learner", "annotation", "calibration")
-"""Meta keys the rooms write and `status` reports as they are: the active learner (held-out
-macro-F1, labels, strategy), the labeling loop (server, project, tasks, agreement) and the
-explainer's calibration (target, achieved held-out agreement, threshold, coverage)."""
 
 
 def _sample_tokens(contexts: list[list[int]], max_tokens: int | None, seed: int) -> list[list[int]]:
@@ -117,7 +112,7 @@ class Workspace:
         return added
 
     def build_default_corpus(self, *, max_benign: int = 3000, progress: bool = True) -> int:
-        from safesail.corpus import build_default_corpus
+        from safesail.corpus_build import build_default_corpus
 
         records = build_default_corpus(
             self.config.cache_dir / "corpus",
@@ -221,10 +216,12 @@ class Workspace:
             )
         return collect(self.engine, self.lm, load_sae, config, sae_ids=sae_ids, progress=progress)
 
-    def select(self, *, override: str | None = None, config: Any = None) -> list[SaeRecord]:
+    def select(
+        self, *, override: str | None = None, config: SelectionConfig | None = None
+    ) -> list[SaeRecord]:
         """Score every collected SAE for concept-specific interpretability; select the best."""
-        from safesail.collect import text_max_matrix
-        from safesail.selection import SelectionConfig, rank_saes, score_sae
+        from safesail.activations import text_max_matrix
+        from safesail.selection_score import rank_saes, score_sae
 
         records = [r for r in self.saes() if r.collected]
         if not records:
@@ -261,30 +258,22 @@ class Workspace:
     @property
     def selected_sae(self) -> str | None:
         with Session(self.engine) as session:
-            return get_meta(session, "selected_sae")
+            return selected_sae(session)
 
-    def triage(self, config: Any = None) -> dict[str, int]:
+    def triage(self, config: TriageConfig | None = None) -> dict[str, int]:
         """Score every feature of the selected SAE per concept and mark the safety candidates.
 
         Two stages: text-level triage (where the feature fires: enough of its texts carry the
         concept), then, per text-level candidate, what it fires on (its firing rate and the
         words its contexts peak on). Every feature that is not a candidate keeps the reason.
         """
-        from safesail.collect import concept_token_counts, feature_examples, text_max_matrix
-        from safesail.selection import (
-            BENIGN,
-            TriageConfig,
-            contrast_firing_rate,
-            feature_selectivity,
-            peaks_of,
-            text_rejections,
-            token_rejection,
-            triage,
-        )
+        from safesail.activations import concept_token_counts, text_max_matrix
+        from safesail.examples import feature_examples
+        from safesail.selection import feature_selectivity, text_rejections, triage
+        from safesail.selection_metrics import BENIGN
+        from safesail.selection_tokens import contrast_firing_rate, peaks_of, token_rejection
 
-        sae_id = self.selected_sae
-        if sae_id is None:
-            raise SafesailError("no SAE selected yet: run `safesail select` first")
+        sae_id = require_selected_sae(self.engine)
         config = config or TriageConfig()
         text_ids, matrix = text_max_matrix(self.engine, sae_id)
         concepts = self._concepts_by_text()
@@ -346,92 +335,7 @@ class Workspace:
 
     # -- reporting ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """The `safesail status --json` object.
+        """The `safesail status --json` object (its keys: safesail.status)."""
+        from safesail.status import workspace_status
 
-        features, features_with_examples, safety_candidates, saes, selected_sae, labels and
-        coverage are a contract for the other rooms: add keys, never remove these. The rooms
-        report their own progress through the Meta keys in ROOM_STATUS_KEYS (null until run).
-        """
-        from safesail.selection import reason_kind
-
-        sae_id = self.selected_sae
-        with Session(self.engine) as session:
-            features = select(func.count()).select_from(Feature).where(Feature.sae_id == sae_id)
-            n_features = session.exec(features).one()
-            with_examples = session.exec(features.where(Feature.examples.is_not(None))).one()
-            candidates = list(
-                session.exec(
-                    select(Feature.index, Feature.concept).where(
-                        Feature.sae_id == sae_id, Feature.candidate
-                    )
-                )
-            )
-            rejected = session.exec(
-                select(Feature.triage_reason).where(
-                    Feature.sae_id == sae_id, Feature.triage_reason.is_not(None)
-                )
-            ).all()
-            labels = list(
-                session.exec(
-                    select(Explanation.feature, Explanation.source, Explanation.status).where(
-                        Explanation.sae_id == sae_id
-                    )
-                )
-            )
-            n_texts = session.exec(select(func.count()).select_from(CorpusText)).one()
-            cost = session.exec(
-                select(
-                    func.count(),
-                    func.sum(LlmCall.prompt_tokens + LlmCall.completion_tokens),
-                    func.sum(LlmCall.cost_usd),
-                )
-            ).one()
-            rooms = {key: get_meta(session, key) for key in ROOM_STATUS_KEYS}
-        if isinstance(rooms.get("calibration"), dict):  # judged by the readers too, where known
-            from safesail.reference_check import reference_agreement
-
-            rooms["calibration"] = {
-                **rooms["calibration"],
-                "reference_agreement": reference_agreement(self),
-            }
-        accepted = [(f, source) for f, source, st in labels if st == "accepted"]
-        explained = {f for f, _ in accepted}
-        open_auto = {f for f, src, st in labels if src == "auto" and st != "accepted"} - explained
-        return {
-            "workspace": str(self.config.workspace),
-            "model": self.model_name,
-            "corpus_texts": n_texts,
-            "features": n_features,
-            "features_with_examples": with_examples,
-            "safety_candidates": len(candidates),
-            "candidates_per_concept": dict(Counter(c for _, c in candidates).most_common()),
-            "triage_rejected": dict(Counter(reason_kind(r) for r in rejected).most_common()),
-            "saes": [
-                {
-                    "id": r.id,
-                    "layer": r.layer,
-                    "d_sae": r.d_sae,
-                    "k": r.k,
-                    "source": r.source,
-                    "collected": r.collected,
-                    "selection_score": r.selection_score,
-                }
-                for r in self.saes()
-            ],
-            "selected_sae": sae_id,
-            "labels": {
-                "human": sum(1 for _, s in accepted if s == "human"),
-                "auto_accepted": sum(1 for _, s in accepted if s == "auto"),
-                "prior": sum(1 for _, s in accepted if s == "prior"),
-                "queued_for_humans": len(open_auto),
-            },
-            "llm": {
-                "calls": cost[0],
-                "tokens": int(cost[1] or 0),
-                "cost_usd": float(cost[2] or 0.0),
-            },
-            **rooms,
-            "coverage": (sum(1 for f, _ in candidates if f in explained) / len(candidates))
-            if candidates
-            else 0.0,
-        }
+        return workspace_status(self)

@@ -10,7 +10,7 @@ import torch
 from sqlmodel import Session, func, select
 
 from safesail import collect as collect_mod
-from safesail.collect import TOP, feature_examples
+from safesail.examples import TOP, feature_examples
 from safesail.saes import load_sae
 from safesail.storage import ActivationChunk, Context, CorpusText, Feature, SaeRecord, get_meta
 from tests.conftest import TINY_COLLECT, TINY_SPECS, make_workspace, tiny_records

@@ -14,8 +14,8 @@ import torch
 from sqlmodel import Session, select
 
 from safesail.cli import main
-from safesail.collect import feature_examples
 from safesail.errors import SafesailError
+from safesail.examples import feature_examples
 from safesail.storage import CorpusText, Feature
 from tests.conftest import TINY_COLLECT, make_workspace, tiny_records
 
@@ -305,7 +305,7 @@ def test_cli_steps_one_by_one(tmp_path, sae_copy, capsys):
 def test_triage_passes_its_settings_to_selectivity(trained_ws, monkeypatch):
     """--contrast and --fire-fraction must reach the selectivity computation, not just parse."""
     from safesail import selection
-    from safesail.selection import TriageConfig
+    from safesail.selection_config import TriageConfig
 
     seen = []
     real = selection.feature_selectivity
@@ -339,3 +339,22 @@ def test_train_resumes_from_saved_sae_folders_without_a_forward(
     monkeypatch.setattr(saes, "gather_residuals", no_forward)
     assert ws.train_saes(TINY_SPECS, TINY_TRAIN) == [s.sae_id for s in TINY_SPECS]
     assert {r.id for r in ws.saes()} == {s.sae_id for s in TINY_SPECS}
+
+
+def test_status_reports_each_rooms_record_under_its_key(tmp_path):
+    """Null until the room ran, then the record as its room wrote it (a typed contract)."""
+    from safesail.config import WorkspaceConfig
+    from safesail.contracts import ROOM_RECORDS, LearnerState, write_record
+    from safesail.storage import session_scope
+    from safesail.workspace import Workspace
+
+    ws = Workspace(WorkspaceConfig(tmp_path / "ws"))
+    status = ws.status()
+    assert all(status[cls.KEY] is None for cls in ROOM_RECORDS)
+    assert status["selected_sae"] is None and status["coverage"] == 0.0
+    record = LearnerState(sae_id="x", n_labels=3, curve=[[3, 0.5]])
+    with session_scope(ws.engine) as session:
+        write_record(session, record)
+    assert ws.status()[LearnerState.KEY] == record.to_dict()
+    with pytest.raises(SafesailError, match="no SAE selected yet"):
+        ws.triage()

@@ -16,7 +16,8 @@ from annotation import simulate as simulate_module
 from annotation.config import CONCEPTS, CONFIDENCE, CORPUS_TAGS, EXPLANATION
 from annotation.simulate import SECOND_ANNOTATOR, simulate
 from safesail.oracle import oracle_labels
-from safesail.reader import Reader, ReaderConfig, Window, read_features, read_window
+from safesail.reader import Reader, read_features
+from safesail.reader_windows import ReaderConfig, Window, read_window
 from safesail.storage import CorpusText, Feature, LabelTask
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 from tests.conftest import copy_workspace
@@ -154,7 +155,7 @@ def test_chatgpt_pieces_are_read_as_one_ai_word_not_jailbreak(reader):
 
 
 def test_pieces_inside_unrelated_words_are_spelling_not_their_words_meaning(reader):
-    """"cra" in cracker / craftsman / crack: the whole words (one of them a hacking word) must
+    """ "cra" in cracker / craftsman / crack: the whole words (one of them a hacking word) must
     not decide the label; the peaks are a spelling pattern."""
     heads = [("cra", "cker"), ("cra", "ftsman"), ("cra", "dle"), ("cra", "nberry"), ("cra", "yon")]
     windows = [

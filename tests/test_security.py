@@ -243,7 +243,7 @@ def test_listen_default_port_is_not_the_llm_servers():
 
 def test_listen_binds_before_registering(monkeypatch, tmp_path):
     from annotation import listen
-    from annotation.client import ClientConfig
+    from annotation.transport import ClientConfig
 
     calls = []
 

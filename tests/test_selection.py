@@ -12,15 +12,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from safesail.errors import SafesailError
-from safesail.selection import (
-    SelectionConfig,
-    TriageConfig,
-    auroc_per_feature,
-    feature_selectivity,
-    rank_saes,
-    score_sae,
-    triage,
-)
+from safesail.selection import feature_selectivity, triage
+from safesail.selection_config import SelectionConfig, TriageConfig
+from safesail.selection_metrics import auroc_per_feature
+from safesail.selection_score import rank_saes, score_sae
 
 CONCEPTS = ["violence", "self_harm", "fraud"]
 

@@ -13,20 +13,13 @@ from sqlalchemy import text
 from sqlmodel import Session, select
 from streamlit.testing.v1 import AppTest
 
-from app import data
-from safesail.collect import TOP, ConceptTokenCounts, concept_token_counts, feature_examples
+from app import browse
+from safesail.activations import ConceptTokenCounts, concept_token_counts
 from safesail.errors import SafesailError
-from safesail.selection import (
-    DENSE,
-    NO_TERM,
-    TEXT_LEVEL,
-    Peak,
-    TriageConfig,
-    contrast_firing_rate,
-    peaks_of,
-    reason_kind,
-    token_rejection,
-)
+from safesail.examples import TOP, feature_examples
+from safesail.selection import DENSE, NO_TERM, TEXT_LEVEL, reason_kind
+from safesail.selection_config import TriageConfig
+from safesail.selection_tokens import Peak, contrast_firing_rate, peaks_of, token_rejection
 from safesail.storage import Context, Feature, open_db
 from safesail.taxonomy import Taxonomy
 from safesail.tokens import DIGIT, FUNCTION, NON_CONTENT, token_class, word_at
@@ -219,7 +212,7 @@ def test_non_content_peaks_are_rejected_stored_counted_and_shown(
     assert status["triage_rejected"] == dict(kinds)
     assert status["safety_candidates"] == len(kept)
 
-    table = data.feature_table(ws.engine, ws.selected_sae).set_index("feature")
+    table = browse.feature_table(ws.engine, ws.selected_sae).set_index("feature")
     for f in rejected:
         assert table.loc[f, "triage_reason"] == rows[f].triage_reason
         assert not table.loc[f, "candidate"]

@@ -1,0 +1,102 @@
+"""`safesail status --json`: the workspace's progress as one JSON object.
+
+Its keys are a contract: the app, the tests and people's scripts poll it. `features`,
+`features_with_examples`, `safety_candidates`, `saes`, `selected_sae`, `labels` and `coverage`
+stay; keys may be added, never removed. The rooms report their own progress through the typed
+records of `safesail.contracts.ROOM_RECORDS`, each under its KEY (null until the room ran), so
+status needs to know nothing of a room but its record.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from safesail.contracts import ROOM_RECORDS, CalibrationReport, Workspace, read_record
+from safesail.queries import COVERAGE_STATES, coverage_states, selected_sae
+from safesail.storage import CorpusText, Explanation, Feature, LlmCall
+
+COVERED = frozenset(COVERAGE_STATES[:2])
+"""Coverage states that count as explained (human-labeled, auto-accepted)."""
+
+
+def workspace_status(ws: Workspace) -> dict[str, Any]:
+    """The `safesail status --json` object (see the module docstring for its keys)."""
+    from safesail.selection import reason_kind
+
+    with Session(ws.engine) as session:
+        sae_id = selected_sae(session)
+        features = select(func.count()).select_from(Feature).where(Feature.sae_id == sae_id)
+        n_features = session.exec(features).one()
+        with_examples = session.exec(features.where(Feature.examples.is_not(None))).one()
+        states = coverage_states(session, sae_id) if sae_id is not None else {}
+        rejected = session.exec(
+            select(Feature.triage_reason).where(
+                Feature.sae_id == sae_id, Feature.triage_reason.is_not(None)
+            )
+        ).all()
+        labels = session.exec(
+            select(Explanation.feature, Explanation.source, Explanation.status).where(
+                Explanation.sae_id == sae_id
+            )
+        ).all()
+        n_texts = session.exec(select(func.count()).select_from(CorpusText)).one()
+        cost = session.exec(
+            select(
+                func.count(),
+                func.sum(LlmCall.prompt_tokens + LlmCall.completion_tokens),
+                func.sum(LlmCall.cost_usd),
+            )
+        ).one()
+        records = {cls.KEY: read_record(session, cls) for cls in ROOM_RECORDS}
+    rooms: dict[str, Any] = {key: r.to_dict() if r else None for key, r in records.items()}
+    if rooms.get(CalibrationReport.KEY) is not None:  # judged by the readers too, where known
+        from safesail.reference_check import reference_agreement
+
+        rooms[CalibrationReport.KEY]["reference_agreement"] = reference_agreement(ws)
+    accepted = [(f, source) for f, source, st in labels if st == "accepted"]
+    explained = {f for f, _ in accepted}
+    open_auto = {f for f, src, st in labels if src == "auto" and st != "accepted"} - explained
+    return {
+        "workspace": str(ws.config.workspace),
+        "model": ws.model_name,
+        "corpus_texts": n_texts,
+        "features": n_features,
+        "features_with_examples": with_examples,
+        "safety_candidates": len(states),
+        "candidates_per_concept": dict(Counter(c for c, _ in states.values()).most_common()),
+        "triage_rejected": dict(Counter(reason_kind(r) for r in rejected).most_common()),
+        "saes": [
+            {
+                "id": r.id,
+                "layer": r.layer,
+                "d_sae": r.d_sae,
+                "k": r.k,
+                "source": r.source,
+                "collected": r.collected,
+                "selection_score": r.selection_score,
+            }
+            for r in ws.saes()
+        ],
+        "selected_sae": sae_id,
+        "labels": {
+            "human": sum(1 for _, s in accepted if s == "human"),
+            "auto_accepted": sum(1 for _, s in accepted if s == "auto"),
+            "prior": sum(1 for _, s in accepted if s == "prior"),
+            "queued_for_humans": len(open_auto),
+        },
+        "llm": {
+            "calls": cost[0],
+            "tokens": int(cost[1] or 0),
+            "cost_usd": float(cost[2] or 0.0),
+        },
+        **rooms,
+        "coverage": (
+            sum(1 for _, state in states.values() if state in COVERED) / len(states)
+            if states
+            else 0.0
+        ),
+    }
