@@ -15,6 +15,8 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
+from safesail.registry import Registry
+
 
 class Picked(NamedTuple):
     """Pool row indices, best first, and the score that ranked each."""
@@ -166,33 +168,14 @@ class Strategy:
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, type[Strategy]] = {}
-
-
-def register_strategy(cls: type[Strategy]) -> type[Strategy]:
-    """Add a strategy class under its `name` (a class decorator); a second class with a name
-    already taken is refused, so a plugin cannot silently replace a built-in strategy."""
-    held = _REGISTRY.get(cls.name)
-    if held is not None:
-        raise ValueError(
-            f"query strategy '{cls.name}' is already registered by {held.__module__}."
-            f"{held.__qualname__}"
-        )
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def strategy_names() -> tuple[str, ...]:
-    """The registered strategies, in registration order."""
-    return tuple(_REGISTRY)
+STRATEGIES: Registry[type[Strategy]] = Registry("query strategy")
+register_strategy = STRATEGIES.register
+strategy_names = STRATEGIES.names
 
 
 def get_strategy(name: str) -> Strategy:
-    """The strategy registered as `name`; an unknown name is a one-line error naming the known."""
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        raise ValueError(f"strategy must be one of {', '.join(strategy_names())}, got '{name}'")
-    return cls()
+    """An instance of the strategy registered as `name` (unknown: a one-line error)."""
+    return STRATEGIES.get(name)()
 
 
 @register_strategy

@@ -15,7 +15,9 @@ runtime.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+from safesail.registry import Registry
 
 if TYPE_CHECKING:
     import numpy as np
@@ -76,30 +78,7 @@ class Scorer(ABC):
         return f"{cls.name}-{cls.version}/{prompt_version}"
 
 
-S = TypeVar("S", bound=type[Scorer])
-
-_REGISTRY: dict[str, type[Scorer]] = {}
-
-
-def register_scorer(cls: S) -> S:
-    """Class decorator: make the scorer available under its `name` (refuses a taken name)."""
-    held = _REGISTRY.get(cls.name)
-    if held is not None:
-        raise ValueError(
-            f"a scorer named {cls.name!r} is already registered ({held.__module__}."
-            f"{held.__qualname__}); give {cls.__qualname__} another name"
-        )
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def scorer_names() -> tuple[str, ...]:
-    """The registered scorers' names, in registration order (the CLI's choices)."""
-    return tuple(_REGISTRY)
-
-
-def get_scorer(name: str) -> type[Scorer]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown scorer {name!r} (known: {', '.join(_REGISTRY)})") from None
+SCORERS: Registry[type[Scorer]] = Registry("scorer")
+register_scorer = SCORERS.register
+scorer_names = SCORERS.names
+get_scorer = SCORERS.get
