@@ -223,10 +223,10 @@ def instrumented(
     patch(lm, "decode_tokens", "lm.decode_tokens")
     patch(C, "chunk_plan", "chunk_plan")
     patch(C, "encode_chunk", "encode_chunk")
-    residuals = lm.residuals
-    paired = functools.partial(pairing.run, residuals) if pairing else None
-    patch(lm, "residuals", "lm.residuals (forward)", paired)
-    patch(C, "_encode_topk_sparse", "SAE encode (matmul + top-k -> CSR)")
+    capture = lm.capture
+    paired = functools.partial(pairing.run, capture) if pairing else None
+    patch(lm, "capture", "lm.capture (forward)", paired)
+    patch(C, "encode_csr", "SAE encode (bounded, -> CSR)")
     patch(C, "_per_text_max", "per-text max")
     patch(C, "pack_csr", "pack_csr")
     patch(C, "pack_arrays", "pack_arrays (np.savez)")

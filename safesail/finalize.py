@@ -11,6 +11,8 @@ activations of the chosen examples.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from itertools import islice
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -22,7 +24,8 @@ from sqlmodel import Session, select
 
 from safesail.activations import stored_chunks
 from safesail.config import CollectConfig
-from safesail.examples import choose_examples, in_sorted, pack_examples
+from safesail.example_blobs import ExampleHits, example_blobs
+from safesail.examples import choose_examples, in_sorted
 from safesail.storage import (
     Context,
     Feature,
@@ -31,6 +34,9 @@ from safesail.storage import (
     get_meta,
     session_scope,
 )
+
+ROW_BATCH = 8192
+"""Feature rows inserted per statement."""
 
 
 class CorpusView(NamedTuple):
@@ -86,17 +92,6 @@ class FirstPass(NamedTuple):
     """[positions, d] every text's max activation, for sampling decile examples."""
 
 
-class ExampleHits(NamedTuple):
-    """The nonzero token activations of the chosen examples, sorted by (pair key, token)."""
-
-    keys: np.ndarray
-    """feature * n_texts + position of each activation's (feature, text) pair."""
-    pos: np.ndarray
-    """Token index inside its text."""
-    val: np.ndarray
-    """The activation."""
-
-
 def finalize(
     engine: Engine,
     sae_id: str,
@@ -123,6 +118,7 @@ def finalize(
     pair_keys, pair_kinds = choose_examples(
         first.top_vals, first.top_pos, first.per_text, config, n_texts
     )
+    first = first._replace(per_text=sp.csc_matrix((0, d)))  # chosen: free it before pass 2
     hist, hits = _second_pass(
         engine,
         sae_id,
@@ -133,7 +129,7 @@ def finalize(
         config.histogram_bins,
         f"Examples {sae_id}" if progress else None,
     )
-    examples = _example_blobs(d, pair_keys, pair_kinds, hits, layout.order, corpus.lengths)
+    examples = example_blobs(d, pair_keys, pair_kinds, hits, layout.order, corpus.lengths)
     rows = _feature_rows(
         sae_id,
         first,
@@ -237,13 +233,14 @@ def _second_pass(
     """Pass 2: every feature's activation histogram (bins up to its max activation, known
     from pass 1) and the per-token activations of the examples pass 1 chose."""
     d = len(max_act)
-    hist = np.zeros(d * bins, dtype=np.int64)
+    hist = np.zeros(d * bins, dtype=np.int32)  # counts per cell stay far below 2**31
     scale = np.where(max_act > 0, bins / np.maximum(max_act, 1e-30), 0)
     hit_keys, hit_pos, hit_val = [], [], []
     offset = 0
     for index, tokens, texts in stored_chunks(engine, sae_id, len(corpus.plan), desc):
         coo = tokens.tocoo()
-        hist += _histogram_counts(coo, scale, bins, d)
+        cells, counts = _histogram_cells(coo, scale, bins)
+        hist[cells] += counts.astype(np.int32)
         lens = np.array([corpus.lengths[t] for t in corpus.plan[index]])
         keys, pos, val = _chunk_hits(coo, lens, offset, n_texts, pair_keys)
         hit_keys.append(keys)
@@ -257,11 +254,14 @@ def _second_pass(
     return hist, ExampleHits(hit_keys[sort], hit_pos[sort], hit_val[sort])
 
 
-def _histogram_counts(coo: sp.coo_matrix, scale: np.ndarray, bins: int, d: int) -> np.ndarray:
-    """One chunk's token activations counted into [d * bins] histogram cells (flattened), the
-    top bin closed so that each feature's max activation falls inside it."""
+def _histogram_cells(
+    coo: sp.coo_matrix, scale: np.ndarray, bins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One chunk's token activations as (flattened feature * bins + bin cell, count) pairs,
+    the top bin closed so that each feature's max activation falls inside it. Counting only
+    the cells the chunk touches keeps each chunk's cost in its own size, not d * bins."""
     bin_index = np.minimum((coo.data * scale[coo.col]).astype(np.int64), bins - 1)
-    return np.bincount(coo.col * bins + bin_index, minlength=d * bins)
+    return np.unique(coo.col.astype(np.int64) * bins + bin_index, return_counts=True)
 
 
 def _chunk_hits(
@@ -281,15 +281,18 @@ def _quantiles(
     hist: np.ndarray, n_fire: np.ndarray, max_act: np.ndarray, config: CollectConfig
 ) -> dict[str, list[float]]:
     """Per quantile, every feature's activation at it (the upper edge of the histogram bin the
-    quantile falls in), 0 for features that never fire; vectorised over features."""
+    quantile falls in), 0 for features that never fire; vectorised over blocks of features
+    (the cumulative counts of one block at a time, not of all d * bins cells)."""
     d, bins = len(n_fire), config.histogram_bins
-    cum = hist.reshape(d, bins).cumsum(axis=1)
-    quantiles = {
-        str(q): (np.minimum((cum < (q * n_fire)[:, None]).sum(axis=1), bins - 1) + 1)
-        * (max_act / bins)
-        for q in config.quantiles
-    }
-    return {q: np.where(n_fire > 0, v, 0.0).tolist() for q, v in quantiles.items()}
+    cells = hist.reshape(d, bins)
+    out: dict[str, list[np.ndarray]] = {str(q): [] for q in config.quantiles}
+    for a in range(0, d, 8192):
+        cum = cells[a : a + 8192].cumsum(axis=1)
+        fire, peak = n_fire[a : a + 8192], max_act[a : a + 8192]
+        for q in config.quantiles:
+            index = np.minimum((cum < (q * fire)[:, None]).sum(axis=1), bins - 1) + 1
+            out[str(q)].append(np.where(fire > 0, index * (peak / bins), 0.0))
+    return {q: np.concatenate(v).tolist() if v else [] for q, v in out.items()}
 
 
 def _concept_means(first: FirstPass, n_names: int) -> list[tuple[list[float], list[float]]]:
@@ -304,42 +307,6 @@ def _concept_means(first: FirstPass, n_names: int) -> list[tuple[list[float], li
     ]
 
 
-def _example_blobs(
-    d: int,
-    pair_keys: np.ndarray,
-    pair_kinds: np.ndarray,
-    hits: ExampleHits,
-    order: list[int],
-    lengths: dict[int, int],
-) -> list[bytes | None]:
-    """Each feature's packed examples (None without any). Pair keys and hits are sorted by
-    feature, so each feature's share of both is one slice found by binary search."""
-    n_texts = len(order)
-    pair_feature = pair_keys // n_texts
-    pair_bounds = np.searchsorted(pair_feature, np.arange(d + 1))
-    hit_start = np.searchsorted(hits.keys, pair_keys, side="left")
-    hit_end = np.searchsorted(hits.keys, pair_keys, side="right")
-    text_of_pos = np.asarray(order, dtype=np.int64)
-    length_of_pos = np.array([lengths[t] for t in order], dtype=np.int32)
-    blobs: list[bytes | None] = []
-    for f in range(d):
-        a, b = pair_bounds[f], pair_bounds[f + 1]
-        examples = None
-        if b > a:
-            text_pos = pair_keys[a:b] % n_texts
-            h0, h1 = hit_start[a], hit_end[b - 1]
-            examples = pack_examples(
-                text_of_pos[text_pos],
-                pair_kinds[a:b],
-                length_of_pos[text_pos],
-                np.concatenate([hit_start[a:b], [h1]]) - h0,
-                hits.pos[h0:h1],
-                hits.val[h0:h1],
-            )
-        blobs.append(examples)
-    return blobs
-
-
 def _feature_rows(
     sae_id: str,
     first: FirstPass,
@@ -347,11 +314,11 @@ def _feature_rows(
     per_concept: list[tuple[list[float], list[float]]],
     names: list[str],
     examples: list[bytes | None],
-) -> list[dict[str, Any]]:
-    """One Feature mapping per feature, from plain Python lists: indexing numpy arrays per
-    feature would cost more than everything else here."""
+) -> Iterator[dict[str, Any]]:
+    """One Feature mapping per feature, from plain Python lists (indexing numpy arrays per
+    feature would cost more than everything else here), made as they are written."""
     n_fire_l, total_l, max_l = first.n_fire.tolist(), first.total.tolist(), first.max_act.tolist()
-    return [
+    return (
         dict(
             sae_id=sae_id,
             index=f,
@@ -366,15 +333,17 @@ def _feature_rows(
             examples=examples[f],
         )
         for f in range(len(examples))
-    ]
+    )
 
 
-def _write_features(engine: Engine, sae_id: str, rows: list[dict[str, Any]]) -> None:
+def _write_features(engine: Engine, sae_id: str, rows: Iterator[dict[str, Any]]) -> None:
     """Replace the SAE's feature rows and mark it collected in one transaction, so a crash
-    leaves either the old rows or the new ones, never a mix."""
+    leaves either the old rows or the new ones, never a mix; rows go in batches, so only
+    one batch of row mappings exists at a time."""
     with session_scope(engine) as session:
         session.exec(delete(Feature).where(Feature.sae_id == sae_id))
-        session.bulk_insert_mappings(Feature, rows)
+        while batch := list(islice(rows, ROW_BATCH)):
+            session.bulk_insert_mappings(Feature, batch)
         record = session.get(SaeRecord, sae_id)
         record.collected = True
         session.add(record)

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from safesail.devices import dtype_name
+from safesail.encode import encode_csr
 from safesail.errors import SafesailError
 from safesail.queries import best_accepted, require_selected_sae
+from safesail.saes import site_of
 from safesail.storage import Feature, SaeRecord
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
@@ -103,31 +108,32 @@ class Inspector:
             record = session.get(SaeRecord, sae_id)
         if record is None:
             raise SafesailError(f"no SAE '{sae_id}' in this workspace")
-        return cls(lm, record, load_sae(record), safety_features(engine, record.id))
+        sae = load_sae(record, device=str(lm.device), dtype=dtype_name(lm.dtype))  # as the model
+        return cls(lm, record, sae, safety_features(engine, record.id))
 
-    @torch.inference_mode()
-    def activations(self, text: str, max_tokens: int = 256) -> tuple[list[str], torch.Tensor]:
-        """The prompt's tokens and the SAE's activations on them, [tokens, d_sae]."""
+    def activations(self, text: str, max_tokens: int = 256) -> tuple[list[str], sp.csr_matrix]:
+        """The prompt's tokens and the SAE's activations on them, sparse [tokens, d_sae]
+        (memory-bounded whatever the SAE's width), read at the SAE's own hook site."""
         ids = self.lm.tokenize([text], max_tokens)[0]
         if not ids:
             raise SafesailError("the prompt has no tokens")
-        resid = self.lm.residuals([ids], [self.record.layer])[self.record.layer]
-        acts = self.sae.encode(resid)
-        acts = acts.to_dense() if acts.is_sparse else acts
-        return self.lm.decode_tokens(ids), acts.float().clamp_min(0)
+        site = site_of(self.record)
+        return self.lm.decode_tokens(ids), encode_csr(
+            self.sae, self.lm.capture([ids], [site])[site]
+        )
 
     def inspect(
         self, text: str, *, min_normalised: float = 0.0, max_tokens: int = 256
     ) -> list[InspectedToken]:
         """Every token with the safety features active on it (above min_normalised)."""
         tokens, acts = self.activations(text, max_tokens)
-        index = torch.tensor(sorted(self.features), dtype=torch.long)
-        scales = torch.tensor([self.features[int(i)].scale for i in index])
-        sub = acts[:, index] if len(index) else acts[:, :0]
+        index = np.array(sorted(self.features), dtype=np.int64)
+        scales = np.array([self.features[int(i)].scale for i in index], dtype=np.float32)
+        sub = acts[:, index].toarray()  # [tokens, safety features]: small
         normalised = sub / scales if len(index) else sub
         out = []
         for pos, token in enumerate(tokens):
-            active = torch.nonzero((sub[pos] > 0) & (normalised[pos] >= min_normalised)).flatten()
+            active = np.flatnonzero((sub[pos] > 0) & (normalised[pos] >= min_normalised))
             found = []
             for j in active.tolist():
                 f = int(index[j])

@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 
 from safesail.config import EMBEDDED_MODEL, default_cache_dir
+from safesail.devices import resolve_device, resolve_dtype
 from safesail.errors import SafesailError
+from safesail.sites import Site, site_module
 
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -33,6 +35,8 @@ class LanguageModel:
     hidden_size: int
     n_layers: int
     bos_id: int
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     """Held while a forward runs: `truncated` swaps the shared model's block list and the capture
     hooks sit on shared blocks, so two threads (the app's cached inspector serves several browser
@@ -77,38 +81,63 @@ class LanguageModel:
                 self.model.model.layers = torch.nn.ModuleList(full)
 
     @torch.no_grad()
-    def residuals(
-        self, batch: Sequence[Sequence[int]], layers: Sequence[int]
-    ) -> dict[int, torch.Tensor]:
-        """Residual stream after each requested block, for real tokens only, concatenated.
+    def capture(
+        self, batch: Sequence[Sequence[int]], sites: Sequence[Site]
+    ) -> dict[Site, torch.Tensor]:
+        """What each site holds for every real token, concatenated, on the model's device and
+        in its dtype (an SAE casts to its own).
 
         A BOS token is prepended to every context and dropped from the output: the first position
         of a sequence carries a huge-norm attention sink that would dominate any SAE.
         Rows follow the batch order, tokens in order, padding removed.
         """
-        for layer in layers:
-            self.check_layer(layer)
-        input_ids, mask = self.batch_inputs(batch)
+        for site in sites:
+            self.check_layer(site.layer)
+        input_ids, mask = (t.to(self.device) for t in self.batch_inputs(batch))
         keep = mask.bool()
         keep[:, 0] = False
-        captured: dict[int, torch.Tensor] = {}
+        captured: dict[Site, torch.Tensor] = {}
+
+        def grab(site: Site, value: torch.Tensor | tuple) -> None:
+            captured[site] = value[0] if isinstance(value, tuple) else value
+
         with self.lock:  # hooks, swap and forward as one: another thread's forward would fire them
-            blocks = self.model.model.layers
-            hooks = [
-                blocks[layer].register_forward_hook(
-                    lambda _m, _i, out, layer=layer: captured.__setitem__(
-                        layer, out[0] if isinstance(out, tuple) else out
+            hooks = []
+            for site in dict.fromkeys(sites):
+                module, reads_input = site_module(self.model.model.layers, site)
+                if reads_input:  # decoder layers take the hidden states as first argument
+                    hook = module.register_forward_pre_hook(
+                        lambda _m, args, kwargs, site=site: grab(
+                            site, args[0] if args else kwargs["hidden_states"]
+                        ),
+                        with_kwargs=True,
                     )
-                )
-                for layer in layers
-            ]
+                else:
+                    hook = module.register_forward_hook(
+                        lambda _m, _i, out, site=site: grab(site, out)
+                    )
+                hooks.append(hook)
             try:
-                with self.truncated(max(layers) + 1):
+                with self.truncated(max(s.layer for s in sites) + 1):
                     self.model.model(input_ids=input_ids, attention_mask=mask, use_cache=False)
             finally:
                 for hook in hooks:
                     hook.remove()
-        return {layer: captured[layer][keep].float() for layer in layers}
+        return {site: captured[site][keep] for site in sites}
+
+    def residuals(
+        self, batch: Sequence[Sequence[int]], layers: Sequence[int]
+    ) -> dict[int, torch.Tensor]:
+        """The residual stream after each requested block (float32, on the CPU): SAE training
+        data."""
+        sites = [Site(layer, "resid_post") for layer in layers]
+        out = self.capture(batch, sites)
+        return {site.layer: out[site].float().cpu() for site in sites}
+
+    def site_width(self, site: Site) -> int:
+        """How many numbers per token a site holds (one short forward: module paths may be
+        any width, e.g. an MLP's hidden layer)."""
+        return int(self.capture([[self.bos_id]], [site])[site].shape[-1])
 
 
 def _embedded_folder() -> Path:
@@ -147,8 +176,16 @@ def _embedded_fp32(cache_dir: Path) -> Path:
     return target
 
 
-def load_model(name: str = EMBEDDED_MODEL, cache_dir: Path | None = None) -> LanguageModel:
-    """Load the embedded default, a local folder, or a hub name (hub only when online)."""
+def load_model(
+    name: str = EMBEDDED_MODEL,
+    cache_dir: Path | None = None,
+    *,
+    device: str = "auto",
+    dtype: str = "float32",
+) -> LanguageModel:
+    """Load the embedded default, a local folder, or a hub name (hub only when online), on
+    `device` in `dtype` (see safesail.devices)."""
+    target, precision = resolve_device(device), resolve_dtype(dtype)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cache_dir = cache_dir or default_cache_dir()
@@ -162,7 +199,7 @@ def load_model(name: str = EMBEDDED_MODEL, cache_dir: Path | None = None) -> Lan
     try:
         tok = AutoTokenizer.from_pretrained(source, local_files_only=offline)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch.float32, local_files_only=offline
+            source, dtype=precision, local_files_only=offline
         )
     except OSError as exc:
         if isinstance(source, Path):
@@ -171,7 +208,7 @@ def load_model(name: str = EMBEDDED_MODEL, cache_dir: Path | None = None) -> Lan
             f"model '{name}' is not available offline and the Hugging Face hub cannot be reached; "
             "download it where you have access (save_pretrained) and pass the local folder with --model"
         ) from None
-    model.eval()
+    model.to(target).eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
@@ -186,6 +223,8 @@ def load_model(name: str = EMBEDDED_MODEL, cache_dir: Path | None = None) -> Lan
         hidden_size=int(model.config.hidden_size),
         n_layers=len(model.model.layers),
         bos_id=int(bos),
+        device=target,
+        dtype=precision,
     )
 
 

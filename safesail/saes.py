@@ -17,14 +17,16 @@ import torch
 from sqlmodel import Session
 
 from safesail.config import SaeSpec, TrainConfig
+from safesail.devices import resolve_device, resolve_dtype
+from safesail.encode import check_architecture
 from safesail.errors import SafesailError
 from safesail.lm import LanguageModel
+from safesail.sites import Site, parse_site
 from safesail.storage import SaeRecord
 
 if TYPE_CHECKING:
     from sae_lens import SAE
 
-_HOOK_LAYER = re.compile(r"(?:blocks|layers)\.(\d+)\.")
 SAE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 """What an SAE id may be: it names files and folders (exports, SAE folders), so no path
 separator, no leading dot, no '..' on its own, at most 100 characters."""
@@ -53,10 +55,20 @@ def read_sae_config(path: Path) -> dict[str, Any]:
         raise SafesailError(f"{cfg_file} is not valid JSON: {exc}") from None
 
 
-def layer_from_config(cfg: dict[str, Any]) -> int | None:
-    hook = (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name") or ""
-    match = _HOOK_LAYER.search(hook)
-    return int(match.group(1)) if match else None
+def hook_from_config(cfg: dict[str, Any]) -> str | None:
+    """The hook name in a cfg.json (sae-lens 6 keeps it under metadata, older ones at the top)."""
+    return (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name") or None
+
+
+def site_of(record: SaeRecord) -> Site:
+    """Where a recorded SAE reads: its stored hook, or (records from before hooks were stored)
+    the site in its cfg.json at the recorded layer."""
+    if record.hook:
+        return parse_site(record.hook)
+    hook = hook_from_config(read_sae_config(Path(record.path)))
+    if hook is None:
+        raise SafesailError(f"SAE {record.id}: its cfg.json names no hook_name; add it again")
+    return parse_site(hook).at_layer(record.layer)
 
 
 def register_sae(
@@ -75,16 +87,24 @@ def register_sae(
     path = path.resolve()
     cfg = read_sae_config(path)
     d_in, d_sae = int(cfg.get("d_in", -1)), int(cfg.get("d_sae", -1))
-    if d_in != lm.hidden_size:
+    architecture = check_architecture(cfg)
+    hook = hook_from_config(cfg)
+    if hook is None:
         raise SafesailError(
-            f"SAE {path.name} has d_in={d_in} but {lm.name} has hidden size {lm.hidden_size}; "
+            f"SAE {path.name}: cfg.json names no hook_name, so where it reads is unknown; set "
+            "metadata.hook_name (e.g. blocks.8.hook_resid_post or model.layers.8.mlp.down_proj)"
+        )
+    site = parse_site(hook)
+    site = site.at_layer(layer) if layer is not None else site  # --layer moves it to that block
+    layer = site.layer
+    lm.check_layer(layer)
+    width = lm.site_width(site)
+    if d_in != width:
+        size = f"hidden size {width}" if width == lm.hidden_size else f"width {width}"
+        raise SafesailError(
+            f"SAE {path.name} has d_in={d_in} but {lm.name} has {size} at {site.name}; "
             "it was trained on another model or site"
         )
-    layer = layer if layer is not None else layer_from_config(cfg)
-    if layer is None:
-        raise SafesailError(f"SAE {path.name}: cannot tell its layer from cfg.json; pass --layer")
-    lm.check_layer(layer)
-    architecture = str(cfg.get("architecture", "standard"))
     k = cfg.get("k")
     if sae_id is None:  # the folder's name may hold any character: keep the safe ones
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name)
@@ -104,15 +124,18 @@ def register_sae(
         k=int(k) if k else None,
         architecture=architecture,
         release=release,
+        hook=site.name,
     )
     session.add(record)
     return record
 
 
-def load_sae(record: SaeRecord) -> SAE:
+def load_sae(record: SaeRecord, *, device: str = "auto", dtype: str = "float32") -> SAE:
+    """The SAE on `device` in `dtype` (the model's: see safesail.devices)."""
     from sae_lens import SAE
 
-    sae = SAE.load_from_disk(record.path, device="cpu")
+    resolve_dtype(dtype)  # a one-line error before sae-lens's own
+    sae = SAE.load_from_disk(record.path, device=str(resolve_device(device)), dtype=dtype)
     sae.eval()
     return sae
 

@@ -6,6 +6,7 @@ steps can be rerun (idempotent) and interrupted (resumable) independently.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Sequence
 from functools import cached_property
@@ -25,7 +26,7 @@ from safesail.config import (
     WorkspaceConfig,
 )
 from safesail.errors import SafesailError
-from safesail.queries import require_selected_sae, selected_sae
+from safesail.queries import chunked, require_selected_sae, selected_sae
 from safesail.selection_config import SelectionConfig, TriageConfig
 from safesail.storage import (
     Context,
@@ -74,7 +75,12 @@ class Workspace:
     def lm(self):
         from safesail.lm import load_model
 
-        return load_model(self.model_name, self.config.cache_dir)
+        return load_model(
+            self.model_name,
+            self.config.cache_dir,
+            device=self.config.device,
+            dtype=self.config.dtype,
+        )
 
     # -- corpus -------------------------------------------------------------------------------
     @property
@@ -214,13 +220,17 @@ class Workspace:
             raise SafesailError(
                 "no SAEs in this workspace: run `safesail sae train` or `safesail sae add`"
             )
-        return collect(self.engine, self.lm, load_sae, config, sae_ids=sae_ids, progress=progress)
+        load = functools.partial(load_sae, device=self.config.device, dtype=self.config.dtype)
+        return collect(self.engine, self.lm, load, config, sae_ids=sae_ids, progress=progress)
 
     def select(
         self, *, override: str | None = None, config: SelectionConfig | None = None
     ) -> list[SaeRecord]:
         """Score every collected SAE for concept-specific interpretability; select the best."""
         from safesail.activations import text_max_matrix
+        from safesail.contrastive import stored_pre_explanation
+        from safesail.core_metrics import ensure_core
+        from safesail.saes import load_sae
         from safesail.selection_score import rank_saes, score_sae
 
         records = [r for r in self.saes() if r.collected]
@@ -231,7 +241,7 @@ class Workspace:
                 f"cannot select '{override}': not a collected SAE ({', '.join(r.id for r in records)})"
             )
         concepts = self._concepts_by_text()
-        scores = {}
+        scores, pre, pairs = {}, {}, None
         for record in records:
             text_ids, matrix = text_max_matrix(self.engine, record.id)
             scores[record.id] = score_sae(
@@ -239,6 +249,9 @@ class Workspace:
                 [concepts[t] for t in text_ids],
                 self.taxonomy.safety_concepts(),
                 config or SelectionConfig(),
+            )
+            pre[record.id], pairs = stored_pre_explanation(
+                self.engine, text_ids, matrix, self.taxonomy.safety_concepts(), pairs
             )
         ranking = rank_saes(scores)
         chosen = override or ranking[0][0]
@@ -249,10 +262,12 @@ class Workspace:
                 record.selection = {
                     "concepts": {c.concept: c._asdict() for c in score.concepts},
                     "skipped": score.skipped,
+                    "pre_explanation": pre[sae_id],
                 }
                 record.selected = sae_id == chosen
                 session.add(record)
             set_meta(session, "selected_sae", chosen)
+        ensure_core(self, self.lm, load_sae)  # measured once per SAE, kept across reruns
         return [r for r in self.saes() if r.id in scores]
 
     @property
@@ -300,11 +315,13 @@ class Workspace:
             mean_rate = float(np.mean([f.firing_rate for f in features])) if features else 0.0
             examples = {f.index: feature_examples(f) for f in features if f.index in text_level}
             wanted = {e.text_id for exs in examples.values() for e in exs}
-            tokens = dict(
-                session.exec(
-                    select(Context.text_id, Context.tokens).where(Context.text_id.in_(wanted))
-                ).all()
-            )
+            tokens = {
+                text_id: toks
+                for part in chunked(sorted(wanted))
+                for text_id, toks in session.exec(
+                    select(Context.text_id, Context.tokens).where(Context.text_id.in_(part))
+                )
+            }
             for feature in features:
                 f = feature.index
                 if f in text_level:

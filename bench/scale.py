@@ -1,0 +1,183 @@
+"""Benchmark: collection with a GemmaScope-sized JumpReLU SAE (65,536 features) on the embedded
+model, against the bare forward on the same tokens, and the memory it needs above the model.
+
+1. The embedded SmolLM2 is loaded (`--device`, `--dtype`); the process's RSS then is the base.
+2. A JumpReLU SAE of width `--width` on `blocks.L.hook_resid_post` is saved in sae-lens format:
+   random encoder, and per-feature thresholds calibrated on real residuals so that each
+   feature fires on about `--l0 / width` of tokens (an L0 near `--l0`, as GemmaScope's).
+3. The packaged corpus, repeated (each repeat made unique by a suffix) until it holds
+   `--tokens` tokens, goes into a fresh SQLite workspace; `Workspace.collect` runs as a user
+   runs it: forward, bounded encode, CSR, DB writes, finalize.
+4. The bare forward (`lm.capture` of the same batches, nothing else) is timed next to every
+   `--pair-every`-th chunk's own forward (before it or after it, alternately) and taken out of
+   the collection time, so both see the same load on a shared machine.
+
+Run: `.venv/bin/python bench/scale.py [--tokens N] [--width W] [--device D] [--dtype T]`.
+Prints tokens/s, the ratio to the bare forward, peak RSS above the loaded model (sampled from
+/proc every 20 ms) and the finalize share; the last line is `peak_rss_over_model_gb_65k=<x>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
+
+from _collect_baselines import corpus_texts  # noqa: E402
+from _collect_timing import RssSampler, rss_bytes  # noqa: E402
+
+from safesail import finalize as finalize_mod  # noqa: E402
+from safesail.config import CollectConfig, WorkspaceConfig  # noqa: E402
+from safesail.corpus import CorpusRecord  # noqa: E402
+from safesail.lm import LanguageModel, load_model  # noqa: E402
+from safesail.workspace import Workspace  # noqa: E402
+
+GB = 1024**3
+
+
+def save_jumprelu(
+    lm: LanguageModel, texts: list[str], path: Path, layer: int, width: int, l0: float
+) -> Path:
+    """A random JumpReLU SAE whose thresholds make each feature fire on ~l0/width of tokens
+    (calibrated on the residuals of `texts`, 4,096 tokens at most)."""
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
+    gen = torch.Generator().manual_seed(0)
+    d_in = lm.hidden_size
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=width, dtype="float32", device="cpu"))
+    x = lm.residuals(lm.tokenize(texts, 64), [layer])[layer][:4096]
+    rank = max(1, round(x.shape[0] * (1 - l0 / width)))  # kthvalue: the rank-th smallest
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d_in, width, generator=gen) / d_in**0.5)
+        sae.W_dec.copy_(torch.randn(width, d_in, generator=gen) / d_in**0.5)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+        for a in range(0, width, 8192):  # per-feature quantile, a block of features at a time
+            pre = x @ sae.W_enc[:, a : a + 8192]
+            sae.threshold[a : a + 8192] = pre.kthvalue(rank, dim=0).values.clamp_min(1e-3)
+    sae.cfg.metadata.hook_name = f"blocks.{layer}.hook_resid_post"
+    sae.save_model(path)
+    return path
+
+
+def corpus(lm: LanguageModel, tokens: int, max_tokens: int) -> tuple[list[CorpusRecord], int]:
+    """Records holding about `tokens` tokens (cut at max_tokens): the packaged corpus repeated,
+    each repeat unique (the corpus drops duplicate texts)."""
+    rows, _ = corpus_texts(10**9, 0)
+    lengths = [min(len(ids), max_tokens) for ids in lm.tokenize([t for t, _ in rows], max_tokens)]
+    out, total, repeat = [], 0, 0
+    while total < tokens:
+        for (text, concepts), n in zip(rows, lengths, strict=True):
+            suffix = f" ({repeat})" if repeat else ""
+            out.append(CorpusRecord(text + suffix, "bench", "mixed", tuple(concepts)))
+            total += n + (2 if repeat else 0)
+            if total >= tokens:
+                break
+        repeat += 1
+    return out, total
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+class PairedForward:
+    """Wraps lm.capture: every n-th call also runs the bare capture right beside it (before
+    or after, alternately) and records its time and tokens; that time is not collection's."""
+
+    def __init__(self, real: Any, every: int) -> None:
+        self.real, self.every = real, every
+        self.calls = 0
+        self.bare_s = self.bare_tokens = self.inside_s = 0.0
+
+    def __call__(self, batch: Any, sites: Any) -> Any:
+        self.calls += 1
+        if self.calls % self.every:
+            return self.real(batch, sites)
+        before = (self.calls // self.every) % 2 == 0
+        if before:
+            self._bare(batch, sites)
+        out = self.real(batch, sites)
+        if not before:
+            self._bare(batch, sites)
+        return out
+
+    def _bare(self, batch: Any, sites: Any) -> None:
+        start = time.perf_counter()
+        self.real(batch, sites)
+        self.bare_s += time.perf_counter() - start
+        self.bare_tokens += sum(len(row) for row in batch)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=1_000_000, help="corpus tokens to collect")
+    parser.add_argument("--width", type=int, default=65_536, help="SAE features")
+    parser.add_argument("--layer", type=int, default=8, help="block whose output the SAE reads")
+    parser.add_argument("--l0", type=float, default=64.0, help="target features per token")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--pair-every", type=int, default=4, help="time the bare forward here")
+    parser.add_argument("--keep", type=Path, help="keep the workspace in this folder")
+    args = parser.parse_args()
+
+    lm = load_model(device=args.device, dtype=args.dtype)
+    base_rss = rss_bytes()
+    say(f"model loaded on {lm.device}: RSS {base_rss / GB:.2f} GB")
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="safesail-scale-"))
+    config = CollectConfig()
+    records, total = corpus(lm, args.tokens, config.max_tokens)
+    say(f"corpus: {len(records)} texts, {total} tokens")
+    calibration = [r.text for r in records[:: max(1, len(records) // 128)][:128]]
+    sae_path = save_jumprelu(lm, calibration, folder / "jumprelu", args.layer, args.width, args.l0)
+    say(f"JumpReLU SAE of width {args.width} saved to {sae_path}")
+    ws = Workspace(WorkspaceConfig(folder / "ws", device=args.device, dtype=args.dtype), lm=lm)
+    ws.add_corpus(records)
+    ws.add_sae(sae_path, sae_id="jumprelu-65k")
+    paired = PairedForward(lm.capture, args.pair_every)
+    lm.capture = paired  # the instance attribute shadows the method for collection's calls
+    finalize_time = {"s": 0.0}
+    real_finalize = finalize_mod.finalize
+
+    def timed_finalize(*a: Any, **k: Any) -> None:
+        start = time.perf_counter()
+        real_finalize(*a, **k)
+        finalize_time["s"] += time.perf_counter() - start
+
+    import safesail.collect as collect_mod
+
+    collect_mod.finalize = timed_finalize
+    sampler = RssSampler().start()
+    start = time.perf_counter()
+    ws.collect(config)
+    wall = time.perf_counter() - start
+    sampler.stop()
+    collect_s = wall - paired.bare_s
+    status = ws.status()
+    n_fire = (
+        ws.engine.connect()
+        .exec_driver_sql("select sum(n_fire), count(*) from feature where sae_id = 'jumprelu-65k'")
+        .one()
+    )
+    tps = total / collect_s
+    bare_tps = paired.bare_tokens / paired.bare_s
+    over = (sampler.peak - base_rss) / GB
+    print(f"device={lm.device} dtype={str(lm.dtype).removeprefix('torch.')} width={args.width}")
+    print(f"tokens={total} texts={len(records)} features={n_fire[1]} l0={n_fire[0] / total:.1f}")
+    print(f"collect_s={collect_s:.1f} finalize_s={finalize_time['s']:.1f} tokens_per_s={tps:.0f}")
+    print(f"bare_forward_tokens_per_s={bare_tps:.0f} (timed on {paired.bare_tokens:.0f} tokens)")
+    print(f"collect_over_forward={bare_tps / tps:.2f}")
+    print(f"model_rss_gb={base_rss / GB:.2f} peak_rss_gb={sampler.peak / GB:.2f}")
+    print(f"workspace={folder} status_saes={status.get('saes', '?')}")
+    print(f"peak_rss_over_model_gb_65k={over:.2f}")
+
+
+if __name__ == "__main__":
+    main()
