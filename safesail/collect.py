@@ -11,6 +11,8 @@ function of those chunks, so rerunning it gives the same result.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,9 +23,11 @@ from sqlmodel import Session, select
 from tqdm.auto import tqdm
 
 from safesail.config import CollectConfig
+from safesail.encode import encode_csr
 from safesail.errors import SafesailError
 from safesail.finalize import CorpusView, finalize
 from safesail.lm import LanguageModel
+from safesail.saes import site_of
 from safesail.storage import (
     REFERENCE_ONLY,
     ActivationChunk,
@@ -87,47 +91,17 @@ def encode_chunk(
     saes: dict[str, tuple[SaeRecord, torch.nn.Module]],
     contexts: Sequence[Sequence[int]],
 ) -> dict[str, tuple[sp.csr_matrix, sp.csr_matrix]]:
-    """Per SAE: token-level sparse activations and per-text max activations of one chunk."""
-    layers = sorted({record.layer for record, _ in saes.values()})
-    resid = lm.residuals(contexts, layers)
-    lengths = torch.tensor([len(c) for c in contexts])
-    text_index = torch.repeat_interleave(torch.arange(len(contexts)), lengths)
+    """Per SAE: token-level sparse activations and per-text max activations of one chunk.
+    One forward captures every SAE's own hook site; each encode is memory-bounded."""
+    sites = {sae_id: site_of(record) for sae_id, (record, _) in saes.items()}
+    captured = lm.capture(contexts, list(dict.fromkeys(sites.values())))
+    lengths = np.array([len(c) for c in contexts])
+    text_index = np.repeat(np.arange(len(contexts)), lengths)
     out = {}
-    with torch.inference_mode():
-        for sae_id, (record, sae) in saes.items():
-            x = resid[record.layer]
-            if _is_plain_topk(sae):
-                tokens = _encode_topk_sparse(sae, x)
-            else:
-                acts = sae.encode(x)
-                tokens = _to_csr(
-                    (acts.to_dense() if acts.is_sparse else acts).float().clamp_min_(0)
-                )
-            out[sae_id] = (tokens, _per_text_max(tokens, text_index.numpy(), len(contexts)))
+    for sae_id, (_, sae) in saes.items():
+        tokens = encode_csr(sae, captured[sites[sae_id]])
+        out[sae_id] = (tokens, _per_text_max(tokens, text_index, len(contexts)))
     return out
-
-
-def _is_plain_topk(sae: torch.nn.Module) -> bool:
-    from sae_lens import TopKSAE
-
-    return type(sae) is TopKSAE and not getattr(sae, "use_error_term", False)
-
-
-def _encode_topk_sparse(sae: torch.nn.Module, x: torch.Tensor) -> sp.csr_matrix:
-    """TopKSAE.encode without the dense [tokens, d_sae] result: same pre-activations, same
-    top-k and ReLU, but straight into CSR (the dense scatter and scans cost as much as the
-    matmul)."""
-    pre = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
-    if sae.cfg.rescale_acts_by_decoder_norm:
-        pre = pre * sae.W_dec.norm(dim=-1)
-    values, indices = torch.topk(pre, k=sae.cfg.k, dim=-1, sorted=False)
-    indices, order = indices.sort(dim=-1)  # canonical CSR: columns ascending in each row
-    values = values.gather(-1, order).relu().float()
-    keep = values > 0
-    indptr = np.concatenate([[0], keep.sum(-1).cumsum(0).numpy()])
-    return sp.csr_matrix(
-        (values[keep].numpy(), indices[keep].numpy(), indptr), shape=(x.shape[0], pre.shape[-1])
-    )
 
 
 def _per_text_max(tokens: sp.csr_matrix, text_index: np.ndarray, n_texts: int) -> sp.csr_matrix:
@@ -145,12 +119,91 @@ def _per_text_max(tokens: sp.csr_matrix, text_index: np.ndarray, n_texts: int) -
     )
 
 
-def _to_csr(dense: torch.Tensor) -> sp.csr_matrix:
-    csr = dense.to_sparse_csr()
-    return sp.csr_matrix(
-        (csr.values().numpy(), csr.col_indices().numpy(), csr.crow_indices().numpy()),
-        shape=tuple(dense.shape),
-    )
+@dataclass(frozen=True)
+class ChunkWork:
+    """One chunk still to encode: its place in the plan, its texts' token ids, and the SAEs
+    that lack it (a resumed run encodes only those)."""
+
+    index: int
+    contexts: list[list[int]]
+    sae_ids: tuple[str, ...]
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(c) for c in self.contexts)
+
+
+class ChunkRunner(Protocol):
+    """Where the encoding of the chunk plan runs: this process (`LocalRunner`) or a Ray cluster
+    (`safesail.ray_collect.RayRunner`). Whoever runs a chunk stores it with `encode_and_store`,
+    so the unit of resumption is the same everywhere."""
+
+    def run(
+        self,
+        engine: Engine,
+        records: Sequence[SaeRecord],
+        work: Sequence[ChunkWork],
+        progress: bool,
+    ) -> None: ...
+
+
+def encode_and_store(
+    engine: Engine,
+    lm: LanguageModel,
+    saes: dict[str, tuple[SaeRecord, torch.nn.Module]],
+    work: ChunkWork,
+) -> int:
+    """Encode one chunk with the SAEs that lack it and store it for all of them in one
+    transaction (rows keyed by (SAE, chunk): a chunk is stored whole or not at all, and a
+    second copy is refused by the key). Returns the chunk's token count."""
+    encoded = encode_chunk(lm, {k: saes[k] for k in work.sae_ids}, work.contexts)
+    with session_scope(engine) as session:
+        for sae_id, (tokens, texts) in encoded.items():
+            blob = pack_arrays(**pack_csr("tok", tokens), **pack_csr("txt", texts))
+            session.add(
+                ActivationChunk(
+                    sae_id=sae_id,
+                    chunk=work.index,
+                    n_texts=len(work.contexts),
+                    n_tokens=tokens.shape[0],
+                    data=blob,
+                )
+            )
+    return work.n_tokens
+
+
+@dataclass
+class LocalRunner:
+    """The chunk plan in this process, one chunk after another."""
+
+    lm: LanguageModel
+    load: Callable[[SaeRecord], torch.nn.Module]
+
+    def run(
+        self,
+        engine: Engine,
+        records: Sequence[SaeRecord],
+        work: Sequence[ChunkWork],
+        progress: bool,
+    ) -> None:
+        saes = {r.id: (r, self.load(r)) for r in records}
+        for item in tqdm(work, desc="Collecting activations", unit="chunk", disable=not progress):
+            encode_and_store(engine, self.lm, saes, item)
+
+
+def pending_work(
+    plan: list[list[int]],
+    records: Sequence[SaeRecord],
+    done: set[tuple[str, int]],
+    contexts: dict[int, list[int]],
+) -> list[ChunkWork]:
+    """The chunks some SAE still lacks, in plan order."""
+    work = []
+    for index, text_ids in enumerate(plan):
+        wanted = tuple(r.id for r in records if (r.id, index) not in done)
+        if wanted:
+            work.append(ChunkWork(index, [contexts[t] for t in text_ids], wanted))
+    return work
 
 
 def collect(
@@ -161,8 +214,12 @@ def collect(
     *,
     sae_ids: Sequence[str] | None = None,
     progress: bool = True,
+    runner: ChunkRunner | None = None,
 ) -> list[str]:
-    """Encode the corpus with every (or the given) SAE and finalize their features; resumable."""
+    """Encode the corpus with every (or the given) SAE and finalize their features; resumable.
+
+    `runner` says where the chunks are encoded (default: here, with `lm` and `load`); finalize
+    always runs here, once, over the stored chunks."""
     config = config or CollectConfig()
     prepare_contexts(engine, lm, config.max_tokens)
     plan = chunk_plan(engine, config.chunk_texts)
@@ -179,28 +236,11 @@ def collect(
         contexts = {c.text_id: c.token_ids for c in session.exec(select(Context))}
     if not todo:
         return []
-    models = {r.id: (r, load(r)) for r in todo}
-    for record, _ in models.values():
+    for record in todo:
         lm.check_layer(record.layer)
-    bar = tqdm(total=len(plan), desc="Collecting activations", unit="chunk", disable=not progress)
-    for index, text_ids in enumerate(plan):
-        wanted = {k: v for k, v in models.items() if (k, index) not in done_chunks}
-        if wanted:
-            encoded = encode_chunk(lm, wanted, [contexts[t] for t in text_ids])
-            with session_scope(engine) as session:
-                for sae_id, (tokens, texts) in encoded.items():
-                    blob = pack_arrays(**pack_csr("tok", tokens), **pack_csr("txt", texts))
-                    session.add(
-                        ActivationChunk(
-                            sae_id=sae_id,
-                            chunk=index,
-                            n_texts=len(text_ids),
-                            n_tokens=tokens.shape[0],
-                            data=blob,
-                        )
-                    )
-        bar.update(1)
-    bar.close()
+    work = pending_work(plan, todo, done_chunks, contexts)
+    if work:
+        (runner or LocalRunner(lm, load)).run(engine, todo, work, progress)
     corpus = CorpusView.read(engine)
     for record in todo:
         finalize(engine, record.id, config, corpus=corpus, progress=progress)
