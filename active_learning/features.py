@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from safesail.examples import TOP, feature_examples
+from safesail.queries import chunked
 from safesail.storage import Context, Feature, corpus_concepts
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE, Taxonomy
 
@@ -128,7 +129,8 @@ def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> Featur
         text_concepts = corpus_concepts(session)
         contexts = {
             c.text_id: c.tokens
-            for c in session.exec(select(Context).where(Context.text_id.in_(needed)))
+            for part in chunked(needed)
+            for c in session.exec(select(Context).where(Context.text_id.in_(part)))
         }
     n = len(rows)
     frac = np.zeros((n, len(concepts)), dtype=np.float64)

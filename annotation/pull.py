@@ -22,7 +22,7 @@ from annotation.transport import ClientConfig, open_client
 from safesail.contracts import AnnotationSummary, Workspace, read_record, write_record
 from safesail.errors import SafesailError
 from safesail.plugins import find_learner
-from safesail.storage import Annotation, LabelTask, session_scope
+from safesail.storage import Annotation, LabelTask, lock, session_scope
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 
@@ -97,10 +97,13 @@ def pull(
         # skipped) must still be seen to tell what is gone
         return list(client.sdk.tasks.list(project=project_id, fields="all", page_size=200))
 
-    tasks = client.call(fetch)
     new = updated = 0
     touched: set[tuple[str, int]] = set()
     with session_scope(ws.engine) as session:
+        # concurrent pulls of a project take turns, each reading Label Studio inside its turn:
+        # an older snapshot applied after a newer one would delete the answers made between
+        lock(session, f"label pull {key}")
+        tasks = client.call(fetch)
         mapping = {
             t.task_id: t for t in session.exec(select(LabelTask).where(LabelTask.project == key))
         }

@@ -13,6 +13,7 @@ from sqlmodel import Session, select
 
 from annotation.config import CONCEPTS, EXPLANATION, TO_NAME
 from safesail.examples import TOP, feature_examples
+from safesail.queries import chunked
 from safesail.reference import N_LOW, N_TOP, window
 from safesail.storage import Context, Explanation, Feature, SaeRecord
 
@@ -106,17 +107,20 @@ def prediction(
 def auto_predictions(session: Session, sae_id: str, features: list[int]) -> dict[int, list[dict]]:
     """Pre-annotations from automatic explanations already in the database (the explainer's
     latest per feature), read from the table so this room never imports the explainer."""
-    rows = session.exec(
-        select(Explanation)
-        .where(
-            Explanation.sae_id == sae_id,
-            Explanation.feature.in_(features),
-            Explanation.source == "auto",
-            Explanation.status != "failed",
+    latest = {  # a feature's rows all fall in one part: the latest wins per part
+        row.feature: row
+        for part in chunked(features)
+        for row in session.exec(
+            select(Explanation)
+            .where(
+                Explanation.sae_id == sae_id,
+                Explanation.feature.in_(part),
+                Explanation.source == "auto",
+                Explanation.status != "failed",
+            )
+            .order_by(Explanation.created_at)
         )
-        .order_by(Explanation.created_at)
-    )
-    latest = {row.feature: row for row in rows}
+    }
     return {
         f: [prediction(r.concepts, r.text, r.model_version or "explainer", r.probability)]
         for f, r in latest.items()
@@ -135,8 +139,9 @@ def build_tasks(
     layer = session.get(SaeRecord, sae_id).layer
     rows = {
         f.index: f
+        for part in chunked(features)
         for f in session.exec(
-            select(Feature).where(Feature.sae_id == sae_id, Feature.index.in_(features))
+            select(Feature).where(Feature.sae_id == sae_id, Feature.index.in_(part))
         )
     }
     tasks = []

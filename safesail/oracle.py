@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from safesail.examples import TOP, feature_examples
+from safesail.queries import chunked
 from safesail.storage import Feature, corpus_concepts
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
@@ -54,9 +55,12 @@ def oracle_labels(
     with Session(engine) as session:
         concepts = corpus_concepts(session)
         query = select(Feature).where(Feature.sae_id == sae_id)
-        if features is not None:
-            query = query.where(Feature.index.in_(features))
-        rows = list(session.exec(query))
+        parts = [None] if features is None else chunked(features)
+        rows = [
+            row
+            for part in parts
+            for row in session.exec(query if part is None else query.where(Feature.index.in_(part)))
+        ]
     n_texts = max(len(concepts), 1)
     base = Counter(c for labels in concepts.values() for c in set(labels))
     out: dict[int, list[str]] = {}

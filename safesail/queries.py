@@ -7,13 +7,31 @@ coverage state is a candidate in"; they disagreed at the edges. Every room calls
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from safesail.errors import SafesailError
 from safesail.storage import Explanation, Feature, LabelTask, get_meta
+
+T = TypeVar("T")
+
+IN_CHUNK = 900
+"""Values per `IN (...)` list: under SQLite's oldest bound-parameter limit (999) with room for
+a query's other parameters; PostgreSQL takes at most 65,535 per statement, and an SAE has more
+features than that."""
+
+
+def chunked(values: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
+    """The values in lists of at most `size`: one query per list, never one `IN` list holding
+    every feature or text id."""
+    it = iter(values)
+    while part := list(islice(it, size)):
+        yield part
+
 
 NO_SAE_SELECTED = (
     "no SAE selected yet: run `safesail select` and `safesail triage` (or `safesail demo`)"
@@ -68,11 +86,12 @@ def human_labels(
         query = query.where(Explanation.status == status)
     if project is not None:
         query = query.where(Explanation.model_version == project)
-    if features is not None:
-        query = query.where(Explanation.feature.in_(features))
+    parts = [None] if features is None else list(chunked(features))
     out: dict[int, Explanation] = {}
-    for e in session.exec(_latest_first(query)):
-        out.setdefault(e.feature, e)
+    for part in parts:  # a feature's rows all fall in one part: the tie rule holds per part
+        chosen = query if part is None else query.where(Explanation.feature.in_(part))
+        for e in session.exec(_latest_first(chosen)):
+            out.setdefault(e.feature, e)
     return out
 
 

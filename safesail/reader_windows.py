@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from safesail.examples import TOP, feature_examples
+from safesail.queries import chunked
 from safesail.reference import N_TOP, window
 from safesail.storage import Context, Feature
 from safesail.tokens import FORMAT, token_class
@@ -187,16 +188,15 @@ def feature_windows(
     from the stored examples and context tokens only."""
     with Session(engine) as session:
         query = select(Feature).where(Feature.sae_id == sae_id)
-        if features is not None:
-            query = query.where(Feature.index.in_(features))
+        parts = [None] if features is None else chunked(features)
         tops = {
             row.index: [e for e in feature_examples(row) if e.kind == TOP][:N_TOP]
-            for row in session.exec(query)
+            for part in parts
+            for row in session.exec(query if part is None else query.where(Feature.index.in_(part)))
         }
         ids = sorted({e.text_id for examples in tops.values() for e in examples})
         tokens: dict[int, list[str]] = {}
-        for start in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
-            part = ids[start : start + 900]
+        for part in chunked(ids):
             for c in session.exec(select(Context).where(Context.text_id.in_(part))):
                 tokens[c.text_id] = c.tokens
     return {

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint, event, inspect, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from safesail.errors import SafesailError
@@ -74,6 +76,9 @@ class SaeRecord(SQLModel, table=True):
     selection_score: float | None = None
     selection: dict | None = Field(default=None, sa_column=Column(JSON))
     selected: bool = False
+    core: dict | None = Field(default=None, sa_column=Column(JSON))
+    """SAEBench core metrics (safesail.core_metrics): a property of the weights, kept across
+    reruns of selection, unlike ``selection``."""
     created_at: datetime = Field(default_factory=_now)
     model: str | None = None
     """The language model the SAE reads (None: the workspace's own model)."""
@@ -232,7 +237,7 @@ def open_db(url: str) -> Engine:
     password masked)."""
     shown = masked_url(url)
     try:
-        engine = create_engine(url)
+        engine = create_engine(url, **engine_options(url))
     except ImportError as exc:
         raise SafesailError(
             f"cannot open database URL '{shown}': its driver is not installed "
@@ -248,6 +253,24 @@ def open_db(url: str) -> Engine:
     except OperationalError as exc:
         raise SafesailError(f"cannot open database '{shown}': {_masked(exc.orig, url)}") from None
     return engine
+
+
+def engine_options(url: str) -> dict[str, Any]:
+    """PostgreSQL: sessions in UTC (the columns are `timestamp without time zone`, and an aware
+    datetime is stored in the server's zone, so a server set to another zone would shift every
+    timestamp) and a ping before reusing a pooled connection (a shared server restarts)."""
+    if url.startswith("postgresql"):
+        return {"connect_args": {"options": "-c timezone=UTC"}, "pool_pre_ping": True}
+    return {}
+
+
+def lock(session: Session, name: str) -> None:
+    """Take turns with every other transaction that locks `name`, until this one ends: on
+    PostgreSQL a transaction-scoped advisory lock (two `label pull`s of one project would
+    otherwise insert the same answers and labels side by side); SQLite lets one writer at a
+    time anyway."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name})
 
 
 def _add_missing_columns(engine: Engine) -> None:
@@ -293,12 +316,27 @@ def get_meta(session: Session, key: str, default: Any = None) -> Any:
 
 
 def set_meta(session: Session, key: str, value: Any) -> None:
-    row = session.get(Meta, key)
-    if row is None:
-        session.add(Meta(key=key, value=value))
-    else:
-        row.value = value
-        session.add(row)
+    """Write a setting. On PostgreSQL and SQLite an upsert: two processes writing the same new
+    key (two pulls retraining the learner) would otherwise both insert it, and one would fail."""
+    dialect = session.get_bind().dialect.name
+    if dialect not in _UPSERT:
+        row = session.get(Meta, key)
+        if row is None:
+            session.add(Meta(key=key, value=value))
+        else:
+            row.value = value
+            session.add(row)
+        return
+    insert = _UPSERT[dialect](Meta).values(key=key, value=value)
+    session.execute(
+        insert.on_conflict_do_update(index_elements=["key"], set_={"value": insert.excluded.value})
+    )
+    loaded = session.identity_map.get(session.identity_key(Meta, key))
+    if loaded is not None:  # keep a row this session already read in step with the database
+        set_committed_value(loaded, "value", value)
+
+
+_UPSERT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
 def pack_arrays(**arrays: np.ndarray) -> bytes:

@@ -1,7 +1,8 @@
 """Session-wide fixtures: the real embedded model, a small labelled corpus and tiny SAEs.
 
 Everything is small (layers <= 2, d_sae <= 64, ~100 texts) so the suite stays fast while every
-part is the real one: real model, real sae-lens SAEs, a real SQLite file.
+part is the real one: real model, real sae-lens SAEs, a real SQLite file, a real PostgreSQL
+server (`pg_server`; `db_url` runs a test on both backends) and a real Label Studio (`ls_home`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -119,6 +124,73 @@ def skip_or_fail(reason: str) -> NoReturn:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "network: needs the package registries (pip/apt downloads)")
+    config.addinivalue_line(
+        "markers", "postgres: runs against the real PostgreSQL server (`-m 'not postgres'` skips)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that reaches the PostgreSQL server (directly or through a backend-parametrized
+    fixture) carries the `postgres` marker, so it can be selected or left out."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_pg = callspec is not None and callspec.params.get("db_url") == "postgresql"
+        if on_pg or "pg_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL 15 server for the session (tests/pgserver.py: 127.0.0.1, throwaway
+    data directory, random password kept out of argv); stopped and deleted at the end."""
+    try:
+        import psycopg  # noqa: F401 - the driver the URLs name
+
+        from tests import pgserver
+
+        server = pgserver.start()
+    except (ImportError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        skip_or_fail(f"PostgreSQL cannot start here: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh, empty database on the session server: its SQLAlchemy URL (with the password;
+    give it to child processes through $SAFESAIL_DB_URL, never argv)."""
+    return pg_server.create_database(f"t_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str | None:
+    """Runs the test once per backend: None (SQLite in the workspace folder, the default) and a
+    fresh PostgreSQL database."""
+    return None if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ls_home(tmp_path_factory) -> Iterator[Path]:
+    """The workspace folder whose label-studio/ holds the one session Label Studio server
+    (started by the room's own `up`; a workspace reaches it by a label-studio symlink)."""
+    from annotation import server
+    from safesail.config import default_cache_dir
+    from safesail.errors import SafesailError
+
+    home = tmp_path_factory.mktemp("ls-home")
+    try:
+        server.ensure_installed(default_cache_dir(), progress=False)
+    except SafesailError as exc:
+        skip_or_fail(f"Label Studio cannot be installed here: {exc}")
+    server.up(home, default_cache_dir(), server.ServerConfig(port=free_port()), progress=False)
+    yield home
+    server.down(home)
 
 
 def copy_workspace(ws, path: Path, lm):

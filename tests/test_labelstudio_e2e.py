@@ -24,7 +24,7 @@ from safesail.config import default_cache_dir
 from safesail.errors import SafesailError
 from safesail.procs import stop_group
 from safesail.storage import Annotation, Context, Explanation, LabelTask, session_scope
-from tests.conftest import copy_workspace, skip_or_fail
+from tests.conftest import copy_workspace
 
 FAST = ClientConfig(retries=1, backoff=0.05, timeout=30)
 
@@ -35,17 +35,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def ls_home(tmp_path_factory):
-    """The workspace folder whose label-studio/ holds the one session server."""
-    home = tmp_path_factory.mktemp("ls-home")
-    try:
-        server.ensure_installed(default_cache_dir(), progress=False)
-    except SafesailError as exc:
-        skip_or_fail(f"Label Studio cannot be installed here: {exc}")
-    server.up(home, default_cache_dir(), server.ServerConfig(port=_free_port()), progress=False)
-    yield home
-    server.down(home)
+# ls_home (the one session Label Studio server) lives in tests/conftest.py, shared with
+# the PostgreSQL tests.
 
 
 @pytest.fixture

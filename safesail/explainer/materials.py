@@ -20,7 +20,7 @@ from safesail.examples import TOP, Example, feature_examples
 from safesail.explainer.config import ExplainConfig
 from safesail.explainer.explainers import Evidence, Shown, base_rates, corpus_evidence
 from safesail.explainer.scorers import HeldOut
-from safesail.queries import human_labels
+from safesail.queries import chunked, human_labels
 from safesail.storage import Context, Feature, corpus_concepts
 
 
@@ -86,9 +86,13 @@ def materials(
     text_ids = np.asarray(text_ids)
     out: dict[int, tuple[Feature, list, list, list[int]]] = {}
     with Session(ws.engine) as session:
-        rows = session.exec(
-            select(Feature).where(Feature.sae_id == sae_id, Feature.index.in_(features))
-        ).all()
+        rows = [
+            row
+            for part in chunked(features)
+            for row in session.exec(
+                select(Feature).where(Feature.sae_id == sae_id, Feature.index.in_(part))
+            )
+        ]
         evidence = feature_evidence(session, list(rows), config)
         need: set[int] = set()
         for row in rows:
@@ -106,7 +110,8 @@ def materials(
             need |= {e.text_id for e in explain + held} | {int(t) for t in neg}
         tokens = {
             c.text_id: c.tokens
-            for c in session.exec(select(Context).where(Context.text_id.in_(need)))
+            for part in chunked(sorted(need))
+            for c in session.exec(select(Context).where(Context.text_id.in_(part)))
         }
     result = {}
     for index, (row, explain, held, neg) in out.items():

@@ -9,6 +9,7 @@ from sqlmodel import Session, select
 
 from safesail.examples import TOP, feature_examples
 from safesail.oracle import oracle_labels
+from safesail.queries import chunked
 from safesail.storage import Context, Explanation, Feature, session_scope
 
 
@@ -46,9 +47,14 @@ def seed_gold(
                 )
             )
         )
-        for row in session.exec(
-            select(Feature).where(Feature.sae_id == sae_id, Feature.index.in_(list(truth)))
-        ):
+        rows = [
+            row
+            for part in chunked(list(truth))
+            for row in session.exec(
+                select(Feature).where(Feature.sae_id == sae_id, Feature.index.in_(part))
+            )
+        ]
+        for row in rows:
             if row.index in have:
                 continue
             concepts = truth[row.index]
