@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import Engine
+
 from exports.formats import FORMATS, Format
 from exports.neuron_db import import_safesail_db
 from exports.provenance import apply_trust, manifest_name, read_manifest
@@ -35,13 +37,18 @@ def write_export(
     out: Path,
     *,
     extra: dict[str, Any] | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
-    """Write records in a format into `out` with its manifest; returns the manifest."""
+    """Write records in a format into `out` with its manifest; returns the manifest. `engine`:
+    the workspace, for formats that also hold per-feature data (Format.features)."""
     spec = get_format(fmt)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{fmt}-", dir=out))
     try:
-        written = spec.write(records, staging)
+        if spec.features is not None and engine is not None:
+            written = spec.write(records, staging, spec.features(engine, records))
+        else:
+            written = spec.write(records, staging)
         saes = {r.sae_id: {"id": r.sae_id, "layer": r.layer, "d_sae": r.d_sae} for r in records}
         manifest = {
             "format": fmt,
@@ -86,6 +93,7 @@ def export_gold(
         fmt,
         out,
         extra={"include_unaccepted": include_unaccepted, "include_priors": include_priors},
+        engine=ws.engine,
     )
 
 

@@ -3,8 +3,10 @@ package, loaded from its folder: no hub, no network) and the prototypes a window
 phrase are compared with (each concept's taxonomy description plus the exemplars in
 safesail/data/reader_exemplars.json, and everyday topics for `benign`).
 
-No other part of safesail uses these embeddings, so the reader's judgement does not share the
-learner's, triage's or the explainer's mistakes.
+Besides the reader, only the explainer's embedding scorer uses this model (through `Embedder`):
+neither the learner nor triage does, so the reader's judgement does not share their mistakes.
+The embedding score does share the reader's encoder, so with simulated (reader) gold labels
+calibration may trust it more than real experts' labels would justify.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from sqlalchemy.engine import Engine
+
 from exports.records import ExportRecord
 from safesail.errors import SafesailError
 from safesail.queries import SOURCE_RANK
@@ -22,12 +24,16 @@ class Format(NamedTuple):
     """A registered format: how to write records into a folder and read them back."""
 
     name: str
-    write: Callable[[list[ExportRecord], Path], dict[str, Any]]
-    """(records, folder) -> manifest extras (files written, module -> SAE maps)."""
+    write: Callable[..., dict[str, Any]]
+    """(records, folder[, features]) -> manifest extras (files written, module -> SAE maps)."""
     read: Callable[[Path, dict[str, Any], SaeRecord | None], tuple[list[ExportRecord], Skipped]]
     """(path, manifest or {}, target SAE) -> records and skipped rows."""
     keeps: tuple[str, ...]
     """Record fields that survive a round trip."""
+    features: Callable[[Engine, list[ExportRecord]], Any] | None = None
+    """What the layout holds about each feature beyond its explanations (Neuronpedia: density
+    and top activations), read from the workspace and passed to `write` as its third argument
+    when the export has a workspace."""
 
 
 FORMATS: dict[str, Format] = {}

@@ -27,6 +27,7 @@ SIGNALS = (
     "detection",
     "fuzzing",
     "simulation",
+    "intruder",
     "embedding",
     "learner_probability",
     "learner_agrees",
@@ -44,6 +45,7 @@ NEUTRAL = {
     "detection": 0.5,
     "fuzzing": 0.5,
     "simulation": 0.0,
+    "intruder": 0.25,  # chance at the default 4 texts per question
     "embedding": 0.5,
     "learner_probability": 0.5,
     "learner_agrees": 0.5,

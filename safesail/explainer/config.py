@@ -126,9 +126,12 @@ class ExplainConfig:
     """Show the corpus concept tags of the explain split's texts vs. their base rates (ours)."""
     max_tokens: int = 72
     """Completion budget of an explanation (short: ~90 tokens/s on a CPU)."""
-    scorers: tuple[str, ...] = ("detection", "fuzzing", "simulation", "embedding")
+    scorers: tuple[str, ...] = ("detection", "fuzzing", "simulation", "intruder", "embedding")
     """Registered scorers (safesail.explainer.scorers) run on held-out contexts, in this order;
     embedding needs no LLM call."""
+    intruder_shown: int = 4
+    """Texts per intruder question: one non-activating among this many minus one activating
+    (chance 1/this); at most n_score_pos + 1 are shown."""
     n_score_pos: int = 4
     """Held-out activating contexts per scorer."""
     n_score_neg: int = 4
@@ -158,6 +161,8 @@ class ExplainConfig:
             raise ValueError("windows must be >= 0 and mark_fraction in (0, 1]")
         if self.few_shot < 0 or self.n_score_pos < 1 or self.n_score_neg < 0:
             raise ValueError("few_shot, n_score_neg must be >= 0, n_score_pos >= 1")
+        if self.intruder_shown < 2:
+            raise ValueError("intruder_shown must be >= 2 (an intruder and an activating text)")
         if self.min_gold < 2 or self.folds < 2 or self.confidence_z < 0:
             raise ValueError("min_gold and folds must be >= 2, confidence_z >= 0")
         unknown = set(self.scorers) - set(scorer_names())

@@ -25,6 +25,7 @@ from safesail.explainer.explainers import Evidence, GoldShot, nearest_shots
 from safesail.explainer.materials import Gold, feature_evidence, gold_labels, profile
 from safesail.explainer.report import calibration_report
 from safesail.explainer.scorers import text_similarity
+from safesail.queries import chunked
 from safesail.storage import Explanation, Feature, Score, session_scope
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
@@ -90,15 +91,14 @@ def route(ctx: RunContext) -> CalibrationReport:
         ).all()
         ids = [r.id for r in rows]
         scores: dict[int, dict[str, float]] = {}
-        for s in session.exec(select(Score).where(Score.explanation_id.in_(ids))):
-            scores.setdefault(s.explanation_id, {})[s.scorer] = s.value
+        for part in chunked(ids):
+            for s in session.exec(select(Score).where(Score.explanation_id.in_(part))):
+                scores.setdefault(s.explanation_id, {})[s.scorer] = s.value
         features = {
             f.index: f
+            for part in chunked(sorted({r.feature for r in rows} | set(gold)))
             for f in session.exec(
-                select(Feature).where(
-                    Feature.sae_id == sae_id,
-                    Feature.index.in_({r.feature for r in rows} | set(gold)),
-                )
+                select(Feature).where(Feature.sae_id == sae_id, Feature.index.in_(part))
             )
         }
         predictions = read_record(session, LearnerPredictions)

@@ -1,5 +1,5 @@
-"""Scorers of explanations on held-out contexts: detection, fuzzing, simulation, embedding,
-each a `Scorer` class in the registry (importing this package registers them)."""
+"""Scorers of explanations on held-out contexts: detection, fuzzing, simulation, intruder and
+embedding, each a `Scorer` class in the registry (importing this package registers them)."""
 
 from safesail.explainer.scorers.base import (
     Scorer,
@@ -9,14 +9,14 @@ from safesail.explainer.scorers.base import (
     register_scorer,
     scorer_names,
 )
+from safesail.explainer.scorers.embedding import Embedding, embedding, has_minilm
+from safesail.explainer.scorers.intruder import Intruder
 from safesail.explainer.scorers.scoring import (
     Detection,
-    Embedding,
     Fuzzing,
     HeldOut,
     Simulation,
     balanced_accuracy,
-    embedding,
     score_explanation,
     text_similarity,
 )
@@ -26,6 +26,7 @@ __all__ = [
     "Embedding",
     "Fuzzing",
     "HeldOut",
+    "Intruder",
     "ScoreResult",
     "Scorer",
     "ScoringRecord",
@@ -33,6 +34,7 @@ __all__ = [
     "balanced_accuracy",
     "embedding",
     "get_scorer",
+    "has_minilm",
     "register_scorer",
     "score_explanation",
     "scorer_names",

@@ -4,11 +4,11 @@
 - fuzzing: which texts have the activating tokens marked, versus random tokens (balanced acc.);
 - simulation: the LLM rates each text 0-10, correlated with the real max activation (the cheap
   per-segment variant of simulating activations);
-- embedding: no LLM call; AUROC of TF-IDF similarity to the explanation, activating vs. not.
+(the embedding and intruder scorers have their own modules.)
 
-Each LLM scorer asks about every text of a feature in ONE call, so scoring costs three short
-calls per feature. Each is a registered `Scorer` class (scorers/base.py); importing this module
-registers them, in this order.
+Each LLM scorer asks about every text of a feature in ONE call, so scoring costs one short call
+per LLM scorer and feature. Each is a registered `Scorer` class (scorers/base.py); importing
+this module registers them, in this order.
 """
 
 from __future__ import annotations
@@ -205,34 +205,6 @@ class Simulation(Scorer):
         return ScoreResult(
             self.name, corr, {"real": real.round(3).tolist(), "predicted": predicted.tolist()}
         )
-
-
-@register_scorer
-class Embedding(Scorer):
-    """AUROC of the explanation's similarity to activating vs. non-activating texts, over
-    character n-gram TF-IDF (no model, no call; robust to word forms like stab/stabbed)."""
-
-    name = "embedding"
-    version = "tfidf-char3-5-v1"
-    needs_llm = False
-
-    def __call__(self, record: ScoringRecord) -> ScoreResult:
-        return embedding(record.explanation, record.positives, record.negatives)
-
-
-def embedding(explanation: str, pos: list[Shown], neg: list[Shown]) -> ScoreResult:
-    """The embedding scorer's arithmetic (no client, no settings needed)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.metrics import roc_auc_score
-
-    texts = [render(s, None) for s in pos + neg]
-    vectors = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5)).fit_transform(
-        [explanation, *texts]
-    )
-    sims = (vectors[1:] @ vectors[0].T).toarray().ravel()
-    truth = [1] * len(pos) + [0] * len(neg)
-    value = float(roc_auc_score(truth, sims)) if pos and neg else float(sims.mean())
-    return ScoreResult(Embedding.name, value, {"similarity": sims.round(4).tolist()})
 
 
 def text_similarity(a: str, b: str) -> float:
