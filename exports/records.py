@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from safesail.causal.config import SCORER as CAUSAL_SCORER
 from safesail.contracts import AnnotationSummary, read_record
 from safesail.errors import SafesailError
 from safesail.queries import model_name, selected_sae
@@ -74,7 +75,9 @@ class ExportRecord:
     created_at: str | None = None
     """ISO time the explanation was made."""
     scores: list[dict[str, Any]] = field(default_factory=list)
-    """One {scorer, value, model, prompt_version} per scorer."""
+    """One {scorer, value, model, prompt_version} per scorer; the causal check's
+    (`causal_refusal_delta`) also has `details`: interval, alphas, ablation and steering
+    effects, prompts."""
     ls_project: str | None = None
     """Label Studio project ("<server url>#<project id>")."""
     ls_task_id: int | None = None
@@ -156,12 +159,18 @@ def gather_records(
         scores: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for s in session.exec(
             select(
-                Score.explanation_id, Score.scorer, Score.value, Score.model, Score.prompt_version
+                Score.explanation_id,
+                Score.scorer,
+                Score.value,
+                Score.model,
+                Score.prompt_version,
+                Score.details,
             ).order_by(Score.explanation_id, Score.scorer, Score.id)
         ):
-            scores[s[0]].append(
-                {"scorer": s[1], "value": s[2], "model": s[3], "prompt_version": s[4]}
-            )
+            entry = {"scorer": s[1], "value": s[2], "model": s[3], "prompt_version": s[4]}
+            if s[5] and s[1] == CAUSAL_SCORER:  # its interval, alphas, effects and prompts
+                entry["details"] = s[5]
+            scores[s[0]].append(entry)
         tasks: dict[tuple[str, int], list[Any]] = defaultdict(list)
         for task in session.exec(
             select(
@@ -334,6 +343,7 @@ def import_records(
                         value=float(score["value"]),
                         model=score.get("model"),
                         prompt_version=score.get("prompt_version"),
+                        details=score.get("details"),
                     )
                 )
             added += 1

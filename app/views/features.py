@@ -84,11 +84,35 @@ def body() -> None:
         st.caption("No explanation yet.")
     else:
         st.dataframe(view.explanations, hide_index=True, width="stretch")
+    _causal(eng, sae, int(index))
     st.markdown("**Annotations**")
     if view.annotations.empty:
         st.caption("No annotations yet.")
     else:
         st.dataframe(view.annotations, hide_index=True, width="stretch")
+
+
+def _causal(eng, sae: str, index: int) -> None:
+    """The causal check: change in refusal propensity when the feature is steered / ablated."""
+    from sqlmodel import Session
+
+    from safesail.causal.score import causal_scores
+
+    st.markdown("**Causal check** (change in P(refusal opening) on held-out prompts)")
+    with Session(eng) as session:
+        rows = causal_scores(session, sae, index)
+    if not rows:
+        st.caption(f"Not checked yet: `safesail causal --feature {index}` (human safety labels).")
+        return
+    for r in rows:
+        low, high = r["interval"] or (float("nan"), float("nan"))
+        ablate = r["ablate"] or {}
+        steer = ", ".join(f"α={s['alpha']:g}: {s['delta']:+.4f}" for s in r["steer"])
+        st.markdown(
+            f"`causal_refusal_delta` **{r['value']:+.4f}** [{low:+.4f}, {high:+.4f}] · "
+            f"ablated {ablate.get('delta', float('nan')):+.4f} · steered {steer} · "
+            f"{r['prompts']} prompts · {r['model']} · {r['version']}"
+        )
 
 
 body()

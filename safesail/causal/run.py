@@ -1,0 +1,99 @@
+"""`safesail causal`: the causal check of every human-labeled safety feature of an SAE.
+
+Resumable and idempotent: each feature's Score is committed as soon as it is computed, and a
+feature whose human label already has a score of the same settings version is skipped, so an
+interrupted run continues where it stopped and a rerun does nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlmodel import Session
+from tqdm.auto import tqdm
+
+from safesail.causal.intervene import RefusalMeter, sae_feature_edit
+from safesail.causal.prompts import held_out_prompts
+from safesail.causal.score import (
+    CausalConfig,
+    check_feature,
+    safety_labels,
+    score_row,
+    scored_explanations,
+)
+from safesail.contracts import Workspace
+from safesail.errors import SafesailError
+from safesail.lm import LanguageModel
+from safesail.queries import require_selected_sae
+from safesail.storage import Feature, SaeRecord, session_scope
+
+
+@dataclass(frozen=True)
+class CausalRun:
+    """What a run did: features scored now, already scored, and their values."""
+
+    sae_id: str
+    scored: dict[int, float]
+    skipped: int
+    seconds_per_feature: float | None
+
+
+def run_causal(
+    ws: Workspace,
+    lm: LanguageModel,
+    config: CausalConfig | None = None,
+    *,
+    sae_id: str | None = None,
+    features: Sequence[int] | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> CausalRun:
+    """Score the human-labeled safety features of the SAE (default: the selected one), or the
+    given features among them, at most `limit` new ones."""
+    from safesail.saes import load_sae, site_of
+
+    config = config or CausalConfig()
+    sae_id = sae_id or require_selected_sae(ws.engine)
+    version = config.version()
+    with Session(ws.engine) as session:
+        record = session.get(SaeRecord, sae_id)
+        if record is None or not record.path:
+            raise SafesailError(f"unknown SAE '{sae_id}' (or one without weights)")
+        labels = safety_labels(session, sae_id, ws.taxonomy.safety_concepts())
+        if features is not None:
+            missing = sorted(set(features) - set(labels))
+            if missing:
+                raise SafesailError(
+                    f"feature(s) {', '.join(map(str, missing))} of {sae_id} have no human "
+                    "safety label: the causal check runs on labeled safety features"
+                )
+            labels = {f: labels[f] for f in features}
+        done = scored_explanations(session, version)
+        todo = sorted(f for f, e in labels.items() if e.id not in done)
+        scales = {
+            f.index: f.max_act for f in (session.get(Feature, (sae_id, i)) for i in todo) if f
+        }
+    skipped = len(labels) - len(todo)
+    todo = todo[:limit] if limit is not None else todo
+    if not todo:
+        return CausalRun(sae_id, {}, skipped, None)
+    prompts = held_out_prompts(
+        ws.engine, ws.config.cache_dir, config.n_harmful, config.n_benign, config.seed
+    )
+    groups = np.asarray(prompts.groups)
+    meter = RefusalMeter(lm, prompts.texts, batch_size=config.batch_size)
+    base = meter.measure()
+    sae = load_sae(record, device=str(lm.device), dtype=str(lm.dtype).removeprefix("torch."))
+    site = site_of(record)
+    scored: dict[int, float] = {}
+    seconds = []
+    for index in tqdm(todo, desc=f"causal check {sae_id}", unit="feature", disable=not progress):
+        edit = sae_feature_edit(sae, site, index, scales.get(index, 0.0))
+        result = check_feature(meter, base, groups, edit, config)
+        with session_scope(ws.engine) as session:
+            session.add(score_row(labels[index].id, result, prompts, config, lm.name))
+        scored[index] = result.value
+        seconds.append(result.seconds)
+    return CausalRun(sae_id, scored, skipped, float(np.mean(seconds)))
