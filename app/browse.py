@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from safesail.examples import TOP, feature_examples
-from safesail.queries import best_accepted
+from safesail.queries import best_accepted, chunked
 from safesail.selection import TEXT_LEVEL
 from safesail.storage import Annotation, Context, Explanation, Feature, SaeRecord, Score
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
@@ -48,22 +48,32 @@ def landscape(engine: Engine) -> pd.DataFrame:
     ).sort_values(["layer", "sae", "concept"])
 
 
+def sae_ranking(engine: Engine) -> pd.DataFrame:
+    """The candidate SAEs as `safesail select` ranks them: today's score, Safe-SAIL's
+    pre-explanation index (mean I_CDF) and L0 at t, SAEBench's core metrics; best first."""
+    from safesail.selection_score import ranking_rows
+
+    with Session(engine) as session:
+        records = list(session.exec(select(SaeRecord)))
+    return pd.DataFrame(ranking_rows(records))
+
+
 def feature_table(engine: Engine, sae_id: str) -> pd.DataFrame:
     """Candidates, labeled features and the features triage rejected for what they fire on
     (text-level candidates whose peaks are function words, digits, ... or that are dense) of
     an SAE, with their label, scores, triage reason and top tokens."""
     with Session(engine) as session:
         accepted = best_accepted(session, sae_id)
-        rows = list(
-            session.exec(
-                select(Feature).where(
-                    Feature.sae_id == sae_id,
-                    Feature.candidate
-                    | Feature.index.in_(list(accepted))
-                    | Feature.triage_reason.not_like(f"{TEXT_LEVEL}:%"),
-                )
+        shown = Feature.candidate | Feature.triage_reason.not_like(f"{TEXT_LEVEL}:%")
+        rows = list(session.exec(select(Feature).where(Feature.sae_id == sae_id, shown)))
+        labeled = sorted(set(accepted) - {f.index for f in rows})
+        rows += [  # the labeled ones besides, in parts (never one IN list of every label)
+            f
+            for part in chunked(labeled)
+            for f in session.exec(
+                select(Feature).where(Feature.sae_id == sae_id, Feature.index.in_(part))
             )
-        )
+        ]
         statuses: dict[int, set[str]] = defaultdict(set)
         for index, status in session.exec(
             select(Explanation.feature, Explanation.status).where(Explanation.sae_id == sae_id)
@@ -109,9 +119,13 @@ def _top_tokens(session: Session, rows: list[Feature], n: int = 5) -> dict[int, 
     """Each feature's peak tokens in its top contexts (most frequent first)."""
     examples = {f.index: [e for e in feature_examples(f) if e.kind == TOP][:n] for f in rows}
     ids = {e.text_id for exs in examples.values() for e in exs}
-    tokens = dict(
-        session.exec(select(Context.text_id, Context.tokens).where(Context.text_id.in_(ids))).all()
-    )
+    tokens = {
+        text_id: toks
+        for part in chunked(sorted(ids))
+        for text_id, toks in session.exec(
+            select(Context.text_id, Context.tokens).where(Context.text_id.in_(part))
+        )
+    }
     out = {}
     for index, exs in examples.items():
         peaks = Counter(

@@ -50,6 +50,7 @@ QUERIES: dict[str, Callable[..., Any]] = {
         frames.reliability,
         frames.coverage_curve,
         browse.landscape,
+        browse.sae_ranking,
         browse.feature_table,
     )
 }

@@ -8,13 +8,16 @@ separate them (AUROC), how many features separate them (Safe-SAIL's "L0 at thres
 and how well does a sparse probe on a handful of features do (SAEBench-style F1).
 
 Triage of the chosen SAE's features is ``safesail.selection``; the statistics both use are
-``safesail.selection_metrics``.
+``safesail.selection_metrics``. Safe-SAIL's own pre-explanation metric on contrastive pairs is
+``safesail.contrastive`` and SAEBench's core metrics ``safesail.core_metrics``: both are
+shown beside this score (``ranking_rows``), not mixed into it, so the selected SAE (which the
+reference set ``bench/reference/`` is bound to) stays what this score chooses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -207,3 +210,39 @@ def score_sae(
 def rank_saes(scores: dict[str, SaeScore]) -> list[tuple[str, SaeScore]]:
     """SAEs best first; equal scores are ordered by name so the ranking is reproducible."""
     return sorted(scores.items(), key=lambda item: (-item[1].score, item[0]))
+
+
+def ranking_rows(records: Sequence[Any]) -> list[dict[str, Any]]:
+    """One row per SAE for the ranked table (`safesail select`, the app): today's score and
+    its rank, Safe-SAIL's pre-explanation index (mean I_CDF, ``safesail.contrastive``) with
+    its own rank and L0_t, and SAEBench's core metrics (``safesail.core_metrics``); best
+    score first. A figure not measured yet is None."""
+
+    def rank_by(key: str) -> dict[str, int]:
+        scored = sorted((r for r in rows if r[key] is not None), key=lambda r: (-r[key], r["id"]))
+        return {r["id"]: i + 1 for i, r in enumerate(scored)}
+
+    rows = []
+    for r in records:
+        pre = (r.selection or {}).get("pre_explanation") or {}
+        core = r.core or {}
+        rows.append(
+            {
+                "id": r.id,
+                "selected": bool(r.selected),
+                "layer": r.layer,
+                "d_sae": r.d_sae,
+                "k": r.k,
+                "score": r.selection_score,
+                "pre_index": pre.get("index"),
+                "l0_t": pre.get("l0_t"),
+                **{m: core.get(m) for m in _CORE_COLUMNS},
+            }
+        )
+    score_rank, pre_rank = rank_by("score"), rank_by("pre_index")
+    for row in rows:
+        row["rank"], row["pre_rank"] = score_rank.get(row["id"]), pre_rank.get(row["id"])
+    return sorted(rows, key=lambda r: (r["rank"] or len(rows) + 1, r["id"]))
+
+
+_CORE_COLUMNS = ("l0", "fve", "mse", "ce_loss_score", "dead_fraction", "dense_fraction")

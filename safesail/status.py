@@ -2,7 +2,9 @@
 
 Its keys are a contract: the app, the tests and people's scripts poll it. `features`,
 `features_with_examples`, `safety_candidates`, `saes`, `selected_sae`, `labels` and `coverage`
-stay; keys may be added, never removed. The rooms report their own progress through the typed
+stay; keys may be added, never removed. Each of `saes` carries `core` (SAEBench core metrics,
+safesail.core_metrics) and `pre_explanation` (Safe-SAIL's metric, safesail.contrastive), null
+until `select` has measured them. The rooms report their own progress through the typed
 records of `safesail.contracts.ROOM_RECORDS`, each under its KEY (null until the room ran), so
 status needs to know nothing of a room but its record.
 """
@@ -21,6 +23,22 @@ from safesail.storage import CorpusText, Explanation, Feature, LlmCall
 
 COVERED = frozenset(COVERAGE_STATES[:2])
 """Coverage states that count as explained (human-labeled, auto-accepted)."""
+
+
+def _pre_explanation(selection: dict | None) -> dict[str, Any] | None:
+    """An SAE's Safe-SAIL pre-explanation figures (safesail.contrastive): the index, L0_t and
+    per concept its I_CDF and L0_t (the stored per-concept details stay in the database)."""
+    pre = (selection or {}).get("pre_explanation")
+    if pre is None:
+        return None
+    return {
+        "index": pre["index"],
+        "l0_t": pre["l0_t"],
+        "threshold": pre["threshold"],
+        "concepts": {
+            c: {"i_cdf": v["i_cdf"], "l0_t": v["l0_t"]} for c, v in pre["concepts"].items()
+        },
+    }
 
 
 def workspace_status(ws: Workspace) -> dict[str, Any]:
@@ -78,6 +96,8 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
                 "source": r.source,
                 "collected": r.collected,
                 "selection_score": r.selection_score,
+                "core": r.core,
+                "pre_explanation": _pre_explanation(r.selection),
             }
             for r in ws.saes()
         ],

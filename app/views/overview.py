@@ -12,6 +12,16 @@ st.header("Overview")
 def body() -> None:
     if not common.ready():
         return
+    ranking = common.query("sae_ranking")
+    if not ranking.empty and ranking["score"].notna().any():
+        st.subheader("SAE selection")
+        st.dataframe(ranking, hide_index=True)
+        st.caption(
+            "score: concept-specific interpretability (it selects); pre_index: Safe-SAIL's "
+            "pre-explanation index, mean I_CDF over concepts on contrastive pairs, and l0_t its "
+            "L0 at threshold; l0, fve, mse, ce_loss_score, dead/dense_fraction: SAEBench core "
+            "metrics. rank / pre_rank: order by score / by pre_index."
+        )
     cov = common.query("coverage")
     if cov.empty:
         common.need("safety candidates", "safesail triage")
