@@ -30,7 +30,10 @@ $(STAMP): pyproject.toml Makefile
 	    --no-cache-dir --no-binary llama-cpp-python --no-deps -w $(LLAMA_WHEELS).tmp \
 	    llama-cpp-python==$(LLAMA_VERSION) && mv $(LLAMA_WHEELS).tmp $(LLAMA_WHEELS); }
 	$(BIN)/pip install -q --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
-	$(BIN)/pip install -q -e '.[dev,llm,postgres]'
+	$(BIN)/pip install -q -e '.[dev,llm,postgres,peers,ray]'
+	# the peers whose own code reads our exports (tests/test_exports_peers.py): eai-delphi pulls
+	# vllm, so both come without their dependencies ([peers] holds the few that are used)
+	$(BIN)/pip install -q --no-deps eai-delphi==0.1.3 neuronpedia==1.2.1
 	# refuse a build that uses instructions some machines of this kind lack (AMX, AVX-512)
 	$(BIN)/python -m safesail.explainer.portable
 	# the embedded model ships inside this package; its own dependencies are not needed

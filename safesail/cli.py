@@ -14,8 +14,10 @@ import sys
 from typing import TYPE_CHECKING
 
 from safesail.cli_commands import (
+    CAUSAL_FLAGS,
     COLLECT_FLAGS,
     DEMO_TRAIN_FLAGS,
+    RAY_FLAGS,
     SELECTION_FLAGS,
     TRAIN_FLAGS,
     TRIAGE_FLAGS,
@@ -50,19 +52,56 @@ def _specs(values: list[str] | None) -> list[SaeSpec]:
         raise SafesailError(str(exc)) from None
 
 
-def _print_ranking(ws: Workspace) -> None:
-    rows = sorted(ws.saes(), key=lambda r: -(r.selection_score or -1))
-    print(
-        f"{'SAE':<22}{'layer':>6}{'d_sae':>7}{'k':>5}{'score':>8}  {'best AUROC / probe F1 per concept'}"
-    )
-    for r in rows:
-        concepts = (r.selection or {}).get("concepts", {})
-        detail = " ".join(
-            f"{c}:{v['best_auroc']:.2f}/{v['probe_f1']:.2f}" for c, v in list(concepts.items())[:4]
+def _collect_on_ray(
+    ws: workspace.Workspace, config: CollectConfig, args: argparse.Namespace, progress: bool
+) -> list[str]:
+    """`collect --ray`: the chunks on a Ray cluster, then one line on its workers and speed."""
+    from safesail.ray_collect import RayConfig, collect_on_ray
+
+    ray_config = config_from_args(RayConfig, args, RAY_FLAGS)
+    done, report = collect_on_ray(ws, config, ray_config, sae_ids=args.sae, progress=progress)
+    if report.workers:
+        print(
+            f"ray: {len(report.workers)} worker(s) ready in {report.startup_s:.1f} s; "
+            f"{report.chunks} chunk(s), {report.tokens} tokens at {report.tokens_per_s:.0f} tokens/s"
         )
-        mark = " *" if r.selected else ""
-        score = f"{r.selection_score:.3f}" if r.selection_score is not None else "-"
-        print(f"{r.id + mark:<22}{r.layer:>6}{r.d_sae:>7}{r.k or '-':>5}{score:>8}  {detail} ...")
+    return done
+
+
+def _print_ranking(ws: Workspace) -> None:
+    """One ranked table: today's score (and rank), Safe-SAIL's pre-explanation index (mean
+    I_CDF over concepts, its rank, mean L0 at t) and SAEBench's core metrics; then per SAE
+    the best AUROC / probe F1 / I_CDF of its first concepts."""
+    from safesail.selection_score import ranking_rows
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    records = {r.id: r for r in ws.saes()}
+    print(
+        f"{'SAE':<22}{'layer':>6}{'d_sae':>7}{'k':>5}{'score':>8}{'#':>3}{'I_CDF':>7}{'#':>3}"
+        f"{'L0_t':>7}{'L0':>6}{'FVE':>6}{'MSE':>8}{'CE rec':>8}{'dead':>6}{'dense':>6}"
+    )
+    for row in ranking_rows(list(records.values())):
+        mark = " *" if row["selected"] else ""
+        print(
+            f"{row['id'] + mark:<22}{row['layer']:>6}{row['d_sae']:>7}{row['k'] or '-':>5}"
+            f"{fmt(row['score'], '.3f'):>8}{row['rank'] or '-':>3}"
+            f"{fmt(row['pre_index'], '.3f'):>7}{row['pre_rank'] or '-':>3}"
+            f"{fmt(row['l0_t'], '.1f'):>7}{fmt(row['l0'], '.1f'):>6}{fmt(row['fve'], '.2f'):>6}"
+            f"{fmt(row['mse'], '.3g'):>8}{fmt(row['ce_loss_score'], '.3f'):>8}"
+            f"{fmt(row['dead_fraction'], '.0%'):>6}{fmt(row['dense_fraction'], '.0%'):>6}"
+        )
+        selection = records[row["id"]].selection or {}
+        pre = (selection.get("pre_explanation") or {}).get("concepts", {})
+        detail = " ".join(
+            f"{c}:{v['best_auroc']:.2f}/{v['probe_f1']:.2f}/{pre[c]['i_cdf']:.2f}"
+            if c in pre
+            else f"{c}:{v['best_auroc']:.2f}/{v['probe_f1']:.2f}/-"
+            for c, v in list(selection.get("concepts", {}).items())[:4]
+        )
+        if detail:
+            print(f"    best AUROC / probe F1 / I_CDF: {detail} ...")
 
 
 def _print_candidates(ws: Workspace, per_concept: int = 1, contexts: int = 3) -> None:
@@ -140,7 +179,12 @@ def run(args: argparse.Namespace) -> int:
             _print_ranking(ws)
     elif cmd == "collect":
         config = config_from_args(CollectConfig, args, COLLECT_FLAGS)
-        done = ws.collect(config, sae_ids=args.sae, progress=progress)
+        if args.address is not None:
+            done = _collect_on_ray(ws, config, args, progress)
+        elif args.workers is not None or args.cpus is not None:
+            raise SafesailError("--ray-workers and --ray-cpus need --ray auto|ADDRESS")
+        else:
+            done = ws.collect(config, sae_ids=args.sae, progress=progress)
         print(f"collected {len(done)} SAE(s): {', '.join(done) or 'all already collected'}")
     elif cmd == "select":
         ws.select(
@@ -164,11 +208,37 @@ def run(args: argparse.Namespace) -> int:
             report = check(ws, args.file or default_file(ws), args.half)
             for name, value in report.items():
                 print(f"{name}={value}")
+    elif cmd == "causal":
+        return causal(ws, args, progress)
     elif cmd == "status":
         status = ws.status()
         print(json.dumps(status, indent=None if args.json else 2))
     elif cmd == "demo":
         return demo(ws, args, progress)
+    return 0
+
+
+def causal(ws: workspace.Workspace, args: argparse.Namespace, progress: bool) -> int:
+    """`safesail causal`: score the human-labeled safety features (safesail.causal.run)."""
+    from safesail.causal.config import CausalConfig
+    from safesail.causal.run import run_causal
+
+    config = config_from_args(CausalConfig, args, CAUSAL_FLAGS)
+    if args.limit is not None and args.limit < 1:
+        raise SafesailError("--limit must be >= 1")
+    done = run_causal(
+        ws,
+        ws.lm,
+        config,
+        sae_id=args.sae,
+        features=args.feature,
+        limit=args.limit,
+        progress=progress,
+    )
+    for index, value in done.scored.items():
+        print(f"{done.sae_id} feature {index}: causal_refusal_delta={value:+.4f}")
+    speed = f", {done.seconds_per_feature:.1f} s per feature" if done.seconds_per_feature else ""
+    print(f"scored {len(done.scored)} feature(s), {done.skipped} already scored{speed}")
     return 0
 
 

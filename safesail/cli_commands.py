@@ -13,21 +13,28 @@ import argparse
 import os
 from pathlib import Path
 
+from safesail.causal.config import CausalConfig
+from safesail.causal.plugin import PLUGIN as CAUSAL_PLUGIN
 from safesail.cliconfig import add_config_flags
 from safesail.config import CollectConfig, TrainConfig, WorkspaceConfig
 from safesail.plugins import Plugin, load_plugins
+from safesail.ray_collect import RayConfig
 from safesail.selection_config import SelectionConfig, TriageConfig
 
 DESCRIPTION = "`safesail`: one command, a subcommand per pipeline step, one-line errors."
 
-WORKSPACE_FLAGS = ("workspace", "db_url", "cache_dir")
-"""WorkspaceConfig fields every command takes (`--workspace`, `--db-url`, `--cache-dir`)."""
+WORKSPACE_FLAGS = ("workspace", "db_url", "cache_dir", "device", "dtype")
+"""WorkspaceConfig fields every command takes (`--workspace`, `--db-url`, `--cache-dir`,
+`--device`, `--dtype`)."""
 TRAIN_FLAGS = ("batch_size", "epochs", "lr", "seed")
 """TrainConfig fields of `safesail sae train`."""
 DEMO_TRAIN_FLAGS = ("epochs",)
 """TrainConfig fields of `safesail demo`."""
 COLLECT_FLAGS = ("top_k", "per_decile")
 """CollectConfig fields of `safesail collect` (the others fix the cache's shape)."""
+RAY_FLAGS = ("address", "workers", "cpus")
+"""RayConfig fields of `safesail collect` (`--ray auto|ADDRESS` shards it over Ray)."""
+RAY_FLAG_NAMES = {"address": "--ray", "workers": "--ray-workers", "cpus": "--ray-cpus"}
 SELECTION_FLAGS = ("contrast", "threshold_auroc", "probe_features", "min_texts")
 """SelectionConfig fields of `safesail select`."""
 TRIAGE_FLAGS = (
@@ -41,6 +48,8 @@ TRIAGE_FLAGS = (
     "min_term_share",
 )
 """TriageConfig fields of `safesail triage`."""
+CAUSAL_FLAGS = ("alphas", "n_harmful", "n_benign", "bootstrap", "level", "seed", "batch_size")
+"""CausalConfig fields of `safesail causal`."""
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -118,6 +127,7 @@ def _steps(sub, common: argparse.ArgumentParser) -> None:
     )
     add_config_flags(collect, CollectConfig, COLLECT_FLAGS)
     collect.add_argument("--sae", action="append", help="only these SAE ids")
+    add_config_flags(collect, RayConfig, RAY_FLAGS, flags=RAY_FLAG_NAMES)
 
     select_ = sub.add_parser(
         "select", parents=[common], help="rank SAEs by concept-specific interpretability"
@@ -167,6 +177,20 @@ def _reference(sub, common: argparse.ArgumentParser) -> None:
     )
 
 
+def _causal(sub, common: argparse.ArgumentParser) -> None:
+    causal = sub.add_parser(
+        "causal",
+        parents=[common],
+        help="causal check of human-labeled safety features: ablate / steer each, measure refusal",
+    )
+    causal.add_argument("--sae", help="SAE whose features to check (default: the selected one)")
+    causal.add_argument(
+        "--feature", type=int, action="append", help="only these features (repeatable)"
+    )
+    causal.add_argument("--limit", type=int, help="score at most this many new features")
+    add_config_flags(causal, CausalConfig, CAUSAL_FLAGS, flags={"alphas": "--alpha"})
+
+
 def _demo(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", parents=[common], help="run the whole main job on the embedded default"
@@ -188,6 +212,8 @@ def _demo(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def build_parser(plugins: list[Plugin] | None = None) -> argparse.ArgumentParser:
     """The whole command line: the core's steps, then each room's commands and demo flags."""
     plugins = load_plugins() if plugins is None else plugins
+    if CAUSAL_PLUGIN not in plugins:  # the core's own demo step, between labeling and exports
+        plugins = sorted([*plugins, CAUSAL_PLUGIN], key=lambda p: (p.order, p.name))
     common = common_options()
     parser = argparse.ArgumentParser(prog="safesail", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -195,6 +221,7 @@ def build_parser(plugins: list[Plugin] | None = None) -> argparse.ArgumentParser
     _sae(sub, common)
     _steps(sub, common)
     _reference(sub, common)
+    _causal(sub, common)
     status = sub.add_parser("status", parents=[common], help="progress of the workspace")
     status.add_argument("--json", action="store_true", help="one JSON object (stable keys)")
     demo = _demo(sub, common)
