@@ -12,6 +12,7 @@ calibration may trust it more than real experts' labels would justify.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
@@ -24,6 +25,11 @@ from safesail.taxonomy import BENIGN, Taxonomy
 EXEMPLARS_PATH = Path(__file__).parent / "data" / "reader_exemplars.json"
 EMBEDDING_DIM = 384
 """MiniLM-L6's sentence embedding size."""
+
+_LOCK = threading.RLock()
+"""Embedding is serialised per process: the explainer scores features on several threads, and
+neither transformers' lazy first import nor torch's thread setting is safe to race (two
+threads importing `AutoModel` at once failed with an ImportError)."""
 
 
 @cache
@@ -53,10 +59,11 @@ class Embedder:
 
     def __call__(self, texts: Iterable[str]) -> np.ndarray:
         texts = list(texts)
-        self._fill([t for t in dict.fromkeys(texts) if t not in self._cache])
-        if not texts:
-            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        return np.stack([self._cache[t] for t in texts])
+        with _LOCK:
+            self._fill([t for t in dict.fromkeys(texts) if t not in self._cache])
+            if not texts:
+                return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+            return np.stack([self._cache[t] for t in texts])
 
     def _fill(self, todo: list[str]) -> None:
         if not todo:

@@ -17,7 +17,7 @@ from safesail.cli import main
 from safesail.errors import SafesailError
 from safesail.examples import feature_examples
 from safesail.storage import CorpusText, Feature
-from tests.conftest import TINY_COLLECT, make_workspace, tiny_records
+from tests.conftest import TINY_COLLECT, copy_workspace, make_workspace, tiny_records
 
 LAYER = 2
 
@@ -302,8 +302,9 @@ def test_cli_steps_one_by_one(tmp_path, sae_copy, capsys):
     assert all(len([e for e in feature_examples(f) if e.kind == 0]) <= 3 for f in features)
 
 
-def test_triage_passes_its_settings_to_selectivity(trained_ws, monkeypatch):
-    """--contrast and --fire-fraction must reach the selectivity computation, not just parse."""
+def test_triage_passes_its_settings_to_selectivity(triaged_ws, tmp_path, lm, monkeypatch):
+    """--contrast and --fire-fraction must reach the selectivity computation, not just parse.
+    On a copy: the shared fixtures stay as collected (other files compare rows with them)."""
     from safesail import selection
     from safesail.selection_config import TriageConfig
 
@@ -314,9 +315,9 @@ def test_triage_passes_its_settings_to_selectivity(trained_ws, monkeypatch):
         seen.append(args[3:])
         return real(*args)
 
+    ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)
     monkeypatch.setattr(selection, "feature_selectivity", spy)
-    trained_ws.select()
-    trained_ws.triage(TriageConfig(contrast="benign", fire_fraction=0.3))
+    ws.triage(TriageConfig(contrast="benign", fire_fraction=0.3))
     assert seen == [(0.3, "benign")]
 
 
