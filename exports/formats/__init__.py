@@ -3,8 +3,10 @@
 Formats and what each keeps (everything else is lost on a round trip):
 - jsonl, parquet: every field (lossless).
 - csv: every field; an empty optional text cell reads back as missing.
-- neuronpedia: SAE, layer, index, model, text, source, status, author and scores (scorer, value,
-  model); loses concepts, probability, confidence, agreement, Label Studio ids, details, times.
+- neuronpedia: Neuronpedia's upload batches (upload-batches/batch-NNNNN.json: index, density,
+  top activations with tokens and values, explanations with methodName / modelName) plus
+  scores.jsonl; reads back text, source, status, author and scores; loses concepts,
+  probability, confidence, agreement, Label Studio ids, details, times.
 - delphi: SAE, layer, index and text of one explanation per feature (accepted, human first).
 - openai: SAE, layer, index, texts and the simulation score (ev_correlation_score).
 - safesail-db: SAE, layer, index, text, simulation score (correlation_score) and tags of one
