@@ -277,6 +277,7 @@ class ActiveLearner:
                     n_labels=len(y_lab),
                     macro_f1_heldout=point.macro_f1,
                     strategy=self.strategy.name,
+                    strategy_version=self.strategy.version,
                     model_version=self.model_version,
                     label_distribution=distribution,
                     curve=curve,
