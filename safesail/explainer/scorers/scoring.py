@@ -111,6 +111,21 @@ def _shuffle(items: list[Any], rng: np.random.Generator) -> tuple[list[Any], np.
     return [items[i] for i in order], order
 
 
+def _yes_no(
+    scorer: Scorer, instruction: str, items: list[tuple[str, bool]], record: ScoringRecord
+) -> ScoreResult:
+    """Ask the judge one yes/no answer per text; its balanced accuracy against the truth (the
+    shared tail of detection and fuzzing, which differ only in what they show)."""
+    reply = _ask(scorer.client, scorer.name, instruction, [t for t, _ in items], 1, record)
+    if reply.value is None:
+        return ScoreResult(scorer.name, None, {"reason": reply.reason})
+    truth = [y for _, y in items]
+    guess = [bool(a) for a in reply.value.answers]
+    return ScoreResult(
+        scorer.name, balanced_accuracy(truth, guess), {"truth": truth, "guess": guess}
+    )
+
+
 @register_scorer
 class Detection(Scorer):
     """Given the explanation, which texts make the feature fire (balanced accuracy)."""
@@ -128,14 +143,7 @@ class Detection(Scorer):
             'answer 1 if the feature fires on it, else 0. Reply JSON {"answers": [one number per '
             "text]}."
         )
-        reply = _ask(self.client, self.name, instruction, [t for t, _ in items], 1, record)
-        if reply.value is None:
-            return ScoreResult(self.name, None, {"reason": reply.reason})
-        truth = [y for _, y in items]
-        guess = [bool(a) for a in reply.value.answers]
-        return ScoreResult(
-            self.name, balanced_accuracy(truth, guess), {"truth": truth, "guess": guess}
-        )
+        return _yes_no(self, instruction, items, record)
 
 
 @register_scorer
@@ -163,14 +171,7 @@ class Fuzzing(Scorer):
             "tokens are marked <<like this>>. Answer 1 if the marked tokens are where this feature "
             'fires, else 0. Reply JSON {"answers": [one number per text]}.'
         )
-        reply = _ask(self.client, self.name, instruction, [t for t, _ in items], 1, record)
-        if reply.value is None:
-            return ScoreResult(self.name, None, {"reason": reply.reason})
-        truth = [y for _, y in items]
-        guess = [bool(a) for a in reply.value.answers]
-        return ScoreResult(
-            self.name, balanced_accuracy(truth, guess), {"truth": truth, "guess": guess}
-        )
+        return _yes_no(self, instruction, items, record)
 
 
 @register_scorer
