@@ -10,7 +10,7 @@ stored reason is written and read through them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -175,22 +175,34 @@ def triage(sel: FeatureSelectivity, config: TriageConfig | None = None) -> list[
         return []
     score = np.where(ev.ok, ev.f1, -np.inf)
     best = np.argmax(score[:, features], axis=0)
-    candidates = [
-        Candidate(
-            feature=int(f),
-            concept=sel.concepts[c],
-            auroc=float(sel.auroc[c, f]),
-            precision=float(ev.precision[c, f]),
-            precision_low=float(ev.low[c, f]),
-            p_value=float(ev.p_value[c, f]),
-            support=round(float(ev.support[c, f])),
-            frac_pos=float(sel.frac_pos[c, f]),
-            frac_neg=float(sel.frac_neg[c, f]),
-            score=float(score[c, f]),
-        )
-        for f, c in zip(features, best, strict=True)
-    ]
+    candidates = [_candidate(sel, ev, int(f), int(c)) for f, c in zip(features, best, strict=True)]
     return sorted(candidates, key=lambda cand: (-cand.score, cand.feature))
+
+
+def candidates_for(
+    sel: FeatureSelectivity, concept_of: Mapping[int, str], config: TriageConfig | None = None
+) -> dict[int, Candidate]:
+    """The text-level evidence of features made candidates for a concept by another path
+    (the token-level term path of ``Workspace.triage``), so that every candidate carries the
+    same record whichever path admitted it."""
+    ev = _text_evidence(sel, config or TriageConfig())
+    index = {name: i for i, name in enumerate(sel.concepts)}
+    return {f: _candidate(sel, ev, f, index[c]) for f, c in concept_of.items()}
+
+
+def _candidate(sel: FeatureSelectivity, ev: _TextEvidence, f: int, c: int) -> Candidate:
+    return Candidate(
+        feature=f,
+        concept=sel.concepts[c],
+        auroc=float(sel.auroc[c, f]),
+        precision=float(ev.precision[c, f]),
+        precision_low=float(ev.low[c, f]),
+        p_value=float(ev.p_value[c, f]),
+        support=round(float(ev.support[c, f])),
+        frac_pos=float(sel.frac_pos[c, f]),
+        frac_neg=float(sel.frac_neg[c, f]),
+        score=float(ev.f1[c, f]),
+    )
 
 
 # Kinds of triage rejection: every stored reason reads "<kind>: <detail>" (see reason_kind).

@@ -109,6 +109,13 @@ class TriageConfig:
     jailbreak prompts, "alma mater" in questions about senators) are what the texts are
     about, not what the feature means. Applied when the candidate's concept has keywords or
     terms; the terms found may be any safety concept's."""
+    term_path_share: float = 0.5
+    """A feature that fails the text-level gates is still a candidate when more than this
+    share of its top contexts (and at least ``TERM_PATH_MIN_CONTEXTS``) peak on one safety
+    concept's term and it passes the token rules for that concept: a reader labels a feature
+    by its marked tokens ("TER" of " CHARACTER" in persona set-ups, " terrorist" in every
+    context), even when it fires in too few texts, or in too many dictionary glosses, for the
+    text-level gates. 1 turns this path off."""
 
     def __post_init__(self) -> None:
         require_fraction("min_precision", self.min_precision, 0.0, 1.0)
@@ -122,3 +129,4 @@ class TriageConfig:
             raise ValueError(f"max_density must be > 0, got {self.max_density}")
         require_fraction("max_non_content", self.max_non_content, 0.0, 1.0)
         require_fraction("min_term_share", self.min_term_share, 0.0, 1.0)
+        require_fraction("term_path_share", self.term_path_share, 0.0, 1.0)

@@ -103,6 +103,27 @@ def peaks_of(
     return out
 
 
+TERM_PATH_MIN_CONTEXTS = 3
+"""Top contexts a feature needs before its peaks can make it a candidate on their own
+(``TriageConfig.term_path_share``): one or two matching peaks are an anecdote."""
+
+
+def term_concept(peaks: Sequence[Peak], share: float) -> str | None:
+    """The safety concept whose terms more than ``share`` of the top contexts peak on (the
+    one most of them carry; ties: the earlier concept), or None: the token-level way into
+    the candidates, for features the text-level gates cannot judge (too few texts, or texts
+    whose tags say where the corpus drew them from rather than what the marked word means).
+    Peaks must have been looked up (``peaks_of`` with ``terms``)."""
+    top = [p for p in peaks if p.top and p.terms is not None]
+    if len(top) < TERM_PATH_MIN_CONTEXTS:
+        return None
+    counts = Counter(name for p in top for name in dict.fromkeys(p.terms or ()))
+    if not counts:
+        return None
+    concept, n = counts.most_common(1)[0]
+    return concept if n > share * len(top) else None
+
+
 _CLASS_PLURAL = {
     FUNCTION: "function words",
     PUNCTUATION: "punctuation",

@@ -278,15 +278,30 @@ class Workspace:
     def triage(self, config: TriageConfig | None = None) -> dict[str, int]:
         """Score every feature of the selected SAE per concept and mark the safety candidates.
 
-        Two stages: text-level triage (where the feature fires: enough of its texts carry the
+        Text-level triage first (where the feature fires: enough of its texts carry the
         concept), then, per text-level candidate, what it fires on (its firing rate and the
-        words its contexts peak on). Every feature that is not a candidate keeps the reason.
+        words its contexts peak on). A feature the text-level gates turn away still becomes a
+        candidate when most of its top contexts peak on one concept's term and it passes the
+        same token rules (the term path, ``TriageConfig.term_path_share``): a reader labels by
+        the marked tokens, and a feature firing on " CHARACTER" in four persona set-ups is a
+        jailbreak feature that four texts cannot prove. Every feature that is not a candidate
+        keeps the reason.
         """
         from safesail.activations import concept_token_counts, text_max_matrix
         from safesail.examples import feature_examples
-        from safesail.selection import feature_selectivity, text_rejections, triage
+        from safesail.selection import (
+            candidates_for,
+            feature_selectivity,
+            text_rejections,
+            triage,
+        )
         from safesail.selection_metrics import BENIGN
-        from safesail.selection_tokens import contrast_firing_rate, peaks_of, token_rejection
+        from safesail.selection_tokens import (
+            contrast_firing_rate,
+            peaks_of,
+            term_concept,
+            token_rejection,
+        )
 
         sae_id = require_selected_sae(self.engine)
         config = config or TriageConfig()
@@ -307,13 +322,18 @@ class Workspace:
         )
         outside = {
             name: contrast_firing_rate(counts, name, config.contrast)
-            for name in {c.concept for c in text_level.values()}
+            for name in selectivity.concepts
         }
         best = np.argmax(selectivity.auroc, axis=0)
+        term_path_on = config.term_path_share < 1.0
         with session_scope(self.engine) as session:
             features = list(session.exec(select(Feature).where(Feature.sae_id == sae_id)))
             mean_rate = float(np.mean([f.firing_rate for f in features])) if features else 0.0
-            examples = {f.index: feature_examples(f) for f in features if f.index in text_level}
+            examples = {
+                f.index: feature_examples(f)
+                for f in features
+                if f.index in text_level or (term_path_on and f.examples)
+            }
             wanted = {e.text_id for exs in examples.values() for e in exs}
             tokens = {
                 text_id: toks
@@ -322,6 +342,16 @@ class Workspace:
                     select(Context.text_id, Context.tokens).where(Context.text_id.in_(part))
                 )
             }
+            term_path: dict[int, str] = {}
+            for f in sorted(set(examples) - set(text_level)):
+                peaks = peaks_of(examples[f], tokens, taxonomy.keywords_at)
+                concept = term_concept(peaks, config.term_path_share)
+                if concept in outside and not token_rejection(
+                    float(outside[concept][f]), peaks, config, mean_rate
+                ):
+                    term_path[f] = concept
+            for f in term_path:
+                reasons.pop(f, None)
             for feature in features:
                 f = feature.index
                 if f in text_level:
@@ -333,6 +363,9 @@ class Workspace:
                     rate = float(outside[concept][f])
                     if reason := token_rejection(rate, peaks, config, mean_rate):
                         reasons[f] = reason
+            text_level |= candidates_for(selectivity, term_path, config)
+            for feature in features:
+                f = feature.index
                 # a token-level rejection keeps the concept (and AUROC) it was rejected for
                 named = text_level.get(f)
                 cand = named if f not in reasons else None

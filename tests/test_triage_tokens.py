@@ -19,7 +19,13 @@ from safesail.errors import SafesailError
 from safesail.examples import TOP, feature_examples
 from safesail.selection import DENSE, NO_TERM, TEXT_LEVEL, reason_kind
 from safesail.selection_config import TriageConfig
-from safesail.selection_tokens import Peak, contrast_firing_rate, peaks_of, token_rejection
+from safesail.selection_tokens import (
+    Peak,
+    contrast_firing_rate,
+    peaks_of,
+    term_concept,
+    token_rejection,
+)
 from safesail.storage import Context, Feature, open_db
 from safesail.taxonomy import Taxonomy
 from safesail.tokens import DIGIT, FUNCTION, NON_CONTENT, token_class, word_at
@@ -283,6 +289,51 @@ def test_features_peaking_on_concept_terms_survive_the_others_do_not(
                 assert f"0/{len(examples)} top contexts" in reason
                 rejected.add(f)
     assert kept and rejected
+
+
+def test_term_concept_needs_a_strict_majority_of_top_contexts() -> None:
+    """The term path's rule on synthetic peaks: more than the share of the looked-up top
+    contexts must carry one concept's term; low contexts and unlooked peaks do not count, and
+    fewer than three top contexts decide nothing."""
+
+    def peaks(terms: list[tuple[str, ...] | None], top: bool = True) -> list[Peak]:
+        return [Peak(" w", i, top, t) for i, t in enumerate(terms)]
+
+    jb, none = ("jailbreak",), ()
+    assert term_concept(peaks([jb, jb, none]), 0.5) == "jailbreak"
+    assert term_concept(peaks([jb, jb, none, none]), 0.5) is None  # half is not more than half
+    assert term_concept(peaks([jb, jb]), 0.0) is None  # too few contexts to say
+    assert term_concept(peaks([jb, none, none]) + peaks([jb] * 9, top=False), 0.5) is None
+    assert term_concept(peaks([jb, jb, None, None, None]), 0.5) is None  # only 2 looked up
+    two = ("terror", "violence")
+    assert term_concept(peaks([two, ("violence",), none]), 0.5) == "violence"
+    assert term_concept(peaks([jb, jb, jb]), 1.0) is None  # 1 turns the path off
+
+
+def test_term_path_admits_features_the_text_gates_refuse(triaged_ws, tmp_path, lm) -> None:
+    """With the text-level gates shut, the only candidates are the term path's: each one's
+    top contexts mostly hold a term of its concept (checked on the whole stored texts), it
+    keeps no rejection reason and carries its text-level evidence; `term_path_share=1`
+    leaves none, and every other feature keeps its text-level reason."""
+    ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)
+    shut = {"min_support": 10**6}
+    rows = _triaged_rows(ws, TriageConfig(**shut, max_density=1e9))
+    admitted = {f for f, row in rows.items() if row.candidate}
+    assert admitted, "the tiny corpus has features peaking on terms (' DDoS', ' ransomware')"
+    taxonomy = ws.taxonomy
+    with Session(ws.engine) as session:
+        for f in admitted:
+            row = rows[f]
+            assert row.triage_reason is None and row.precision is not None
+            assert 0.0 <= row.safety_score <= 1.0
+            examples = [e for e in feature_examples(row) if e.kind == TOP]
+            texts = ["".join(session.get(Context, e.text_id).tokens) for e in examples]
+            holding = [t for t in texts if row.concept in taxonomy.keywords_at(t, 0, len(t))]
+            assert len(examples) >= 3 and len(holding) > len(examples) / 2, (f, texts)
+    others = [row for f, row in rows.items() if f not in admitted]
+    assert all(reason_kind(row.triage_reason) == TEXT_LEVEL for row in others)
+    off = _triaged_rows(ws, TriageConfig(**shut, term_path_share=1.0))
+    assert not any(row.candidate for row in off.values())
 
 
 def test_keywords_at_needs_the_match_to_cover_the_span(triaged_ws) -> None:
