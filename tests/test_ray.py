@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from functools import partial
+from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, func
@@ -131,3 +132,41 @@ def test_bad_ray_requests_are_one_line_errors(trained_ws, tmp_path, lm, ray_clus
     )
     assert main(["collect", "--workspace", path, "--ray", "auto", "--ray-cpus", "0"]) == 2
     assert "CPUs per Ray worker must be >= 1" in capsys.readouterr().err
+
+
+def _registered(trained_ws, path, lm, db_url=None):
+    """A new workspace (on db_url) with the tiny corpus and trained_ws's SAE folders, nothing
+    collected: the state `safesail collect` starts from."""
+    from tests.conftest import make_workspace, tiny_records
+
+    ws = make_workspace(path, lm, db_url)
+    ws.add_corpus(tiny_records())
+    for record in trained_ws.saes():
+        ws.add_sae(Path(record.path), sae_id=record.id)
+    ws.engine.dispose()  # the command opens its own
+    return ws
+
+
+def test_cli_collect_on_ray_into_postgres_gives_the_rows_of_a_local_run(
+    trained_ws, tmp_path, lm, ray_cluster, pg_url, monkeypatch, capsys
+):
+    """The user's path end to end: `safesail collect --ray auto` with the database on a real
+    PostgreSQL server (the URL through $SAFESAIL_DB_URL), against plain `safesail collect` into
+    SQLite with the same flags; the same feature rows, and a rerun encodes nothing."""
+    flags = ["--top-k", "5", "--per-decile", "1"]
+    local = _registered(trained_ws, tmp_path / "local", lm)
+    assert main(["collect", "--workspace", str(local.config.workspace), *flags]) == 0
+    shared = _registered(trained_ws, tmp_path / "shared", lm, pg_url)
+    monkeypatch.setenv("SAFESAIL_DB_URL", pg_url)
+    path = str(shared.config.workspace)
+    capsys.readouterr()
+    assert main(["collect", "--workspace", path, "--ray", "auto", *flags]) == 0
+    out = capsys.readouterr().out
+    assert f"collected {len(TINY_SPECS)} SAE(s)" in out
+    assert shared.engine.dialect.name == "postgresql"
+    assert _chunks(shared)[1] == _n_chunks(shared) > 1
+    expected = _features(local)
+    assert len(expected) == sum(s.d_sae for s in TINY_SPECS)
+    assert _features(shared) == expected
+    assert main(["collect", "--workspace", path, "--ray", "auto", *flags]) == 0
+    assert "all already collected" in capsys.readouterr().out
