@@ -46,6 +46,7 @@ TRIAGE_FLAGS = (
     "max_density",
     "max_non_content",
     "min_term_share",
+    "term_path_share",
 )
 """TriageConfig fields of `safesail triage`."""
 CAUSAL_FLAGS = ("alphas", "n_harmful", "n_benign", "bootstrap", "level", "seed", "batch_size")

@@ -130,9 +130,15 @@ def unpack_examples(blob: bytes) -> dict[str, np.ndarray]:
 
 def feature_examples(feature: Feature) -> list[Example]:
     """Unpack a feature's examples: top-activating first (descending), then by decile."""
-    if feature.examples is None:
+    return examples_of(feature.examples)
+
+
+def examples_of(blob: bytes | None) -> list[Example]:
+    """``feature_examples`` from the stored column alone, for readers that select columns
+    instead of loading every Feature row as an object (triage over a whole SAE)."""
+    if blob is None:
         return []
-    a = unpack_examples(feature.examples)
+    a = unpack_examples(blob)
     out = []
     for i in range(len(a["text"])):
         acts = np.zeros(int(a["length"][i]), dtype=np.float32)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlmodel import Session, select
 
 from safesail.config import (
@@ -288,7 +288,7 @@ class Workspace:
         keeps the reason.
         """
         from safesail.activations import concept_token_counts, text_max_matrix
-        from safesail.examples import feature_examples
+        from safesail.examples import examples_of
         from safesail.selection import (
             candidates_for,
             feature_selectivity,
@@ -327,13 +327,20 @@ class Workspace:
         best = np.argmax(selectivity.auroc, axis=0)
         term_path_on = config.term_path_share < 1.0
         with session_scope(self.engine) as session:
-            features = list(session.exec(select(Feature).where(Feature.sae_id == sae_id)))
-            mean_rate = float(np.mean([f.firing_rate for f in features])) if features else 0.0
+            # columns, not Feature objects: at 65k features the rows and their blobs are GBs
+            rows = session.exec(
+                select(Feature.index, Feature.firing_rate, Feature.examples).where(
+                    Feature.sae_id == sae_id
+                )
+            ).all()
+            indices = [int(index) for index, _, _ in rows]
+            mean_rate = float(np.mean([rate for _, rate, _ in rows])) if rows else 0.0
             examples = {
-                f.index: feature_examples(f)
-                for f in features
-                if f.index in text_level or (term_path_on and f.examples)
+                int(f): examples_of(blob)
+                for f, _, blob in rows
+                if f in text_level or (term_path_on and blob)
             }
+            del rows
             wanted = {e.text_id for exs in examples.values() for e in exs}
             tokens = {
                 text_id: toks
@@ -352,30 +359,34 @@ class Workspace:
                     term_path[f] = concept
             for f in term_path:
                 reasons.pop(f, None)
-            for feature in features:
-                f = feature.index
-                if f in text_level:
-                    concept = text_level[f].concept
-                    # the term rule needs a lexicon: only for concepts the taxonomy gives words
-                    words = taxonomy.concepts[concept].keywords + taxonomy.concepts[concept].terms
-                    terms = taxonomy.keywords_at if words else None
-                    peaks = peaks_of(examples[f], tokens, terms)
-                    rate = float(outside[concept][f])
-                    if reason := token_rejection(rate, peaks, config, mean_rate):
-                        reasons[f] = reason
+            for f, named in text_level.items():
+                concept = named.concept
+                # the term rule needs a lexicon: only for concepts the taxonomy gives words
+                words = taxonomy.concepts[concept].keywords + taxonomy.concepts[concept].terms
+                terms = taxonomy.keywords_at if words else None
+                peaks = peaks_of(examples[f], tokens, terms)
+                if reason := token_rejection(float(outside[concept][f]), peaks, config, mean_rate):
+                    reasons[f] = reason
             text_level |= candidates_for(selectivity, term_path, config)
-            for feature in features:
-                f = feature.index
+            verdicts = []
+            for f in indices:
                 # a token-level rejection keeps the concept (and AUROC) it was rejected for
                 named = text_level.get(f)
                 cand = named if f not in reasons else None
-                feature.candidate = cand is not None
-                feature.triage_reason = reasons.get(f)
-                feature.concept = named.concept if named else selectivity.concepts[best[f]]
-                feature.safety_score = float(cand.score) if cand else 0.0
-                feature.auroc = float(named.auroc if named else selectivity.auroc[best[f], f])
-                feature.precision = float(cand.precision) if cand else None
-                session.add(feature)
+                verdicts.append(
+                    {
+                        "sae_id": sae_id,
+                        "index": f,
+                        "candidate": cand is not None,
+                        "triage_reason": reasons.get(f),
+                        "concept": named.concept if named else selectivity.concepts[best[f]],
+                        "safety_score": float(cand.score) if cand else 0.0,
+                        "auroc": float(named.auroc if named else selectivity.auroc[best[f], f]),
+                        "precision": float(cand.precision) if cand else None,
+                    }
+                )
+            if verdicts:  # one bulk UPDATE by primary key
+                session.execute(update(Feature), verdicts)
         kept = [c for f, c in text_level.items() if f not in reasons]
         return dict(Counter(c.concept for c in kept).most_common())
 
