@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import scipy.sparse as sp
 from sqlmodel import Session, select
 
 from safesail.activations import text_max_matrix
@@ -99,15 +100,10 @@ def materials(
             explain, rest = explain_split(row, config)
             rng = np.random.default_rng([config.seed, row.index])
             held = _spread(rest, config.n_score_pos)
-            column = matrix.getcol(row.index)
-            quiet = np.setdiff1d(np.arange(len(text_ids)), column.indices[column.data > 0])
-            neg = (
-                text_ids[rng.choice(quiet, size=min(config.n_score_neg, len(quiet)), replace=False)]
-                if len(quiet)
-                else np.array([], dtype=int)
-            )
-            out[row.index] = (row, explain, held, [int(t) for t in neg])
-            need |= {e.text_id for e in explain + held} | {int(t) for t in neg}
+            rows_quiet = _non_activating(matrix.getcol(row.index), config.n_score_neg, rng)
+            neg = [int(t) for t in text_ids[rows_quiet]]
+            out[row.index] = (row, explain, held, neg)
+            need |= {e.text_id for e in explain + held} | set(neg)
         tokens = {
             c.text_id: c.tokens
             for part in chunked(sorted(need))
@@ -124,6 +120,29 @@ def materials(
             evidence[index],
         )
     return result
+
+
+NEAR_QUIET = 0.5
+"""A text where a feature peaks below this share of its largest activation may stand in for a
+non-activating one when too few texts are free of it (``_non_activating``): triage's own line
+between firing and not (``TriageConfig.fire_fraction``, Safe-SAIL's per-neuron scale)."""
+
+
+def _non_activating(column: sp.spmatrix, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Row positions of n seeded texts the feature does not fire on. A dense feature can fire
+    somewhere in every text; then its faintest texts (below NEAR_QUIET of its peak, weakest
+    first) fill the rest, so its detection and intruder scores still have a contrast instead
+    of none (a detection score over activating texts alone is 1 whatever the explanation)."""
+    column = column.tocoo()
+    level = np.zeros(column.shape[0], dtype=np.float64)
+    level[column.row] = column.data
+    quiet = np.flatnonzero(level <= 0)
+    if len(quiet) >= n:
+        return rng.choice(quiet, size=n, replace=False)
+    peak = float(level.max(initial=0.0))
+    faint = np.flatnonzero((level > 0) & (level < NEAR_QUIET * peak))
+    faint = faint[np.argsort(level[faint], kind="stable")][: n - len(quiet)]
+    return np.concatenate([rng.permutation(quiet), faint]).astype(int)
 
 
 def _spread(examples: list, n: int) -> list:
