@@ -95,18 +95,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlmodel import Session, delete, select
+from sqlmodel import Session, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 
-from safesail.config import WorkspaceConfig  # noqa: E402
+from _reference_draw import copy_db, draw  # noqa: E402
+
 from safesail.explainer.config import ExplainConfig, LlmConfig  # noqa: E402
 from safesail.explainer.explainers import Shown  # noqa: E402
 from safesail.explainer.materials import Material, materials  # noqa: E402
 from safesail.explainer.pipeline import endpoint, explain  # noqa: E402
 from safesail.explainer.simulate import seed_gold  # noqa: E402
 from safesail.reference_check import default_file, open_reference  # noqa: E402
-from safesail.storage import Explanation, LlmCall, Score  # noqa: E402
+from safesail.storage import Explanation, LlmCall  # noqa: E402
 from safesail.workspace import Workspace  # noqa: E402
 
 CONFIG = ExplainConfig(
@@ -370,22 +372,6 @@ def balanced(d: Delphi, judged: Judged, features: set[int] | None = None) -> tup
     return float(metrics["accuracy"]), int(df["prediction"].notna().sum()), len(df)
 
 
-def copy_db(source: Path, target: Path) -> Workspace:
-    """A copy of the database without any earlier LLM call, explanation or score (the same as
-    bench/explainer.py's, copied: a bench script is no importable module); a write-ahead log
-    beside it is copied too, or rows not yet checkpointed into the file would be missing."""
-    target.mkdir(parents=True)
-    shutil.copy(source / "safesail.db", target / "safesail.db")
-    if (source / "safesail.db-wal").exists():
-        shutil.copy(source / "safesail.db-wal", target / "safesail.db-wal")
-    ws = Workspace(WorkspaceConfig(target))
-    with Session(ws.engine) as session:
-        for table in (LlmCall, Score, Explanation):
-            session.exec(delete(table))
-        session.commit()
-    return ws
-
-
 def our_results(ws: Workspace, features: list[int]) -> tuple[dict[int, str], dict[int, str], Usage]:
     """Our explanation texts, failure reasons and explaining tokens for the chosen features."""
     texts, failures = {}, {}
@@ -445,12 +431,7 @@ def run(args: argparse.Namespace, d: Delphi, tmp: Path, started: float) -> None:
     ws = copy_db(args.workspace, tmp / "ws")
     ref = open_reference(ws, args.reference or default_file(ws))
     sae = ref.sae_id
-    rng = np.random.default_rng(0)
-    dev = sorted(r.feature for r in ref.half("dev"))
-    test = sorted(r.feature for r in ref.half("test"))
-    gold = [int(f) for f in rng.permutation(dev)[: args.gold]]
-    features = [int(f) for f in rng.permutation(test)[: args.features]]
-    given = {f: (list(ref.labels[f].labels), ref.labels[f].reason) for f in gold}
+    gold, features, given = draw(ref, args.gold, args.features)
     seed_gold(ws.engine, sae, gold, author="reference", given=given)
     found = materials(ws, sae, features, CONFIG, list(ws.taxonomy.concepts))
     records = {f: latent_record(d, sae, found[f], CONFIG.n_shown) for f in features if f in found}

@@ -28,10 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from sqlmodel import Session, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
+
+from _reference_draw import copy_db, draw  # noqa: E402
 
 from safesail.config import WorkspaceConfig  # noqa: E402
 from safesail.explainer.config import ExplainConfig, LlmConfig  # noqa: E402
@@ -39,22 +41,8 @@ from safesail.explainer.pipeline import endpoint, explain  # noqa: E402
 from safesail.explainer.simulate import seed_gold  # noqa: E402
 from safesail.reference import agrees  # noqa: E402
 from safesail.reference_check import default_file, open_reference  # noqa: E402
-from safesail.storage import Explanation, LlmCall, Score  # noqa: E402
+from safesail.storage import Explanation, LlmCall  # noqa: E402
 from safesail.workspace import Workspace  # noqa: E402
-
-
-def copy_db(source: Path, target: Path) -> Workspace:
-    """A copy of the database without any earlier LLM call, explanation or score."""
-    from sqlmodel import delete
-
-    target.mkdir(parents=True)
-    shutil.copy(source / "safesail.db", target / "safesail.db")
-    ws = Workspace(WorkspaceConfig(target))
-    with Session(ws.engine) as session:
-        for table in (LlmCall, Score, Explanation):
-            session.exec(delete(table))
-        session.commit()
-    return ws
 
 
 def tokens(ws: Workspace) -> int:
@@ -93,12 +81,7 @@ def main() -> None:
     ref = open_reference(source, args.reference or default_file(source))
     source.engine.dispose()
     sae = ref.sae_id
-    rng = np.random.default_rng(0)
-    dev = sorted(r.feature for r in ref.half("dev"))
-    test = sorted(r.feature for r in ref.half("test"))
-    gold = [int(f) for f in rng.permutation(dev)[: args.gold]]
-    unlabeled = [int(f) for f in rng.permutation(test)[: args.unlabeled]]
-    given = {f: (list(ref.labels[f].labels), ref.labels[f].reason) for f in gold}
+    gold, unlabeled, given = draw(ref, args.gold, args.unlabeled)
     scorers = ("detection", "embedding")  # the LLM scorer that costs least; same for both
     llm = LlmConfig(base_url=args.base_url, concurrency=2)
     results = {}
