@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from safesail.cli_commands import (
@@ -104,7 +107,21 @@ def _print_ranking(ws: Workspace) -> None:
             print(f"    best AUROC / probe F1 / I_CDF: {detail} ...")
 
 
-def _print_candidates(ws: Workspace, per_concept: int = 1, contexts: int = 3) -> None:
+def _print_landscape(ws: workspace.Workspace) -> None:
+    """Safety candidates per concept (columns) and layer (rows) of the selected configuration."""
+    land = ws.status()["landscape"]
+    concepts = sorted({c for counts in land.values() for c in counts})
+    short = {c: c[:8] for c in concepts}
+    print("\nlandscape: safety candidates per layer and concept")
+    print(f"{'layer':>6}" + "".join(f"{short[c]:>9}" for c in concepts) + f"{'all':>6}")
+    for layer, counts in land.items():
+        cells = "".join(f"{counts.get(c, 0):>9}" for c in concepts)
+        print(f"{layer:>6}{cells}{sum(counts.values()):>6}")
+
+
+def _print_candidates(
+    ws: Workspace, sae_id: str | None = None, per_concept: int = 1, contexts: int = 3
+) -> None:
     from sqlmodel import Session, select
 
     from safesail.examples import feature_examples
@@ -113,7 +130,7 @@ def _print_candidates(ws: Workspace, per_concept: int = 1, contexts: int = 3) ->
     with Session(ws.engine) as session:
         rows = session.exec(
             select(Feature)
-            .where(Feature.sae_id == ws.selected_sae, Feature.candidate)
+            .where(Feature.sae_id == (sae_id or ws.selected_sae), Feature.candidate)
             .order_by(Feature.safety_score.desc())
         ).all()
         shown: dict[str, int] = {}
@@ -162,9 +179,13 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(ws.corpus_counts(), indent=2))
     elif cmd == "sae":
         if args.action == "train":
-            trained = ws.train_saes(
-                _specs(args.spec), config_from_args(TrainConfig, args, TRAIN_FLAGS)
-            )
+            train = config_from_args(TrainConfig, args, TRAIN_FLAGS)
+            if args.at_layers is not None:
+                if args.spec:
+                    raise SafesailError("give --spec or --at-layers, not both")
+                trained = ws.train_configuration(args.at_layers, train)
+            else:
+                trained = ws.train_saes(_specs(args.spec), train)
             print(f"trained {len(trained)} SAE(s): {', '.join(trained) or 'all already trained'}")
         elif args.action == "add":
             if args.release:
@@ -187,14 +208,27 @@ def run(args: argparse.Namespace) -> int:
             done = ws.collect(config, sae_ids=args.sae, progress=progress)
         print(f"collected {len(done)} SAE(s): {', '.join(done) or 'all already collected'}")
     elif cmd == "select":
+        among = None if args.layer is None else [r.id for r in ws.saes() if r.layer == args.layer]
+        if among == []:
+            raise SafesailError(f"no SAE on layer {args.layer}")
         ws.select(
-            override=args.sae, config=config_from_args(SelectionConfig, args, SELECTION_FLAGS)
+            override=args.sae,
+            config=config_from_args(SelectionConfig, args, SELECTION_FLAGS),
+            among=among,
         )
         _print_ranking(ws)
     elif cmd == "triage":
-        counts = ws.triage(config_from_args(TriageConfig, args, TRIAGE_FLAGS))
-        print(f"{sum(counts.values())} safety candidates in {ws.selected_sae}: {counts}")
-        _print_candidates(ws)
+        config = config_from_args(TriageConfig, args, TRIAGE_FLAGS)
+        if args.all_layers:
+            ids = [r.id for r in ws.configuration_saes()]
+        else:
+            ids = args.sae or [require_selected_sae(ws.engine)]
+        for sae_id in ids:
+            counts = ws.triage(config, sae_id=sae_id)
+            print(f"{sum(counts.values())} safety candidates in {sae_id}: {counts}")
+            _print_candidates(ws, sae_id)
+        if len(ids) > 1:
+            _print_landscape(ws)
     elif cmd == "reference":
         if args.action == "dump":
             from safesail.reference import dump
@@ -242,31 +276,80 @@ def causal(ws: workspace.Workspace, args: argparse.Namespace, progress: bool) ->
     return 0
 
 
-def demo(ws: workspace.Workspace, args: argparse.Namespace, progress: bool) -> int:
-    """The main job on the embedded default: corpus, SAEs, collection, selection, triage, then
-    each room's step (labeling, explaining, exports, app) in plugin order."""
-    print(f"safesail demo: workspace {ws.config.workspace.resolve()}")
-    if args.corpus:
-        from safesail.corpus_files import load_corpus_file
+class StepTimes:
+    """Wall time of each demo step, printed at the end: the demo has a time budget, and a
+    person deciding what to shrink needs to see where it goes."""
 
-        ws.add_corpus(load_corpus_file(args.corpus, ws.taxonomy))
-    elif not ws.corpus_counts():
-        ws.build_default_corpus(max_benign=args.max_benign, progress=progress)
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, float]] = []
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.steps.append((name, time.perf_counter() - start))
+
+    def report(self) -> str:
+        total = sum(seconds for _, seconds in self.steps)
+        lines = [f"  {name:<34}{seconds:>8.1f} s" for name, seconds in self.steps]
+        return "\n".join(["time per step:", *lines, f"  {'total':<34}{total:>8.1f} s"])
+
+
+def demo(ws: workspace.Workspace, args: argparse.Namespace, progress: bool) -> int:
+    """The main job on the embedded default, as Safe-SAIL runs it: corpus; the configuration
+    search (candidates trained on one layer, collected, the best chosen by the pre-explanation
+    metric); that configuration trained and collected at every layer of ``--layers`` and each
+    triaged (the landscape across depth); then each room's step (labeling, explaining, causal
+    checks, exports, app) in plugin order on the selected SAE."""
+    print(f"safesail demo: workspace {ws.config.workspace.resolve()}")
+    times = StepTimes()
+    with times.step("corpus"):
+        if args.corpus:
+            from safesail.corpus_files import load_corpus_file
+
+            ws.add_corpus(load_corpus_file(args.corpus, ws.taxonomy))
+        elif not ws.corpus_counts():
+            ws.build_default_corpus(max_benign=args.max_benign, progress=progress)
     print(f"corpus: {ws.corpus_counts()}")
-    ws.train_saes(_specs(args.spec), config_from_args(TrainConfig, args, DEMO_TRAIN_FLAGS))
-    ws.collect(progress=progress)
-    ws.select()
-    counts = ws.triage()
-    print("\nSAE ranking (concept-specific interpretability; * = selected):")
+    specs = _specs(args.spec)
+    search = [s.sae_id for s in specs]
+    train = config_from_args(TrainConfig, args, DEMO_TRAIN_FLAGS)
+    with times.step("search: train candidates"):
+        ws.train_saes(specs, train, prefetch_layers=args.layers)
+    with times.step("search: collect"):
+        ws.collect(sae_ids=search, progress=progress)
+    with times.step("search: select"):
+        ws.select(among=search)
+    with times.step("layers: train chosen configuration"):
+        ws.train_configuration(args.layers, train)
+    with times.step("layers: collect"):
+        ws.collect(progress=progress)
+    with times.step("layers: score"):
+        ws.select(among=search)  # the layers' SAEs scored and measured; the choice stands
+    with times.step("triage (every layer)"):
+        layers = ws.configuration_saes()
+        found = {record.id: ws.triage(sae_id=record.id) for record in layers}
+    print("\nSAE ranking (Safe-SAIL's pre-explanation index chooses; * = selected):")
     _print_ranking(ws)
-    print(f"\n{sum(counts.values())} safety candidates in {ws.selected_sae}: {counts}")
+    _print_landscape(ws)
+    selected = ws.selected_sae
+    counts = found[selected]
+    print(f"\n{sum(counts.values())} safety candidates in {selected}: {counts}")
     print("top candidate per concept, with its top contexts ([[peak token]]):")
     _print_candidates(ws)
+    for record in layers:
+        if record.id != selected:
+            print(f"\ntop candidates of {record.id} (layer {record.layer}):")
+            _print_candidates(ws, record.id, contexts=2)
     for plugin in args.plugins:
         if not plugin.demo:
             continue
         try:
-            if code := plugin.demo(ws, args, progress):
+            with times.step(plugin.name):
+                code = plugin.demo(ws, args, progress)
+            if code:
                 return code
         except SafesailError as exc:
             again = f"`{plugin.resume(args)}` reruns only this step; " if plugin.resume else ""
@@ -274,6 +357,7 @@ def demo(ws: workspace.Workspace, args: argparse.Namespace, progress: bool) -> i
                 f"demo step '{plugin.name}' failed: {exc}. Earlier steps are kept: {again}"
                 "rerunning the demo skips the finished ones"
             ) from None
+    print(f"\n{times.report()}")
     print(
         f"\nworkspace: {ws.config.workspace.resolve()}   (safesail status --json --workspace {ws.config.workspace})"
     )

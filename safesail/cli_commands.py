@@ -16,10 +16,24 @@ from pathlib import Path
 from safesail.causal.config import CausalConfig
 from safesail.causal.plugin import PLUGIN as CAUSAL_PLUGIN
 from safesail.cliconfig import add_config_flags
-from safesail.config import CollectConfig, TrainConfig, WorkspaceConfig
+from safesail.config import PROTOCOL_LAYERS, CollectConfig, TrainConfig, WorkspaceConfig
 from safesail.plugins import Plugin, load_plugins
 from safesail.ray_collect import RayConfig
 from safesail.selection_config import SelectionConfig, TriageConfig
+
+
+def layer_list(text: str) -> list[int]:
+    """Read '2,8,15' (a flag's value) into layers; a bad value is argparse's one-line error."""
+    try:
+        layers = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a comma-separated list of layers"
+        ) from None
+    if any(layer < 0 for layer in layers):
+        raise argparse.ArgumentTypeError(f"layers must be >= 0, got {text}")
+    return layers
+
 
 DESCRIPTION = "`safesail`: one command, a subcommand per pipeline step, one-line errors."
 
@@ -35,7 +49,7 @@ COLLECT_FLAGS = ("top_k", "per_decile")
 RAY_FLAGS = ("address", "workers", "cpus")
 """RayConfig fields of `safesail collect` (`--ray auto|ADDRESS` shards it over Ray)."""
 RAY_FLAG_NAMES = {"address": "--ray", "workers": "--ray-workers", "cpus": "--ray-cpus"}
-SELECTION_FLAGS = ("contrast", "threshold_auroc", "probe_features", "min_texts")
+SELECTION_FLAGS = ("contrast", "threshold_auroc", "probe_features", "min_texts", "rank_by")
 """SelectionConfig fields of `safesail select`."""
 TRIAGE_FLAGS = (
     "min_precision",
@@ -110,6 +124,12 @@ def _sae(sub, common: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--spec", action="append", help="LAYER:WIDTH:K, repeatable (default: the demo candidates)"
     )
+    train.add_argument(
+        "--at-layers",
+        type=layer_list,
+        metavar="L,L,...",
+        help="instead: the selected SAE's width and k at these layers (Safe-SAIL's protocol)",
+    )
     add_config_flags(train, TrainConfig, TRAIN_FLAGS)
     add = sae.add_parser(
         "add", parents=[common], help="add an SAE in sae-lens format or a pretrained release"
@@ -134,10 +154,20 @@ def _steps(sub, common: argparse.ArgumentParser) -> None:
         "select", parents=[common], help="rank SAEs by concept-specific interpretability"
     )
     select_.add_argument("--sae", help="select this SAE instead of the best-scoring one")
+    select_.add_argument(
+        "--layer", type=int, help="choose among the SAEs on this layer (all are scored)"
+    )
     add_config_flags(select_, SelectionConfig, SELECTION_FLAGS)
 
     triage = sub.add_parser(
         "triage", parents=[common], help="mark safety-relevant features of the selected SAE"
+    )
+    which = triage.add_mutually_exclusive_group()
+    which.add_argument("--sae", action="append", help="triage these SAEs (repeatable)")
+    which.add_argument(
+        "--all-layers",
+        action="store_true",
+        help="triage the selected configuration at every layer it is collected at",
     )
     add_config_flags(triage, TriageConfig, TRIAGE_FLAGS)
 
@@ -204,7 +234,16 @@ def _demo(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--corpus", type=Path, help="use this corpus file instead of the packaged default"
     )
     demo.add_argument(
-        "--spec", action="append", help="LAYER:WIDTH:K candidates (default: the demo set)"
+        "--spec",
+        action="append",
+        help="LAYER:WIDTH:K configuration-search candidates (default: the demo set, on one layer)",
+    )
+    demo.add_argument(
+        "--layers",
+        type=layer_list,
+        default=list(PROTOCOL_LAYERS),
+        metavar="L,L,...",
+        help=f"layers the chosen configuration is trained at (default: {','.join(map(str, PROTOCOL_LAYERS))})",
     )
     add_config_flags(demo, TrainConfig, DEMO_TRAIN_FLAGS)
     return demo

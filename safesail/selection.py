@@ -20,8 +20,8 @@ from safesail.errors import SafesailError
 from safesail.selection_config import Contrast, TriageConfig, require_contrast, require_fraction
 from safesail.selection_metrics import (
     BENIGN,
+    SortedColumns,
     as_sparse,
-    auroc_per_feature,
     concept_mask,
     concept_names,
     fire_matrix,
@@ -101,6 +101,7 @@ def feature_selectivity(
     if not masks:
         raise SafesailError(f"none of the safety concepts {names} labels any text")
     d = Xr.shape[1]
+    ranked = SortedColumns(Xr)
     auroc = np.empty((len(masks), d))
     frac_pos = np.empty((len(masks), d))
     frac_neg = np.empty((len(masks), d))
@@ -108,8 +109,7 @@ def feature_selectivity(
         neg = negatives(pos, benign, contrast)
         if not neg.any():
             raise SafesailError(f"no texts to contrast {names[i]!r} with ({contrast})")
-        rows = np.flatnonzero(pos | neg)
-        auroc[i] = auroc_per_feature(Xr[rows], pos[rows])
+        auroc[i] = ranked.auroc(pos, pos | neg)
         frac_pos[i] = (pos @ fires) / pos.sum()
         frac_neg[i] = (neg @ fires) / neg.sum()
     n_pos = np.array([m.sum() for m in masks.values()])

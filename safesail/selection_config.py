@@ -27,6 +27,7 @@ def require_contrast(contrast: object) -> None:
 
 
 Contrast = Literal["rest", "benign"]
+RankBy = Literal["pre_explanation", "score"]
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,14 @@ class SelectionConfig:
     benign and other concepts alike) or benign texts only ("benign")."""
     seed: int = 0
     """Seed of the fold shuffling, so scores are reproducible."""
+    rank_by: RankBy = "pre_explanation"
+    """What chooses the SAE: Safe-SAIL's pre-explanation index on contrastive pairs (mean
+    I_CDF, as the paper chooses its configuration before explaining anything) or safesail's
+    earlier composite score (specificity + probe F1)."""
 
     def __post_init__(self) -> None:
+        if self.rank_by not in ("pre_explanation", "score"):
+            raise ValueError(f"rank_by must be pre_explanation or score, got {self.rank_by!r}")
         if isinstance(self.threshold_auroc, bool) or not isinstance(
             self.threshold_auroc, int | float
         ):

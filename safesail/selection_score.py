@@ -28,11 +28,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from safesail.errors import SafesailError
-from safesail.selection_config import SelectionConfig
+from safesail.selection_config import RankBy, SelectionConfig
 from safesail.selection_metrics import (
     BENIGN,
+    SortedColumns,
     as_sparse,
-    auroc_per_feature,
     concept_mask,
     concept_names,
     feature_specificity,
@@ -80,23 +80,39 @@ class SaeScore(NamedTuple):
     """Concept -> why it was not scored (too few texts)."""
 
 
+def stored_score(selection: dict[str, Any]) -> SaeScore:
+    """The SaeScore an earlier ``select`` stored (``SaeRecord.selection``), read back."""
+    concepts = [ConceptScore(**c) for c in selection["concepts"].values()]
+    return SaeScore(score=selection["score"], concepts=concepts, skipped=selection["skipped"])
+
+
 def _top_features(auroc: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` highest AUROCs; ties go to the lower index, for determinism."""
     return np.argsort(-auroc, kind="stable")[:k]
 
 
-def _probe_f1(X: sp.csr_array, y: np.ndarray, config: SelectionConfig) -> float:
-    """Cross-validated F1 of a logistic probe on the top features chosen per TRAIN fold.
+def _probe_f1(
+    X: sp.csr_array,
+    ranked: SortedColumns,
+    pos: np.ndarray,
+    rows: np.ndarray,
+    config: SelectionConfig,
+) -> float:
+    """Cross-validated F1 of a logistic probe on the top features chosen per TRAIN fold, over
+    the given rows of ``X`` (``ranked`` is ``X`` sorted once; ``pos`` labels every row).
 
     Choosing the features on all rows would let the test fold pick them, and among
     thousands of noise features some always separate a small sample by chance.
     """
+    X_sub, y = X[rows], pos[rows]
     k = min(config.probe_features, X.shape[1])
     folds = StratifiedKFold(n_splits=config.probe_folds, shuffle=True, random_state=config.seed)
     f1s = []
     for train, test in folds.split(np.zeros(len(y)), y):
-        top = _top_features(auroc_per_feature(X[train], y[train]), k)
-        X_top = X[:, top].toarray()
+        member = np.zeros(X.shape[0], dtype=bool)
+        member[rows[train]] = True
+        top = _top_features(ranked.auroc(pos, member), k)
+        X_top = X_sub[:, top].toarray()
         # Balanced weights: concepts are often much rarer than benign texts.
         probe = make_pipeline(
             StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=1000)
@@ -108,6 +124,7 @@ def _probe_f1(X: sp.csr_array, y: np.ndarray, config: SelectionConfig) -> float:
 
 def _score_concept(
     X: sp.csr_array,
+    ranked: SortedColumns,
     fires: sp.csr_array,
     pos: np.ndarray,
     neg: np.ndarray,
@@ -115,8 +132,7 @@ def _score_concept(
     config: SelectionConfig,
 ) -> ConceptScore:
     rows = np.flatnonzero(pos | neg)
-    X_sub, y = X[rows], pos[rows]
-    auroc = auroc_per_feature(X_sub, y)
+    auroc = ranked.auroc(pos, pos | neg)
     best = int(np.argmax(auroc))
     specificity = feature_specificity(auroc, (pos @ fires) / pos.sum(), (neg @ fires) / neg.sum())
     specific = int(np.argmax(specificity))
@@ -129,7 +145,7 @@ def _score_concept(
         best_specificity=float(specificity[specific]),
         specific_feature=specific,
         n_separating=int((auroc >= config.threshold_auroc).sum()),
-        probe_f1=_probe_f1(X_sub, y, config),
+        probe_f1=_probe_f1(X, ranked, pos, rows, config),
     )
 
 
@@ -180,6 +196,7 @@ def score_sae(
     names = concept_names(safety_concepts)
     benign = concept_mask(labels, BENIGN)
     fires = fire_matrix(Xr, config.fire_fraction)
+    ranked = SortedColumns(Xr)
     scored: list[ConceptScore] = []
     skipped: dict[str, str] = {}
     counts: dict[str, str] = {}
@@ -194,7 +211,7 @@ def score_sae(
                 f"need at least {config.min_texts} of each"
             )
             continue
-        scored.append(_score_concept(Xr, fires, pos, neg, name, config))
+        scored.append(_score_concept(Xr, ranked, fires, pos, neg, name, config))
     if not scored:
         got = ", ".join(f"{name}={n}" for name, n in counts.items())
         raise SafesailError(
@@ -212,20 +229,42 @@ def rank_saes(scores: dict[str, SaeScore]) -> list[tuple[str, SaeScore]]:
     return sorted(scores.items(), key=lambda item: (-item[1].score, item[0]))
 
 
+def choose_sae(
+    scores: dict[str, SaeScore],
+    pre: dict[str, dict[str, Any]],
+    rank_by: RankBy,
+    eligible: Sequence[str],
+) -> str:
+    """The best of the eligible SAEs by Safe-SAIL's pre-explanation index (mean I_CDF) or by
+    today's score; ties, and an SAE whose index could not be measured, fall back on the score,
+    then the id, so the choice is reproducible."""
+
+    def key(sae_id: str) -> tuple[float, float, str]:
+        index = pre[sae_id].get("index")
+        primary = scores[sae_id].score if rank_by == "score" else index
+        return (-(primary if primary is not None else -np.inf), -scores[sae_id].score, sae_id)
+
+    return min(eligible, key=key)
+
+
 def ranking_rows(records: Sequence[Any]) -> list[dict[str, Any]]:
     """One row per SAE for the ranked table (`safesail select`, the app): today's score and
     its rank, Safe-SAIL's pre-explanation index (mean I_CDF, ``safesail.contrastive``) with
-    its own rank and L0_t, and SAEBench's core metrics (``safesail.core_metrics``); best
-    score first. A figure not measured yet is None."""
+    its own rank and L0_t, SAEBench's core metrics (``safesail.core_metrics``) and the
+    candidates triage found (None: not triaged); ordered by the ranking that chose the
+    selected SAE (``SelectionConfig.rank_by``). A figure not measured yet is None."""
 
     def rank_by(key: str) -> dict[str, int]:
         scored = sorted((r for r in rows if r[key] is not None), key=lambda r: (-r[key], r["id"]))
         return {r["id"]: i + 1 for i, r in enumerate(scored)}
 
-    rows = []
+    rows, ranked_by = [], "score"
     for r in records:
-        pre = (r.selection or {}).get("pre_explanation") or {}
+        selection = r.selection or {}
+        pre = selection.get("pre_explanation") or {}
         core = r.core or {}
+        if r.selected and selection.get("rank_by") == "pre_explanation":
+            ranked_by = "pre_index"
         rows.append(
             {
                 "id": r.id,
@@ -237,12 +276,14 @@ def ranking_rows(records: Sequence[Any]) -> list[dict[str, Any]]:
                 "pre_index": pre.get("index"),
                 "l0_t": pre.get("l0_t"),
                 **{m: core.get(m) for m in _CORE_COLUMNS},
+                "candidates": sum(r.triage.values()) if r.triage is not None else None,
             }
         )
     score_rank, pre_rank = rank_by("score"), rank_by("pre_index")
     for row in rows:
         row["rank"], row["pre_rank"] = score_rank.get(row["id"]), pre_rank.get(row["id"])
-    return sorted(rows, key=lambda r: (r["rank"] or len(rows) + 1, r["id"]))
+    order = "pre_rank" if ranked_by == "pre_index" else "rank"
+    return sorted(rows, key=lambda r: (r[order] or len(rows) + 1, r["id"]))
 
 
 _CORE_COLUMNS = ("l0", "fve", "mse", "ce_loss_score", "dead_fraction", "dense_fraction")

@@ -4,7 +4,9 @@ Its keys are a contract: the app, the tests and people's scripts poll it. `featu
 `features_with_examples`, `safety_candidates`, `saes`, `selected_sae`, `labels` and `coverage`
 stay; keys may be added, never removed. Each of `saes` carries `core` (SAEBench core metrics,
 safesail.core_metrics) and `pre_explanation` (Safe-SAIL's metric, safesail.contrastive), null
-until `select` has measured them. The rooms report their own progress through the typed
+until `select` has measured them, and `triage` (candidates per concept, null until triaged).
+`landscape` maps each layer of the selected configuration (`Workspace.configuration_saes`)
+that triage has run on to its candidates per concept: Safe-SAIL's view across depth. The rooms report their own progress through the typed
 records of `safesail.contracts.ROOM_RECORDS`, each under its KEY (null until the room ran), so
 status needs to know nothing of a room but its record.
 """
@@ -98,9 +100,13 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
                 "selection_score": r.selection_score,
                 "core": r.core,
                 "pre_explanation": _pre_explanation(r.selection),
+                "triage": r.triage,
             }
             for r in ws.saes()
         ],
+        "landscape": {
+            str(r.layer): r.triage for r in ws.configuration_saes() if r.triage is not None
+        },
         "selected_sae": sae_id,
         "labels": {
             "human": sum(1 for _, s in accepted if s == "human"),

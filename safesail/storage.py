@@ -79,6 +79,9 @@ class SaeRecord(SQLModel, table=True):
     core: dict | None = Field(default=None, sa_column=Column(JSON))
     """SAEBench core metrics (safesail.core_metrics): a property of the weights, kept across
     reruns of selection, unlike ``selection``."""
+    triage: dict | None = Field(default=None, sa_column=Column(JSON))
+    """Safety candidates per concept from the SAE's last triage (None: never triaged); what
+    the landscape across layers reads."""
     created_at: datetime = Field(default_factory=_now)
     model: str | None = None
     """The language model the SAE reads (None: the workspace's own model)."""

@@ -7,8 +7,11 @@ steps can be rerun (idempotent) and interrupted (resumable) independently.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -63,6 +66,8 @@ class Workspace:
             model_name = model_name or lm.name
         config.workspace.mkdir(parents=True, exist_ok=True)
         self.engine = open_db(config.resolved_db_url)
+        self._residuals: tuple[tuple, dict[int, Any]] | None = None
+        """Training residuals kept by ``train_saes(prefetch_layers=...)``: (sample, by layer)."""
         with Session(self.engine) as session:
             stored = get_meta(session, "model")
         if model_name and stored and model_name != stored:
@@ -140,34 +145,46 @@ class Workspace:
         config: TrainConfig | None = None,
         *,
         max_tokens: int = CollectConfig.max_tokens,
+        prefetch_layers: Sequence[int] = (),
     ) -> list[str]:
-        """Train the candidates that are not trained yet (an interrupted run resumes per SAE)."""
+        """Train the candidates that are not trained yet (an interrupted run resumes per SAE).
+
+        ``prefetch_layers``: layers whose training residuals the same forward pass gathers and
+        keeps for a later call with the same config (the protocol trains the chosen
+        configuration at those layers next: one pass over the sample instead of two)."""
         from safesail.collect import prepare_contexts
         from safesail.saes import gather_residuals, register_sae, train_sae
 
         config = config or TrainConfig()
-        for spec in specs:
-            self.lm.check_layer(spec.layer)
+        for layer in {s.layer for s in specs} | set(prefetch_layers):
+            self.lm.check_layer(layer)
         with Session(self.engine) as session:
             have = {r.id for r in session.exec(select(SaeRecord))}
         todo = [s for s in specs if s.sae_id not in have]
         if not todo:
             return []
         untrained = [s for s in todo if not (self.config.sae_dir / s.sae_id / "cfg.json").exists()]
-        residuals = {}
-        if untrained:  # a rerun after a crash between training and registering skips the forward
+        needed = {s.layer for s in untrained}
+        sample = (config.max_tokens, config.seed, max_tokens)
+        kept = self._residuals if self._residuals and self._residuals[0] == sample else None
+        if needed and not (kept and needed <= kept[1].keys()):
+            # a rerun after a crash between training and registering skips the forward
             prepare_contexts(self.engine, self.lm, max_tokens)
             with Session(self.engine) as session:
                 contexts = [
                     c.token_ids for c in session.exec(select(Context).order_by(Context.text_id))
                 ]
-            sample = _sample_tokens(contexts, config.max_tokens, config.seed)
-            residuals = gather_residuals(self.lm, sample, sorted({s.layer for s in untrained}), 32)
+            layers = sorted(needed | set(prefetch_layers))
+            residuals = gather_residuals(
+                self.lm, _sample_tokens(contexts, config.max_tokens, config.seed), layers, 32
+            )
+            self._residuals = (sample, residuals) if prefetch_layers else None
+            kept = (sample, residuals)
         for spec in todo:
             path = self.config.sae_dir / spec.sae_id
             if spec in untrained:
                 path = train_sae(
-                    residuals[spec.layer], spec, config, self.model_name, self.config.sae_dir
+                    kept[1][spec.layer], spec, config, self.model_name, self.config.sae_dir
                 )
             with session_scope(self.engine) as session:
                 register_sae(session, self.lm, path, source="trained", sae_id=spec.sae_id)
@@ -224,14 +241,21 @@ class Workspace:
         return collect(self.engine, self.lm, load, config, sae_ids=sae_ids, progress=progress)
 
     def select(
-        self, *, override: str | None = None, config: SelectionConfig | None = None
+        self,
+        *,
+        override: str | None = None,
+        config: SelectionConfig | None = None,
+        among: Sequence[str] | None = None,
     ) -> list[SaeRecord]:
-        """Score every collected SAE for concept-specific interpretability; select the best."""
+        """Score every collected SAE for concept-specific interpretability and select the best
+        by ``config.rank_by``; with ``among``, the best of those (the configuration search of
+        Safe-SAIL's protocol: the chosen configuration's SAEs at other layers are scored, never
+        chosen)."""
         from safesail.activations import text_max_matrix
         from safesail.contrastive import stored_pre_explanation
         from safesail.core_metrics import ensure_core
         from safesail.saes import load_sae
-        from safesail.selection_score import rank_saes, score_sae
+        from safesail.selection_score import choose_sae, rank_saes, score_sae, stored_score
 
         records = [r for r in self.saes() if r.collected]
         if not records:
@@ -240,29 +264,45 @@ class Workspace:
             raise SafesailError(
                 f"cannot select '{override}': not a collected SAE ({', '.join(r.id for r in records)})"
             )
+        eligible = [r.id for r in records if among is None or r.id in among]
+        if not eligible:
+            raise SafesailError(f"none of {', '.join(among or ())} is a collected SAE")
+        config = config or SelectionConfig()
         concepts = self._concepts_by_text()
+        # an SAE's scores depend on its weights (fixed), the corpus' labels and the config:
+        # with the same two, a rerun reads them back (the protocol scores the search twice)
+        fingerprint = hashlib.sha256(
+            json.dumps([asdict(config), sorted(concepts.items())], default=sorted).encode()
+        ).hexdigest()[:16]
         scores, pre, pairs = {}, {}, None
         for record in records:
+            if (record.selection or {}).get("fingerprint") == fingerprint:
+                scores[record.id] = stored_score(record.selection)
+                pre[record.id] = record.selection["pre_explanation"]
+                continue
             text_ids, matrix = text_max_matrix(self.engine, record.id)
             scores[record.id] = score_sae(
                 matrix,
                 [concepts[t] for t in text_ids],
                 self.taxonomy.safety_concepts(),
-                config or SelectionConfig(),
+                config,
             )
             pre[record.id], pairs = stored_pre_explanation(
                 self.engine, text_ids, matrix, self.taxonomy.safety_concepts(), pairs
             )
         ranking = rank_saes(scores)
-        chosen = override or ranking[0][0]
+        chosen = override or choose_sae(scores, pre, config.rank_by, eligible)
         with session_scope(self.engine) as session:
             for sae_id, score in ranking:
                 record = session.get(SaeRecord, sae_id)
                 record.selection_score = float(score.score)
                 record.selection = {
+                    "score": float(score.score),
+                    "fingerprint": fingerprint,
                     "concepts": {c.concept: c._asdict() for c in score.concepts},
                     "skipped": score.skipped,
                     "pre_explanation": pre[sae_id],
+                    "rank_by": "override" if override else config.rank_by,
                 }
                 record.selected = sae_id == chosen
                 session.add(record)
@@ -275,8 +315,11 @@ class Workspace:
         with Session(self.engine) as session:
             return selected_sae(session)
 
-    def triage(self, config: TriageConfig | None = None) -> dict[str, int]:
-        """Score every feature of the selected SAE per concept and mark the safety candidates.
+    def triage(
+        self, config: TriageConfig | None = None, *, sae_id: str | None = None
+    ) -> dict[str, int]:
+        """Score every feature of an SAE (default: the selected one) per concept and mark the
+        safety candidates; returns, and stores on the SAE's record, the candidates per concept.
 
         Text-level triage first (where the feature fires: enough of its texts carry the
         concept), then, per text-level candidate, what it fires on (its firing rate and the
@@ -303,7 +346,11 @@ class Workspace:
             token_rejection,
         )
 
-        sae_id = require_selected_sae(self.engine)
+        sae_id = sae_id or require_selected_sae(self.engine)
+        with Session(self.engine) as session:
+            record = session.get(SaeRecord, sae_id)
+            if record is None or not record.collected:
+                raise SafesailError(f"cannot triage '{sae_id}': not a collected SAE")
         config = config or TriageConfig()
         text_ids, matrix = text_max_matrix(self.engine, sae_id)
         concepts = self._concepts_by_text()
@@ -387,8 +434,52 @@ class Workspace:
                 )
             if verdicts:  # one bulk UPDATE by primary key
                 session.execute(update(Feature), verdicts)
-        kept = [c for f, c in text_level.items() if f not in reasons]
-        return dict(Counter(c.concept for c in kept).most_common())
+            kept = [c for f, c in text_level.items() if f not in reasons]
+            found = dict(Counter(c.concept for c in kept).most_common())
+            record = session.get(SaeRecord, sae_id)
+            record.triage = found
+            session.add(record)
+        return found
+
+    def configuration_saes(self) -> list[SaeRecord]:
+        """The selected SAE's configuration (architecture, width, k, site) at every layer it
+        is collected at, shallowest first, one SAE per layer (the selected one on its own):
+        what the protocol triages and the landscape shows."""
+        from safesail.saes import site_of
+
+        saes = self.saes()
+        chosen = next((r for r in saes if r.selected), None)
+        if chosen is None:
+            return []
+
+        def configuration(r: SaeRecord) -> tuple[str, int, int | None, str]:
+            return (r.architecture, r.d_sae, r.k, site_of(r).kind)
+
+        same = {
+            r.layer: r
+            for r in saes
+            if r.collected and r.layer != chosen.layer and configuration(r) == configuration(chosen)
+        }
+        same[chosen.layer] = chosen
+        return [same[layer] for layer in sorted(same)]
+
+    def train_configuration(
+        self, layers: Sequence[int], config: TrainConfig | None = None
+    ) -> list[str]:
+        """Train the selected SAE's configuration at each of ``layers`` that lacks it
+        (Safe-SAIL's protocol: one configuration, searched on one layer, applied to all)."""
+        chosen = next((r for r in self.saes() if r.selected), None)
+        if chosen is None:
+            raise SafesailError("no SAE selected: run `safesail select` first")
+        if chosen.k is None or chosen.architecture != "topk":
+            raise SafesailError(
+                f"the selected SAE {chosen.id} is a {chosen.architecture} SAE; only TopK "
+                "configurations are trained here (add SAEs for other layers with `safesail sae add`)"
+            )
+        specs = [
+            SaeSpec(layer, chosen.d_sae, chosen.k) for layer in layers if layer != chosen.layer
+        ]
+        return self.train_saes(specs, config)
 
     def _concepts_by_text(self) -> dict[int, list[str]]:
         with Session(self.engine) as session:

@@ -160,7 +160,9 @@ def test_flags_reach_the_configs(tmp_path, monkeypatch, capsys):
 
     seen: dict[str, object] = {}
     monkeypatch.setattr(
-        Workspace, "select", lambda self, override, config: seen.update(select=config)
+        Workspace,
+        "select",
+        lambda self, override, config, among: seen.update(select=config, among=among),
     )
     monkeypatch.setattr(
         Workspace, "collect", lambda self, config, **kw: seen.update(collect=config) or []
@@ -173,6 +175,9 @@ def test_flags_reach_the_configs(tmp_path, monkeypatch, capsys):
     ws = ["--workspace", str(ws_dir), "--db-url", f"sqlite:///{tmp_path / 'x.db'}"]
     assert main(["select", "--contrast", "benign", "--threshold-auroc", "0.8", *ws]) == 0
     assert seen["select"] == SelectionConfig(contrast="benign", threshold_auroc=0.8)
+    assert seen["among"] is None
+    assert main(["select", "--rank-by", "score", *ws]) == 0
+    assert seen["select"] == SelectionConfig(rank_by="score")
     assert main(["collect", "--top-k", "3", *ws]) == 0
     assert seen["collect"] == CollectConfig(top_k=3)
     assert main(["sae", "train", "--epochs", "1.5", "--spec", "1:64:4", *ws]) == 0

@@ -16,6 +16,7 @@ from sqlmodel import Session, select
 from safesail.cli import main
 from safesail.errors import SafesailError
 from safesail.examples import feature_examples
+from safesail.selection_config import SelectionConfig
 from safesail.storage import CorpusText, Feature
 from tests.conftest import TINY_COLLECT, copy_workspace, make_workspace, tiny_records
 
@@ -104,6 +105,25 @@ def test_selection_picks_the_sae_with_planted_concept_features(lm, tmp_path):
     # Overriding the choice is honoured.
     ws.select(override="decoy")
     assert ws.selected_sae == "decoy"
+
+
+def test_select_reads_back_scores_of_unchanged_saes(triaged_ws, tmp_path, lm, monkeypatch):
+    """The protocol scores the search candidates twice; with the same corpus labels and config
+    the second `select` reads their scores back (the scorer is never called), and a changed
+    config scores again."""
+    import safesail.selection_score as selection_score
+
+    ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)
+    before = {r.id: (r.selection_score, r.selection) for r in ws.saes()}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("scored again")
+
+    monkeypatch.setattr(selection_score, "score_sae", refuse)
+    ws.select(config=SelectionConfig(rank_by="score"))
+    assert {r.id: (r.selection_score, r.selection) for r in ws.saes()} == before
+    with pytest.raises(AssertionError, match="scored again"):
+        ws.select(config=SelectionConfig(contrast="benign"))
 
 
 # -- bad input: one clear line, nothing written ----------------------------------------------
@@ -231,11 +251,13 @@ def test_demo_headless_end_to_end_and_rerun(tmp_path, capsys):
         str(corpus),
         "--epochs",
         "2",
+        "--layers",
+        "1,2",
     ]
     args += [f for spec in ("1:64:4", "2:64:4", "2:256:4") for f in ("--spec", spec)]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "SAE ranking" in out and "safety candidates" in out
+    assert "SAE ranking" in out and "safety candidates" in out and "time per step:" in out
 
     result = _cli("status", "--json", "--workspace", str(ws_dir))
     assert result.returncode == 0, result.stderr
@@ -250,11 +272,22 @@ def test_demo_headless_end_to_end_and_rerun(tmp_path, capsys):
         "coverage",
     ):
         assert key in status
-    assert len(status["saes"]) == 3
-    assert all(s["selection_score"] is not None for s in status["saes"])
-    best = max(status["saes"], key=lambda s: s["selection_score"])
+    saes = {s["id"]: s for s in status["saes"]}
+    assert all(s["selection_score"] is not None and s["core"] for s in saes.values())
+    # the configuration search: the best pre-explanation index of the three candidates ...
+    search = [saes[i] for i in ("L1-w64-k4", "L2-w64-k4", "L2-w256-k4")]
+    best = max(search, key=lambda s: (s["pre_explanation"]["index"], s["selection_score"]))
     assert status["selected_sae"] == best["id"]
     assert status["features"] == best["d_sae"]
+    # ... then its width and k at both layers, each triaged: the landscape across depth
+    config = [s for s in saes.values() if (s["d_sae"], s["k"]) == (best["d_sae"], best["k"])]
+    assert sorted(s["layer"] for s in config) == [1, 2]
+    assert all(s["triage"] is not None for s in config)
+    assert set(status["landscape"]) == {"1", "2"}
+    assert {layer: c for layer, c in status["landscape"].items()} == {
+        str(s["layer"]): s["triage"] for s in config
+    }
+    assert sum(status["landscape"][str(best["layer"])].values()) == status["safety_candidates"]
     assert 0 < status["features_with_examples"] <= status["features"]
     assert status["safety_candidates"] > 0
     assert set(status["candidates_per_concept"]) <= {"violence", "cybercrime"}

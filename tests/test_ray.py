@@ -14,6 +14,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import delete, func
 from sqlmodel import Session, select
@@ -21,6 +22,7 @@ from sqlmodel import Session, select
 from safesail.cli import main
 from safesail.collect import collect
 from safesail.errors import SafesailError
+from safesail.examples import examples_of
 from safesail.lm import load_model
 from safesail.ray_collect import RayConfig, RayRunner, _connect, collect_on_ray
 from safesail.saes import load_sae
@@ -60,6 +62,39 @@ def _features(ws) -> dict[tuple[str, int], dict]:
         return {(f.sae_id, f.index): f.model_dump() for f in session.exec(select(Feature))}
 
 
+def _close(a: object, b: object) -> bool:
+    """Equal, floats to float32 rounding (nested in dicts and lists too)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return b == pytest.approx(a, rel=1e-5, abs=1e-6)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def _assert_same_rows(got: dict, expected: dict) -> None:
+    """The same feature rows up to float32 rounding: a Ray worker's torch runs on one thread
+    and this process on two, and on some CPUs their float32 sums round apart in the last bits.
+    Counts, ids, the contexts kept and every decision stay exact."""
+    assert got.keys() == expected.keys()
+    for key, row in expected.items():
+        other = got[key]
+        for field, value in row.items():
+            if field == "examples":
+                # the top contexts exactly; the decile samples' sizes (a value on a decile's
+                # edge may fall into the next one when it rounds apart)
+                mine, theirs = examples_of(value), examples_of(other[field])
+                assert len(mine) == len(theirs)
+                top = {e.text_id: e.activations for e in mine if e.kind == 0}
+                other_top = {e.text_id: e.activations for e in theirs if e.kind == 0}
+                assert top.keys() == other_top.keys()  # equal peaks may swap places
+                for text_id, acts in top.items():
+                    np.testing.assert_allclose(acts, other_top[text_id], rtol=1e-5, atol=1e-6)
+            else:
+                assert _close(value, other[field]), (key, field, value, other[field])
+
+
 def _chunks(ws) -> tuple[int, int]:
     """(rows, distinct chunk indices) stored."""
     with Session(ws.engine) as session:
@@ -84,7 +119,7 @@ def test_two_workers_give_the_rows_of_one_process(trained_ws, tmp_path, lm, ray_
     assert _chunks(ws) == (_n_chunks(ws) * len(TINY_SPECS), _n_chunks(ws))
     expected = _features(trained_ws)
     assert len(expected) == sum(s.d_sae for s in TINY_SPECS)
-    assert _features(ws) == expected
+    _assert_same_rows(_features(ws), expected)
 
 
 def test_a_killed_worker_then_a_rerun_counts_no_chunk_twice(trained_ws, tmp_path, lm, ray_cluster):
@@ -118,7 +153,7 @@ def test_a_killed_worker_then_a_rerun_counts_no_chunk_twice(trained_ws, tmp_path
     assert sorted(done) == sorted(s.sae_id for s in TINY_SPECS)
     assert report.chunks == total - stored  # only the missing chunks were encoded
     assert _chunks(ws) == (total * len(TINY_SPECS), total)
-    assert _features(ws) == _features(trained_ws)
+    _assert_same_rows(_features(ws), _features(trained_ws))
 
 
 def test_bad_ray_requests_are_one_line_errors(trained_ws, tmp_path, lm, ray_cluster, capsys):
@@ -167,6 +202,6 @@ def test_cli_collect_on_ray_into_postgres_gives_the_rows_of_a_local_run(
     assert _chunks(shared)[1] == _n_chunks(shared) > 1
     expected = _features(local)
     assert len(expected) == sum(s.d_sae for s in TINY_SPECS)
-    assert _features(shared) == expected
+    _assert_same_rows(_features(shared), expected)
     assert main(["collect", "--workspace", path, "--ray", "auto", *flags]) == 0
     assert "all already collected" in capsys.readouterr().out

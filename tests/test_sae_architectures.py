@@ -127,6 +127,26 @@ def test_unsupported_architecture_is_one_line(lm, tmp_path):
     assert ws.saes() == []
 
 
+def test_training_the_selected_configuration_needs_a_selected_topk_sae(lm, tmp_path):
+    """Safe-SAIL's protocol trains the chosen configuration at other layers: with nothing
+    selected, or a selected SAE whose architecture is not trained here, a one-line error and
+    nothing new."""
+    from safesail.storage import session_scope
+    from tests.conftest import make_workspace
+
+    ws = make_workspace(tmp_path / "ws", lm)
+    ws.add_sae(_save("jumprelu", tmp_path / "j", d_in=lm.hidden_size), sae_id="j")
+    with pytest.raises(SafesailError, match="no SAE selected"):
+        ws.train_configuration([1])
+    with session_scope(ws.engine) as session:
+        record = session.get(SaeRecord, "j")
+        record.selected = True
+        session.add(record)
+    with pytest.raises(SafesailError, match="is a jumprelu SAE; only TopK"):
+        ws.train_configuration([1])
+    assert [r.id for r in ws.saes()] == ["j"]
+
+
 def test_demo_rows_identical_to_dense_encode(trained_ws, lm, tmp_path, monkeypatch):
     """The demo's collection gives the same feature rows as the dense sae.encode path that
     collection used before the bounded encode."""

@@ -15,7 +15,7 @@ from safesail.errors import SafesailError
 from safesail.selection import feature_selectivity, triage
 from safesail.selection_config import SelectionConfig, TriageConfig
 from safesail.selection_metrics import auroc_per_feature
-from safesail.selection_score import rank_saes, score_sae
+from safesail.selection_score import choose_sae, rank_saes, score_sae
 
 CONCEPTS = ["violence", "self_harm", "fraud"]
 
@@ -188,6 +188,22 @@ def test_rank_saes_breaks_ties_by_name() -> None:
     assert [name for name, _ in rank_saes({"z": s, "a": s, "m": s})] == ["a", "m", "z"]
 
 
+def test_choose_sae_by_pre_explanation_index_among_the_eligible() -> None:
+    """The protocol's choice: the pre-explanation index decides, not today's score; only the
+    search candidates are eligible; an unmeasured index falls back on the score."""
+    labels = _labels()
+    strong = score_sae(_planted(np.random.default_rng(4), labels)[0], labels, CONCEPTS)
+    weak = score_sae(_noise(np.random.default_rng(5), len(labels), 300, 0.05), labels, CONCEPTS)
+    assert strong.score > weak.score
+    pre = {"strong": {"index": 0.2}, "weak": {"index": 0.6}, "deep": {"index": 0.9}}
+    scores = {"strong": strong, "weak": weak, "deep": strong}
+    assert choose_sae(scores, pre, "pre_explanation", ["strong", "weak"]) == "weak"
+    assert choose_sae(scores, pre, "score", ["strong", "weak"]) == "strong"
+    assert choose_sae(scores, pre, "pre_explanation", ["strong", "weak", "deep"]) == "deep"
+    unmeasured = {"strong": {"index": None}, "weak": {"index": None}}
+    assert choose_sae(scores, unmeasured, "pre_explanation", ["weak", "strong"]) == "strong"
+
+
 def test_probe_does_not_leak_test_fold_into_feature_choice() -> None:
     """Pure noise: an honest probe is near chance, one that picks features on all rows is not.
 
@@ -333,6 +349,7 @@ def test_style_feature_is_specific_only_against_benign() -> None:
         {"min_texts": 3, "probe_folds": 5},
         {"seed": -1},
         {"seed": True},
+        {"rank_by": "auroc"},
     ],
 )
 def test_selection_config_rejects_bad_values(kwargs: dict[str, object]) -> None:

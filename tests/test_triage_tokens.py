@@ -412,9 +412,9 @@ def test_cli_triage_flags_reach_the_config(tmp_path, monkeypatch, capsys) -> Non
     from safesail.workspace import Workspace
 
     seen: list[TriageConfig] = []
-    monkeypatch.setattr(Workspace, "triage", lambda self, config: seen.append(config) or {})
-    monkeypatch.setattr(cli, "_print_candidates", lambda ws: None)
-    ws = ["--workspace", str(tmp_path / "ws"), "--quiet"]
+    monkeypatch.setattr(Workspace, "triage", lambda self, config, sae_id: seen.append(config) or {})
+    monkeypatch.setattr(cli, "_print_candidates", lambda ws, sae_id: None)
+    ws = ["--workspace", str(tmp_path / "ws"), "--quiet", "--sae", "S"]
     flags = ["--max-density", "5", "--max-non-content", "0.4", "--min-term-share", "0.3"]
     assert cli.main(["triage", *flags, *ws]) == 0
     assert (seen[0].max_density, seen[0].max_non_content, seen[0].min_term_share) == (

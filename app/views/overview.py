@@ -17,10 +17,12 @@ def body() -> None:
         st.subheader("SAE selection")
         st.dataframe(ranking, hide_index=True)
         st.caption(
-            "score: concept-specific interpretability (it selects); pre_index: Safe-SAIL's "
-            "pre-explanation index, mean I_CDF over concepts on contrastive pairs, and l0_t its "
-            "L0 at threshold; l0, fve, mse, ce_loss_score, dead/dense_fraction: SAEBench core "
-            "metrics. rank / pre_rank: order by score / by pre_index."
+            "pre_index: Safe-SAIL's pre-explanation index, mean I_CDF over concepts on "
+            "contrastive pairs (it chooses, unless `select --rank-by score`), and l0_t its L0 at "
+            "threshold; score: safesail's composite of specificity and probe F1; l0, fve, mse, "
+            "ce_loss_score, dead/dense_fraction: SAEBench core metrics; candidates: what triage "
+            "found. rank / pre_rank: order by score / by pre_index. The Landscape page shows "
+            "the chosen configuration across layers."
         )
     cov = common.query("coverage")
     if cov.empty:
