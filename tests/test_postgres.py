@@ -28,6 +28,7 @@ from app import browse, frames, reads
 from exports.api import export_gold, import_file
 from safesail.explainer.config import ExplainConfig, LlmConfig
 from safesail.explainer.pipeline import explain
+from safesail.selection_config import SelectionConfig
 from safesail.storage import Annotation, Explanation, Feature, LabelTask, LlmCall
 from tests.conftest import TINY_COLLECT, make_workspace, tiny_records
 from tests.test_explainer_failures import Double
@@ -58,7 +59,7 @@ def _built(path: Path, lm, db_url: str | None, reference, sae_ids: list[str] | N
         if sae_ids is None or record.id in sae_ids:
             ws.add_sae(Path(record.path), sae_id=record.id)
     ws.collect(TINY_COLLECT, progress=False)
-    ws.select()
+    ws.select(config=SelectionConfig(rank_by="score"))
     ws.triage()
     return ws
 
