@@ -109,7 +109,7 @@ def _print_ranking(ws: Workspace) -> None:
 
 def _print_landscape(ws: workspace.Workspace) -> None:
     """Safety candidates per concept (columns) and layer (rows) of the selected configuration."""
-    land = ws.status()["landscape"]
+    land = ws.landscape()
     concepts = sorted({c for counts in land.values() for c in counts})
     short = {c: c[:8] for c in concepts}
     print("\nlandscape: safety candidates per layer and concept")

@@ -47,6 +47,8 @@ class Workspace(Protocol):
 
     def saes(self) -> list[Any]: ...
 
+    def landscape(self) -> dict[str, dict[str, int]]: ...
+
 
 class MetaRecord:
     """A dataclass stored as one versioned dict under `KEY` in Meta."""

@@ -80,10 +80,11 @@ class SaeScore(NamedTuple):
     """Concept -> why it was not scored (too few texts)."""
 
 
-def stored_score(selection: dict[str, Any]) -> SaeScore:
-    """The SaeScore an earlier ``select`` stored (``SaeRecord.selection``), read back."""
+def stored_score(score: float, selection: dict[str, Any]) -> SaeScore:
+    """The SaeScore an earlier ``select`` stored (``SaeRecord.selection_score`` and
+    ``.selection``), read back."""
     concepts = [ConceptScore(**c) for c in selection["concepts"].values()]
-    return SaeScore(score=selection["score"], concepts=concepts, skipped=selection["skipped"])
+    return SaeScore(score=score, concepts=concepts, skipped=selection["skipped"])
 
 
 def _top_features(auroc: np.ndarray, k: int) -> np.ndarray:

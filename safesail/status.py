@@ -5,9 +5,9 @@ Its keys are a contract: the app, the tests and people's scripts poll it. `featu
 stay; keys may be added, never removed. Each of `saes` carries `core` (SAEBench core metrics,
 safesail.core_metrics) and `pre_explanation` (Safe-SAIL's metric, safesail.contrastive), null
 until `select` has measured them, and `triage` (candidates per concept, null until triaged).
-`landscape` maps each layer of the selected configuration (`Workspace.configuration_saes`)
-that triage has run on to its candidates per concept: Safe-SAIL's view across depth. The rooms report their own progress through the typed
-records of `safesail.contracts.ROOM_RECORDS`, each under its KEY (null until the room ran), so
+`landscape` maps each layer of the selected configuration (`Workspace.landscape`) that triage
+has run on to its candidates per concept: Safe-SAIL's view across depth. The rooms report their
+own progress through the typed records of `safesail.contracts.ROOM_RECORDS`, each under its KEY (null until the room ran), so
 status needs to know nothing of a room but its record.
 """
 
@@ -104,9 +104,7 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
             }
             for r in ws.saes()
         ],
-        "landscape": {
-            str(r.layer): r.triage for r in ws.configuration_saes() if r.triage is not None
-        },
+        "landscape": ws.landscape(),
         "selected_sae": sae_id,
         "labels": {
             "human": sum(1 for _, s in accepted if s == "human"),

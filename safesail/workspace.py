@@ -277,7 +277,7 @@ class Workspace:
         scores, pre, pairs = {}, {}, None
         for record in records:
             if (record.selection or {}).get("fingerprint") == fingerprint:
-                scores[record.id] = stored_score(record.selection)
+                scores[record.id] = stored_score(record.selection_score, record.selection)
                 pre[record.id] = record.selection["pre_explanation"]
                 continue
             text_ids, matrix = text_max_matrix(self.engine, record.id)
@@ -297,7 +297,6 @@ class Workspace:
                 record = session.get(SaeRecord, sae_id)
                 record.selection_score = float(score.score)
                 record.selection = {
-                    "score": float(score.score),
                     "fingerprint": fingerprint,
                     "concepts": {c.concept: c._asdict() for c in score.concepts},
                     "skipped": score.skipped,
@@ -447,8 +446,7 @@ class Workspace:
         what the protocol triages and the landscape shows."""
         from safesail.saes import site_of
 
-        saes = self.saes()
-        chosen = next((r for r in saes if r.selected), None)
+        chosen = self._selected_record()
         if chosen is None:
             return []
 
@@ -457,18 +455,26 @@ class Workspace:
 
         same = {
             r.layer: r
-            for r in saes
+            for r in self.saes()
             if r.collected and r.layer != chosen.layer and configuration(r) == configuration(chosen)
         }
         same[chosen.layer] = chosen
         return [same[layer] for layer in sorted(same)]
+
+    def landscape(self) -> dict[str, dict[str, int]]:
+        """Candidates per concept at each layer of the selected configuration that triage has
+        run on (``status --json``'s ``landscape``, keyed by the layer as a string)."""
+        return {str(r.layer): r.triage for r in self.configuration_saes() if r.triage is not None}
+
+    def _selected_record(self) -> SaeRecord | None:
+        return next((r for r in self.saes() if r.selected), None)
 
     def train_configuration(
         self, layers: Sequence[int], config: TrainConfig | None = None
     ) -> list[str]:
         """Train the selected SAE's configuration at each of ``layers`` that lacks it
         (Safe-SAIL's protocol: one configuration, searched on one layer, applied to all)."""
-        chosen = next((r for r in self.saes() if r.selected), None)
+        chosen = self._selected_record()
         if chosen is None:
             raise SafesailError("no SAE selected: run `safesail select` first")
         if chosen.k is None or chosen.architecture != "topk":
