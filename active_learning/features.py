@@ -14,7 +14,7 @@ from sqlalchemy import case, func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from safesail.examples import TOP, feature_examples
+from safesail.examples import TOP, examples_of
 from safesail.queries import chunked
 from safesail.storage import Context, Feature, corpus_concepts
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE, Taxonomy
@@ -113,24 +113,46 @@ def feature_matrix(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int = 
     return matrix
 
 
+class _Columns(NamedTuple):
+    """The Feature columns the representation reads, selected as columns: loading whole ORM
+    objects (and every example blob as Example objects) cost most of building it."""
+
+    index: int
+    n_fire: int
+    firing_rate: float
+    mean_act: float
+    max_act: float
+    quantiles: dict[str, float]
+    concept_stats: dict[str, list[float]]
+    examples: bytes
+    candidate: bool
+    concept: str | None
+    safety_score: float | None
+    auroc: float | None
+    precision: float | None
+
+
 def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> FeatureMatrix:
     concepts = [c for c in taxonomy.concepts if c != UNINTERPRETABLE]
     safety = taxonomy.safety_concepts()
     with Session(engine) as session:
-        rows = list(
-            session.exec(
-                select(Feature)
+        rows = [
+            _Columns(*r)
+            for r in session.exec(
+                select(*(getattr(Feature, name) for name in _Columns._fields))
                 .where(Feature.sae_id == sae_id, Feature.examples.is_not(None))
                 .order_by(Feature.index)
             )
-        )
-        examples = [[e for e in feature_examples(r) if e.kind == TOP] for r in rows]
+        ]
+        examples = [[e for e in examples_of(r.examples) if e.kind == TOP] for r in rows]
         needed = sorted({e.text_id for exs in examples for e in exs})
         text_concepts = corpus_concepts(session)
         contexts = {
-            c.text_id: c.tokens
+            text_id: tokens
             for part in chunked(needed)
-            for c in session.exec(select(Context).where(Context.text_id.in_(part)))
+            for text_id, tokens in session.exec(
+                select(Context.text_id, Context.tokens).where(Context.text_id.in_(part))
+            )
         }
     n = len(rows)
     frac = np.zeros((n, len(concepts)), dtype=np.float64)
@@ -221,7 +243,7 @@ def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> Featur
     )
 
 
-def _prior(row: Feature, n_top: int) -> tuple[str, float]:
+def _prior(row: _Columns, n_top: int) -> tuple[str, float]:
     """Triage's answer before any human label: its concept for candidates, else benign."""
     if n_top < MIN_TOP:
         return UNINTERPRETABLE, 0.5

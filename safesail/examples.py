@@ -12,9 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import scipy.sparse as sp
 
-from safesail.config import CollectConfig
 from safesail.storage import Feature
 
 TOP = 0
@@ -30,52 +28,92 @@ class Example(NamedTuple):
     activations: np.ndarray  # one value per context token
 
 
+DECILES = 10
+"""Activation deciles a feature's non-top examples are drawn from (kinds 1..DECILES)."""
+
+
+def decile_table(hist: np.ndarray) -> np.ndarray:
+    """[d, bins] int8: the decile (1..10) of every histogram bin of every feature, where the
+    histogram counts each feature's non-top activating texts by their max activation.
+
+    A bin's decile is the tenth of the feature's texts its middle rank falls in (its texts
+    ranked by activation, the bin's own texts at the middle of their run), so a decile is a
+    tenth of the texts, as `np.array_split` would cut them, up to the texts of one bin
+    (1/bins of the feature's max activation) that share a decile. A histogram and not the
+    texts themselves: it has a fixed size, so finalize needs no per-text matrix of the whole
+    corpus (36k texts x 65k features held 9 GB before)."""
+    d, bins = hist.shape
+    out = np.zeros((d, bins), dtype=np.int8)
+    for a in range(0, d, 8192):  # cumulative counts of one block of features at a time
+        block = hist[a : a + 8192].astype(np.int64)
+        cum = block.cumsum(axis=1)
+        n = np.maximum(cum[:, -1:], 1)
+        middle = cum - block / 2  # texts ranked below the bin's middle
+        out[a : a + 8192] = np.minimum(middle * DECILES // n, DECILES - 1).astype(np.int8) + 1
+    return out
+
+
+def pair_priority(keys: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform pseudo-random uint64 per (feature, text) pair key (splitmix64 of key and
+    seed): the sample of a decile is its pairs of smallest priority, the same whatever order
+    or chunking the pairs arrive in, so a rerun or a resumed finalize draws the same texts."""
+    z = keys.astype(np.uint64) + np.uint64((seed + 1) * 0x9E3779B97F4A7C15 % 2**64)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+class DecileReservoir:
+    """The random decile examples of every feature, drawn while the texts stream past:
+    per (feature, decile) group the `per_decile` pairs of smallest `pair_priority` so far.
+    Its size is d x 10 x per_decile, whatever the corpus size."""
+
+    def __init__(self, d: int, per_decile: int, seed: int) -> None:
+        self.per_decile, self.seed = per_decile, seed
+        empty = np.iinfo(np.uint64).max
+        self.priority = np.full((d * DECILES, per_decile), empty, dtype=np.uint64)
+        self.keys = np.full((d * DECILES, per_decile), -1, dtype=np.int64)
+
+    def offer(self, groups: np.ndarray, keys: np.ndarray) -> None:
+        """Pairs (group = feature * 10 + decile - 1, pair key) that may enter the sample."""
+        p = self.per_decile
+        if not p or not len(keys):
+            return
+        priority = pair_priority(keys, self.seed)
+        order = np.lexsort((priority, groups))
+        groups, keys, priority = groups[order], keys[order], priority[order]
+        first = np.r_[True, groups[1:] != groups[:-1]]
+        start = np.maximum.accumulate(np.where(first, np.arange(len(groups)), 0))
+        rank = np.arange(len(groups)) - start
+        keep = rank < p  # a group's best p of this chunk: no other can enter the sample
+        groups, keys, priority, rank = groups[keep], keys[keep], priority[keep], rank[keep]
+        touched, slot = np.unique(groups, return_inverse=True)
+        new_pri = np.full((len(touched), p), np.iinfo(np.uint64).max, dtype=np.uint64)
+        new_key = np.full((len(touched), p), -1, dtype=np.int64)
+        new_pri[slot, rank], new_key[slot, rank] = priority, keys
+        both_pri = np.hstack([self.priority[touched], new_pri])
+        both_key = np.hstack([self.keys[touched], new_key])
+        best = np.argsort(both_pri, axis=1, kind="stable")[:, :p]
+        self.priority[touched] = np.take_along_axis(both_pri, best, axis=1)
+        self.keys[touched] = np.take_along_axis(both_key, best, axis=1)
+
+    def chosen(self) -> tuple[np.ndarray, np.ndarray]:
+        """The sampled pair keys and their kinds (deciles 1..10)."""
+        taken = self.keys >= 0
+        kinds = np.broadcast_to((np.arange(len(self.keys)) % DECILES + 1)[:, None], taken.shape)
+        return self.keys[taken], kinds[taken].astype(np.int8)
+
+
 def choose_examples(
-    top_vals: np.ndarray,
-    top_pos: np.ndarray,
-    per_text: sp.csc_matrix,
-    config: CollectConfig,
-    n_texts: int,
+    top_keys: np.ndarray, decile_keys: np.ndarray, decile_kinds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The (feature, text) pairs kept as examples, as sorted keys feature * n_texts + text, with
     their kind: TOP for the top-K, else the activation decile (1..10) of a random sample
     drawn from the remaining activating texts (delphi-style), per_decile per decile."""
-    d = per_text.shape[1]
-    is_top = top_vals > 0
-    top_keys = np.sort((np.arange(d)[None, :] * n_texts + top_pos)[is_top])
-    cols = np.repeat(np.arange(d), np.diff(per_text.indptr))
-    entry_keys = cols.astype(np.int64) * n_texts + per_text.indices
-    rest = ~in_sorted(entry_keys, top_keys)
-    cols, keys, vals = cols[rest], entry_keys[rest], per_text.data[rest]
-    keys_out, kinds_out = [top_keys], [np.full(len(top_keys), TOP, dtype=np.int8)]
-    if config.per_decile and len(keys):
-        # One float key per entry, column + value scaled into [0, 1): a single stable argsort
-        # orders by activation within each feature (ties keep text order), far cheaper than a
-        # multi-key lexsort over millions of entries.
-        peak = np.zeros(d)
-        np.maximum.at(peak, cols, vals)
-        by_value = np.argsort(cols + vals / (peak[cols] * (1 + 1e-9)), kind="stable")
-        cols, keys = cols[by_value], keys[by_value]
-        counts = np.bincount(cols, minlength=d)
-        rank = np.arange(len(cols)) - np.repeat(np.cumsum(counts) - counts, counts)
-        n = counts[cols]
-        q, r = n // 10, n % 10  # np.array_split into 10: the first r groups hold q + 1
-        big = rank < (q + 1) * r
-        decile = np.where(big, rank // (q + 1), r + (rank - (q + 1) * r) // np.maximum(q, 1)) + 1
-        group = cols.astype(np.int64) * 11 + decile
-        lottery = np.random.default_rng(config.seed).random(len(cols))
-        pick = np.argsort(group + lottery, kind="stable")  # groups in order, shuffled inside
-        group = group[pick]
-        first = np.r_[True, group[1:] != group[:-1]]
-        place = np.arange(len(group)) - np.maximum.accumulate(
-            np.where(first, np.arange(len(group)), 0)
-        )
-        chosen = pick[place < config.per_decile]
-        keys_out.append(keys[chosen])
-        kinds_out.append(decile[chosen].astype(np.int8))
-    keys_all, kinds_all = np.concatenate(keys_out), np.concatenate(kinds_out)
-    sort = np.argsort(keys_all, kind="stable")
-    return keys_all[sort], kinds_all[sort]
+    keys = np.concatenate([top_keys, decile_keys])
+    kinds = np.concatenate([np.full(len(top_keys), TOP, dtype=np.int8), decile_kinds])
+    sort = np.argsort(keys, kind="stable")
+    return keys[sort], kinds[sort]
 
 
 def in_sorted(keys: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:

@@ -2,11 +2,15 @@
 mean and max activation, quantiles, per-concept means and firing rates) and its examples.
 
 Finalize is a pure function of the stored chunks, so rerunning it gives the same rows, and it
-holds one chunk in memory at a time, so corpus size does not bound it. It reads the chunks
-twice because two things need a full pass first: choosing a feature's examples needs its top-K
-texts and every text's max activation, and its quantile histogram needs its max activation to
-set the bins. Pass 1 gathers those; pass 2 fills the histograms and picks up the per-token
-activations of the chosen examples.
+holds one chunk in memory at a time plus arrays of a fixed size per feature (top-K texts,
+histograms, the decile sample), so corpus size does not bound it. It reads the chunks four
+times, each pass waiting for what the one before learned:
+1. statistics, each feature's max activation and its top-K texts;
+2. a histogram of each feature's other activating texts by their max activation (bins up to
+   the max from pass 1), which fixes the activation deciles;
+3. a random sample of those texts per decile (`DecileReservoir`);
+4. the token-level histograms (quantiles) and the per-token activations of the chosen examples.
+Passes 2 and 3 read only the per-text maxima, the smaller half of a chunk.
 """
 
 from __future__ import annotations
@@ -25,7 +29,13 @@ from sqlmodel import Session, select
 from safesail.activations import stored_chunks
 from safesail.config import CollectConfig
 from safesail.example_blobs import ExampleHits, example_blobs
-from safesail.examples import choose_examples, in_sorted
+from safesail.examples import (
+    DECILES,
+    DecileReservoir,
+    choose_examples,
+    decile_table,
+    in_sorted,
+)
 from safesail.storage import (
     Context,
     Feature,
@@ -88,8 +98,11 @@ class FirstPass(NamedTuple):
     """[k, d] the per-text maxima of its top-K texts, strongest first."""
     top_pos: np.ndarray
     """[k, d] the positions of those texts."""
-    per_text: sp.csc_matrix
-    """[positions, d] every text's max activation, for sampling decile examples."""
+
+    def top_keys(self, n_texts: int) -> np.ndarray:
+        """The top-K (feature, text) pairs as sorted keys feature * n_texts + position."""
+        d = self.top_vals.shape[1]
+        return np.sort((np.arange(d)[None, :] * n_texts + self.top_pos)[self.top_vals > 0])
 
 
 def finalize(
@@ -115,10 +128,18 @@ def finalize(
         config.top_k,
         f"Statistics {sae_id}" if progress else None,
     )
-    pair_keys, pair_kinds = choose_examples(
-        first.top_vals, first.top_pos, first.per_text, config, n_texts
+    top_keys = first.top_keys(n_texts)
+    deciles = _decile_sample(
+        engine,
+        sae_id,
+        len(corpus.plan),
+        n_texts,
+        first.max_act,
+        top_keys,
+        config,
+        f"Deciles {sae_id}" if progress else None,
     )
-    first = first._replace(per_text=sp.csc_matrix((0, d)))  # chosen: free it before pass 2
+    pair_keys, pair_kinds = choose_examples(top_keys, *deciles)
     hist, hits = _second_pass(
         engine,
         sae_id,
@@ -176,7 +197,6 @@ def _first_pass(
     concept_n = np.zeros(n_names)
     top_vals = torch.zeros((0, d))
     top_pos = torch.zeros((0, d), dtype=torch.long)
-    text_blocks: list[sp.csr_matrix] = []
     offset = 0
     for _, tokens, texts in stored_chunks(engine, sae_id, n_chunks, desc):
         n_tokens += tokens.shape[0]
@@ -188,9 +208,7 @@ def _first_pass(
         concept_sum += (onehot @ texts).toarray()
         concept_fire += (onehot @ (texts > 0).astype(np.float64)).toarray()
         top_vals, top_pos = _merge_top_k(top_vals, top_pos, texts, offset, top_k)
-        text_blocks.append(texts)
         offset += texts.shape[0]
-    per_text = sp.vstack(text_blocks).tocsc() if text_blocks else sp.csc_matrix((0, d))
     return FirstPass(
         n_tokens,
         n_fire,
@@ -201,7 +219,6 @@ def _first_pass(
         concept_n,
         top_vals.numpy(),
         top_pos.numpy(),
-        per_text,
     )
 
 
@@ -218,6 +235,57 @@ def _merge_top_k(
     )
     top_vals, idx = torch.topk(vals, min(k, vals.shape[0]), dim=0)
     return top_vals, torch.gather(pos, 0, idx)
+
+
+def _decile_sample(
+    engine: Engine,
+    sae_id: str,
+    n_chunks: int,
+    n_texts: int,
+    max_act: np.ndarray,
+    top_keys: np.ndarray,
+    config: CollectConfig,
+    desc: str | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Passes 2 and 3: the activation deciles of every feature's activating texts outside its
+    top-K (from a histogram of their max activations), then `per_decile` random texts of
+    each decile. Returns the chosen pair keys and their deciles."""
+    d, bins = len(max_act), config.histogram_bins
+    if not config.per_decile:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int8)
+    scale = np.where(max_act > 0, bins / np.maximum(max_act, 1e-30), 0)
+    hist = np.zeros(d * bins, dtype=np.int32)
+    texts = (engine, sae_id, n_chunks, n_texts, top_keys, scale, bins)
+    for _, cells in _other_texts(*texts, desc):
+        touched, counts = np.unique(cells, return_counts=True)
+        hist[touched] += counts.astype(np.int32)
+    table = decile_table(hist.reshape(d, bins)).ravel()
+    del hist
+    reservoir = DecileReservoir(d, config.per_decile, config.seed)
+    for keys, cells in _other_texts(*texts, None):
+        reservoir.offer(cells // bins * DECILES + table[cells] - 1, keys)
+    return reservoir.chosen()
+
+
+def _other_texts(
+    engine: Engine,
+    sae_id: str,
+    n_chunks: int,
+    n_texts: int,
+    top_keys: np.ndarray,
+    scale: np.ndarray,
+    bins: int,
+    desc: str | None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per chunk, the (feature, text) pairs where the feature fires outside its top-K texts:
+    their pair keys and histogram cells (feature * bins + the bin of the text's max)."""
+    offset = 0
+    for _, _, texts in stored_chunks(engine, sae_id, n_chunks, desc, tokens=False):
+        coo = texts.tocoo()
+        keys = coo.col.astype(np.int64) * n_texts + offset + coo.row
+        rest = ~in_sorted(keys, top_keys)
+        yield keys[rest], _cells(coo.col[rest], coo.data[rest], scale, bins)
+        offset += texts.shape[0]
 
 
 def _second_pass(
@@ -257,11 +325,17 @@ def _second_pass(
 def _histogram_cells(
     coo: sp.coo_matrix, scale: np.ndarray, bins: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One chunk's token activations as (flattened feature * bins + bin cell, count) pairs,
-    the top bin closed so that each feature's max activation falls inside it. Counting only
-    the cells the chunk touches keeps each chunk's cost in its own size, not d * bins."""
-    bin_index = np.minimum((coo.data * scale[coo.col]).astype(np.int64), bins - 1)
-    return np.unique(coo.col.astype(np.int64) * bins + bin_index, return_counts=True)
+    """One chunk's token activations as (flattened feature * bins + bin cell, count) pairs.
+    Counting only the cells the chunk touches keeps each chunk's cost in its own size, not
+    d * bins."""
+    return np.unique(_cells(coo.col, coo.data, scale, bins), return_counts=True)
+
+
+def _cells(cols: np.ndarray, values: np.ndarray, scale: np.ndarray, bins: int) -> np.ndarray:
+    """Histogram cells feature * bins + bin of activations of the given features, bins of
+    max_act / bins with the top bin closed, so that each feature's max falls inside it."""
+    bin_index = np.minimum((values * scale[cols]).astype(np.int64), bins - 1)
+    return cols.astype(np.int64) * bins + bin_index
 
 
 def _chunk_hits(

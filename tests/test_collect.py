@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from sqlmodel import Session, func, select
 
 from safesail import collect as collect_mod
-from safesail.examples import TOP, feature_examples
+from safesail.examples import DECILES, TOP, decile_table, feature_examples
 from safesail.saes import load_sae
 from safesail.storage import ActivationChunk, Context, CorpusText, Feature, SaeRecord, get_meta
 from tests.conftest import TINY_COLLECT, TINY_SPECS, make_workspace, tiny_records
@@ -76,9 +77,25 @@ def test_collection_matches_brute_force(trained_ws):
         deciles = [e for e in examples if e.kind != TOP]
         assert not {e.text_id for e in deciles} & {e.text_id for e in top}
         assert all(e.max_act > 0 for e in deciles)
-        n_rest = int((text_max[:, f] > 0).sum()) - len(top)
-        groups = np.array_split(np.arange(max(n_rest, 0)), 10)
-        assert len(deciles) == sum(min(TINY_COLLECT.per_decile, len(g)) for g in groups)
+        # each decile of the other activating texts, by their histogram bin, gives per_decile
+        # of its texts (all when it has fewer), and a higher decile never holds a weaker text
+        top_ids = {e.text_id for e in top}
+        rest = np.array(
+            [
+                text_max[i, f]
+                for i, t in enumerate(text_ids)
+                if text_max[i, f] > 0 and t not in top_ids
+            ]
+        )
+        bins = TINY_COLLECT.histogram_bins
+        scale = bins / np.float32(row.max_act) if len(rest) else 0.0
+        cells = np.minimum((rest * scale).astype(np.int64), bins - 1)
+        table = decile_table(np.bincount(cells, minlength=bins)[None, :])[0]
+        sizes = np.bincount(table[cells], minlength=DECILES + 1)[1:]
+        assert len(deciles) == sum(min(TINY_COLLECT.per_decile, int(n)) for n in sizes)
+        for low, high in itertools.combinations(sorted(deciles, key=lambda e: e.kind), 2):
+            if low.kind < high.kind:
+                assert low.max_act <= high.max_act * (1 + 1e-5)
 
 
 def test_batched_forward_matches_single_texts(lm):

@@ -1,6 +1,6 @@
 """Finalize's vectorised steps against their per-feature definitions, on random data: the
 examples blobs byte for byte against `pack_examples`, the sparse histogram against a dense
-bincount."""
+bincount, the streaming decile sample against one pass over everything."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from safesail.example_blobs import ExampleHits, example_blobs
-from safesail.examples import feature_examples, pack_examples
+from safesail.examples import (
+    DECILES,
+    DecileReservoir,
+    decile_table,
+    feature_examples,
+    pack_examples,
+    pair_priority,
+)
 from safesail.finalize import _histogram_cells
 from safesail.storage import Feature
 
@@ -75,3 +82,43 @@ def test_histogram_cells_match_a_dense_bincount():
     cells, counts = _histogram_cells(tokens, scale, bins)
     hist[cells] += counts.astype(np.int32)
     assert (hist == dense).all() and hist.sum() == tokens.nnz
+
+
+def test_decile_reservoir_draws_the_same_sample_in_any_chunking():
+    """Streaming the pairs in random chunks and orders keeps, per group, exactly the
+    per_decile pairs of smallest priority over all of them (what one pass over everything
+    would keep), and every decile group of 1..10 is filled up to per_decile."""
+    rng = np.random.default_rng(1)
+    d, per_decile, n = 30, 2, 4000
+    keys = rng.choice(10**6, n, replace=False).astype(np.int64)
+    groups = (keys // 1000 % d) * DECILES + rng.integers(0, DECILES, n)
+    priority = pair_priority(keys, seed=7)
+    expected = set()
+    for g in np.unique(groups):
+        mine = np.flatnonzero(groups == g)
+        expected |= set(keys[mine[np.argsort(priority[mine])[:per_decile]]].tolist())
+    for trial in range(3):
+        reservoir = DecileReservoir(d, per_decile, seed=7)
+        order = rng.permutation(n)
+        for part in np.array_split(order, [1, 2, 50, 1000, 3000] if trial else [n]):
+            reservoir.offer(groups[part], keys[part])
+        got, kinds = reservoir.chosen()
+        assert set(got.tolist()) == expected
+        kind_of = dict(zip(keys.tolist(), (groups % DECILES + 1).tolist(), strict=True))
+        assert [kind_of[k] for k in got.tolist()] == kinds.tolist()
+    assert len(set(pair_priority(keys, 0).tolist())) == n  # no ties to break
+    assert not (pair_priority(keys, 0) == pair_priority(keys, 1)).any()
+
+
+def test_decile_table_cuts_ranks_into_tenths():
+    """One text per bin: the text of rank r of n lies in decile floor(10 (r + 1/2) / n) + 1;
+    texts sharing a bin share the decile of the bin's middle rank."""
+    bins = 64
+    hist = np.zeros((3, bins), dtype=np.int32)
+    hist[0, :40] = 1  # 40 texts, one per bin: 4 per decile
+    hist[1, [3, 9, 60]] = 1  # 3 texts: the lowest, middle and highest tenths
+    hist[2, 5] = 7  # all in one bin: one decile
+    table = decile_table(hist)
+    assert table[0, :40].tolist() == [r // 4 + 1 for r in range(40)]
+    assert table[1, [3, 9, 60]].tolist() == [2, 6, 9]
+    assert table[2, 5] == 6
