@@ -82,8 +82,8 @@ def _elementwise(sae: Any, arch: str, rows: torch.Tensor, step: int) -> sp.csr_m
     relu(pre) * (pre > t) is pre where pre > max(t, 0); gated is relu(mag) where gate > 0.
 
     Every block writes into the same two buffers: a fresh block-sized tensor is a new
-    allocation whose pages the kernel zero-fills on first touch, which cost about as much as
-    the block's matrix product on a CPU for blocks above malloc's mmap threshold (32 MB).
+    allocation whose pages the kernel zero-fills on first touch (blocks above malloc's 32 MB
+    mmap threshold are mapped anew each time), about a quarter of the encode on a CPU.
     Measured on 1,666 tokens x 65,536 JumpReLU features: 2.40 s -> 1.85 s, identical output."""
     d, n = int(sae.cfg.d_sae), rows.shape[0]
     pre_buffer = torch.empty(n * step, dtype=rows.dtype, device=rows.device)
