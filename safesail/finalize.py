@@ -253,12 +253,10 @@ def _decile_sample(
     d, bins = len(max_act), config.histogram_bins
     if not config.per_decile:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int8)
-    scale = np.where(max_act > 0, bins / np.maximum(max_act, 1e-30), 0)
     hist = np.zeros(d * bins, dtype=np.int32)
-    texts = (engine, sae_id, n_chunks, n_texts, top_keys, scale, bins)
+    texts = (engine, sae_id, n_chunks, n_texts, top_keys, bin_scale(max_act, bins), bins)
     for _, cells in _other_texts(*texts, desc):
-        touched, counts = np.unique(cells, return_counts=True)
-        hist[touched] += counts.astype(np.int32)
+        count_cells(hist, cells)
     table = decile_table(hist.reshape(d, bins)).ravel()
     del hist
     reservoir = DecileReservoir(d, config.per_decile, config.seed)
@@ -302,13 +300,12 @@ def _second_pass(
     from pass 1) and the per-token activations of the examples pass 1 chose."""
     d = len(max_act)
     hist = np.zeros(d * bins, dtype=np.int32)  # counts per cell stay far below 2**31
-    scale = np.where(max_act > 0, bins / np.maximum(max_act, 1e-30), 0)
+    scale = bin_scale(max_act, bins)
     hit_keys, hit_pos, hit_val = [], [], []
     offset = 0
     for index, tokens, texts in stored_chunks(engine, sae_id, len(corpus.plan), desc):
         coo = tokens.tocoo()
-        cells, counts = _histogram_cells(coo, scale, bins)
-        hist[cells] += counts.astype(np.int32)
+        count_cells(hist, _cells(coo.col, coo.data, scale, bins))
         lens = np.array([corpus.lengths[t] for t in corpus.plan[index]])
         keys, pos, val = _chunk_hits(coo, lens, offset, n_texts, pair_keys)
         hit_keys.append(keys)
@@ -322,18 +319,22 @@ def _second_pass(
     return hist, ExampleHits(hit_keys[sort], hit_pos[sort], hit_val[sort])
 
 
-def _histogram_cells(
-    coo: sp.coo_matrix, scale: np.ndarray, bins: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """One chunk's token activations as (flattened feature * bins + bin cell, count) pairs.
-    Counting only the cells the chunk touches keeps each chunk's cost in its own size, not
-    d * bins."""
-    return np.unique(_cells(coo.col, coo.data, scale, bins), return_counts=True)
+def bin_scale(max_act: np.ndarray, bins: int) -> np.ndarray:
+    """Per feature, activation -> bin: histograms of max_act / bins wide (0 for a feature
+    that never fires)."""
+    return np.where(max_act > 0, bins / np.maximum(max_act, 1e-30), 0)
+
+
+def count_cells(hist: np.ndarray, cells: np.ndarray) -> None:
+    """Add one chunk's histogram cells to a flat [d * bins] histogram. Counting only the
+    cells the chunk touches keeps each chunk's cost in its own size, not d * bins."""
+    touched, counts = np.unique(cells, return_counts=True)
+    hist[touched] += counts.astype(np.int32)
 
 
 def _cells(cols: np.ndarray, values: np.ndarray, scale: np.ndarray, bins: int) -> np.ndarray:
-    """Histogram cells feature * bins + bin of activations of the given features, bins of
-    max_act / bins with the top bin closed, so that each feature's max falls inside it."""
+    """Histogram cells feature * bins + bin of activations of the given features (scale from
+    `bin_scale`), the top bin closed, so that each feature's max falls inside it."""
     bin_index = np.minimum((values * scale[cols]).astype(np.int64), bins - 1)
     return cols.astype(np.int64) * bins + bin_index
 

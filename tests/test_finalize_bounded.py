@@ -16,7 +16,7 @@ from safesail.examples import (
     pack_examples,
     pair_priority,
 )
-from safesail.finalize import _histogram_cells
+from safesail.finalize import _cells, bin_scale, count_cells
 from safesail.storage import Feature
 
 
@@ -72,15 +72,14 @@ def test_histogram_cells_match_a_dense_bincount():
     d, bins = 40, 16
     tokens = sp.random(200, d, density=0.1, random_state=2, dtype=np.float32).tocoo()
     max_act = np.asarray(tokens.max(axis=0).todense()).ravel()
-    scale = np.where(max_act > 0, bins / np.maximum(max_act, 1e-30), 0)
+    scale = bin_scale(max_act, bins)
     dense = np.bincount(
         tokens.col * bins
         + np.minimum((tokens.data * scale[tokens.col]).astype(np.int64), bins - 1),
         minlength=d * bins,
     )
     hist = np.zeros(d * bins, dtype=np.int32)
-    cells, counts = _histogram_cells(tokens, scale, bins)
-    hist[cells] += counts.astype(np.int32)
+    count_cells(hist, _cells(tokens.col, tokens.data, scale, bins))
     assert (hist == dense).all() and hist.sum() == tokens.nnz
 
 
