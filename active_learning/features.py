@@ -114,8 +114,9 @@ def feature_matrix(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int = 
 
 
 class _Columns(NamedTuple):
-    """The Feature columns the representation reads, selected as columns: loading whole ORM
-    objects (and every example blob as Example objects) cost most of building it."""
+    """The Feature columns the representation reads, selected as plain columns (as triage
+    reads them): no ORM object per feature, whose identity map and change tracking the
+    learner never uses."""
 
     index: int
     n_fire: int
