@@ -193,17 +193,13 @@ def test_harmful_prompts_are_held_out_of_the_default_corpus(lm, tmp_path) -> Non
     assert not {dedup_key(t) for t in prompts.summary()["benign"]} & corpus_keys
 
 
-def test_run_causal_scores_labeled_safety_features_once(triaged_ws, lm, tmp_path) -> None:
-    from exports.records import gather_records
-    from safesail.causal.run import run_causal
-
-    ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)
-    sae_id = ws.selected_sae
+def _label(ws, labels: dict[int, list[str]]) -> None:
+    """Accepted human labels (feature -> concepts) on the workspace's selected SAE."""
     with session_scope(ws.engine) as session:
-        for feature, concepts in ((0, ["violence"]), (1, ["benign"])):
+        for feature, concepts in labels.items():
             session.add(
                 Explanation(
-                    sae_id=sae_id,
+                    sae_id=ws.selected_sae,
                     feature=feature,
                     source="human",
                     status="accepted",
@@ -211,6 +207,15 @@ def test_run_causal_scores_labeled_safety_features_once(triaged_ws, lm, tmp_path
                     text="test label",
                 )
             )
+
+
+def test_run_causal_scores_labeled_safety_features_once(triaged_ws, lm, tmp_path) -> None:
+    from exports.records import gather_records
+    from safesail.causal.run import run_causal
+
+    ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)
+    sae_id = ws.selected_sae
+    _label(ws, {0: ["violence"], 1: ["benign"]})
     with pytest.raises(SafesailError, match="no human safety label"):
         run_causal(ws, lm, TINY, features=[1], progress=False)
     done = run_causal(ws, lm, TINY, progress=False)
@@ -234,3 +239,58 @@ def test_run_causal_scores_labeled_safety_features_once(triaged_ws, lm, tmp_path
     exported = [r for r in gather_records(ws.engine) if r.index == 0 and r.source == "human"]
     score = next(s for s in exported[0].scores if s["scorer"] == SCORER)
     assert score["details"]["interval"] == [low, high]
+
+
+def test_simulated_demo_runs_the_causal_check_by_default(triaged_ws, lm, tmp_path) -> None:
+    """`--simulate-annotators` turns the demo's causal step on (`--no-causal` off, `--causal` on
+    in any mode); after it, every human-labeled safety feature has its causal score, refusal and
+    P(concept) effects, in `safesail export --format jsonl`."""
+    import json
+
+    from safesail.causal.plugin import PLUGIN, wants_causal
+    from safesail.cli import main
+    from safesail.cli_commands import build_parser
+
+    ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)
+    parser = build_parser()
+
+    def demo(*flags: str):
+        return parser.parse_args(["demo", "--workspace", str(ws.config.workspace), *flags])
+
+    assert wants_causal(demo("--simulate-annotators")) and wants_causal(demo("--causal"))
+    assert not wants_causal(demo()) and not wants_causal(
+        demo("--simulate-annotators", "--no-causal")
+    )
+    labels = {0: ["violence"], 1: ["benign"], 2: ["cybercrime", "violence"]}
+    _label(ws, labels)
+    assert PLUGIN.demo(ws, demo("--simulate-annotators"), False) == 0
+    ws.engine.dispose()
+    out = tmp_path / "export"
+    assert (
+        main(
+            [
+                "export",
+                "--quiet",
+                "--workspace",
+                str(ws.config.workspace),
+                "--format",
+                "jsonl",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    rows = [json.loads(line) for f in out.glob("*.jsonl") for line in f.read_text().splitlines()]
+    causal = {
+        r["index"]: next(s for s in r["scores"] if s["scorer"] == SCORER)
+        for r in rows
+        if r["source"] == "human" and any(s["scorer"] == SCORER for s in r["scores"])
+    }
+    assert set(causal) == {0, 2}  # the safety labels, not the benign one
+    for index, score in causal.items():
+        details = score["details"]
+        assert details["alphas"] == list(CausalConfig().alphas)
+        assert details["prompts"]["harmful_in_corpus"] == 0
+        assert set(details["concept"]) == set(labels[index])
+        assert all(c["probe"] is not None for c in details["concept"].values())
