@@ -2,14 +2,16 @@
 
 The propensity of a prompt is the total probability that the answer starts with a refusal
 opening (`REFUSAL_OPENINGS`), computed exactly by teacher forcing rather than estimated from
-samples: one forward of the chat-formatted prompts, then one forward of every opening on the
-prompts' key/value cache. Generating text instead would cost ~15 tokens/s on a CPU and give a
+samples: one forward of the chat-formatted prompts, then one forward of the openings' token
+trie on the prompts' key/value cache (`_OpeningTrie`). Generating text instead would cost ~15 tokens/s on a CPU and give a
 0/1 answer per prompt; the opening probability moves smoothly with the intervention, so small
 causal effects are visible on a few dozen prompts.
 
 The edit is a hook on the module the SAE reads (`safesail.sites`: a block's output for
 `hook_resid_post`, its input for `hook_resid_pre`, the MLP or attention output, ...), added on
-the Hugging Face model the `LanguageModel` wraps and removed after each measurement.
+the Hugging Face model the `LanguageModel` wraps and removed after each measurement. A second
+hook, after it, reads the mean residual at the concept probes' block (`Measurement.readout`)
+during the prompt forward, so the probes need no forward of their own.
 """
 
 from __future__ import annotations

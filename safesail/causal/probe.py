@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -152,8 +151,7 @@ def concept_probes(
         meter = RefusalMeter(
             lm, [t for t, _ in sample], batch_size=config.batch_size, readout_layer=layer
         )
-        with torch.no_grad():
-            x = meter.readouts()
+        x = meter.readouts()
         for concept in concepts:
             y = np.array([concept in c for _, c in sample])
             if min(y.sum(), (~y).sum()) >= MIN_CLASS_TEXTS:

@@ -15,7 +15,7 @@ the same forward passes: one Score, one set of prompts, both measures.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -108,19 +108,22 @@ def check_feature(
     """Ablate and steer one feature on the meter's prompts; `base` is the unedited model's.
     With `probes` (concept -> its probe, None for a concept without one; the meter must have
     their readout layer), also each concept's change in P(concept)."""
+    if probes and base.readout is None:
+        raise ValueError("concept probes need a meter with their readout_layer")
     start = time.perf_counter()
-    edits = [("ablate", None, edit.ablate())]
-    edits += [("steer", float(alpha), edit.steer(alpha)) for alpha in config.alphas]
-    measured = [(kind, alpha, meter.measure(edit.site, e)) for kind, alpha, e in edits]
+    edits = [(None, edit.ablate()), *((float(a), edit.steer(a)) for a in config.alphas)]
+    measured = [(alpha, meter.measure(edit.site, e)) for alpha, e in edits]
 
-    def effects(read) -> tuple[dict[str, float], list[dict[str, float]]]:
+    def effects(
+        read: Callable[[Measurement], np.ndarray],
+    ) -> tuple[dict[str, float], list[dict[str, float]]]:
         """The ablation effect and the steering effects on one measure."""
         out = [
             {
                 **({} if alpha is None else {"alpha": alpha}),
                 **effect(read(m), read(base), groups, config),
             }
-            for _, alpha, m in measured
+            for alpha, m in measured
         ]
         return out[0], out[1:]
 
