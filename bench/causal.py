@@ -108,7 +108,13 @@ def main() -> None:
         ws.engine, ws.config.cache_dir, config.n_harmful, config.n_benign, config.seed
     )
     groups = np.asarray(prompts.groups)
-    meter = RefusalMeter(lm, prompts.texts, batch_size=config.batch_size, readout_layer=layer)
+    meter = RefusalMeter(
+        lm,
+        prompts.texts,
+        batch_size=config.batch_size,
+        readout_layer=layer,
+        replay_below=edits[0][1].site.layer,
+    )
     start = time.perf_counter()
     base = meter.measure()
     print(

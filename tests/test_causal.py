@@ -11,7 +11,7 @@ import torch
 from sqlmodel import Session, select
 
 from safesail.causal.config import SCORER, CausalConfig
-from safesail.causal.intervene import RefusalMeter, prefix_free, sae_feature_edit
+from safesail.causal.intervene import FeatureEdit, RefusalMeter, prefix_free, sae_feature_edit
 from safesail.causal.prompts import REFUSAL_OPENINGS
 from safesail.causal.score import bootstrap_interval, causal_scores, check_feature
 from safesail.errors import SafesailError
@@ -96,6 +96,40 @@ def _refusal_direction(lm) -> torch.Tensor:
     firsts = sorted({tok(o, add_special_tokens=False)["input_ids"][0] for o in ("Sorry", "I'm")})
     direction = head[firsts].mean(0) - head.mean(0)
     return direction / direction.norm()
+
+
+def test_replaying_the_blocks_below_the_site_changes_nothing(lm, meter) -> None:
+    """A meter that replays the recorded input of the site's block (instead of recomputing the
+    blocks below it) measures the same refusal and readout for edits at that block's input and
+    output, and edits below it still run the whole model."""
+    replaying = RefusalMeter(
+        lm, PROMPTS, batch_size=3, readout_layer=lm.n_layers - 1, replay_below=8
+    )
+    direction = torch.nn.functional.normalize(
+        torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(0)), dim=0
+    )
+    np.testing.assert_array_equal(replaying.measure().refusal, meter.measure().refusal)
+    for site in (
+        Site(8, "resid_pre"),
+        Site(8, "resid_post"),
+        Site(12, "mlp_out"),
+        Site(3, "resid_post"),
+    ):
+        edit = FeatureEdit(site, direction, 8.0).steer(1.0)
+        calls: list[int] = []
+        counter = lm.model.model.layers[0].register_forward_hook(
+            lambda *_, calls=calls: calls.append(1)
+        )
+        try:
+            replayed = replaying.measure(site, edit)
+        finally:
+            counter.remove()
+        assert bool(calls) == (site.layer < 8)  # block 0 ran only for the edit below the site
+        full = meter.measure(site, edit)
+        np.testing.assert_allclose(replayed.refusal, full.refusal, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(replayed.readout, full.readout, rtol=1e-4, atol=1e-4)
+        assert np.abs(full.refusal - meter.measure().refusal).max() > 1e-6  # the edit did act
+    assert len(lm.model.model.layers) == lm.n_layers
 
 
 def test_planted_refusal_feature_raises_refusal(lm, meter) -> None:

@@ -196,6 +196,22 @@ class _OpeningTrie:
         return torch.stack(out, 1)
 
 
+class _Replay(torch.nn.Module):
+    """Stands in for the blocks below an edit's site: hands the first kept block the input the
+    unedited model gave it (recorded by the baseline), in the form those blocks return."""
+
+    def __init__(self, like: torch.nn.Module) -> None:
+        super().__init__()
+        self.queue: list[torch.Tensor] = []
+        self.as_tuple = False
+        if hasattr(like, "attention_type"):  # Qwen 2 / Gemma decoders pick masks by it
+            self.attention_type = like.attention_type
+
+    def forward(self, *_args: Any, **_kwargs: Any) -> Any:
+        hidden = self.queue.pop(0)
+        return (hidden,) if self.as_tuple else hidden
+
+
 class RefusalMeter:
     """The per-prompt refusal propensity of one model on one prompt set (chat template
     applied), under any edit at one site; with `readout_layer`, also the prompts' mean residual
@@ -209,7 +225,12 @@ class RefusalMeter:
         openings: Sequence[str] = REFUSAL_OPENINGS,
         batch_size: int = 8,
         readout_layer: int | None = None,
+        replay_below: int | None = None,
     ) -> None:
+        """`replay_below`: the layer of the SAE site the edits will be at. The unedited measure
+        then records the input of that block, and an edit at that layer or later replays it
+        instead of recomputing the blocks below it, which no such edit can change (exact; at
+        layer 8 of 30 it saves a quarter of every edited forward)."""
         self.lm = lm
         self.batch_size = batch_size
         tok: Any = lm.tokenizer
@@ -228,6 +249,9 @@ class RefusalMeter:
             lm.check_layer(readout_layer)
         self.readout_layer = readout_layer
         self._readout = _Readout(template_prefix_length(tok))
+        self.replay_below = replay_below if replay_below else None  # layer 0: nothing below
+        self._replay = _Replay(lm.model.model.layers[0])
+        self._recorded: list[list[torch.Tensor]] = []
         self._edit: Edit | None = None
         self._skip_first = False
 
@@ -254,6 +278,15 @@ class RefusalMeter:
         position (both None: the unedited model)."""
         refusal, readout = [], []
         layers = self.lm.model.model.layers
+        record = edit is None and self.replay_below is not None
+        replay = (
+            edit is not None
+            and site is not None
+            and self.replay_below is not None
+            and site.layer >= self.replay_below
+            and (self.readout_layer is None or self.readout_layer >= self.replay_below)
+            and len(self._recorded) == len(self._batches())
+        )
         with self.lm.lock:  # the hook sits on a shared module: no other forward may interleave
             handles = []
             if edit is not None and site is not None:
@@ -265,14 +298,25 @@ class RefusalMeter:
                 )
             if self.readout_layer is not None:  # after the edit's hook: it reads the edited output
                 handles.append(layers[self.readout_layer].register_forward_hook(self._readout.hook))
+            if record:
+                self._recorded = []
+                handles += self._recorders(layers)
             self._edit = edit
+            if replay:
+                kept = torch.nn.ModuleList([self._replay, *list(layers)[self.replay_below :]])
+                self.lm.model.model.layers = kept
             try:
-                for rows in self._batches():
+                for number, rows in enumerate(self._batches()):
+                    if record:
+                        self._recorded.append([])
+                    if replay:
+                        self._replay.queue = list(self._recorded[number])
                     p, r = self._batch(rows)
                     refusal.append(p)
                     readout.append(r)
             finally:
                 self._edit = None
+                self.lm.model.model.layers = layers
                 for handle in handles:
                     handle.remove()
         back = np.argsort(self._order)
@@ -280,6 +324,23 @@ class RefusalMeter:
             refusal=np.concatenate(refusal)[back],
             readout=np.concatenate(readout)[back] if self.readout_layer is not None else None,
         )
+
+    def _recorders(self, layers: torch.nn.ModuleList) -> list[Any]:
+        """Hooks that record each forward's input of block `replay_below` (for the current
+        batch) and the form the block below returns it in."""
+        assert self.replay_below is not None
+
+        def keep(_module: Any, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            self._recorded[-1].append(hidden.detach().clone())
+
+        def form(_module: Any, _inputs: Any, output: Any) -> None:
+            self._replay.as_tuple = isinstance(output, tuple)
+
+        return [
+            layers[self.replay_below].register_forward_pre_hook(keep, with_kwargs=True),
+            layers[self.replay_below - 1].register_forward_hook(form),
+        ]
 
     @torch.no_grad()
     def readouts(self) -> np.ndarray:

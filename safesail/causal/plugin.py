@@ -3,7 +3,7 @@ every human-labeled safety feature gets its causal score.
 
 On by default with `--simulate-annotators`, whose run ends with labels nobody waits on (the
 check is what tells a safety team whether a labeled feature matters); `--causal` forces it in the
-other modes, `--no-causal` turns it off. It costs about 20 s per feature on one CPU core
+other modes, `--no-causal` turns it off. It costs about 15 s per feature on one CPU core
 (bench/causal.py), plus training the concept probes once per workspace.
 """
 

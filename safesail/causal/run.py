@@ -94,7 +94,13 @@ def run_causal(
     )
     groups = np.asarray(prompts.groups)
     probes = concept_probes(ws.engine, lm, safety, config, ws.config.workspace / "probes")
-    meter = RefusalMeter(lm, prompts.texts, batch_size=config.batch_size, readout_layer=layer)
+    meter = RefusalMeter(
+        lm,
+        prompts.texts,
+        batch_size=config.batch_size,
+        readout_layer=layer,
+        replay_below=site.layer,
+    )
     base = meter.measure()
     sae = load_sae(record, device=str(lm.device), dtype=str(lm.dtype).removeprefix("torch."))
     scored: dict[int, float] = {}
