@@ -158,8 +158,8 @@ class _OpeningTrie:
     once per prefix however many openings share it: ["I"] serves 14 openings, ["I", "'m"] 4.
     Each prefix's last token is one position of the row; a tree attention mask lets it see the
     prompt and its own ancestors only, at the position it would have in the answer, so each
-    position computes exactly what feeding that prefix alone would (17 openings: 15 positions
-    instead of 17 rows of up to 4 tokens, and no copy of the prompt's cache per opening).
+    position computes exactly what feeding that prefix alone would (19 openings: 15 positions
+    instead of 19 rows of up to 4 tokens, and no copy of the prompt's cache per opening).
     """
 
     openings: list[list[int]]
