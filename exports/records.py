@@ -77,7 +77,7 @@ class ExportRecord:
     scores: list[dict[str, Any]] = field(default_factory=list)
     """One {scorer, value, model, prompt_version} per scorer; the causal check's
     (`causal_refusal_delta`) also has `details`: interval, alphas, ablation and steering
-    effects, prompts."""
+    effects, the same effects on P(concept) per label concept (`concept`), prompts."""
     ls_project: str | None = None
     """Label Studio project ("<server url>#<project id>")."""
     ls_task_id: int | None = None

@@ -63,7 +63,17 @@ TRIAGE_FLAGS = (
     "term_path_share",
 )
 """TriageConfig fields of `safesail triage`."""
-CAUSAL_FLAGS = ("alphas", "n_harmful", "n_benign", "bootstrap", "level", "seed", "batch_size")
+CAUSAL_FLAGS = (
+    "alphas",
+    "n_harmful",
+    "n_benign",
+    "bootstrap",
+    "level",
+    "seed",
+    "batch_size",
+    "readout_layer",
+    "probe_texts",
+)
 """CausalConfig fields of `safesail causal`."""
 
 

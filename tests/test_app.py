@@ -227,3 +227,52 @@ def test_coverage_curve_uses_held_out_probability_and_verdict(tmp_path):
     assert curve.loc[0.9, "coverage"] == 0.25 and curve.loc[0.9, "agreement"] == 1.0
     assert curve.loc[0.7, "agreement"] == 0.5
     assert curve.loc[0.2, "coverage"] == 1.0 and curve.loc[0.2, "agreement"] == 0.5
+
+
+def test_feature_page_shows_the_causal_check(monkeypatch, populated_ws, tmp_path, lm):
+    """A feature's causal Score (refusal and P(concept) effects, as `run_causal` stores them)
+    is on its page; a concept without a probe says why."""
+    from safesail.causal.config import CausalConfig
+    from safesail.causal.prompts import PromptSet
+    from safesail.causal.score import NO_PROBE, CausalResult, score_row
+
+    ws = copy_workspace(populated_ws, tmp_path / "ws", lm)
+    table = browse.feature_table(ws.engine, ws.selected_sae)
+    labeled = table[table["source"] == "human"].iloc[0]
+    effect = {"delta": 0.25, "low": 0.125, "high": 0.375, "harmful": 0.5, "benign": 0.0}
+    result = CausalResult(
+        value=0.25,
+        interval=(0.125, 0.375),
+        ablate=effect,
+        steer=[{"alpha": 8.0, **effect}],
+        base={"all": 0.5, "harmful": 0.75, "benign": 0.25},
+        concept={
+            "violence": {
+                "probe": {"layer": 29, "accuracy": 0.9, "n_positive": 16, "n_negative": 40},
+                "base": {"all": 0.5, "harmful": 0.75, "benign": 0.25},
+                "ablate": effect,
+                "steer": [{"alpha": 8.0, **effect}],
+            },
+            "fraud": {"probe": None, "why": NO_PROBE},
+        },
+        seconds=1.0,
+    )
+    prompts = PromptSet(("a", "b"), ("harmful", "benign"), harmful_in_corpus=0)
+    with session_scope(ws.engine) as session:
+        explanation = session.exec(
+            select(Explanation).where(
+                Explanation.sae_id == ws.selected_sae,
+                Explanation.feature == int(labeled["feature"]),
+                Explanation.source == "human",
+            )
+        ).first()
+        session.add(score_row(explanation.id, result, prompts, CausalConfig(), lm.name))
+    monkeypatch.setenv("SAFESAIL_WORKSPACE", str(ws.config.workspace))
+    at = AppTest.from_file(str(VIEWS.parent / "main.py"), default_timeout=60).run()
+    at.switch_page("views/features.py").run()
+    at.text_input[0].input(labeled["explanation"]).run()
+    assert not at.exception
+    shown = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
+    assert "`causal_refusal_delta` **+0.2500** [+0.1250, +0.3750]" in shown
+    assert "P(violence) on the same prompts: base 0.500" in shown and "**+0.2500**" in shown
+    assert f"P(fraud): no probe ({NO_PROBE})" in shown

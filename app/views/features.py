@@ -93,7 +93,8 @@ def body() -> None:
 
 
 def _causal(eng, sae: str, index: int) -> None:
-    """The causal check: change in refusal propensity when the feature is steered / ablated."""
+    """The causal check: change in refusal propensity, and in P(concept) of the label's
+    concepts, when the feature is steered / ablated."""
     from sqlmodel import Session
 
     from safesail.causal.score import causal_scores
@@ -113,6 +114,18 @@ def _causal(eng, sae: str, index: int) -> None:
             f"ablated {ablate.get('delta', float('nan')):+.4f} · steered {steer} · "
             f"{r['prompts']} prompts · {r['model']} · {r['version']}"
         )
+        for concept, c in r["concept"].items():
+            if c.get("probe") is None:
+                st.caption(f"P({concept}): no probe ({c.get('why', '')})")
+                continue
+            top = max(c["steer"], key=lambda s: s["alpha"])
+            shifts = ", ".join(f"α={s['alpha']:g}: {s['delta']:+.4f}" for s in c["steer"])
+            st.markdown(
+                f"P({concept}) on the same prompts: base {c['base']['all']:.3f} · steered "
+                f"α={top['alpha']:g} **{top['delta']:+.4f}** [{top['low']:+.4f}, "
+                f"{top['high']:+.4f}] ({shifts}) · ablated {c['ablate']['delta']:+.4f} · probe at "
+                f"layer {c['probe']['layer']}, balanced accuracy {c['probe']['accuracy']:.2f}"
+            )
 
 
 body()

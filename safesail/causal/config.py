@@ -11,8 +11,9 @@ from safesail.causal.prompts import REFUSAL_OPENINGS
 
 SCORER = "causal_refusal_delta"
 """Score.scorer of the causal check."""
-VERSION = "causal-v1"
-"""Raised when what a score means changes (openings, prompt sources, the value's definition)."""
+VERSION = "causal-v2"
+"""Raised when what a score means changes (openings, prompt sources, the value's definition).
+v2: harmful prompts from the goals held out of the default corpus; concept-probe effects."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ class CausalConfig:
     """Seed of the prompt sample and of the bootstrap."""
     batch_size: int = 8
     """Prompts per forward pass."""
+    readout_layer: int = -1
+    """Block whose output the concept probes read (negative: counted from the last block)."""
+    probe_texts: int = 32
+    """Corpus texts per safety concept the concept probes are trained on (twice as many benign)."""
 
     def __post_init__(self) -> None:
         if not self.alphas:
@@ -45,6 +50,8 @@ class CausalConfig:
             raise ValueError("level must be between 0.5 and 1")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.probe_texts < 8:
+            raise ValueError("probe_texts must be >= 8")
 
     def version(self) -> str:
         """The prompt_version of its scores: the method version and a hash of the settings."""

@@ -2,14 +2,16 @@
 
 The propensity of a prompt is the total probability that the answer starts with a refusal
 opening (`REFUSAL_OPENINGS`), computed exactly by teacher forcing rather than estimated from
-samples: one forward of the chat-formatted prompts, then one forward of every opening on the
-prompts' key/value cache. Generating text instead would cost ~15 tokens/s on a CPU and give a
+samples: one forward of the chat-formatted prompts, then one forward of the openings' token
+trie on the prompts' key/value cache (`_OpeningTrie`). Generating text instead would cost ~15 tokens/s on a CPU and give a
 0/1 answer per prompt; the opening probability moves smoothly with the intervention, so small
 causal effects are visible on a few dozen prompts.
 
 The edit is a hook on the module the SAE reads (`safesail.sites`: a block's output for
 `hook_resid_post`, its input for `hook_resid_pre`, the MLP or attention output, ...), added on
-the Hugging Face model the `LanguageModel` wraps and removed after each measurement.
+the Hugging Face model the `LanguageModel` wraps and removed after each measurement. A second
+hook, after it, reads the mean residual at the concept probes' block (`Measurement.readout`)
+during the prompt forward, so the probes need no forward of their own.
 """
 
 from __future__ import annotations
@@ -91,9 +93,129 @@ def sae_feature_edit(sae: Any, site: Site, feature: int, scale: float) -> Featur
     return FeatureEdit(site=site, direction=direction, scale=float(scale), activation=activation)
 
 
+def chat_ids(tokenizer: Any, text: str) -> list[int]:
+    """The token ids of `text` as a user turn of the chat template, ready for the answer."""
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+    return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+
+def template_prefix_length(tokenizer: Any) -> int:
+    """Tokens the chat template puts before any user text (the system turn): identical for
+    every prompt and blind to it (causal attention), so a readout averages only what follows."""
+    a, b = chat_ids(tokenizer, "a"), chat_ids(tokenizer, "b")
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a))
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one pass of the meter's prompts gives, in prompt order."""
+
+    refusal: np.ndarray
+    """P(the answer opens with a refusal) per prompt."""
+    readout: np.ndarray | None
+    """Mean residual at the readout block's output over each prompt's own tokens (from the user
+    text to the end of the template) [n, d_model]; None when the meter has no readout."""
+
+
+class _Readout:
+    """Records the mean of a block's output over positions [start, length) of each row, while
+    armed (the prompt forward only: the refusal openings are not the prompt)."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.lengths: torch.Tensor | None = None
+        self.means: torch.Tensor | None = None
+
+    def hook(self, _module: Any, _inputs: Any, output: Any) -> None:
+        if self.lengths is None:
+            return
+        hidden = output[0] if isinstance(output, tuple) else output
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        keep = (positions[None, :] >= self.start) & (positions[None, :] < self.lengths[:, None])
+        weights = keep.to(torch.float32)[..., None]
+        self.means = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def _right_padded(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and attention mask, right-padded (no query row is fully masked)."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+@dataclass(frozen=True)
+class _OpeningTrie:
+    """The refusal openings as a token trie, fed after the prompt as one packed row.
+
+    An opening's probability is the product of next-token probabilities along its path, so the
+    model is needed only after each *proper prefix* of an opening (a trie node with children),
+    once per prefix however many openings share it: ["I"] serves 14 openings, ["I", "'m"] 4.
+    Each prefix's last token is one position of the row; a tree attention mask lets it see the
+    prompt and its own ancestors only, at the position it would have in the answer, so each
+    position computes exactly what feeding that prefix alone would (19 openings: 15 positions
+    instead of 19 rows of up to 4 tokens, and no copy of the prompt's cache per opening).
+    """
+
+    openings: list[list[int]]
+    prefixes: list[tuple[int, ...]]
+    """Proper prefixes of the openings, parents before children."""
+    index: dict[tuple[int, ...], int]
+    """Proper prefix -> 1 + its position in the row (0: the empty prefix, the prompt's end)."""
+
+    @classmethod
+    def build(cls, openings: list[list[int]]) -> _OpeningTrie:
+        prefixes = sorted({tuple(o[:t]) for o in openings for t in range(1, len(o))})
+        index = {(): 0, **{p: 1 + i for i, p in enumerate(prefixes)}}
+        return cls(openings, prefixes, index)
+
+    def row(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids [k], depth offsets [k] and the ancestor-or-self mask [k, k] of the row."""
+        tokens = torch.tensor([p[-1] for p in self.prefixes], dtype=torch.long, device=device)
+        depth = torch.tensor([len(p) - 1 for p in self.prefixes], device=device)
+        sees = torch.tensor(
+            [[q == p[: len(q)] for q in self.prefixes] for p in self.prefixes],
+            dtype=torch.bool,
+            device=device,
+        )
+        return tokens, depth, sees
+
+    def log_probability(self, logp: torch.Tensor) -> torch.Tensor:
+        """Per prompt, log P(each opening) from next-token log-probs [n, 1 + k, vocab]."""
+        out = []
+        for opening in self.openings:
+            term = logp[:, 0, opening[0]]
+            for t in range(1, len(opening)):
+                term = term + logp[:, self.index[tuple(opening[:t])], opening[t]]
+            out.append(term)
+        return torch.stack(out, 1)
+
+
+class _Replay(torch.nn.Module):
+    """Stands in for the blocks below an edit's site: hands the first kept block the input the
+    unedited model gave it (recorded by the baseline), in the form those blocks return."""
+
+    def __init__(self, like: torch.nn.Module) -> None:
+        super().__init__()
+        self.queue: list[torch.Tensor] = []
+        self.as_tuple = False
+        if hasattr(like, "attention_type"):  # Qwen 2 / Gemma decoders pick masks by it
+            self.attention_type = like.attention_type
+
+    def forward(self, *_args: Any, **_kwargs: Any) -> Any:
+        hidden = self.queue.pop(0)
+        return (hidden,) if self.as_tuple else hidden
+
+
 class RefusalMeter:
     """The per-prompt refusal propensity of one model on one prompt set (chat template
-    applied), under any edit at one site."""
+    applied), under any edit at one site; with `readout_layer`, also the prompts' mean residual
+    at that block's output, read in the same forward (for the concept probes)."""
 
     def __init__(
         self,
@@ -102,7 +224,13 @@ class RefusalMeter:
         *,
         openings: Sequence[str] = REFUSAL_OPENINGS,
         batch_size: int = 8,
+        readout_layer: int | None = None,
+        replay_below: int | None = None,
     ) -> None:
+        """`replay_below`: the layer of the SAE site the edits will be at. The unedited measure
+        then records the input of that block, and an edit at that layer or later replays it
+        instead of recomputing the blocks below it, which no such edit can change (exact; at
+        layer 8 of 30 it saves a quarter of every edited forward)."""
         self.lm = lm
         self.batch_size = batch_size
         tok: Any = lm.tokenizer
@@ -111,18 +239,19 @@ class RefusalMeter:
                 f"{lm.name} has no chat template: the causal check measures how a chat model "
                 "answers, so it needs an instruction-tuned model"
             )
-        self.prompt_ids = [
-            tok(
-                tok.apply_chat_template(
-                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-                ),
-                add_special_tokens=False,
-            )["input_ids"]
-            for p in prompts
-        ]
-        self.openings = prefix_free(
-            [tok(o, add_special_tokens=False)["input_ids"] for o in openings]
+        self.prompt_ids = [chat_ids(tok, p) for p in prompts]
+        # batches of similar length waste little on padding; results go back in prompt order
+        self._order = sorted(range(len(prompts)), key=lambda i: len(self.prompt_ids[i]))
+        self.trie = _OpeningTrie.build(
+            prefix_free([tok(o, add_special_tokens=False)["input_ids"] for o in openings])
         )
+        if readout_layer is not None:
+            lm.check_layer(readout_layer)
+        self.readout_layer = readout_layer
+        self._readout = _Readout(template_prefix_length(tok))
+        self.replay_below = replay_below if replay_below else None  # layer 0: nothing below
+        self._replay = _Replay(lm.model.model.layers[0])
+        self._recorded: list[list[torch.Tensor]] = []
         self._edit: Edit | None = None
         self._skip_first = False
 
@@ -144,74 +273,140 @@ class RefusalMeter:
         return args, {**kwargs, "hidden_states": self._apply(kwargs["hidden_states"])}
 
     @torch.no_grad()
-    def measure(self, site: Site | None = None, edit: Edit | None = None) -> np.ndarray:
-        """P(the answer opens with a refusal) per prompt, with `edit` applied at `site` on
-        every position (both None: the unedited model)."""
-        out = []
+    def measure(self, site: Site | None = None, edit: Edit | None = None) -> Measurement:
+        """Refusal propensity (and readout) per prompt, with `edit` applied at `site` on every
+        position (both None: the unedited model)."""
+        refusal, readout = [], []
+        layers = self.lm.model.model.layers
+        record = edit is None and self.replay_below is not None
+        replay = (
+            edit is not None
+            and site is not None
+            and self.replay_below is not None
+            and site.layer >= self.replay_below
+            and (self.readout_layer is None or self.readout_layer >= self.replay_below)
+            and len(self._recorded) == len(self._batches())
+        )
         with self.lm.lock:  # the hook sits on a shared module: no other forward may interleave
-            handle = None
+            handles = []
             if edit is not None and site is not None:
-                module, reads_input = site_module(self.lm.model.model.layers, site)
-                handle = (
+                module, reads_input = site_module(layers, site)
+                handles.append(
                     module.register_forward_pre_hook(self._input_hook, with_kwargs=True)
                     if reads_input
                     else module.register_forward_hook(self._output_hook)
                 )
+            if self.readout_layer is not None:  # after the edit's hook: it reads the edited output
+                handles.append(layers[self.readout_layer].register_forward_hook(self._readout.hook))
+            if record:
+                self._recorded = []
+                handles += self._recorders(layers)
             self._edit = edit
+            if replay:
+                kept = torch.nn.ModuleList([self._replay, *list(layers)[self.replay_below :]])
+                self.lm.model.model.layers = kept
             try:
-                for start in range(0, len(self.prompt_ids), self.batch_size):
-                    out.append(self._batch(self.prompt_ids[start : start + self.batch_size]))
+                for number, rows in enumerate(self._batches()):
+                    if record:
+                        self._recorded.append([])
+                    if replay:
+                        self._replay.queue = list(self._recorded[number])
+                    p, r = self._batch(rows)
+                    refusal.append(p)
+                    readout.append(r)
             finally:
                 self._edit = None
-                if handle is not None:
+                self.lm.model.model.layers = layers
+                for handle in handles:
                     handle.remove()
-        return np.concatenate(out)
+        back = np.argsort(self._order)
+        return Measurement(
+            refusal=np.concatenate(refusal)[back],
+            readout=np.concatenate(readout)[back] if self.readout_layer is not None else None,
+        )
 
-    def _batch(self, batch: list[list[int]]) -> np.ndarray:
-        model: Any = self.lm.model
-        pad = self.lm.tokenizer.pad_token_id
-        n, width = len(batch), max(len(row) for row in batch)
-        ids = torch.full((n, width), pad, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for i, row in enumerate(batch):  # right padding: no query row is fully masked
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
-        lengths = mask.sum(1)
+    def _recorders(self, layers: torch.nn.ModuleList) -> list[Any]:
+        """Hooks that record each forward's input of block `replay_below` (for the current
+        batch) and the form the block below returns it in."""
+        assert self.replay_below is not None
+
+        def keep(_module: Any, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            self._recorded[-1].append(hidden.detach().clone())
+
+        def form(_module: Any, _inputs: Any, output: Any) -> None:
+            self._replay.as_tuple = isinstance(output, tuple)
+
+        return [
+            layers[self.replay_below].register_forward_pre_hook(keep, with_kwargs=True),
+            layers[self.replay_below - 1].register_forward_hook(form),
+        ]
+
+    @torch.no_grad()
+    def readouts(self) -> np.ndarray:
+        """The unedited readout of every prompt [n, d_model], without the refusal openings and
+        the blocks after the readout (what the concept probes are trained on)."""
+        if self.readout_layer is None:
+            raise ValueError("readouts() needs a meter with a readout_layer")
+        out = []
+        with self.lm.truncated(self.readout_layer + 1):  # holds the model's lock
+            block = self.lm.model.model.layers[self.readout_layer]
+            handle = block.register_forward_hook(self._readout.hook)
+            try:
+                for rows in self._batches():
+                    pad = self.lm.tokenizer.pad_token_id
+                    ids, mask = (t.to(self.lm.device) for t in _right_padded(rows, pad))
+                    self._readout.lengths = mask.sum(1)
+                    self.lm.model.model(input_ids=ids, attention_mask=mask, use_cache=False)
+                    out.append(self._readout.means.cpu().numpy())
+            finally:
+                self._readout.lengths = self._readout.means = None
+                handle.remove()
+        return np.concatenate(out)[np.argsort(self._order)]
+
+    def _batches(self) -> list[list[list[int]]]:
+        """The prompts' ids in batches of similar length (`_order`)."""
+        ordered = [self.prompt_ids[i] for i in self._order]
+        return [ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
+
+    def _batch(self, batch: list[list[int]]) -> tuple[np.ndarray, np.ndarray | None]:
+        """P(refusal opening) and readout of one batch of prompts."""
         from transformers import DynamicCache
 
+        model: Any = self.lm.model
+        pad = self.lm.tokenizer.pad_token_id
+        ids, mask = (t.to(self.lm.device) for t in _right_padded(batch, pad))
+        n, lengths = len(batch), mask.sum(1)
         cache = DynamicCache(config=model.config)
-        self._skip_first = True
-        base = model.model(input_ids=ids, attention_mask=mask, use_cache=True, **{_CACHE: cache})
-        self._skip_first = False
-        last = base.last_hidden_state[torch.arange(n, device=ids.device), lengths - 1]
-        first = torch.log_softmax(model.lm_head(last).float(), -1)  # [n, vocab]
-        logp = torch.stack([first[:, o[0]] for o in self.openings], 1)  # [n, m]
-        m, depth = len(self.openings), max(len(o) for o in self.openings)
-        if depth > 1:
-            cont = torch.full((n * m, depth - 1), pad, dtype=torch.long)
-            cmask = torch.zeros((n * m, depth - 1), dtype=torch.long)
-            for j, o in enumerate(self.openings):
-                cont[j::m, : len(o) - 1] = torch.tensor(o[:-1])
-                cmask[j::m, : len(o) - 1] = 1
-            cont, cmask = cont.to(ids.device), cmask.to(ids.device)
-            cache.batch_repeat_interleave(m)
-            positions = lengths.repeat_interleave(m)[:, None] + torch.arange(
-                depth - 1, device=ids.device
+        self._skip_first, self._readout.lengths = True, lengths
+        try:
+            base = model.model(
+                input_ids=ids, attention_mask=mask, use_cache=True, **{_CACHE: cache}
             )
+        finally:
+            self._skip_first, self._readout.lengths = False, None
+        readout = self._readout.means.cpu().numpy() if self.readout_layer is not None else None
+        self._readout.means = None
+        last = base.last_hidden_state[torch.arange(n, device=ids.device), lengths - 1]
+        hidden = last[:, None]  # [n, 1 + prefixes, d]: where each next token is predicted
+        if self.trie.prefixes:
+            tokens, depth, sees = self.trie.row(ids.device)
+            k = len(tokens)
+            attend = torch.cat([mask.bool()[:, None, :].expand(n, k, -1), sees.expand(n, k, k)], 2)[
+                :, None
+            ]  # [n, 1, k, width + k]: the prompt's real tokens and the prefix's own
             more = model.model(
-                input_ids=cont,
-                attention_mask=torch.cat([mask.repeat_interleave(m, 0), cmask], 1),
-                position_ids=positions,
+                input_ids=tokens.expand(n, k),
+                attention_mask=attend,
+                position_ids=lengths[:, None] + depth[None, :],
                 use_cache=True,
                 **{_CACHE: cache},
             )
-            steps = torch.log_softmax(model.lm_head(more.last_hidden_state).float(), -1)
-            steps = steps.reshape(n, m, depth - 1, -1)
-            for j, o in enumerate(self.openings):
-                for t in range(1, len(o)):
-                    logp[:, j] += steps[:, j, t - 1, o[t]]
-        return logp.exp().sum(1).clamp(max=1.0).cpu().numpy()
+            hidden = torch.cat([hidden, more.last_hidden_state], 1)
+        logits = model.lm_head(hidden).float()  # only where a next token is needed
+        logp = logits - torch.logsumexp(logits, -1, keepdim=True)
+        total = self.trie.log_probability(logp).exp().sum(1)
+        return total.clamp(max=1.0).cpu().numpy(), readout
 
 
 def prefix_free(sequences: Sequence[Sequence[int]]) -> list[list[int]]:

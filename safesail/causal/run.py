@@ -15,6 +15,7 @@ from sqlmodel import Session
 from tqdm.auto import tqdm
 
 from safesail.causal.intervene import RefusalMeter, sae_feature_edit
+from safesail.causal.probe import concept_probes, readout_layer
 from safesail.causal.prompts import held_out_prompts
 from safesail.causal.score import (
     CausalConfig,
@@ -28,6 +29,7 @@ from safesail.errors import SafesailError
 from safesail.lm import LanguageModel
 from safesail.queries import require_selected_sae
 from safesail.storage import Feature, SaeRecord, session_scope
+from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,19 @@ def run_causal(
     config = config or CausalConfig()
     sae_id = sae_id or require_selected_sae(ws.engine)
     version = config.version()
+    safety = [c for c in ws.taxonomy.safety_concepts() if c not in (BENIGN, UNINTERPRETABLE)]
     with Session(ws.engine) as session:
         record = session.get(SaeRecord, sae_id)
         if record is None or not record.path:
             raise SafesailError(f"unknown SAE '{sae_id}' (or one without weights)")
-        labels = safety_labels(session, sae_id, ws.taxonomy.safety_concepts())
+        site = site_of(record)
+        layer = readout_layer(lm, config)
+        if layer < site.layer:
+            raise SafesailError(
+                f"readout_layer {layer} is upstream of {sae_id}'s site (layer {site.layer}), so "
+                f"no edit there can reach it: use --readout-layer {site.layer} or later"
+            )
+        labels = safety_labels(session, sae_id, safety)
         if features is not None:
             missing = sorted(set(features) - set(labels))
             if missing:
@@ -83,15 +93,22 @@ def run_causal(
         ws.engine, ws.config.cache_dir, config.n_harmful, config.n_benign, config.seed
     )
     groups = np.asarray(prompts.groups)
-    meter = RefusalMeter(lm, prompts.texts, batch_size=config.batch_size)
+    probes = concept_probes(ws.engine, lm, safety, config, ws.config.workspace / "probes")
+    meter = RefusalMeter(
+        lm,
+        prompts.texts,
+        batch_size=config.batch_size,
+        readout_layer=layer,
+        replay_below=site.layer,
+    )
     base = meter.measure()
     sae = load_sae(record, device=str(lm.device), dtype=str(lm.dtype).removeprefix("torch."))
-    site = site_of(record)
     scored: dict[int, float] = {}
     seconds = []
     for index in tqdm(todo, desc=f"causal check {sae_id}", unit="feature", disable=not progress):
         edit = sae_feature_edit(sae, site, index, scales.get(index, 0.0))
-        result = check_feature(meter, base, groups, edit, config)
+        wanted = {c: probes.get(c) for c in labels[index].concepts if c in safety}
+        result = check_feature(meter, base, groups, edit, config, wanted)
         with session_scope(ws.engine) as session:
             session.add(score_row(labels[index].id, result, prompts, config, lm.name))
         scored[index] = result.value

@@ -1,18 +1,21 @@
 """The causal check of labeled safety features: does editing the feature change how often the
-model refuses? Stored as one `causal_refusal_delta` Score per feature, on its human label.
+model refuses, and how strongly the model represents the feature's own concept? Stored as one
+`causal_refusal_delta` Score per feature, on its human label.
 
 Per feature: ablation (its decoder contribution removed wherever it fires) and steering (alpha
 x its max activation x its decoder direction added everywhere, for each alpha), each compared
 with the unedited model on the same held-out prompts. The effect of an edit is the mean
 per-prompt change in refusal propensity, with a paired bootstrap interval over prompts. The
 Score's value is the steering effect at the largest alpha (the strongest edit; sufficiency);
-ablation (necessity) and every alpha are in its details.
+ablation (necessity) and every alpha are in its details. `details["concept"]` holds the same
+effects on P(concept) of each safety concept of the label (`safesail.causal.probe`), read from
+the same forward passes: one Score, one set of prompts, both measures.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +27,11 @@ from safesail.causal.prompts import REFUSAL_OPENINGS, PromptSet
 from safesail.storage import Explanation, Score
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
+NO_PROBE = "too few corpus texts with or without the concept to train a probe"
+
 if TYPE_CHECKING:
-    from safesail.causal.intervene import FeatureEdit, RefusalMeter
+    from safesail.causal.intervene import FeatureEdit, Measurement, RefusalMeter
+    from safesail.causal.probe import ConceptProbe
 
 
 def bootstrap_interval(
@@ -43,7 +49,8 @@ def bootstrap_interval(
 def effect(
     edited: np.ndarray, base: np.ndarray, groups: np.ndarray, config: CausalConfig
 ) -> dict[str, float]:
-    """Mean change in refusal propensity (with its interval), overall and per prompt group."""
+    """Mean per-prompt change of a measure (refusal propensity, P(concept)) with its interval,
+    overall and per prompt group."""
     deltas = edited - base
     low, high = bootstrap_interval(deltas, config.bootstrap, config.level, config.seed)
     out = {"delta": float(deltas.mean()), "low": low, "high": high}
@@ -61,6 +68,8 @@ class CausalResult:
     ablate: dict[str, float]
     steer: list[dict[str, float]]
     base: dict[str, float]
+    concept: dict[str, dict[str, Any]]
+    """Per concept of the label: the probe, base P(concept), ablation and steering effects."""
     seconds: float
 
     def details(self, prompts: PromptSet, config: CausalConfig) -> dict[str, Any]:
@@ -73,6 +82,7 @@ class CausalResult:
             "ablate": self.ablate,
             "steer": self.steer,
             "base_refusal": self.base,
+            "concept": self.concept,
             "prompts": prompts.summary(),
             "openings": list(REFUSAL_OPENINGS),
             "bootstrap": config.bootstrap,
@@ -80,30 +90,64 @@ class CausalResult:
         }
 
 
+def _group_means(values: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    return {
+        "all": float(values.mean()),
+        **{g: float(values[groups == g].mean()) for g in ("harmful", "benign")},
+    }
+
+
 def check_feature(
     meter: RefusalMeter,
-    base: np.ndarray,
+    base: Measurement,
     groups: np.ndarray,
     edit: FeatureEdit,
     config: CausalConfig,
+    probes: Mapping[str, ConceptProbe | None] | None = None,
 ) -> CausalResult:
-    """Ablate and steer one feature on the meter's prompts; `base` is the unedited model's."""
+    """Ablate and steer one feature on the meter's prompts; `base` is the unedited model's.
+    With `probes` (concept -> its probe, None for a concept without one; the meter must have
+    their readout layer), also each concept's change in P(concept)."""
+    if probes and base.readout is None:
+        raise ValueError("concept probes need a meter with their readout_layer")
     start = time.perf_counter()
-    ablate = effect(meter.measure(edit.site, edit.ablate()), base, groups, config)
-    steer = []
-    for alpha in config.alphas:
-        steered = meter.measure(edit.site, edit.steer(alpha))
-        steer.append({"alpha": float(alpha), **effect(steered, base, groups, config)})
+    edits = [(None, edit.ablate()), *((float(a), edit.steer(a)) for a in config.alphas)]
+    measured = [(alpha, meter.measure(edit.site, e)) for alpha, e in edits]
+
+    def effects(
+        read: Callable[[Measurement], np.ndarray],
+    ) -> tuple[dict[str, float], list[dict[str, float]]]:
+        """The ablation effect and the steering effects on one measure."""
+        out = [
+            {
+                **({} if alpha is None else {"alpha": alpha}),
+                **effect(read(m), read(base), groups, config),
+            }
+            for alpha, m in measured
+        ]
+        return out[0], out[1:]
+
+    ablate, steer = effects(lambda m: m.refusal)
+    concept: dict[str, dict[str, Any]] = {}
+    for name, probe in (probes or {}).items():
+        if probe is None:
+            concept[name] = {"probe": None, "why": NO_PROBE}
+            continue
+        c_ablate, c_steer = effects(lambda m, p=probe: p.probability(m.readout))
+        concept[name] = {
+            "probe": probe.summary(),
+            "base": _group_means(probe.probability(base.readout), groups),
+            "ablate": c_ablate,
+            "steer": c_steer,
+        }
     strongest = max(steer, key=lambda s: s["alpha"])
     return CausalResult(
         value=strongest["delta"],
         interval=(strongest["low"], strongest["high"]),
         ablate=ablate,
         steer=steer,
-        base={
-            "all": float(base.mean()),
-            **{g: float(base[groups == g].mean()) for g in ("harmful", "benign")},
-        },
+        base=_group_means(base.refusal, groups),
+        concept=concept,
         seconds=time.perf_counter() - start,
     )
 
@@ -155,6 +199,7 @@ def causal_scores(session: Session, sae_id: str, index: int) -> list[dict[str, A
             "interval": (s.details or {}).get("interval"),
             "ablate": (s.details or {}).get("ablate"),
             "steer": (s.details or {}).get("steer", []),
+            "concept": (s.details or {}).get("concept", {}),
             "prompts": len(((s.details or {}).get("prompts") or {}).get("harmful", []))
             + len(((s.details or {}).get("prompts") or {}).get("benign", [])),
             "model": s.model,
