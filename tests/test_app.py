@@ -252,6 +252,11 @@ def test_feature_page_shows_the_causal_check(monkeypatch, populated_ws, tmp_path
                 "base": {"all": 0.5, "harmful": 0.75, "benign": 0.25},
                 "ablate": effect,
                 "steer": [{"alpha": 8.0, **effect}],
+                "specific": {
+                    "versus": ["cybercrime", "hate_harassment"],
+                    "ablate": effect,
+                    "steer": [{"alpha": 8.0, **effect, "delta": 0.0625}],
+                },
             },
             "fraud": {"probe": None, "why": NO_PROBE},
         },
@@ -276,3 +281,4 @@ def test_feature_page_shows_the_causal_check(monkeypatch, populated_ws, tmp_path
     assert "`causal_refusal_delta` **+0.2500** [+0.1250, +0.3750]" in shown
     assert "P(violence) on the same prompts: base 0.500" in shown and "**+0.2500**" in shown
     assert f"P(fraud): no probe ({NO_PROBE})" in shown
+    assert "beyond the other 2 concepts' probes: steered α=8 +0.0625 [+0.1250, +0.3750]" in shown

@@ -5,6 +5,8 @@ export carries it with its interval."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -196,6 +198,21 @@ def test_planted_concept_feature_moves_its_probe(triaged_ws, lm, meter, tmp_path
         meter, base, GROUPS, sae_feature_edit(sae, site, 1, scale), TINY, {"fraud": None}
     )
     assert unprobed.concept["fraud"]["probe"] is None
+
+    # specificity: against a probe that reads the same direction the edit is not specific
+    # (exactly 0), against the opposite one it is (above 0 when steered up)
+    alike = replace(probe, concept="cybercrime")
+    opposite = replace(probe, concept="fraud", weights=-probe.weights, bias=-probe.bias)
+    edit = sae_feature_edit(sae, site, 0, scale)
+    for others, specific in (({"cybercrime": alike}, False), ({"fraud": opposite}, True)):
+        checked = check_feature(meter, base, GROUPS, edit, TINY, {"violence": probe}, others)
+        result = checked.concept["violence"]["specific"]
+        assert result["versus"] == sorted(others)
+        down, up = result["steer"]
+        if specific:
+            assert up["low"] > 0 and down["high"] < 0
+        else:
+            assert all(abs(e[k]) < 1e-12 for e in (down, up) for k in ("delta", "low", "high"))
 
 
 def test_harmful_prompts_are_held_out_of_the_default_corpus(lm, tmp_path) -> None:

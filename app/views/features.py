@@ -126,6 +126,13 @@ def _causal(eng, sae: str, index: int) -> None:
                 f"{top['high']:+.4f}] ({shifts}) · ablated {c['ablate']['delta']:+.4f} · probe at "
                 f"layer {c['probe']['layer']}, balanced accuracy {c['probe']['accuracy']:.2f}"
             )
+            if specific := c.get("specific"):
+                top = max(specific["steer"], key=lambda s: s["alpha"])
+                st.caption(
+                    f"beyond the other {len(specific['versus'])} concepts' probes: steered "
+                    f"α={top['alpha']:g} {top['delta']:+.4f} [{top['low']:+.4f}, "
+                    f"{top['high']:+.4f}] (an edit that raises every probe alike is not specific)"
+                )
 
 
 body()

@@ -11,9 +11,10 @@ from safesail.causal.prompts import REFUSAL_OPENINGS
 
 SCORER = "causal_refusal_delta"
 """Score.scorer of the causal check."""
-VERSION = "causal-v2"
+VERSION = "causal-v3"
 """Raised when what a score means changes (openings, prompt sources, the value's definition).
-v2: harmful prompts from the goals held out of the default corpus; concept-probe effects."""
+v2: harmful prompts from the goals held out of the default corpus; concept-probe effects.
+v3: each concept's effect beyond the other concepts' probes (specificity)."""
 
 
 @dataclass(frozen=True)

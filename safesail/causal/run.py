@@ -108,7 +108,7 @@ def run_causal(
     for index in tqdm(todo, desc=f"causal check {sae_id}", unit="feature", disable=not progress):
         edit = sae_feature_edit(sae, site, index, scales.get(index, 0.0))
         wanted = {c: probes.get(c) for c in labels[index].concepts if c in safety}
-        result = check_feature(meter, base, groups, edit, config, wanted)
+        result = check_feature(meter, base, groups, edit, config, wanted, probes)
         with session_scope(ws.engine) as session:
             session.add(score_row(labels[index].id, result, prompts, config, lm.name))
         scored[index] = result.value

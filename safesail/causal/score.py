@@ -104,10 +104,14 @@ def check_feature(
     edit: FeatureEdit,
     config: CausalConfig,
     probes: Mapping[str, ConceptProbe | None] | None = None,
+    others: Mapping[str, ConceptProbe | None] | None = None,
 ) -> CausalResult:
     """Ablate and steer one feature on the meter's prompts; `base` is the unedited model's.
     With `probes` (concept -> its probe, None for a concept without one; the meter must have
-    their readout layer), also each concept's change in P(concept)."""
+    their readout layer), also each concept's change in P(concept). With `others` (every
+    concept's probe), also its change *beyond* the other concepts': P(concept) minus the mean
+    P of the other concepts. A large steer pushes the residual off its distribution and can
+    raise every probe at once; only the specific change says the edit moved this concept."""
     if probes and base.readout is None:
         raise ValueError("concept probes need a meter with their readout_layer")
     start = time.perf_counter()
@@ -140,6 +144,19 @@ def check_feature(
             "ablate": c_ablate,
             "steer": c_steer,
         }
+        rest = [p for c, p in (others or {}).items() if c != name and p is not None]
+        if rest:
+            s_ablate, s_steer = effects(
+                lambda m, p=probe, rest=rest: (
+                    p.probability(m.readout)
+                    - np.mean([o.probability(m.readout) for o in rest], axis=0)
+                )
+            )
+            concept[name]["specific"] = {
+                "versus": sorted(o.concept for o in rest),
+                "ablate": s_ablate,
+                "steer": s_steer,
+            }
     strongest = max(steer, key=lambda s: s["alpha"])
     return CausalResult(
         value=strongest["delta"],
