@@ -203,9 +203,10 @@ def instrumented(
     """Wrap the functions collection calls (library untouched; patches undone on exit).
 
     Yields the SAE loader to pass to collect: it times loading and wraps every SAE's encode.
-    Finalize has few sub-functions, so its sections are found from its two streams over the
-    stored chunks: pass 1, the gap to pass 2 (choosing examples), pass 2, the gap to the final
-    transaction (building rows), the write. Names that no longer exist are skipped with a note.
+    Finalize has few sub-functions, so its sections are found from its four streams over the
+    stored chunks (safesail.finalize): the passes, the gaps between them (the decile table,
+    choosing examples) and after the last (building rows), then the write. Names that no
+    longer exist are skipped with a note.
     """
     patched: list[tuple[Any, str, Any]] = []
 
@@ -246,12 +247,17 @@ def instrumented(
     patched.append((C, "finalize", original_finalize))
     C.finalize = finalize
 
-    # Finalize streams the stored chunks twice (stored_chunks): pass 1, then pass 2. The gaps
-    # after each pass are sections of their own: choosing examples, then building rows.
+    # Finalize streams the stored chunks four times (stored_chunks); the gap after each pass is
+    # a section of its own. A run with per_decile=0 skips passes 2 and 3 and shifts the names.
     original_chunks = F.stored_chunks
     sections = [
-        ("pass 1: stats, concepts, top-K", "choose examples"),
-        ("pass 2: histograms, example activations", "build feature rows (quantiles, dicts, pack)"),
+        ("pass 1: stats, concepts, top-K", "histogram setup"),
+        ("pass 2: decile histograms of the other texts", "decile table, reservoir setup"),
+        ("pass 3: decile samples (reservoir)", "choose examples"),
+        (
+            "pass 4: token histograms, example activations",
+            "build feature rows (quantiles, dicts, pack)",
+        ),
     ]
     passes = {"n": 0}
 
