@@ -13,7 +13,8 @@ import torch
 from sqlmodel import Session, select
 
 from safesail.causal.config import SCORER, CausalConfig
-from safesail.causal.intervene import FeatureEdit, RefusalMeter, prefix_free, sae_feature_edit
+from safesail.causal.intervene import FeatureEdit, RefusalMeter, sae_feature_edit
+from safesail.causal.openings import prefix_free
 from safesail.causal.prompts import REFUSAL_OPENINGS
 from safesail.causal.score import bootstrap_interval, causal_scores, check_feature
 from safesail.errors import SafesailError

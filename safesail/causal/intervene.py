@@ -3,9 +3,10 @@
 The propensity of a prompt is the total probability that the answer starts with a refusal
 opening (`REFUSAL_OPENINGS`), computed exactly by teacher forcing rather than estimated from
 samples: one forward of the chat-formatted prompts, then one forward of the openings' token
-trie on the prompts' key/value cache (`_OpeningTrie`). Generating text instead would cost ~15 tokens/s on a CPU and give a
-0/1 answer per prompt; the opening probability moves smoothly with the intervention, so small
-causal effects are visible on a few dozen prompts.
+trie on the prompts' key/value cache (`safesail.causal.openings`). Generating text instead
+would cost ~15 tokens/s on a CPU and give a 0/1 answer per prompt; the opening probability
+moves smoothly with the intervention, so small causal effects are visible on a few dozen
+prompts.
 
 The edit is a hook on the module the SAE reads (`safesail.sites`: a block's output for
 `hook_resid_post`, its input for `hook_resid_pre`, the MLP or attention output, ...), added on
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from safesail.causal.openings import OpeningTrie, prefix_free
 from safesail.causal.prompts import REFUSAL_OPENINGS
 from safesail.errors import SafesailError
 from safesail.lm import LanguageModel
@@ -149,53 +151,6 @@ def _right_padded(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor
     return ids, mask
 
 
-@dataclass(frozen=True)
-class _OpeningTrie:
-    """The refusal openings as a token trie, fed after the prompt as one packed row.
-
-    An opening's probability is the product of next-token probabilities along its path, so the
-    model is needed only after each *proper prefix* of an opening (a trie node with children),
-    once per prefix however many openings share it: ["I"] serves 14 openings, ["I", "'m"] 4.
-    Each prefix's last token is one position of the row; a tree attention mask lets it see the
-    prompt and its own ancestors only, at the position it would have in the answer, so each
-    position computes exactly what feeding that prefix alone would (19 openings: 15 positions
-    instead of 19 rows of up to 4 tokens, and no copy of the prompt's cache per opening).
-    """
-
-    openings: list[list[int]]
-    prefixes: list[tuple[int, ...]]
-    """Proper prefixes of the openings, parents before children."""
-    index: dict[tuple[int, ...], int]
-    """Proper prefix -> 1 + its position in the row (0: the empty prefix, the prompt's end)."""
-
-    @classmethod
-    def build(cls, openings: list[list[int]]) -> _OpeningTrie:
-        prefixes = sorted({tuple(o[:t]) for o in openings for t in range(1, len(o))})
-        index = {(): 0, **{p: 1 + i for i, p in enumerate(prefixes)}}
-        return cls(openings, prefixes, index)
-
-    def row(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Token ids [k], depth offsets [k] and the ancestor-or-self mask [k, k] of the row."""
-        tokens = torch.tensor([p[-1] for p in self.prefixes], dtype=torch.long, device=device)
-        depth = torch.tensor([len(p) - 1 for p in self.prefixes], device=device)
-        sees = torch.tensor(
-            [[q == p[: len(q)] for q in self.prefixes] for p in self.prefixes],
-            dtype=torch.bool,
-            device=device,
-        )
-        return tokens, depth, sees
-
-    def log_probability(self, logp: torch.Tensor) -> torch.Tensor:
-        """Per prompt, log P(each opening) from next-token log-probs [n, 1 + k, vocab]."""
-        out = []
-        for opening in self.openings:
-            term = logp[:, 0, opening[0]]
-            for t in range(1, len(opening)):
-                term = term + logp[:, self.index[tuple(opening[:t])], opening[t]]
-            out.append(term)
-        return torch.stack(out, 1)
-
-
 class _Replay(torch.nn.Module):
     """Stands in for the blocks below an edit's site: hands the first kept block the input the
     unedited model gave it (recorded by the baseline), in the form those blocks return."""
@@ -242,7 +197,7 @@ class RefusalMeter:
         self.prompt_ids = [chat_ids(tok, p) for p in prompts]
         # batches of similar length waste little on padding; results go back in prompt order
         self._order = sorted(range(len(prompts)), key=lambda i: len(self.prompt_ids[i]))
-        self.trie = _OpeningTrie.build(
+        self.trie = OpeningTrie.build(
             prefix_free([tok(o, add_special_tokens=False)["input_ids"] for o in openings])
         )
         if readout_layer is not None:
@@ -407,14 +362,3 @@ class RefusalMeter:
         logp = logits - torch.logsumexp(logits, -1, keepdim=True)
         total = self.trie.log_probability(logp).exp().sum(1)
         return total.clamp(max=1.0).cpu().numpy(), readout
-
-
-def prefix_free(sequences: Sequence[Sequence[int]]) -> list[list[int]]:
-    """Distinct token sequences none of which starts another: their probabilities then sum to
-    the probability of their union (a longer opening whose prefix is an opening is covered)."""
-    unique = sorted({tuple(s) for s in sequences if s}, key=lambda s: (len(s), s))
-    kept: list[tuple[int, ...]] = []
-    for seq in unique:
-        if not any(seq[: len(k)] == k for k in kept):
-            kept.append(seq)
-    return [list(s) for s in kept]
