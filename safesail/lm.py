@@ -59,14 +59,7 @@ class LanguageModel:
 
     def batch_inputs(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded input ids with a BOS in front of every context, and the attention mask."""
-        width = max(len(row) for row in batch) + 1
-        input_ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, row in enumerate(batch):
-            input_ids[i, 0] = self.bos_id
-            input_ids[i, 1 : len(row) + 1] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row) + 1] = 1
-        return input_ids, mask
+        return right_padded([[self.bos_id, *row] for row in batch], self.tokenizer.pad_token_id)
 
     @contextmanager
     def truncated(self, depth: int) -> Iterator[None]:
@@ -226,6 +219,17 @@ def load_model(
         device=target,
         dtype=precision,
     )
+
+
+def right_padded(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and attention mask, right-padded (no query row is fully masked)."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
 
 
 def batches_by_length(ids: Sequence[Sequence[int]], batch_size: int) -> Iterator[list[int]]:

@@ -28,7 +28,7 @@ import torch
 from safesail.causal.openings import OpeningTrie, prefix_free
 from safesail.causal.prompts import REFUSAL_OPENINGS
 from safesail.errors import SafesailError
-from safesail.lm import LanguageModel
+from safesail.lm import LanguageModel, batches_by_length, right_padded
 from safesail.sites import Site, site_module
 
 
@@ -140,17 +140,6 @@ class _Readout:
         self.means = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
-def _right_padded(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ids and attention mask, right-padded (no query row is fully masked)."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask
-
-
 class _Replay(torch.nn.Module):
     """Stands in for the blocks below an edit's site: hands the first kept block the input the
     unedited model gave it (recorded by the baseline), in the form those blocks return."""
@@ -196,7 +185,7 @@ class RefusalMeter:
             )
         self.prompt_ids = [chat_ids(tok, p) for p in prompts]
         # batches of similar length waste little on padding; results go back in prompt order
-        self._order = sorted(range(len(prompts)), key=lambda i: len(self.prompt_ids[i]))
+        self._order = [i for b in batches_by_length(self.prompt_ids, batch_size) for i in b]
         self.trie = OpeningTrie.build(
             prefix_free([tok(o, add_special_tokens=False)["input_ids"] for o in openings])
         )
@@ -310,7 +299,7 @@ class RefusalMeter:
             try:
                 for rows in self._batches():
                     pad = self.lm.tokenizer.pad_token_id
-                    ids, mask = (t.to(self.lm.device) for t in _right_padded(rows, pad))
+                    ids, mask = (t.to(self.lm.device) for t in right_padded(rows, pad))
                     self._readout.lengths = mask.sum(1)
                     self.lm.model.model(input_ids=ids, attention_mask=mask, use_cache=False)
                     out.append(self._readout.means.cpu().numpy())
@@ -330,7 +319,7 @@ class RefusalMeter:
 
         model: Any = self.lm.model
         pad = self.lm.tokenizer.pad_token_id
-        ids, mask = (t.to(self.lm.device) for t in _right_padded(batch, pad))
+        ids, mask = (t.to(self.lm.device) for t in right_padded(batch, pad))
         n, lengths = len(batch), mask.sum(1)
         cache = DynamicCache(config=model.config)
         self._skip_first, self._readout.lengths = True, lengths

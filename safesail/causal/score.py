@@ -53,10 +53,8 @@ def effect(
     overall and per prompt group."""
     deltas = edited - base
     low, high = bootstrap_interval(deltas, config.bootstrap, config.level, config.seed)
-    out = {"delta": float(deltas.mean()), "low": low, "high": high}
-    for group in ("harmful", "benign"):
-        out[group] = float(deltas[groups == group].mean())
-    return out
+    means = _group_means(deltas, groups)
+    return {"delta": means.pop("all"), "low": low, "high": high, **means}
 
 
 @dataclass(frozen=True)
