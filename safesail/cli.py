@@ -297,6 +297,15 @@ class StepTimes:
         return "\n".join(["time per step:", *lines, f"  {'total':<34}{total:>8.1f} s"])
 
 
+def _protocol_pending(ws: workspace.Workspace, search: list[str], layers: list[int]) -> bool:
+    """Whether some training or collection of the protocol is still to do (a rerun of a demo
+    that got past it must not run the forward pass again for nothing)."""
+    collected = {r.id for r in ws.saes() if r.collected}
+    if not set(search) <= collected:
+        return True
+    return not set(layers) <= {r.layer for r in ws.configuration_saes()}
+
+
 def demo(ws: workspace.Workspace, args: argparse.Namespace, progress: bool) -> int:
     """The main job on the embedded default, as Safe-SAIL runs it: corpus; the configuration
     search (candidates trained on one layer, collected, the best chosen by the pre-explanation
@@ -316,8 +325,11 @@ def demo(ws: workspace.Workspace, args: argparse.Namespace, progress: bool) -> i
     specs = _specs(args.spec)
     search = [s.sae_id for s in specs]
     train = config_from_args(TrainConfig, args, DEMO_TRAIN_FLAGS)
+    with times.step("residuals: one forward pass"):  # read back by every training and collection
+        if _protocol_pending(ws, search, args.layers):
+            ws.cache_residuals({s.layer for s in specs} | set(args.layers), progress=progress)
     with times.step("search: train candidates"):
-        ws.train_saes(specs, train, prefetch_layers=args.layers)
+        ws.train_saes(specs, train)
     with times.step("search: collect"):
         ws.collect(sae_ids=search, progress=progress)
     with times.step("search: select"):
@@ -326,6 +338,7 @@ def demo(ws: workspace.Workspace, args: argparse.Namespace, progress: bool) -> i
         ws.train_configuration(args.layers, train)
     with times.step("layers: collect"):
         ws.collect(progress=progress)
+    ws.drop_residuals()  # a cache of ~2 GB on the default corpus; nothing later reads it
     with times.step("layers: score"):
         ws.select(among=search)  # the layers' SAEs scored and measured; the choice stands
     with times.step("triage (every layer)"):

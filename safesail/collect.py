@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -28,6 +28,7 @@ from safesail.errors import SafesailError
 from safesail.finalize import CorpusView, finalize
 from safesail.lm import LanguageModel
 from safesail.saes import site_of
+from safesail.sites import Site
 from safesail.storage import (
     REFERENCE_ONLY,
     ActivationChunk,
@@ -41,6 +42,9 @@ from safesail.storage import (
     session_scope,
     set_meta,
 )
+
+if TYPE_CHECKING:
+    from safesail.residual_store import ResidualStore
 
 
 def prepare_contexts(engine: Engine, lm: LanguageModel, max_tokens: int) -> int:
@@ -62,6 +66,12 @@ def prepare_contexts(engine: Engine, lm: LanguageModel, max_tokens: int) -> int:
     return len(todo)
 
 
+def plan_chunks(lengths: dict[int, int], chunk_texts: int) -> list[list[int]]:
+    """Text ids per chunk, similar lengths together (text id breaks ties)."""
+    order = sorted(lengths, key=lambda t: (lengths[t], t))
+    return [order[i : i + chunk_texts] for i in range(0, len(order), chunk_texts)]
+
+
 def chunk_plan(engine: Engine, chunk_texts: int) -> list[list[int]]:
     """Text ids per chunk, similar lengths together; fixed once collection starts.
 
@@ -74,8 +84,7 @@ def chunk_plan(engine: Engine, chunk_texts: int) -> list[list[int]]:
             raise SafesailError(
                 "the corpus is empty: run `safesail corpus build` or `corpus add` first"
             )
-        order = sorted(lengths, key=lambda t: (lengths[t], t))
-        plan = [order[i : i + chunk_texts] for i in range(0, len(order), chunk_texts)]
+        plan = plan_chunks(lengths, chunk_texts)
         if get_meta(session, "chunk_plan") != plan:
             session.exec(delete(ActivationChunk))
             session.exec(delete(Feature))
@@ -90,11 +99,14 @@ def encode_chunk(
     lm: LanguageModel,
     saes: dict[str, tuple[SaeRecord, torch.nn.Module]],
     contexts: Sequence[Sequence[int]],
+    captured: dict[Site, torch.Tensor] | None = None,
 ) -> dict[str, tuple[sp.csr_matrix, sp.csr_matrix]]:
     """Per SAE: token-level sparse activations and per-text max activations of one chunk.
-    One forward captures every SAE's own hook site; each encode is memory-bounded."""
+    One forward captures every SAE's own hook site (unless `captured` already holds them, read
+    from a residual store); each encode is memory-bounded."""
     sites = {sae_id: site_of(record) for sae_id, (record, _) in saes.items()}
-    captured = lm.capture(contexts, list(dict.fromkeys(sites.values())))
+    if captured is None:
+        captured = lm.capture(contexts, list(dict.fromkeys(sites.values())))
     lengths = np.array([len(c) for c in contexts])
     text_index = np.repeat(np.arange(len(contexts)), lengths)
     out = {}
@@ -152,11 +164,16 @@ def encode_and_store(
     lm: LanguageModel,
     saes: dict[str, tuple[SaeRecord, torch.nn.Module]],
     work: ChunkWork,
+    store: ResidualStore | None = None,
 ) -> int:
     """Encode one chunk with the SAEs that lack it and store it for all of them in one
     transaction (rows keyed by (SAE, chunk): a chunk is stored whole or not at all, and a
-    second copy is refused by the key). Returns the chunk's token count."""
-    encoded = encode_chunk(lm, {k: saes[k] for k in work.sae_ids}, work.contexts)
+    second copy is refused by the key). The residuals come from `store` when it holds every
+    site needed, else from a forward pass. Returns the chunk's token count."""
+    wanted = {k: saes[k] for k in work.sae_ids}
+    sites = list(dict.fromkeys(site_of(record) for record, _ in wanted.values()))
+    captured = store.chunk(work.index, sites, lm.device) if store and store.covers(sites) else None
+    encoded = encode_chunk(lm, wanted, work.contexts, captured)
     with session_scope(engine) as session:
         for sae_id, (tokens, texts) in encoded.items():
             blob = pack_arrays(**pack_csr("tok", tokens), **pack_csr("txt", texts))
@@ -178,6 +195,7 @@ class LocalRunner:
 
     lm: LanguageModel
     load: Callable[[SaeRecord], torch.nn.Module]
+    store: ResidualStore | None = None
 
     def run(
         self,
@@ -188,7 +206,7 @@ class LocalRunner:
     ) -> None:
         saes = {r.id: (r, self.load(r)) for r in records}
         for item in tqdm(work, desc="Collecting activations", unit="chunk", disable=not progress):
-            encode_and_store(engine, self.lm, saes, item)
+            encode_and_store(engine, self.lm, saes, item, self.store)
 
 
 def pending_work(
@@ -215,11 +233,13 @@ def collect(
     sae_ids: Sequence[str] | None = None,
     progress: bool = True,
     runner: ChunkRunner | None = None,
+    store: ResidualStore | None = None,
 ) -> list[str]:
     """Encode the corpus with every (or the given) SAE and finalize their features; resumable.
 
-    `runner` says where the chunks are encoded (default: here, with `lm` and `load`); finalize
-    always runs here, once, over the stored chunks."""
+    `runner` says where the chunks are encoded (default: here, with `lm` and `load`, reading
+    the residuals from `store` where it holds them); finalize always runs here, once, over the
+    stored chunks."""
     config = config or CollectConfig()
     prepare_contexts(engine, lm, config.max_tokens)
     plan = chunk_plan(engine, config.chunk_texts)
@@ -239,8 +259,10 @@ def collect(
     for record in todo:
         lm.check_layer(record.layer)
     work = pending_work(plan, todo, done_chunks, contexts)
+    if store is not None and store.plan != plan:  # cached with another chunking: not these chunks
+        store = None
     if work:
-        (runner or LocalRunner(lm, load)).run(engine, todo, work, progress)
+        (runner or LocalRunner(lm, load, store)).run(engine, todo, work, progress)
     corpus = CorpusView.read(engine)
     for record in todo:
         finalize(engine, record.id, config, corpus=corpus, progress=progress)

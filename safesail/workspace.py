@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import func, update
@@ -44,14 +44,21 @@ from safesail.storage import (
 )
 from safesail.taxonomy import Taxonomy
 
+if TYPE_CHECKING:
+    from safesail.residual_store import ResidualStore
 
-def _sample_tokens(contexts: list[list[int]], max_tokens: int | None, seed: int) -> list[list[int]]:
-    """A seeded random subset of contexts holding at most max_tokens tokens (all if None)."""
+TRAIN_BATCH = 32
+"""Texts per forward pass when gathering SAE training residuals."""
+
+
+def _sample_tokens(contexts: list[list[int]], max_tokens: int | None, seed: int) -> list[int]:
+    """Indices of a seeded random subset of contexts holding at most max_tokens tokens (all if
+    None)."""
     if max_tokens is None:
-        return contexts
+        return list(range(len(contexts)))
     order = np.random.default_rng(seed).permutation(len(contexts))
     budget = np.cumsum([len(contexts[i]) for i in order])
-    return [contexts[i] for i in sorted(order[budget <= max_tokens])]
+    return sorted(int(i) for i in order[budget <= max_tokens])
 
 
 class Workspace:
@@ -66,8 +73,6 @@ class Workspace:
             model_name = model_name or lm.name
         config.workspace.mkdir(parents=True, exist_ok=True)
         self.engine = open_db(config.resolved_db_url)
-        self._residuals: tuple[tuple, dict[int, Any]] | None = None
-        """Training residuals kept by ``train_saes(prefetch_layers=...)``: (sample, by layer)."""
         with Session(self.engine) as session:
             stored = get_meta(session, "model")
         if model_name and stored and model_name != stored:
@@ -145,18 +150,13 @@ class Workspace:
         config: TrainConfig | None = None,
         *,
         max_tokens: int = CollectConfig.max_tokens,
-        prefetch_layers: Sequence[int] = (),
     ) -> list[str]:
-        """Train the candidates that are not trained yet (an interrupted run resumes per SAE).
-
-        ``prefetch_layers``: layers whose training residuals the same forward pass gathers and
-        keeps for a later call with the same config (the protocol trains the chosen
-        configuration at those layers next: one pass over the sample instead of two)."""
-        from safesail.collect import prepare_contexts
-        from safesail.saes import gather_residuals, register_sae, train_sae
+        """Train the candidates that are not trained yet (an interrupted run resumes per SAE),
+        on residuals read from the workspace's residual store when it holds their layers."""
+        from safesail.saes import register_sae, train_sae
 
         config = config or TrainConfig()
-        for layer in {s.layer for s in specs} | set(prefetch_layers):
+        for layer in {s.layer for s in specs}:
             self.lm.check_layer(layer)
         with Session(self.engine) as session:
             have = {r.id for r in session.exec(select(SaeRecord))}
@@ -164,31 +164,74 @@ class Workspace:
         if not todo:
             return []
         untrained = [s for s in todo if not (self.config.sae_dir / s.sae_id / "cfg.json").exists()]
-        needed = {s.layer for s in untrained}
-        sample = (config.max_tokens, config.seed, max_tokens)
-        kept = self._residuals if self._residuals and self._residuals[0] == sample else None
-        if needed and not (kept and needed <= kept[1].keys()):
-            # a rerun after a crash between training and registering skips the forward
-            prepare_contexts(self.engine, self.lm, max_tokens)
-            with Session(self.engine) as session:
-                contexts = [
-                    c.token_ids for c in session.exec(select(Context).order_by(Context.text_id))
-                ]
-            layers = sorted(needed | set(prefetch_layers))
-            residuals = gather_residuals(
-                self.lm, _sample_tokens(contexts, config.max_tokens, config.seed), layers, 32
-            )
-            self._residuals = (sample, residuals) if prefetch_layers else None
-            kept = (sample, residuals)
+        # a rerun after a crash between training and registering skips the forward
+        needed = sorted({s.layer for s in untrained})
+        residuals = self._training_residuals(needed, config, max_tokens) if needed else {}
         for spec in todo:
             path = self.config.sae_dir / spec.sae_id
             if spec in untrained:
                 path = train_sae(
-                    kept[1][spec.layer], spec, config, self.model_name, self.config.sae_dir
+                    residuals[spec.layer], spec, config, self.model_name, self.config.sae_dir
                 )
             with session_scope(self.engine) as session:
                 register_sae(session, self.lm, path, source="trained", sae_id=spec.sae_id)
         return [s.sae_id for s in todo]
+
+    def _training_residuals(
+        self, layers: list[int], config: TrainConfig, max_tokens: int
+    ) -> dict[int, Any]:
+        """The seeded training sample's residuals after each layer's block, in the same order
+        whether they are read from the residual store or computed by a forward pass."""
+        from safesail.collect import prepare_contexts
+        from safesail.lm import batches_by_length
+        from safesail.saes import gather_residuals
+        from safesail.sites import Site
+
+        prepare_contexts(self.engine, self.lm, max_tokens)
+        with Session(self.engine) as session:
+            rows = list(session.exec(select(Context).order_by(Context.text_id)))
+        contexts = [c.token_ids for c in rows]
+        sample = _sample_tokens(contexts, config.max_tokens, config.seed)
+        sites = {layer: Site(layer, "resid_post") for layer in layers}
+        store = self.residual_store()
+        if store is None or not store.covers(list(sites.values())):
+            return gather_residuals(self.lm, [contexts[i] for i in sample], layers, TRAIN_BATCH)
+        batches = batches_by_length([contexts[i] for i in sample], TRAIN_BATCH)
+        order = [rows[sample[i]].text_id for batch in batches for i in batch]
+        return {layer: store.texts(order, site) for layer, site in sites.items()}
+
+    # -- the residual store ---------------------------------------------------------------------
+    @property
+    def residuals_folder(self) -> Path:
+        from safesail.residual_store import FOLDER
+
+        return self.config.workspace / FOLDER
+
+    def cache_residuals(
+        self, layers: Sequence[int], config: CollectConfig | None = None, *, progress: bool = True
+    ) -> ResidualStore:
+        """One forward pass over the corpus, keeping the residuals after each of `layers`'
+        blocks on disk for training and collection (safesail.residual_store)."""
+        from safesail.residual_store import build_store
+        from safesail.sites import Site
+
+        sites = [Site(layer, "resid_post") for layer in sorted(set(layers))]
+        return build_store(
+            self.engine, self.lm, self.residuals_folder, sites, config, progress=progress
+        )
+
+    def residual_store(self) -> ResidualStore | None:
+        """The complete residual store of this corpus and model, if one was cached."""
+        from safesail.residual_store import open_store
+
+        if not self.residuals_folder.exists():
+            return None
+        return open_store(self.engine, self.lm, self.residuals_folder)
+
+    def drop_residuals(self) -> bool:
+        from safesail.residual_store import drop_store
+
+        return drop_store(self.residuals_folder)
 
     def add_sae(
         self,
@@ -238,7 +281,10 @@ class Workspace:
                 "no SAEs in this workspace: run `safesail sae train` or `safesail sae add`"
             )
         load = functools.partial(load_sae, device=self.config.device, dtype=self.config.dtype)
-        return collect(self.engine, self.lm, load, config, sae_ids=sae_ids, progress=progress)
+        store = self.residual_store()
+        return collect(
+            self.engine, self.lm, load, config, sae_ids=sae_ids, progress=progress, store=store
+        )
 
     def select(
         self,

@@ -18,6 +18,7 @@ from safesail.errors import SafesailError
 from safesail.examples import feature_examples
 from safesail.selection_config import SelectionConfig
 from safesail.storage import CorpusText, Feature
+from safesail.workspace import Workspace
 from tests.conftest import TINY_COLLECT, copy_workspace, make_workspace, tiny_records
 
 LAYER = 2
@@ -233,7 +234,7 @@ def test_cli_pretrained_release_while_offline(tmp_path):
 # -- the whole job through the CLI ------------------------------------------------------------
 
 
-def test_demo_headless_end_to_end_and_rerun(tmp_path, capsys):
+def test_demo_headless_end_to_end_and_rerun(tmp_path, capsys, monkeypatch):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(
         "".join(
@@ -258,6 +259,7 @@ def test_demo_headless_end_to_end_and_rerun(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "SAE ranking" in out and "safety candidates" in out and "time per step:" in out
+    assert not (ws_dir / "residuals").exists()  # the one forward pass's store, dropped once read
 
     result = _cli("status", "--json", "--workspace", str(ws_dir))
     assert result.returncode == 0, result.stderr
@@ -294,6 +296,10 @@ def test_demo_headless_end_to_end_and_rerun(tmp_path, capsys):
     assert status["labels"]["human"] == status["labels"]["auto_accepted"] == 0
     assert status["coverage"] == 0.0
 
+    def no_second_pass(*_args, **_kwargs):
+        raise AssertionError("a rerun of a finished protocol ran the forward pass again")
+
+    monkeypatch.setattr(Workspace, "cache_residuals", no_second_pass)
     assert main(args) == 0  # rerun: nothing new, nothing duplicated
     again = json.loads(_cli("status", "--json", "--workspace", str(ws_dir)).stdout)
     assert again["corpus_texts"] == status["corpus_texts"] == len(tiny_records())
