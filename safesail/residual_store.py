@@ -173,7 +173,7 @@ def build_store(
     manifest = StoreManifest(
         lm.name,
         _digest(plan, contexts),
-        tuple(sorted({s.name for s in sites})),
+        tuple(s.name for s in sorted(set(sites))),
         lm.hidden_size,
         config.chunk_texts,
         tuple(sum(len(contexts[t]) for t in chunk) for chunk in plan),

@@ -315,6 +315,14 @@ def test_simulated_demo_runs_the_causal_check_by_default(triaged_ws, lm, tmp_pat
     )
     labels = {0: ["violence"], 1: ["benign"], 2: ["cybercrime", "violence"]}
     _label(ws, labels)
+    assert PLUGIN.demo(ws, demo("--simulate-annotators", "--causal-limit", "1"), False) == 0
+    with Session(ws.engine) as session:  # the limit takes concepts in turns: cybercrime first
+        first = session.exec(
+            select(Explanation.feature)
+            .join(Score, Score.explanation_id == Explanation.id)
+            .where(Score.scorer == SCORER)
+        )
+        assert list(first) == [2]
     assert PLUGIN.demo(ws, demo("--simulate-annotators"), False) == 0
     ws.engine.dispose()
     out = tmp_path / "export"

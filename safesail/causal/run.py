@@ -28,7 +28,7 @@ from safesail.contracts import Workspace
 from safesail.errors import SafesailError
 from safesail.lm import LanguageModel
 from safesail.queries import require_selected_sae
-from safesail.storage import Feature, SaeRecord, session_scope
+from safesail.storage import Explanation, Feature, SaeRecord, session_scope
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 
@@ -42,6 +42,19 @@ class CausalRun:
     seconds_per_feature: float | None
 
 
+def _spread(todo: list[int], labels: dict[int, Explanation], safety: list[str]) -> list[int]:
+    """The features in turns over their concepts (each concept's lowest index first), so that
+    a limited run checks as many concepts as it can rather than the lowest indices."""
+    queues: dict[str, list[int]] = {}
+    for feature in todo:
+        first = next(c for c in labels[feature].concepts if c in safety)
+        queues.setdefault(first, []).append(feature)
+    order = []
+    for turn in range(max((len(q) for q in queues.values()), default=0)):
+        order += [q[turn] for _, q in sorted(queues.items()) if turn < len(q)]
+    return order
+
+
 def run_causal(
     ws: Workspace,
     lm: LanguageModel,
@@ -53,7 +66,7 @@ def run_causal(
     progress: bool = True,
 ) -> CausalRun:
     """Score the human-labeled safety features of the SAE (default: the selected one), or the
-    given features among them, at most `limit` new ones."""
+    given features among them, at most `limit` new ones (taking the concepts in turns)."""
     from safesail.saes import load_sae, site_of
 
     config = config or CausalConfig()
@@ -86,7 +99,7 @@ def run_causal(
             f.index: f.max_act for f in (session.get(Feature, (sae_id, i)) for i in todo) if f
         }
     skipped = len(labels) - len(todo)
-    todo = todo[:limit] if limit is not None else todo
+    todo = todo if limit is None else _spread(todo, labels, safety)[:limit]
     if not todo:
         return CausalRun(sae_id, {}, skipped, None)
     prompts = held_out_prompts(

@@ -67,7 +67,8 @@ class LlmConfig:
     invalid_retries: int = 2
     """Extra attempts (another seed, some temperature) when the answer is not valid JSON."""
     concurrency: int = 2
-    """Features explained at once (threads)."""
+    """Features explained at once (threads) at a configured endpoint; the embedded server is
+    sent one at a time (see explainer.pipeline._workers)."""
     requests_per_second: float | None = None
     """Rate limit on request starts; None: unlimited."""
 

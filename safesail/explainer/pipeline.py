@@ -147,7 +147,7 @@ def _run(ctx: RunContext, todo: list[int], gold: dict[int, Gold]) -> int:
     failed = 0
     with (
         endpoint(ctx.ws, ctx.llm, ctx.progress) as client,
-        ThreadPoolExecutor(max_workers=ctx.llm.concurrency) as pool,
+        ThreadPoolExecutor(max_workers=_workers(ctx.llm)) as pool,
     ):
         futures = [
             pool.submit(
@@ -177,6 +177,15 @@ def _run(ctx: RunContext, todo: list[int], gold: dict[int, Gold]) -> int:
                 future.cancel()
             raise
     return failed
+
+
+def _workers(llm: LlmConfig) -> int:
+    """Requests in flight at once: `concurrency` for an endpoint, one for the embedded server.
+    That server answers one request at a time and keeps the last prompt read: a retry of an
+    invalid answer (same prompt, another seed) then skips reading the prompt again, which a
+    second request in between would undo. On 2 cores a 640-token prompt takes 2.2 s to read
+    and its answer 0.6 s, and half of the demo's explain calls are such retries."""
+    return llm.concurrency if llm.resolved_base_url is not None else 1
 
 
 def _explain_one(
