@@ -207,6 +207,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             done = ws.collect(config, sae_ids=args.sae, progress=progress)
         print(f"collected {len(done)} SAE(s): {', '.join(done) or 'all already collected'}")
+    elif cmd == "residuals":
+        if args.drop:
+            print("dropped the residual store" if ws.drop_residuals() else "no residual store")
+        else:
+            store = ws.cache_residuals(args.layers, progress=progress)
+            size = sum(f.stat().st_size for f in store.folder.iterdir()) / 2**30
+            print(f"residuals after blocks {args.layers}: {size:.2f} GiB in {store.folder}")
     elif cmd == "select":
         among = None if args.layer is None else [r.id for r in ws.saes() if r.layer == args.layer]
         if among == []:

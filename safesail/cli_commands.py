@@ -160,6 +160,17 @@ def _steps(sub, common: argparse.ArgumentParser) -> None:
     collect.add_argument("--sae", action="append", help="only these SAE ids")
     add_config_flags(collect, RayConfig, RAY_FLAGS, flags=RAY_FLAG_NAMES)
 
+    residuals = sub.add_parser(
+        "residuals",
+        parents=[common],
+        help="one forward pass over the corpus, its residuals kept for training and collection",
+    )
+    which_store = residuals.add_mutually_exclusive_group(required=True)
+    which_store.add_argument(
+        "--layers", type=layer_list, metavar="L,L,...", help="the blocks whose output to keep"
+    )
+    which_store.add_argument("--drop", action="store_true", help="delete the store")
+
     select_ = sub.add_parser(
         "select", parents=[common], help="rank SAEs by concept-specific interpretability"
     )

@@ -151,6 +151,8 @@ class EmbeddedServer:
             str(port),
             "--n_ctx",
             "4096",
+            "--n_threads",  # llama-cpp-python generates on half the cores by default
+            str(os.cpu_count() or 1),
         ]
         with open(self.log, "ab") as log:
             proc = subprocess.Popen(
