@@ -41,6 +41,8 @@ class LanguageModel:
     """Held while a forward runs: `truncated` swaps the shared model's block list and the capture
     hooks sit on shared blocks, so two threads (the app's cached inspector serves several browser
     sessions) must not interleave."""
+    pieces: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
+    """Display string of each token id decoded so far (decode_tokens' cache)."""
 
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.n_layers:
@@ -54,8 +56,13 @@ class LanguageModel:
         return [row[:max_tokens] for row in ids]
 
     def decode_tokens(self, ids: Sequence[int]) -> list[str]:
-        """One display string per token (byte-level pieces become readable text)."""
-        return [self.tokenizer.decode([i]) for i in ids]
+        """One display string per token (byte-level pieces become readable text). A token's
+        string does not depend on its neighbours, so each id is decoded once: a corpus repeats
+        few distinct ids, and decoding every position was a quarter of preparing it."""
+        pieces = self.pieces
+        for i in set(ids).difference(pieces):
+            pieces[i] = self.tokenizer.decode([i])
+        return [pieces[i] for i in ids]
 
     def batch_inputs(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded input ids with a BOS in front of every context, and the attention mask."""

@@ -225,3 +225,11 @@ def test_corpus_change_triggers_clean_recollection(lm, sae_copy, tmp_path):
         expected_tokens = sum(len(c.token_ids) for c in session.exec(select(Context)))
     assert n_tokens == expected_tokens
     assert total > 0
+
+
+def test_decoded_tokens_match_the_tokenizer_per_id(lm):
+    """decode_tokens caches each id's string: repeats and a second call give the tokenizer's."""
+    ids = lm.tokenize(["The knife, the knife: données 1987!"], 64)[0]
+    expected = [lm.tokenizer.decode([i]) for i in ids]
+    assert lm.decode_tokens(ids + ids) == expected + expected
+    assert lm.decode_tokens(ids) == expected
