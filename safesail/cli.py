@@ -345,9 +345,9 @@ def demo(ws: workspace.Workspace, args: argparse.Namespace, progress: bool) -> i
         ws.train_configuration(args.layers, train)
     with times.step("layers: collect"):
         ws.collect(progress=progress)
-    ws.drop_residuals()  # a cache of ~2 GB on the default corpus; nothing later reads it
     with times.step("layers: score"):
         ws.select(among=search)  # the layers' SAEs scored and measured; the choice stands
+    ws.drop_residuals()  # a cache of ~2 GB on the default corpus; nothing later reads it
     with times.step("triage (every layer)"):
         layers = ws.configuration_saes()
         found = {record.id: ws.triage(sae_id=record.id) for record in layers}

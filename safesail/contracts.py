@@ -49,6 +49,8 @@ class Workspace(Protocol):
 
     def landscape(self) -> dict[str, dict[str, int]]: ...
 
+    def residual_store(self) -> Any: ...  # safesail.residual_store.ResidualStore | None
+
 
 class MetaRecord:
     """A dataclass stored as one versioned dict under `KEY` in Meta."""

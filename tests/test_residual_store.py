@@ -88,3 +88,20 @@ def test_store_with_a_damaged_progress_file_is_not_used(lm, tmp_path, bad):
     ws.cache_residuals([1], TINY_COLLECT, progress=False)
     (ws.residuals_folder / "progress").write_text(bad)
     assert ws.residual_store() is None
+
+
+def test_core_reconstruction_sample_is_the_same_from_the_store(lm, tmp_path):
+    """L0/FVE/MSE's residuals: cut contexts read back from the store equal a forward of them."""
+    from safesail.collect import prepare_contexts
+    from safesail.core_metrics import CoreConfig, reconstruction_residuals
+
+    ws = make_workspace(tmp_path / "ws", lm)
+    ws.add_corpus(tiny_records())
+    prepare_contexts(ws.engine, lm, TINY_COLLECT.max_tokens)
+    config = CoreConfig(reconstruction_texts=12, max_tokens=10)
+    forward = reconstruction_residuals(ws, lm, [1, 2], config)
+    ws.cache_residuals([1, 2], TINY_COLLECT, progress=False)
+    stored = reconstruction_residuals(ws, lm, [1, 2], config)
+    for layer in (1, 2):
+        assert stored[layer].shape[0] <= 12 * 10
+        torch.testing.assert_close(stored[layer], forward[layer], atol=1e-4, rtol=1e-4)
