@@ -289,10 +289,8 @@ def reconstruction_residuals(
             layer: torch.cat([stacked[where[i]] for i in range(len(contexts))])
             for layer, stacked in computed.items()
         }
-    return {
-        layer: torch.cat([store.texts([t], site)[: len(c)] for t, c in rows])
-        for layer, site in sites.items()
-    }
+    ids = [t for t, _ in rows]
+    return {layer: store.texts(ids, site, config.max_tokens) for layer, site in sites.items()}
 
 
 def _corpus_firing(engine: Any, record: SaeRecord) -> tuple[np.ndarray, int] | None:

@@ -24,6 +24,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -96,18 +97,26 @@ class ResidualStore:
         stop = start + self.manifest.chunk_tokens[index]
         return {s: torch.from_numpy(np.array(self._rows(s)[start:stop])).to(device) for s in sites}
 
-    def texts(self, text_ids: Sequence[int], site: Site) -> torch.Tensor:
-        """The rows of these texts, in this order (SAE training data)."""
+    @cached_property
+    def offsets(self) -> dict[int, int]:
+        """Each text's first row: the texts' rows follow the plan's order."""
         offsets, position = {}, 0
         for chunk in self.plan:
             for text_id in chunk:
                 offsets[text_id] = position
                 position += self.lengths[text_id]
-        rows = self._rows(site)
+        return offsets
+
+    def texts(
+        self, text_ids: Sequence[int], site: Site, max_tokens: int | None = None
+    ) -> torch.Tensor:
+        """The rows of these texts, in this order, each cut to its first `max_tokens` (what a
+        forward of the cut text gives: attention is causal)."""
+        ends = {t: min(self.lengths[t], max_tokens or self.lengths[t]) for t in text_ids}
         index = np.concatenate(
-            [np.arange(offsets[t], offsets[t] + self.lengths[t]) for t in text_ids] or [[]]
+            [np.arange(self.offsets[t], self.offsets[t] + ends[t]) for t in text_ids] or [[]]
         ).astype(np.int64)
-        return torch.from_numpy(np.asarray(rows[index]))
+        return torch.from_numpy(np.asarray(self._rows(site)[index]))
 
 
 def _contexts(engine: Engine) -> dict[int, list[int]] | None:

@@ -15,7 +15,7 @@ import argparse
 from safesail.contracts import Workspace
 from safesail.plugins import Plugin
 
-DEMO_LIMIT = 8
+DEMO_LIMIT = 6
 """Features the demo checks, the concepts in turns: about 1.5 minutes on the demo's 2 cores
 (training the probes, once per workspace, is about 1 minute more)."""
 
