@@ -86,15 +86,19 @@ class ResidualStore:
         return set(sites) <= set(self.sites)
 
     def _rows(self, site: Site) -> np.memmap:
-        n = sum(self.manifest.chunk_tokens)
-        return np.memmap(_file(self.folder, site), np.float32, "r", shape=(n, self.manifest.width))
+        shape = (int(self.chunk_offsets[-1]), self.manifest.width)
+        return np.memmap(_file(self.folder, site), np.float32, "r", shape=shape)
+
+    @cached_property
+    def chunk_offsets(self) -> np.ndarray:
+        """Each chunk's first row, and the row count last."""
+        return np.concatenate([[0], np.cumsum(self.manifest.chunk_tokens)])
 
     def chunk(
         self, index: int, sites: Sequence[Site], device: torch.device
     ) -> dict[Site, torch.Tensor]:
         """What `lm.capture` gives for chunk `index` of the plan, read back."""
-        start = sum(self.manifest.chunk_tokens[:index])
-        stop = start + self.manifest.chunk_tokens[index]
+        start, stop = self.chunk_offsets[index], self.chunk_offsets[index + 1]
         return {s: torch.from_numpy(np.array(self._rows(s)[start:stop])).to(device) for s in sites}
 
     @cached_property
@@ -156,10 +160,11 @@ def open_store(engine: Engine, lm: LanguageModel, folder: Path) -> ResidualStore
     contexts = _contexts(engine)
     if contexts is None:
         return None
-    plan = plan_chunks({t: len(c) for t, c in contexts.items()}, manifest.chunk_texts)
+    lengths = {t: len(c) for t, c in contexts.items()}
+    plan = plan_chunks(lengths, manifest.chunk_texts)
     if _digest(plan, contexts) != manifest.digest:
         return None
-    return ResidualStore(folder, manifest, plan, {t: len(c) for t, c in contexts.items()})
+    return ResidualStore(folder, manifest, plan, lengths)
 
 
 def build_store(
@@ -187,20 +192,25 @@ def build_store(
         config.chunk_texts,
         tuple(sum(len(contexts[t]) for t in chunk) for chunk in plan),
     )
-    files = [_file(folder, parse_site(h)) for h in manifest.hooks]
-    if _read_manifest(folder) != manifest or not all(f.exists() for f in files):
+    store = ResidualStore(folder, manifest, plan, {t: len(c) for t, c in contexts.items()})
+    store_sites = store.sites
+    if _read_manifest(folder) != manifest or not all(
+        _file(folder, s).exists() for s in store_sites
+    ):
         drop_store(folder)  # another corpus, plan, model or set of sites, or a damaged store
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").write_text(json.dumps(asdict(manifest)))
-    store_sites = [parse_site(h) for h in manifest.hooks]
-    n = sum(manifest.chunk_tokens)
-    mode = "r+" if _written(folder) else "w+"
+    offsets = store.chunk_offsets
+    start = _written(folder)
     rows = {
-        s: np.memmap(_file(folder, s), np.float32, mode, shape=(n, manifest.width))
+        s: np.memmap(
+            _file(folder, s),
+            np.float32,
+            "r+" if start else "w+",
+            shape=(int(offsets[-1]), manifest.width),
+        )
         for s in store_sites
     }
-    start = _written(folder)
-    offsets = np.concatenate([[0], np.cumsum(manifest.chunk_tokens)])
     layers = ",".join(str(s.layer) for s in store_sites)
     for index in tqdm(
         range(start, len(plan)),
@@ -213,7 +223,7 @@ def build_store(
             rows[site][offsets[index] : offsets[index + 1]] = captured[site].float().cpu().numpy()
             rows[site].flush()
         _write_progress(folder, index + 1)
-    return ResidualStore(folder, manifest, plan, {t: len(c) for t, c in contexts.items()})
+    return store
 
 
 def _write_progress(folder: Path, chunks: int) -> None:
