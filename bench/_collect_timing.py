@@ -204,7 +204,7 @@ def instrumented(
 
     Yields the SAE loader to pass to collect: it times loading and wraps every SAE's encode.
     Finalize has few sub-functions, so its sections are found from its four streams over the
-    stored chunks (safesail.finalize): the passes, the gaps between them (the decile table,
+    stored chunks (safesail.finalize.ChunkStream.batches): the passes, the gaps between them (the decile table,
     choosing examples) and after the last (building rows), then the write. Names that no
     longer exist are skipped with a note.
     """
@@ -247,9 +247,10 @@ def instrumented(
     patched.append((C, "finalize", original_finalize))
     C.finalize = finalize
 
-    # Finalize streams the stored chunks four times (stored_chunks); the gap after each pass is
-    # a section of its own. A run with per_decile=0 skips passes 2 and 3 and shifts the names.
-    original_chunks = F.stored_chunks
+    # Finalize streams the stored chunks four times (ChunkStream.batches); the gap after each
+    # pass is a section of its own. A run with per_decile=0 skips passes 2 and 3 and shifts the
+    # names. Chunks read from the database (not from the stream's cache) are timed inside.
+    original_batches = F.ChunkStream.batches
     sections = [
         ("pass 1: stats, concepts, top-K", "histogram setup"),
         ("pass 2: decile histograms of the other texts", "decile table, reservoir setup"),
@@ -261,14 +262,27 @@ def instrumented(
     ]
     passes = {"n": 0}
 
-    def stored_chunks(*args: Any, **kwargs: Any) -> Iterator[Any]:
+    def batches(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
         if "finalize" not in tree.top():
-            yield from original_chunks(*args, **kwargs)
+            yield from original_batches(self, *args, **kwargs)
             return
         n = passes["n"] = passes["n"] + 1
         during, after = sections[n - 1] if n <= len(sections) else (f"pass {n}", f"after {n}")
         tree.end_phase()
         tree.begin(during, phase=True)
+        yield from original_batches(self, *args, **kwargs)
+        tree.end_phase()
+        tree.begin(after, phase=True)
+
+    patched.append((F.ChunkStream, "batches", original_batches))
+    F.ChunkStream.batches = batches
+
+    original_chunks = F.stored_chunks
+
+    def stored_chunks(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        if "finalize" not in tree.top():
+            yield from original_chunks(*args, **kwargs)
+            return
         it = iter(original_chunks(*args, **kwargs))
         while True:
             tree.begin("read chunk (DB select + unpack)")
@@ -279,8 +293,6 @@ def instrumented(
                 break
             tree.end()
             yield item
-        tree.end_phase()
-        tree.begin(after, phase=True)
 
     patched.append((F, "stored_chunks", original_chunks))
     F.stored_chunks = stored_chunks

@@ -22,12 +22,19 @@ from safesail.storage import ActivationChunk, Context, get_meta, unpack_arrays, 
 
 
 def stored_chunks(
-    engine: Engine, sae_id: str, n_chunks: int, desc: str | None = None, *, tokens: bool = True
+    engine: Engine,
+    sae_id: str,
+    n_chunks: int,
+    desc: str | None = None,
+    *,
+    tokens: bool = True,
+    start: int = 0,
 ):
-    """Yield (chunk index, token csr or None, text csr) in order, one chunk in memory at a time;
-    tokens=False skips unpacking the token-level arrays for callers that need texts only."""
+    """Yield (chunk index, token csr or None, text csr) in order from chunk `start`, one chunk
+    in memory at a time; tokens=False skips unpacking the token-level arrays for callers that
+    need texts only."""
     with Session(engine) as session:
-        for index in tqdm(range(n_chunks), desc=desc, unit="chunk", disable=desc is None):
+        for index in tqdm(range(start, n_chunks), desc=desc, unit="chunk", disable=desc is None):
             row = session.get(ActivationChunk, (sae_id, index))
             if row is None:
                 raise SafesailError(

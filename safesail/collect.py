@@ -10,7 +10,9 @@ function of those chunks, so rerunning it gives the same result.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import gc
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -240,7 +242,40 @@ def collect(
     `runner` says where the chunks are encoded (default: here, with `lm` and `load`, reading
     the residuals from `store` where it holds them); finalize always runs here, once, over the
     stored chunks."""
-    config = config or CollectConfig()
+    with _older_objects_frozen():
+        return _collect(
+            engine, lm, load, config or CollectConfig(), sae_ids, progress, runner, store
+        )
+
+
+@contextlib.contextmanager
+def _older_objects_frozen() -> Iterator[None]:
+    """Keep the garbage collector off the objects that existed before collection (the model,
+    its modules, the libraries), for as long as it runs.
+
+    Collection makes many small objects (contexts' token lists, feature rows), and each time
+    they trigger a full collection Python walks every object of the process again. Measured
+    in `bench/collect.py`: preparing contexts 0.52 -> 0.18 s, writing feature rows 0.64 ->
+    0.30 s, a tenth of collection's overhead over the forward. Objects made meanwhile are
+    collected as usual; on exit everything frozen goes back to the oldest generation
+    (`gc.unfreeze` also releases what another caller froze: none in this process)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _collect(
+    engine: Engine,
+    lm: LanguageModel,
+    load: Callable[[SaeRecord], torch.nn.Module],
+    config: CollectConfig,
+    sae_ids: Sequence[str] | None,
+    progress: bool,
+    runner: ChunkRunner | None,
+    store: ResidualStore | None,
+) -> list[str]:
     prepare_contexts(engine, lm, config.max_tokens)
     plan = chunk_plan(engine, config.chunk_texts)
     with Session(engine) as session:

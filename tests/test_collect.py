@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sqlite3
 import time
 
 import numpy as np
@@ -169,7 +170,11 @@ def test_concurrent_forwards_do_not_race():
 
 
 def _feature_table(ws, sae_id):
-    with Session(ws.engine) as session:
+    return _rows_of(ws.engine, sae_id)
+
+
+def _rows_of(engine, sae_id):
+    with Session(engine) as session:
         rows = session.exec(select(Feature).where(Feature.sae_id == sae_id).order_by(Feature.index))
         return [
             (f.n_fire, f.max_act, f.mean_act, f.quantiles, f.concept_stats, f.examples)
@@ -233,3 +238,22 @@ def test_decoded_tokens_match_the_tokenizer_per_id(lm):
     expected = [lm.tokenizer.decode([i]) for i in ids]
     assert lm.decode_tokens(ids + ids) == expected + expected
     assert lm.decode_tokens(ids) == expected
+
+
+def test_finalize_rows_do_not_depend_on_batching_or_cache(trained_ws, tmp_path, monkeypatch):
+    """Finalize reads runs of chunks (BATCH_CELLS) and keeps the first ones decoded between
+    passes (CACHE_BYTES). One chunk at a time with nothing cached gives the rows the shared
+    workspace holds, byte for byte (on a copy of its database: it stays read-only)."""
+    from safesail import finalize as finalize_mod
+    from safesail.storage import open_db
+
+    copy = tmp_path / "copy.db"
+    with sqlite3.connect(trained_ws.engine.url.database) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    engine = open_db(f"sqlite:///{copy}")
+    monkeypatch.setattr(finalize_mod, "BATCH_CELLS", 1)
+    monkeypatch.setattr(finalize_mod, "CACHE_BYTES", 0)
+    for spec in TINY_SPECS:
+        finalize_mod.finalize(engine, spec.sae_id, TINY_COLLECT, progress=False)
+        got, want = _rows_of(engine, spec.sae_id), _feature_table(trained_ws, spec.sae_id)
+        assert got == want

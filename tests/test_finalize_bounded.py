@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from safesail.example_blobs import ExampleHits, example_blobs
 from safesail.examples import (
     DECILES,
     DecileReservoir,
+    _by_group_then_priority,
     decile_table,
     feature_examples,
     pack_examples,
     pair_priority,
 )
-from safesail.finalize import _cells, bin_scale, count_cells
+from safesail.finalize import _cells, _merge_top_k, bin_scale, count_cells
 from safesail.storage import Feature
 
 
@@ -121,3 +123,37 @@ def test_decile_table_cuts_ranks_into_tenths():
     assert table[0, :40].tolist() == [r // 4 + 1 for r in range(40)]
     assert table[1, [3, 9, 60]].tolist() == [2, 6, 9]
     assert table[2, 5] == 6
+
+
+def test_packed_group_order_is_lexsorts():
+    """The one-key sort of the reservoir orders pairs exactly as the two-key lexsort, also
+    when packing cannot separate them (equal top priority bits, a group beyond 2**24)."""
+    rng = np.random.default_rng(3)
+    groups = rng.integers(0, 5000, 20_000)
+    priority = pair_priority(rng.choice(10**9, 20_000, replace=False), seed=0)
+    expected = np.lexsort((priority, groups))
+    np.testing.assert_array_equal(_by_group_then_priority(groups, priority), expected)
+    tied = priority.copy()
+    tied[1] = (tied[0] & ~np.uint64(0xFFFFFF)) | np.uint64(5)  # same top 40 bits as pair 0
+    groups[1] = groups[0]
+    for g in (groups, groups + (1 << 24)):
+        np.testing.assert_array_equal(_by_group_then_priority(g, tied), np.lexsort((tied, g)))
+
+
+def test_top_k_merge_keeps_the_earliest_of_tied_texts_in_any_batching():
+    """Streaming top-K over texts whose maxima tie often (texts sharing a prefix) keeps, per
+    feature, the K best by activation and then position, whatever the batch boundaries."""
+    rng = np.random.default_rng(5)
+    n, d, k = 300, 40, 6
+    dense = rng.choice([0.0, 0.0, 0.5, 1.0, 1.5], size=(n, d)).astype(np.float32)
+    expected = []
+    for f in range(d):
+        ranked = sorted(range(n), key=lambda p: (-dense[p, f], p))[:k]
+        expected.append(sorted(p for p in ranked if dense[p, f] > 0))
+    for cuts in ([], [1, 7, 8, 100, 250], list(range(3, n, 17))):
+        vals, pos, start = torch.zeros((0, d)), torch.zeros((0, d), dtype=torch.long), 0
+        for part in np.split(np.arange(n), cuts):
+            vals, pos = _merge_top_k(vals, pos, sp.csr_matrix(dense[part]), start, k)
+            start += len(part)
+        got = [sorted(pos[:, f][vals[:, f] > 0].tolist()) for f in range(d)]
+        assert got == expected
