@@ -113,14 +113,23 @@ def _elementwise(sae: Any, arch: str, rows: torch.Tensor, step: int) -> sp.csr_m
             torch.addmm(sae.b_enc[a:b], rows, sae.W_enc[:, a:b], out=pre)
             floor = sae.threshold[a:b].clamp_min(0) if arch == "jumprelu" else 0
             torch.gt(pre, floor, out=mask)
-        r, c = mask.nonzero(as_tuple=True)
-        r_parts.append(r.cpu())
-        c_parts.append((c + a).cpu())
-        v_parts.append(pre[r, c].float().cpu())
+        flat = _flat_nonzero(mask)
+        r_parts.append((flat // (b - a)).cpu())
+        c_parts.append((flat % (b - a) + a).cpu())
+        v_parts.append(pre.view(-1)[flat].float().cpu())
     r, c, v = (torch.cat(p).numpy() for p in (r_parts, c_parts, v_parts))
     out = sp.csr_matrix((v, (r, c)), shape=(rows.shape[0], d))
     out.sort_indices()  # rows gather their columns block by block: ascending already
     return out
+
+
+def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """The flat indices of a mask's true elements in row-major order, as `nonzero` gives them.
+    On the CPU numpy's flatnonzero finds them 3x faster than torch's nonzero (2.5 vs 7.2 ms
+    for a 885 x 18,957 block), which is a fifth of a 65k JumpReLU encode in bfloat16."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.view(-1).nonzero().squeeze(1)
 
 
 def _topk(sae: Any, rows: torch.Tensor, step: int) -> sp.csr_matrix:

@@ -80,6 +80,13 @@ class DecileReservoir:
         if not p or not len(keys):
             return
         priority = pair_priority(keys, self.seed)
+        # Only a pair below its group's p-th smallest priority so far can enter (priorities
+        # are distinct: splitmix64 is a bijection of the key). Once the groups fill, that
+        # drops almost every pair before the sort: most of a long corpus's offers.
+        enter = priority < self.priority[groups, -1]
+        groups, keys, priority = groups[enter], keys[enter], priority[enter]
+        if not len(keys):
+            return
         order = _by_group_then_priority(groups, priority)
         groups, keys, priority = groups[order], keys[order], priority[order]
         first = np.r_[True, groups[1:] != groups[:-1]]

@@ -270,7 +270,7 @@ def _first_pass(stream: ChunkStream, layout: TextLayout, top_k: int, desc: str |
         concept_n += np.asarray(onehot.sum(axis=1)).ravel()
         concept_sum += (onehot @ texts).toarray()
         concept_fire += (onehot @ (texts > 0).astype(np.float64)).toarray()
-        top_vals, top_pos = _merge_top_k(top_vals, top_pos, texts, offset, top_k)
+        top_vals, top_pos = _update_top_k(top_vals, top_pos, texts, offset, top_k)
     return FirstPass(
         n_tokens,
         n_fire,
@@ -282,6 +282,27 @@ def _first_pass(stream: ChunkStream, layout: TextLayout, top_k: int, desc: str |
         top_vals.numpy(),
         top_pos.numpy(),
     )
+
+
+def _update_top_k(
+    top_vals: torch.Tensor, top_pos: torch.Tensor, texts: sp.csr_matrix, offset: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_merge_top_k` on the features where the batch can change the top-K: once K texts are
+    held, a later text enters only above a feature's K-th activation (on a tie the earlier
+    text stays), and after the first batches few features see one. Merging only those keeps
+    a 65k-wide SAE's top-K from costing a dense top-k over every feature per chunk."""
+    if top_vals.shape[0] < k:
+        return _merge_top_k(top_vals, top_pos, texts, offset, k)
+    coo = texts.tocoo()
+    edge = top_vals[-1].numpy()
+    touched = np.unique(coo.col[coo.data > edge[coo.col]])
+    if len(touched):
+        columns = torch.from_numpy(touched.astype(np.int64))
+        vals, pos = _merge_top_k(
+            top_vals[:, columns], top_pos[:, columns], texts[:, touched], offset, k
+        )
+        top_vals[:, columns], top_pos[:, columns] = vals, pos
+    return top_vals, top_pos
 
 
 def _merge_top_k(

@@ -18,7 +18,7 @@ from safesail.examples import (
     pack_examples,
     pair_priority,
 )
-from safesail.finalize import _cells, _merge_top_k, bin_scale, count_cells
+from safesail.finalize import _cells, _update_top_k, bin_scale, count_cells
 from safesail.storage import Feature
 
 
@@ -153,7 +153,7 @@ def test_top_k_merge_keeps_the_earliest_of_tied_texts_in_any_batching():
     for cuts in ([], [1, 7, 8, 100, 250], list(range(3, n, 17))):
         vals, pos, start = torch.zeros((0, d)), torch.zeros((0, d), dtype=torch.long), 0
         for part in np.split(np.arange(n), cuts):
-            vals, pos = _merge_top_k(vals, pos, sp.csr_matrix(dense[part]), start, k)
+            vals, pos = _update_top_k(vals, pos, sp.csr_matrix(dense[part]), start, k)
             start += len(part)
         got = [sorted(pos[:, f][vals[:, f] > 0].tolist()) for f in range(d)]
         assert got == expected
