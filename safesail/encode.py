@@ -21,8 +21,11 @@ from safesail.errors import SafesailError
 
 SUPPORTED = ("standard", "jumprelu", "topk", "gated")
 """cfg.json architectures encoded here (BatchTopK SAEs are saved as jumprelu)."""
-BLOCK_ELEMENTS = 1 << 24
-"""Pre-activations computed at once (64 MB in float32): bounds the encode's working memory."""
+BLOCK_ELEMENTS = 1 << 21
+"""Pre-activations computed at once (8 MB in float32): bounds the encode's working memory, and
+a block this size stays in cache from the product to the threshold and the nonzero scan.
+Measured on 885 tokens x 65,536 JumpReLU features, interleaved: 145.7 -> 128.8 ms in
+bfloat16 and 463 -> 422 ms in float32 against blocks of 2**24."""
 
 
 def check_architecture(cfg: dict[str, Any]) -> str:
