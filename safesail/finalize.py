@@ -196,6 +196,7 @@ class ChunkStream:
         run: list[tuple[sp.csr_matrix | None, sp.csr_matrix]] = []
         offset = held = 0
         for tok, txt in self._chunks(desc, tokens):
+            tok = tok if tokens else None  # a cached chunk holds both: join only what is asked
             if run and held + txt.shape[0] > per_batch:
                 yield _joined(offset, run)
                 offset, run, held = offset + held, [], 0
