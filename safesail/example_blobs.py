@@ -28,12 +28,13 @@ def example_blobs(
     pair_kinds: np.ndarray,
     hits: ExampleHits,
     order: list[int],
-    lengths: dict[int, int],
+    length_of_pos: np.ndarray,
 ) -> list[bytes | None]:
     """Each feature's packed examples (None without any), byte for byte what pack_examples
     writes, for all features at once: every field of every blob is scattered into one buffer
     at offsets computed from the per-feature counts, then the buffer is cut into blobs.
-    Pair keys and hits are sorted by feature, so each feature's share of both is one run."""
+    Pair keys and hits are sorted by feature, so each feature's share of both is one run.
+    `length_of_pos` is the token count of the text at each position of `order`."""
     n_texts = len(order)
     pair_feature = pair_keys // n_texts
     with_examples = np.unique(pair_feature)
@@ -65,7 +66,6 @@ def example_blobs(
     put(base + 4, n, "<i4")
     put(at_text[feature_of_pair] + 4 * j, np.asarray(order, dtype=np.int64)[text_pos], "<i4")
     put(at_kind[feature_of_pair] + j, pair_kinds, "i1")
-    length_of_pos = np.array([lengths[t] for t in order], dtype=np.int64)
     put(at_length[feature_of_pair] + 4 * j, length_of_pos[text_pos], "<i4")
     put(at_ptr[feature_of_pair] + 4 * j, hit_start - h0[feature_of_pair], "<i4")
     put(at_ptr + 4 * m, n, "<i4")

@@ -74,7 +74,6 @@ class CorpusView(NamedTuple):
     """What finalize needs to know about the corpus, read and laid out once for all SAEs."""
 
     plan: list[list[int]]
-    lengths: dict[int, int]
     layout: TextLayout
 
     @classmethod
@@ -83,7 +82,7 @@ class CorpusView(NamedTuple):
             plan = get_meta(session, "chunk_plan") or []
             concepts = corpus_concepts(session)
             lengths = {c.text_id: len(c.token_ids) for c in session.exec(select(Context))}
-        return cls(plan, lengths, _text_layout(plan, concepts, lengths))
+        return cls(plan, _text_layout(plan, concepts, lengths))
 
 
 class FirstPass(NamedTuple):
@@ -141,7 +140,7 @@ def finalize(
         config.histogram_bins,
         f"Examples {sae_id}" if progress else None,
     )
-    examples = example_blobs(d, pair_keys, pair_kinds, hits, layout.order, corpus.lengths)
+    examples = example_blobs(d, pair_keys, pair_kinds, hits, layout.order, layout.lengths)
     rows = _feature_rows(
         sae_id,
         first,
@@ -243,10 +242,13 @@ class PairIndex:
         order = np.argsort(pos, kind="stable")  # keys are sorted: features ascend per position
         self.pos, self.feature = pos[order], feature[order]
 
-    def codes(self, offset: int, n: int) -> np.ndarray:
-        """The sorted codes local position * d + feature of the pairs in [offset, offset + n)."""
+    def contains(self, local: np.ndarray, features: np.ndarray, offset: int, n: int) -> np.ndarray:
+        """Which (position offset + local, feature) pairs are in the set, for entries of the
+        batch of positions [offset, offset + n): searched among that batch's own pairs, as
+        sorted codes local position * d + feature."""
         a, b = np.searchsorted(self.pos, [offset, offset + n])
-        return (self.pos[a:b] - offset) * self.d + self.feature[a:b]
+        codes = (self.pos[a:b] - offset) * self.d + self.feature[a:b]
+        return in_sorted(local.astype(np.int64) * self.d + features, codes)
 
 
 def _first_pass(stream: ChunkStream, layout: TextLayout, top_k: int, desc: str | None) -> FirstPass:
@@ -369,8 +371,7 @@ def _other_texts(
     their pair keys and histogram cells (feature * bins + the bin of the text's max)."""
     for offset, _, texts in stream.batches(desc, tokens=False):
         coo = texts.tocoo()
-        codes = coo.row.astype(np.int64) * stream.d + coo.col
-        rest = ~in_sorted(codes, top.codes(offset, texts.shape[0]))
+        rest = ~top.contains(coo.row, coo.col, offset, texts.shape[0])
         rows, cols = coo.row[rest], coo.col[rest]
         keys = cols.astype(np.int64) * top.n_texts + offset + rows
         yield keys, _cells(cols, coo.data[rest], scale, bins)
@@ -433,7 +434,7 @@ def _batch_hits(
     tokens back to back (lens), so a row maps to a text and a position by cumulative sums."""
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
     local_text = np.repeat(np.arange(len(lens)), lens)[coo.row]
-    hit = in_sorted(local_text.astype(np.int64) * pairs.d + coo.col, pairs.codes(offset, len(lens)))
+    hit = pairs.contains(local_text, coo.col, offset, len(lens))
     text, col = local_text[hit], coo.col[hit]
     keys = col.astype(np.int64) * pairs.n_texts + offset + text
     return keys, coo.row[hit] - starts[text], coo.data[hit]

@@ -62,7 +62,9 @@ def test_example_blobs_are_byte_identical():
         keys += [key] * len(tokens)
         pos += list(tokens)
     hits = ExampleHits(np.array(keys), np.array(pos), rng.random(len(keys)).astype(np.float32))
-    got = example_blobs(d, pair_keys, pair_kinds, hits, order, lengths)
+    got = example_blobs(
+        d, pair_keys, pair_kinds, hits, order, np.array([lengths[t] for t in order])
+    )
     expected = _reference_blobs(d, pair_keys, pair_kinds, hits, order, lengths)
     assert got == expected
     assert sum(b is None for b in got) > 0 and sum(b is not None for b in got) > 10
