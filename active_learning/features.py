@@ -14,9 +14,9 @@ from sqlalchemy import case, func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from safesail.examples import TOP, examples_of
-from safesail.queries import chunked
-from safesail.storage import Context, Feature, corpus_concepts
+from safesail.db.queries import chunked
+from safesail.db.tables import Context, Feature, corpus_concepts
+from safesail.features.examples import TOP, examples_of
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE, Taxonomy
 
 EMBED_DIM = 24

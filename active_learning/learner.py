@@ -2,7 +2,7 @@
 what the current model predicts for the rest.
 
 `ActiveLearner` is the object other rooms get through `safesail.plugins.find_learner`
-(safesail.contracts.Learner, label-studio-ml-backend's setup / fit / predict shape): built once
+(safesail.db.contracts.Learner, label-studio-ml-backend's setup / fit / predict shape): built once
 per SAE and label state, so one `label push` asks it for a batch and its predictions without
 reading the labels twice. Labels are primary-concept multi-class: a feature's label is the first
 safety concept of its human Explanation, else "benign" (not safety-related), else
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import Session
 
 from active_learning.strategies import can_fit, get_strategy, make_estimator, strategy_names
-from safesail.contracts import (
+from safesail.db.contracts import (
     CurvePoint,
     FitReport,
     LearnerPredictions,
@@ -36,9 +36,9 @@ from safesail.contracts import (
     read_record,
     write_record,
 )
+from safesail.db.queries import human_labels, require_selected_sae, taken_features
+from safesail.db.tables import session_scope
 from safesail.errors import SafesailError
-from safesail.queries import human_labels, require_selected_sae, taken_features
-from safesail.storage import session_scope
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 if TYPE_CHECKING:

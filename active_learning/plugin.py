@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from safesail.cliconfig import add_config_flags, config_from_args, field_docs
-from safesail.contracts import FitReport, Learner, Workspace
+from safesail.cli.flags import add_config_flags, config_from_args, field_docs
+from safesail.db.contracts import FitReport, Learner, Workspace
 from safesail.plugins import Plugin
 
 FLAGS = ("strategy", "seed")

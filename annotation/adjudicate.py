@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from sqlmodel import Session, select
 
 from annotation.agreement import ADJUDICATION_RULE, Answer, adjudicate, kappa_per_concept
-from annotation.config import MAX_RATING
-from safesail.contracts import AnnotationSummary, ConceptKappa
-from safesail.queries import human_labels
-from safesail.storage import Annotation, Explanation
+from annotation.label_interface import MAX_RATING
+from safesail.db.contracts import AnnotationSummary, ConceptKappa
+from safesail.db.queries import human_labels
+from safesail.db.tables import Annotation, Explanation
 
 WITHDRAWN = "withdrawn"
 """Status of a human label whose answers in Label Studio all became invalid or were deleted."""
@@ -39,7 +39,7 @@ def adjudicate_features(session: Session, key: str, touched: set[tuple[str, int]
     """Each touched feature's human label follows its valid latest answers in Label Studio: one
     accepted Explanation of this project, updated when the answers change, withdrawn when none
     is left valid (all invalid, skipped or deleted); the label it updates is the one
-    safesail.queries.human_labels picks (the latest of this project)."""
+    safesail.db.queries.human_labels picks (the latest of this project)."""
     for sae_id, feature in sorted(touched):
         rows = session.exec(
             select(Annotation).where(

@@ -12,7 +12,7 @@ from annotation.project import ensure_project
 from annotation.pull import pull
 from annotation.server import ensure_local_webhooks
 from annotation.transport import ClientConfig, open_client
-from safesail.contracts import Workspace
+from safesail.db.contracts import Workspace
 from safesail.errors import SafesailError
 
 ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED"]

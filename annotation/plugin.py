@@ -2,7 +2,7 @@
 `safesail labelstudio up|down|status` and `safesail label push|pull|simulate|listen`.
 
 Flags come from the settings dataclasses (ServerConfig, ClientConfig, PushConfig,
-SimulateConfig) through safesail.cliconfig, so a setting's type, default and help live in one
+SimulateConfig) through safesail.cli.flags, so a setting's type, default and help live in one
 place. Everything heavy is imported inside the handlers: building the CLI stays fast."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 from annotation.server import ServerConfig
 from annotation.settings import LISTEN_PORT, PushConfig, SimulateConfig
 from annotation.transport import ClientConfig
-from safesail.cliconfig import add_config_flags, config_from_args
-from safesail.contracts import AnnotationSummary, Workspace, read_engine
+from safesail.cli.flags import add_config_flags, config_from_args
+from safesail.db.contracts import AnnotationSummary, Workspace, read_engine
 from safesail.plugins import Plugin
 
 CONNECTION = ("url", "token_file")
@@ -198,7 +198,7 @@ def _rounds_pushed(ws: Workspace) -> int:
     """The last push round recorded for the selected SAE (0 before the first push)."""
     from sqlmodel import Session, func, select
 
-    from safesail.storage import LabelTask
+    from safesail.db.tables import LabelTask
 
     with Session(ws.engine) as session:
         last = session.exec(

@@ -15,12 +15,12 @@ from typing import Any
 
 from sqlmodel import Session
 
-from annotation.config import label_config
+from annotation.label_interface import label_config
 from annotation.transport import Client
-from safesail.contracts import AnnotationSummary, Workspace, read_record, write_record
+from safesail.db.contracts import AnnotationSummary, Workspace, read_record, write_record
+from safesail.db.queries import require_selected_sae
+from safesail.db.tables import session_scope
 from safesail.errors import SafesailError
-from safesail.queries import require_selected_sae
-from safesail.storage import session_scope
 
 
 def project_title(ws: Workspace, sae_id: str) -> str:

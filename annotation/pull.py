@@ -15,14 +15,14 @@ from typing import Any, NamedTuple
 from sqlmodel import select
 
 from annotation.adjudicate import adjudicate_features, naive_utc, summarize
-from annotation.config import CONCEPTS, CONFIDENCE, EXPLANATION, MAX_RATING
+from annotation.label_interface import CONCEPTS, CONFIDENCE, EXPLANATION, MAX_RATING
 from annotation.project import ensure_project
 from annotation.push import reconcile
 from annotation.transport import ClientConfig, open_client
-from safesail.contracts import AnnotationSummary, Workspace, read_record, write_record
+from safesail.db.contracts import AnnotationSummary, Workspace, read_record, write_record
+from safesail.db.tables import Annotation, LabelTask, lock, session_scope
 from safesail.errors import SafesailError
 from safesail.plugins import find_learner
-from safesail.storage import Annotation, LabelTask, lock, session_scope
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 

@@ -17,11 +17,11 @@ from annotation.project import ensure_project, update_summary
 from annotation.settings import PushConfig
 from annotation.tasks import auto_predictions, build_tasks, prediction, task_key
 from annotation.transport import Client, ClientConfig, open_client
-from safesail.contracts import Learner, LearnerQuery, LearnerState, Workspace, read_record
+from safesail.db.contracts import Learner, LearnerQuery, LearnerState, Workspace, read_record
+from safesail.db.queries import human_labels, require_selected_sae, taken_features
+from safesail.db.tables import Feature, LabelTask, get_meta, session_scope, set_meta
 from safesail.errors import SafesailError
 from safesail.plugins import find_learner
-from safesail.queries import human_labels, require_selected_sae, taken_features
-from safesail.storage import Feature, LabelTask, get_meta, session_scope, set_meta
 
 PENDING = "annotation_pending"
 """Meta key of the keys of an import in flight (see the module docstring)."""

@@ -1,12 +1,12 @@
 """The settings of `label push` and `label simulate` (and the demo's rounds), declared once:
-the command line derives its flags from them (safesail.cliconfig) and the functions validate
+the command line derives its flags from them (safesail.cli.flags) and the functions validate
 their arguments with them. Kept free of heavy imports so building the CLI stays fast."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from annotation.config import EXPERTS, READER, Expert
+from annotation.label_interface import EXPERTS, READER, Expert
 
 LISTEN_PORT = 8766
 """`label listen`'s default port (8765 is the embedded LLM server's)."""

@@ -1,8 +1,8 @@
 """Simulated annotators that answer open tasks through the real Label Studio API, like people.
 
 Answers come from a simulated expert with configurable noise: by default the reader
-(safesail.reader), which labels a feature from the windows an annotator sees, or the corpus-tag
-oracle (safesail.oracle), which labels it by the concept tags of the texts it fires in (the tags
+(safesail.experts.reader), which labels a feature from the windows an annotator sees, or the corpus-tag
+oracle (safesail.experts.oracle), which labels it by the concept tags of the texts it fires in (the tags
 the learner, triage and explainer see too, so it flatters them). Two identities: the admin, and
 a second real Label Studio user on whose behalf the admin submits (`completed_by`), so agreement
 and adjudication see two annotators as they would in practice.
@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from sqlmodel import Session, select
 
-from annotation.config import (
+from annotation.label_interface import (
     CONCEPTS,
     CONFIDENCE,
     EXPLANATION,
@@ -33,11 +33,11 @@ from annotation.config import (
 from annotation.project import ensure_project
 from annotation.settings import SimulateConfig
 from annotation.transport import Client, ClientConfig, open_client
-from safesail.contracts import Workspace
-from safesail.oracle import noisy_answer, oracle_labels
-from safesail.reader import Reader, read_features
-from safesail.reader_answers import ReaderAnswer
-from safesail.storage import LabelTask
+from safesail.db.contracts import Workspace
+from safesail.db.tables import LabelTask
+from safesail.experts.answers import ReaderAnswer
+from safesail.experts.oracle import noisy_answer, oracle_labels
+from safesail.experts.reader import Reader, read_features
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 SECOND_ANNOTATOR = "annotator2@example.com"

@@ -11,11 +11,11 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from annotation.config import CONCEPTS, EXPLANATION, TO_NAME
-from safesail.examples import TOP, feature_examples
-from safesail.queries import chunked
-from safesail.reference import N_LOW, N_TOP, window
-from safesail.storage import Context, Explanation, Feature, SaeRecord
+from annotation.label_interface import CONCEPTS, EXPLANATION, TO_NAME
+from safesail.db.queries import chunked
+from safesail.db.tables import Context, Explanation, Feature, SaeRecord
+from safesail.features.examples import TOP, feature_examples
+from safesail.reference.labels import N_LOW, N_TOP, window
 
 
 def task_key(sae_id: str, feature: int) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from annotation import server
-from safesail.contracts import Workspace
+from safesail.db.contracts import Workspace
 from safesail.errors import SafesailError
 
 T = TypeVar("T")

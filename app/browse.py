@@ -1,6 +1,6 @@
 """The feature browser's and the landscape's data: safety features per SAE and concept, an
 SAE's feature table with labels and top tokens, one feature's contexts, explanations and
-annotations, and its token heatmap. A feature's label is `safesail.queries.best_accepted`'s.
+annotations, and its token heatmap. A feature's label is `safesail.db.queries.best_accepted`'s.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import pandas as pd
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from safesail.examples import TOP, feature_examples
-from safesail.queries import best_accepted, chunked
-from safesail.selection import TEXT_LEVEL
-from safesail.storage import Annotation, Context, Explanation, Feature, SaeRecord, Score
+from safesail.db.queries import best_accepted, chunked
+from safesail.db.tables import Annotation, Context, Explanation, Feature, SaeRecord, Score
+from safesail.features.examples import TOP, feature_examples
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
+from safesail.triage.text import TEXT_LEVEL
 
 
 def landscape(engine: Engine) -> pd.DataFrame:
@@ -51,7 +51,7 @@ def landscape(engine: Engine) -> pd.DataFrame:
 def sae_ranking(engine: Engine) -> pd.DataFrame:
     """The candidate SAEs as `safesail select` ranks them: today's score, Safe-SAIL's
     pre-explanation index (mean I_CDF) and L0 at t, SAEBench's core metrics; best first."""
-    from safesail.selection_score import ranking_rows
+    from safesail.selection.score import ranking_rows
 
     with Session(engine) as session:
         records = list(session.exec(select(SaeRecord)))

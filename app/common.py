@@ -14,7 +14,7 @@ import streamlit as st
 from sqlalchemy.engine import Engine
 
 from app import browse, frames, reads
-from safesail.storage import masked_url
+from safesail.db.tables import masked_url
 
 REFRESH_S = 15
 """Seconds a cached query stays fresh (and the auto-refresh period)."""

@@ -1,7 +1,7 @@
 """The progress figures' data as plain frames (no Streamlit here, so each figure is testable
 on its own): coverage of the safety candidates, labels and LLM cost over time, what is still
 needed, the learner's curve and the explainer's calibration. Room records come typed from
-`app.reads`; the coverage rule is `safesail.queries.coverage_states`.
+`app.reads`; the coverage rule is `safesail.db.queries.coverage_states`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from app.reads import annotation_summary, calibration_report, learner_state
-from safesail.queries import COVERAGE_STATES, coverage_states, selected_sae
-from safesail.storage import Explanation, LlmCall
+from safesail.db.queries import COVERAGE_STATES, coverage_states, selected_sae
+from safesail.db.tables import Explanation, LlmCall
 
 
 def coverage(engine: Engine) -> pd.DataFrame:

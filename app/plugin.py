@@ -16,7 +16,7 @@ from safesail.plugins import Plugin
 from safesail.procs import http_ok, pid_alive, start_time, stop_group
 
 if TYPE_CHECKING:
-    from safesail.contracts import Workspace
+    from safesail.db.contracts import Workspace
 
 PID_FILE = "app.json"
 """In the workspace: pid, its start time, port and URL of the app started with --background."""
@@ -65,7 +65,7 @@ def _command(ws: Workspace, port: int, address: str = LOCAL) -> list[str]:
 def _env(ws: Workspace) -> dict[str, str]:
     """The app's environment: the workspace's database URL (which may hold a password) in
     $SAFESAIL_DB_URL, never on the command line; without one, none inherited either."""
-    from safesail.storage import DB_URL_ENV  # not at import: `safesail --help` stays fast
+    from safesail.db.tables import DB_URL_ENV  # not at import: `safesail --help` stays fast
 
     env = dict(os.environ)
     env.pop(DB_URL_ENV, None)

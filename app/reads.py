@@ -12,9 +12,9 @@ from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from safesail import queries
-from safesail.contracts import AnnotationSummary, CalibrationReport, LearnerState, read_engine
-from safesail.storage import SaeRecord
+from safesail.db import queries
+from safesail.db.contracts import AnnotationSummary, CalibrationReport, LearnerState, read_engine
+from safesail.db.tables import SaeRecord
 
 _NEEDED_TABLES = {"meta", "feature", "saerecord", "explanation"}
 

@@ -16,13 +16,13 @@ from typing import Any
 import torch
 
 from safesail.config import SaeSpec, default_cache_dir
-from safesail.storage import CorpusText, open_db, session_scope
+from safesail.db.tables import CorpusText, open_db, session_scope
 
 
 def corpus_texts(n: int, seed: int) -> tuple[list[tuple[str, list[str]]], str]:
     """n real texts with their concepts: the packaged corpus, else generated English."""
     try:
-        from safesail.corpus_build import build_default_corpus
+        from safesail.corpus.build import build_default_corpus
         from safesail.taxonomy import Taxonomy
 
         records = build_default_corpus(
@@ -72,7 +72,7 @@ def make_saes(specs: tuple[SaeSpec, ...], d_in: int, folder: Path) -> list[tuple
 
 
 def fill_workspace(db: Path, rows: list[tuple[str, list[str]]], lm: Any, saes: list) -> Any:
-    from safesail.saes import register_sae
+    from safesail.model.saes import register_sae
 
     engine = open_db(f"sqlite:///{db}")
     with session_scope(engine) as session:

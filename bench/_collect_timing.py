@@ -19,10 +19,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from safesail import activations as A
-from safesail import collect as C
-from safesail import finalize as F
-from safesail.storage import SaeRecord
+from safesail.collection import chunks as A
+from safesail.collection import collect as C
+from safesail.collection import finalize as F
+from safesail.db.tables import SaeRecord
 
 
 def rss_bytes() -> int:
@@ -204,7 +204,7 @@ def instrumented(
 
     Yields the SAE loader to pass to collect: it times loading and wraps every SAE's encode.
     Finalize has few sub-functions, so its sections are found from its four streams over the
-    stored chunks (safesail.finalize.ChunkStream.batches): the passes, the gaps between them (the decile table,
+    stored chunks (safesail.collection.finalize.ChunkStream.batches): the passes, the gaps between them (the decile table,
     choosing examples) and after the last (building rows), then the write. Names that no
     longer exist are skipped with a note.
     """
@@ -330,6 +330,6 @@ def instrumented(
 
 
 def load_sae_from_disk(record: SaeRecord) -> Any:
-    from safesail.saes import load_sae
+    from safesail.model.saes import load_sae
 
     return load_sae(record)

@@ -11,8 +11,8 @@ import numpy as np
 from sqlmodel import Session, delete
 
 from safesail.config import WorkspaceConfig
-from safesail.reference import ReferenceSet
-from safesail.storage import Explanation, LlmCall, Score
+from safesail.db.tables import Explanation, LlmCall, Score
+from safesail.reference.labels import ReferenceSet
 from safesail.workspace import Workspace
 
 

@@ -32,10 +32,10 @@ from safesail.causal.probe import concept_probes, readout_layer
 from safesail.causal.prompts import held_out_prompts
 from safesail.causal.score import check_feature
 from safesail.config import WorkspaceConfig
-from safesail.queries import require_selected_sae
-from safesail.saes import load_sae, site_of
-from safesail.sites import Site
-from safesail.storage import Feature, SaeRecord
+from safesail.db.queries import require_selected_sae
+from safesail.db.tables import Feature, SaeRecord
+from safesail.model.saes import load_sae, site_of
+from safesail.model.sites import Site
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 from safesail.workspace import Workspace
 

@@ -8,7 +8,7 @@ One process, one set of token batches:
    (random weights cost exactly the compute of trained ones);
 3. the chunk plan (which texts form each forward batch) comes from the library itself, on a
    scratch copy of the database, so the baseline runs exactly the batches collection runs;
-4. ``safesail.collect.collect`` is timed as a whole: tokenising contexts, forward, SAE encode,
+4. ``safesail.collection.collect.collect`` is timed as a whole: tokenising contexts, forward, SAE encode,
    sparse conversion, packing, DB writes and finalize.
 
 The bare forward is ``lm.residuals(batch, layers)`` over the same padded batches with the same
@@ -50,9 +50,9 @@ import torch
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from safesail import collect as C
+from safesail.collection import collect as C
 from safesail.config import DEFAULT_SAES, CollectConfig, SaeSpec
-from safesail.storage import ActivationChunk, Context, Feature, get_meta
+from safesail.db.tables import ActivationChunk, Context, Feature, get_meta
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> float:
     sampler = RssSampler().start()
     started = time.perf_counter()
 
-    from safesail.lm import load_model
+    from safesail.model.lm import load_model
 
     lm = load_model()
     print(

@@ -102,13 +102,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside t
 
 from _reference_draw import copy_db, draw  # noqa: E402
 
+from safesail.db.tables import Explanation, LlmCall  # noqa: E402
 from safesail.explainer.config import ExplainConfig, LlmConfig  # noqa: E402
 from safesail.explainer.explainers import Shown  # noqa: E402
 from safesail.explainer.materials import Material, materials  # noqa: E402
 from safesail.explainer.pipeline import endpoint, explain  # noqa: E402
 from safesail.explainer.simulate import seed_gold  # noqa: E402
-from safesail.reference_check import default_file, open_reference  # noqa: E402
-from safesail.storage import Explanation, LlmCall  # noqa: E402
+from safesail.reference.check import default_file, open_reference  # noqa: E402
 from safesail.workspace import Workspace  # noqa: E402
 
 CONFIG = ExplainConfig(

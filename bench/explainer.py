@@ -36,12 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside t
 from _reference_draw import copy_db, draw  # noqa: E402
 
 from safesail.config import WorkspaceConfig  # noqa: E402
+from safesail.db.tables import Explanation, LlmCall  # noqa: E402
 from safesail.explainer.config import ExplainConfig, LlmConfig  # noqa: E402
 from safesail.explainer.pipeline import endpoint, explain  # noqa: E402
 from safesail.explainer.simulate import seed_gold  # noqa: E402
-from safesail.reference import agrees  # noqa: E402
-from safesail.reference_check import default_file, open_reference  # noqa: E402
-from safesail.storage import Explanation, LlmCall  # noqa: E402
+from safesail.reference.check import default_file, open_reference  # noqa: E402
+from safesail.reference.labels import agrees  # noqa: E402
 from safesail.workspace import Workspace  # noqa: E402
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from exports.api import export_gold
 from exports.synthetic import populate
 from safesail.config import WorkspaceConfig
-from safesail.storage import SaeRecord, session_scope, set_meta
+from safesail.db.tables import SaeRecord, session_scope, set_meta
 from safesail.taxonomy import Taxonomy
 from safesail.workspace import Workspace
 

@@ -1,5 +1,5 @@
 """Benchmark: how many expert labels the active learner's default strategy needs against random
-sampling, with the reader-like simulated expert (`safesail.reader`) answering, which reads the
+sampling, with the reader-like simulated expert (`safesail.experts.reader`) answering, which reads the
 activating windows and never sees the corpus tags the learner's columns come from.
 
 Every choice is fixed before the run and none is picked from its results:
@@ -42,9 +42,9 @@ from active_learning.learner import ALConfig, primary_label
 from active_learning.strategies import make_estimator
 from active_learning.strategies import select as pick
 from safesail.config import WorkspaceConfig
+from safesail.db.tables import Feature
 from safesail.errors import SafesailError
-from safesail.reader import read_features
-from safesail.storage import Feature
+from safesail.experts.reader import read_features
 from safesail.workspace import Workspace
 
 TAG_COLUMNS = ("frac:", "level:", "lift:", "top:", "top_lift:", "triage:")

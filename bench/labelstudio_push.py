@@ -23,7 +23,7 @@ from annotation.push import import_tasks
 from annotation.tasks import _block, heatmap_html, task_key
 from annotation.transport import ClientConfig, open_client
 from safesail.config import WorkspaceConfig, default_cache_dir
-from safesail.storage import LabelTask, SaeRecord, session_scope, set_meta
+from safesail.db.tables import LabelTask, SaeRecord, session_scope, set_meta
 from safesail.workspace import Workspace
 
 SAE = "synthetic-L8-w16384"

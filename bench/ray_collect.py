@@ -27,12 +27,12 @@ import time
 from functools import partial
 from pathlib import Path
 
-from safesail.collect import chunk_plan, collect, prepare_contexts
+from safesail.collection.collect import chunk_plan, collect, prepare_contexts
+from safesail.collection.ray import RayConfig, RayRunner, RunReport, _connect
 from safesail.config import EMBEDDED_MODEL, CollectConfig, SaeSpec, default_cache_dir
-from safesail.lm import load_model
-from safesail.ray_collect import RayConfig, RayRunner, RunReport, _connect
-from safesail.saes import load_sae
-from safesail.storage import open_db
+from safesail.db.tables import open_db
+from safesail.model.lm import load_model
+from safesail.model.saes import load_sae
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 

@@ -1,4 +1,4 @@
-"""Cross-check: safesail's core metrics (safesail/core_metrics.py) against sae-bench 0.6.0's
+"""Cross-check: safesail's core metrics (safesail/selection/core_metrics.py) against sae-bench 0.6.0's
 own core eval (`sae_bench.evals.core.main.run_evals`) on one SAE, offline.
 
 sae-bench's eval takes a TransformerLens model and an activation store. Both are built here
@@ -102,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from safesail.config import default_cache_dir
-    from safesail.lm import load_model
+    from safesail.model.lm import load_model
 
     cache = default_cache_dir()
     sys.path.insert(0, str(_wheel(cache)))
@@ -111,8 +111,7 @@ def main() -> None:
     from sae_bench.evals.core.eval_config import CoreEvalConfig
     from sae_lens import SAE
 
-    from safesail import core_metrics as ours
-
+    from safesail.selection import core_metrics as ours
     lm = load_model(cache_dir=cache, device="cpu")
     folder = cache / "models" / "smollm2-135m-instruct-fp32"  # what load_model converted to
     sae = SAE.load_from_disk(str(args.sae), device="cpu", dtype="float32")

@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside t
 from _collect_baselines import corpus_texts  # noqa: E402
 from _collect_timing import RssSampler, rss_bytes  # noqa: E402
 
-from safesail import finalize as finalize_mod  # noqa: E402
+from safesail.collection import finalize as finalize_mod  # noqa: E402
 from safesail.config import CollectConfig, WorkspaceConfig  # noqa: E402
-from safesail.corpus import CorpusRecord  # noqa: E402
-from safesail.lm import LanguageModel, load_model  # noqa: E402
+from safesail.corpus.records import CorpusRecord  # noqa: E402
+from safesail.model.lm import LanguageModel, load_model  # noqa: E402
 from safesail.workspace import Workspace  # noqa: E402
 
 GB = 1024**3
@@ -89,7 +89,7 @@ def fast_dtype(device: str) -> str:
     """bfloat16 where it is the faster precision, else float32: on this benchmark's 2-core EPYC
     (AVX-512 BF16) bfloat16 runs the forward 2.9x and the encode 3.6x faster, which is what
     brings 1M tokens under 10 minutes; without native bfloat16 a CPU emulates it, slower."""
-    from safesail.devices import resolve_device
+    from safesail.model.devices import resolve_device
 
     if resolve_device(device).type != "cpu":
         return "bfloat16"
@@ -170,7 +170,7 @@ def main() -> None:
         real_finalize(*a, **k)
         finalize_time["s"] += time.perf_counter() - start
 
-    import safesail.collect as collect_mod
+    import safesail.collection.collect as collect_mod
 
     collect_mod.finalize = timed_finalize
     sampler = RssSampler().start()

@@ -20,9 +20,9 @@ from exports.formats import FORMATS, Format
 from exports.neuron_db import import_safesail_db
 from exports.provenance import apply_trust, manifest_name, read_manifest
 from exports.records import ExportRecord, ImportReport, gather_records, import_records, require_sae
-from safesail.contracts import Workspace
+from safesail.db.contracts import Workspace
+from safesail.db.tables import SaeRecord
 from safesail.errors import SafesailError
-from safesail.storage import SaeRecord
 
 
 def get_format(name: str) -> Format:

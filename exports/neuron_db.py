@@ -20,10 +20,10 @@ from sqlmodel import Session, select
 from exports.formats.safesail_db import NEURON_KEY, read_neuron_db, read_safesail_db
 from exports.provenance import apply_trust, read_manifest
 from exports.records import ImportReport, import_records, require_sae
-from safesail.contracts import Workspace
+from safesail.db.contracts import Workspace
+from safesail.db.queries import model_name
+from safesail.db.tables import REFERENCE_ONLY, SaeRecord, session_scope
 from safesail.errors import SafesailError
-from safesail.queries import model_name
-from safesail.storage import REFERENCE_ONLY, SaeRecord, session_scope
 
 
 @dataclass(frozen=True)

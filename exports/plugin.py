@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from safesail.plugins import Plugin
 
 if TYPE_CHECKING:
-    from safesail.contracts import Workspace
+    from safesail.db.contracts import Workspace
 
 FORMAT_NAMES = ("jsonl", "parquet", "csv", "neuronpedia", "delphi", "openai", "safesail-db")
 """Kept here (not imported from exports.formats) so `safesail --help` stays fast."""

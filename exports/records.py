@@ -17,10 +17,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from safesail.causal.config import SCORER as CAUSAL_SCORER
-from safesail.contracts import AnnotationSummary, read_record
-from safesail.errors import SafesailError
-from safesail.queries import model_name, selected_sae
-from safesail.storage import (
+from safesail.db.contracts import AnnotationSummary, read_record
+from safesail.db.queries import model_name, selected_sae
+from safesail.db.tables import (
     Annotation,
     Explanation,
     LabelTask,
@@ -28,6 +27,7 @@ from safesail.storage import (
     Score,
     session_scope,
 )
+from safesail.errors import SafesailError
 from safesail.taxonomy import Taxonomy
 
 GOLD_SOURCES = ("human", "auto")

@@ -1,7 +1,7 @@
 """Plausible labeling-loop and explainer rows (human labels with their Label Studio tasks and
 annotations, automatic labels with scores and LLM calls, room records) for the benchmark and
 the tests of the exports and the app, written through the same tables and contracts
-(safesail.contracts) the real rooms use.
+(safesail.db.contracts) the real rooms use.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from safesail.contracts import (
+from safesail.db.contracts import (
     AnnotationSummary,
     CalibrationReport,
     ConceptKappa,
@@ -23,7 +23,7 @@ from safesail.contracts import (
     read_record,
     write_record,
 )
-from safesail.storage import (
+from safesail.db.tables import (
     Annotation,
     Explanation,
     Feature,

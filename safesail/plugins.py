@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-from safesail.contracts import Learner, LearnerFactory, Workspace
+from safesail.db.contracts import Learner, LearnerFactory, Workspace
 
 Handler = Callable[[Workspace, argparse.Namespace, bool], int | None]
 """A command or demo step: (workspace, parsed args, show progress) -> exit code (None = 0)."""
@@ -35,7 +35,7 @@ class Plugin:
     resume: Callable[[argparse.Namespace], str] | None = None
     """(demo args) -> the command that reruns only this room's demo step, named when it fails."""
     learner: LearnerFactory | None = None
-    """The active learner this room offers the others (see safesail.contracts.Learner)."""
+    """The active learner this room offers the others (see safesail.db.contracts.Learner)."""
 
 
 def load_plugins() -> list[Plugin]:

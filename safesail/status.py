@@ -3,11 +3,11 @@
 Its keys are a contract: the app, the tests and people's scripts poll it. `features`,
 `features_with_examples`, `safety_candidates`, `saes`, `selected_sae`, `labels` and `coverage`
 stay; keys may be added, never removed. Each of `saes` carries `core` (SAEBench core metrics,
-safesail.core_metrics) and `pre_explanation` (Safe-SAIL's metric, safesail.contrastive), null
+safesail.selection.core_metrics) and `pre_explanation` (Safe-SAIL's metric, safesail.selection.contrastive), null
 until `select` has measured them, and `triage` (candidates per concept, null until triaged).
 `landscape` maps each layer of the selected configuration (`Workspace.landscape`) that triage
 has run on to its candidates per concept: Safe-SAIL's view across depth. The rooms report their
-own progress through the typed records of `safesail.contracts.ROOM_RECORDS`, each under its KEY (null until the room ran), so
+own progress through the typed records of `safesail.db.contracts.ROOM_RECORDS`, each under its KEY (null until the room ran), so
 status needs to know nothing of a room but its record.
 """
 
@@ -19,16 +19,16 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from safesail.contracts import ROOM_RECORDS, CalibrationReport, Workspace, read_record
-from safesail.queries import COVERAGE_STATES, coverage_states, selected_sae
-from safesail.storage import CorpusText, Explanation, Feature, LlmCall
+from safesail.db.contracts import ROOM_RECORDS, CalibrationReport, Workspace, read_record
+from safesail.db.queries import COVERAGE_STATES, coverage_states, selected_sae
+from safesail.db.tables import CorpusText, Explanation, Feature, LlmCall
 
 COVERED = frozenset(COVERAGE_STATES[:2])
 """Coverage states that count as explained (human-labeled, auto-accepted)."""
 
 
 def _pre_explanation(selection: dict | None) -> dict[str, Any] | None:
-    """An SAE's Safe-SAIL pre-explanation figures (safesail.contrastive): the index, L0_t and
+    """An SAE's Safe-SAIL pre-explanation figures (safesail.selection.contrastive): the index, L0_t and
     per concept its I_CDF and L0_t (the stored per-concept details stay in the database)."""
     pre = (selection or {}).get("pre_explanation")
     if pre is None:
@@ -45,7 +45,7 @@ def _pre_explanation(selection: dict | None) -> dict[str, Any] | None:
 
 def workspace_status(ws: Workspace) -> dict[str, Any]:
     """The `safesail status --json` object (see the module docstring for its keys)."""
-    from safesail.selection import reason_kind
+    from safesail.triage.text import reason_kind
 
     with Session(ws.engine) as session:
         sae_id = selected_sae(session)
@@ -74,7 +74,7 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
         records = {cls.KEY: read_record(session, cls) for cls in ROOM_RECORDS}
     rooms: dict[str, Any] = {key: r.to_dict() if r else None for key, r in records.items()}
     if rooms.get(CalibrationReport.KEY) is not None:  # judged by the readers too, where known
-        from safesail.reference_check import reference_agreement
+        from safesail.reference.check import reference_agreement
 
         rooms[CalibrationReport.KEY]["reference_agreement"] = reference_agreement(ws)
     accepted = [(f, source) for f, source, st in labels if st == "accepted"]

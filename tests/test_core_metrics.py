@@ -9,16 +9,16 @@ import pytest
 import torch
 from sqlmodel import Session, select
 
-from safesail.cli import _print_ranking
-from safesail.core_metrics import (
+from safesail.cli.main import _print_ranking
+from safesail.db.tables import Feature
+from safesail.errors import SafesailError
+from safesail.selection.core_metrics import (
     CoreConfig,
     ce_loss_recovered,
     dead_and_dense,
     layer_baseline,
     sae_core,
 )
-from safesail.errors import SafesailError
-from safesail.storage import Feature
 
 _TEXTS = [
     "The gang beat him with metal bars until blood covered the kitchen.",

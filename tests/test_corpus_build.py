@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from safesail import corpus_build
 from safesail.config import default_cache_dir
-from safesail.corpus import CorpusRecord, corpus_summary
-from safesail.corpus_build import build_default_corpus
-from safesail.corpus_packages import Wheel
-from safesail.corpus_sources import JAILBREAK_MAX_CHARS, held_out_goals, read_jailbreakbench
+from safesail.corpus import build as corpus_build
+from safesail.corpus.build import build_default_corpus
+from safesail.corpus.packages import Wheel
+from safesail.corpus.records import CorpusRecord, corpus_summary
+from safesail.corpus.sources import JAILBREAK_MAX_CHARS, held_out_goals, read_jailbreakbench
 from safesail.errors import SafesailError
 from safesail.taxonomy import BENIGN, Taxonomy
 

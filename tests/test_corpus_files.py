@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from safesail.corpus import CorpusRecord, corpus_summary
-from safesail.corpus_files import load_corpus_file
+from safesail.corpus.files import load_corpus_file
+from safesail.corpus.records import CorpusRecord, corpus_summary
 from safesail.errors import SafesailError
 from safesail.taxonomy import BENIGN, Taxonomy
 

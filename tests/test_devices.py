@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from safesail.config import WorkspaceConfig
-from safesail.devices import resolve_device, resolve_dtype
 from safesail.errors import SafesailError
+from safesail.model.devices import resolve_device, resolve_dtype
 
 
 def test_device_names(tmp_path):
@@ -27,8 +27,8 @@ def test_device_names(tmp_path):
 
 
 def test_cli_device_flags_parse(tmp_path):
-    from safesail.cli_commands import WORKSPACE_FLAGS, build_parser
-    from safesail.cliconfig import config_from_args
+    from safesail.cli.commands import WORKSPACE_FLAGS, build_parser
+    from safesail.cli.flags import config_from_args
 
     parser = build_parser(plugins=[])
     args = parser.parse_args(["status", "--device", "cpu", "--dtype", "bfloat16"])
@@ -42,8 +42,8 @@ def test_cli_device_flags_parse(tmp_path):
 def test_bfloat16_model_captures_like_float32(lm):
     """The bf16 model's residuals track the fp32 model's (cosine > 0.99 per token), and what
     reaches numpy is float32 on the CPU."""
-    from safesail.lm import load_model
-    from safesail.sites import parse_site
+    from safesail.model.lm import load_model
+    from safesail.model.sites import parse_site
 
     half = load_model(device="cpu", dtype="bfloat16")
     assert next(half.model.parameters()).dtype is torch.bfloat16

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, delete, select
 
-from safesail.cli import main
-from safesail.contracts import CalibrationReport, read_record
+from safesail.cli.main import main
+from safesail.db.contracts import CalibrationReport, read_record
+from safesail.db.tables import Explanation, Feature, LlmCall, Score
 from safesail.errors import SafesailError
 from safesail.explainer.clients import LlmClient
 from safesail.explainer.config import EMBEDDED_ALIAS, ExplainConfig, LlmConfig
@@ -22,7 +23,6 @@ from safesail.explainer.pipeline import explain
 from safesail.explainer.plugin import demo
 from safesail.explainer.server import EmbeddedServer
 from safesail.explainer.simulate import seed_gold
-from safesail.storage import Explanation, Feature, LlmCall, Score
 from tests.conftest import copy_workspace, skip_or_fail
 
 NO_LLAMA = "llama-cpp-python is not installed (pip install 'llama-cpp-python[server]')"
@@ -139,8 +139,8 @@ def test_llm_commands_start_once_and_stop(tmp_path, capsys):
 def test_a_failed_demo_step_names_the_command_that_resumes_it(triaged_ws, tmp_path, lm):
     """The demo's core steps are done (so they are skipped); a room's step fails: the error
     names the step and the command that reruns only it."""
-    from safesail.cli import build_parser
-    from safesail.cli import demo as run_demo
+    from safesail.cli.main import build_parser
+    from safesail.cli.main import demo as run_demo
     from safesail.plugins import Plugin
     from tests.conftest import TINY_SPECS
 

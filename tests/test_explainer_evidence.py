@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sqlmodel import Session, select
 
-from safesail.examples import TOP, feature_examples
+from safesail.db.tables import CorpusText, Explanation, Feature
 from safesail.explainer.config import ExplainConfig
 from safesail.explainer.explainers import (
     base_rates,
@@ -18,7 +18,7 @@ from safesail.explainer.materials import feature_evidence, gold_labels
 from safesail.explainer.materials import materials as _materials
 from safesail.explainer.routing import signals as _signals
 from safesail.explainer.simulate import seed_gold
-from safesail.storage import CorpusText, Explanation, Feature
+from safesail.features.examples import TOP, feature_examples
 from tests.conftest import copy_workspace
 
 

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 from sqlmodel import Session, select
 
-from safesail.cli import main
-from safesail.contracts import CalibrationReport, read_record
+from safesail.cli.main import main
+from safesail.db.contracts import CalibrationReport, read_record
+from safesail.db.tables import Explanation, LlmCall
 from safesail.errors import SafesailError
 from safesail.explainer.calibration import choose_threshold, fit_calibration
 from safesail.explainer.clients import LlmClient, parse_json
 from safesail.explainer.config import ExplainConfig, LlmConfig
 from safesail.explainer.explainers import ExplanationAnswer, explanation_schema
 from safesail.explainer.pipeline import explain
-from safesail.storage import Explanation, LlmCall
 from safesail.taxonomy import Taxonomy
 from tests.conftest import copy_workspace
 

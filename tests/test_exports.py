@@ -13,8 +13,8 @@ from exports.formats import FORMATS, one_per_feature
 from exports.provenance import PROVENANCE
 from exports.records import gather_records
 from exports.synthetic import PROJECT, populate
-from safesail.cli import main
-from safesail.storage import Explanation, Score, session_scope
+from safesail.cli.main import main
+from safesail.db.tables import Explanation, Score, session_scope
 from tests.conftest import copy_workspace
 
 
@@ -257,7 +257,7 @@ def test_crafted_import_lands_as_prior_unless_trusted(fmt, blank_ws, tmp_path):
     becomes a prior (outside the gold set, below every label); with it, the row keeps its source
     and records the file and the time it came from."""
     from exports.records import ExportRecord
-    from safesail.queries import best_accepted
+    from safesail.db.queries import best_accepted
 
     _clear(blank_ws)
     concept = blank_ws.taxonomy.safety_concepts()[0]

@@ -26,8 +26,8 @@ from exports.api import export_gold, import_file
 from exports.formats import one_per_feature
 from exports.records import gather_records
 from exports.synthetic import populate
-from safesail.examples import TOP, feature_examples
-from safesail.storage import Explanation, Feature, Score, session_scope
+from safesail.db.tables import Explanation, Feature, Score, session_scope
+from safesail.features.examples import TOP, feature_examples
 from tests.conftest import copy_workspace, skip_or_fail
 
 

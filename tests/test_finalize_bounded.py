@@ -8,8 +8,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from safesail.example_blobs import ExampleHits, example_blobs
-from safesail.examples import (
+from safesail.collection.finalize import _cells, _update_top_k, bin_scale, count_cells
+from safesail.db.tables import Feature
+from safesail.features.blobs import ExampleHits, example_blobs
+from safesail.features.examples import (
     DECILES,
     DecileReservoir,
     _by_group_then_priority,
@@ -18,8 +20,6 @@ from safesail.examples import (
     pack_examples,
     pair_priority,
 )
-from safesail.finalize import _cells, _update_top_k, bin_scale, count_cells
-from safesail.storage import Feature
 
 
 def _reference_blobs(d, pair_keys, pair_kinds, hits, order, lengths):

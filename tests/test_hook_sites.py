@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from safesail.errors import SafesailError
-from safesail.lm import LanguageModel
-from safesail.sites import Site, parse_site
+from safesail.model.lm import LanguageModel
+from safesail.model.sites import Site, parse_site
 
 L = 2
 
@@ -167,9 +167,9 @@ def test_missing_module_is_one_line(lm):
 def test_sae_add_reads_its_hook_and_checks_its_width(lm, tmp_path):
     """An SAE is fed its own site (not the block output), and one whose d_in does not fit
     its site is refused."""
-    import safesail.collect as collect_mod
-    from safesail.encode import encode_csr
-    from safesail.saes import load_sae
+    import safesail.collection.collect as collect_mod
+    from safesail.model.encode import encode_csr
+    from safesail.model.saes import load_sae
     from tests.conftest import make_workspace
     from tests.test_sae_architectures import _save
 

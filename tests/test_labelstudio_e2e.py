@@ -21,9 +21,9 @@ from annotation.push import push, server_keys
 from annotation.simulate import simulate
 from annotation.transport import ClientConfig, open_client
 from safesail.config import default_cache_dir
+from safesail.db.tables import Annotation, Context, Explanation, LabelTask, session_scope
 from safesail.errors import SafesailError
 from safesail.procs import stop_group
-from safesail.storage import Annotation, Context, Explanation, LabelTask, session_scope
 from tests.conftest import copy_workspace
 
 FAST = ClientConfig(retries=1, backoff=0.05, timeout=30)
@@ -233,7 +233,7 @@ def test_script_in_corpus_text_comes_back_inert(ws):
 def test_simulated_demo_fills_labels_and_learner(triaged_ws, ls_home, tmp_path, lm, capsys):
     """`safesail demo --headless --simulate-annotators` on the tiny workspace: rounds of push /
     answer / pull through the real server leave human labels and a held-out macro-F1."""
-    from safesail.cli import main
+    from safesail.cli.main import main
     from tests.conftest import TINY_SPECS
 
     ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)

@@ -18,9 +18,9 @@ from sqlmodel import Session, select
 from annotation.pull import pull
 from annotation.push import import_tasks
 from annotation.transport import ClientConfig, open_client
-from safesail.contracts import AnnotationSummary, write_record
-from safesail.queries import human_labels
-from safesail.storage import Annotation, Explanation, LabelTask, open_db, session_scope, set_meta
+from safesail.db.contracts import AnnotationSummary, write_record
+from safesail.db.queries import human_labels
+from safesail.db.tables import Annotation, Explanation, LabelTask, open_db, session_scope, set_meta
 from safesail.taxonomy import Taxonomy
 
 SAE = "L1-w64-k4"
@@ -251,8 +251,8 @@ def test_one_rule_for_a_features_human_label(ws):
     """Two accepted human labels of one feature, the newer stored first: the explainer's gold
     set, the learner's labels, the shown label and storage.human_labels all take the newer."""
     from active_learning.learner import _gold
+    from safesail.db.queries import best_accepted
     from safesail.explainer.materials import gold_labels
-    from safesail.queries import best_accepted
 
     with session_scope(ws.engine) as session:
         session.add(_human(3, ["fraud"], "2026-12-01T12:00:00"))  # newer, lower id

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from annotation.agreement import Answer, adjudicate, cohen_kappa, fleiss_kappa, kappa_per_concept
-from annotation.config import label_config
+from annotation.label_interface import label_config
 from annotation.pull import parse_result
 from annotation.push import wants_two
 from annotation.tasks import heatmap_html

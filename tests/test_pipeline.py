@@ -13,11 +13,11 @@ import pytest
 import torch
 from sqlmodel import Session, select
 
-from safesail.cli import main
+from safesail.cli.main import main
+from safesail.db.tables import CorpusText, Feature
 from safesail.errors import SafesailError
-from safesail.examples import feature_examples
-from safesail.selection_config import SelectionConfig
-from safesail.storage import CorpusText, Feature
+from safesail.features.examples import feature_examples
+from safesail.selection.config import SelectionConfig
 from safesail.workspace import Workspace
 from tests.conftest import TINY_COLLECT, copy_workspace, make_workspace, tiny_records
 
@@ -112,7 +112,7 @@ def test_select_reads_back_scores_of_unchanged_saes(triaged_ws, tmp_path, lm, mo
     """The protocol scores the search candidates twice; with the same corpus labels and config
     the second `select` reads their scores back (the scorer is never called), and a changed
     config scores again."""
-    import safesail.selection_score as selection_score
+    import safesail.selection.score as selection_score
 
     ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)
     before = {r.id: (r.selection_score, r.selection) for r in ws.saes()}
@@ -178,7 +178,7 @@ def test_database_url_that_cannot_be_opened(tmp_path, url, message):
 
 
 def test_hub_model_name_while_offline(monkeypatch, tmp_path):
-    from safesail.lm import load_model
+    from safesail.model.lm import load_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SafesailError, match="not available offline.*local folder with --model"):
@@ -187,7 +187,7 @@ def test_hub_model_name_while_offline(monkeypatch, tmp_path):
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "safesail.cli", *args],
+        [sys.executable, "-m", "safesail.cli.main", *args],
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
@@ -344,8 +344,8 @@ def test_cli_steps_one_by_one(tmp_path, sae_copy, capsys):
 def test_triage_passes_its_settings_to_selectivity(triaged_ws, tmp_path, lm, monkeypatch):
     """--contrast and --fire-fraction must reach the selectivity computation, not just parse.
     On a copy: the shared fixtures stay as collected (other files compare rows with them)."""
-    from safesail import selection
-    from safesail.selection_config import TriageConfig
+    from safesail.selection.config import TriageConfig
+    from safesail.triage import text as selection
 
     seen = []
     real = selection.feature_selectivity
@@ -366,7 +366,7 @@ def test_train_resumes_from_saved_sae_folders_without_a_forward(
     """A crash after training but before registering: the rerun registers, recomputing nothing."""
     import shutil
 
-    from safesail import saes
+    from safesail.model import saes
     from tests.conftest import TINY_SPECS, TINY_TRAIN
 
     ws = make_workspace(tmp_path / "ws", lm)
@@ -384,8 +384,8 @@ def test_train_resumes_from_saved_sae_folders_without_a_forward(
 def test_status_reports_each_rooms_record_under_its_key(tmp_path):
     """Null until the room ran, then the record as its room wrote it (a typed contract)."""
     from safesail.config import WorkspaceConfig
-    from safesail.contracts import ROOM_RECORDS, LearnerState, write_record
-    from safesail.storage import session_scope
+    from safesail.db.contracts import ROOM_RECORDS, LearnerState, write_record
+    from safesail.db.tables import session_scope
     from safesail.workspace import Workspace
 
     ws = Workspace(WorkspaceConfig(tmp_path / "ws"))

@@ -26,10 +26,10 @@ from annotation.simulate import simulate
 from annotation.transport import ClientConfig, open_client
 from app import browse, frames, reads
 from exports.api import export_gold, import_file
+from safesail.db.tables import Annotation, Explanation, Feature, LabelTask, LlmCall
 from safesail.explainer.config import ExplainConfig, LlmConfig
 from safesail.explainer.pipeline import explain
-from safesail.selection_config import SelectionConfig
-from safesail.storage import Annotation, Explanation, Feature, LabelTask, LlmCall
+from safesail.selection.config import SelectionConfig
 from tests.conftest import TINY_COLLECT, make_workspace, tiny_records
 from tests.test_explainer_failures import Double
 
@@ -140,7 +140,7 @@ def test_every_room_end_to_end(db_url, triaged_ws, ls_home, lm, tmp_path):
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "safesail.cli", *args]
+    return [sys.executable, "-m", "safesail.cli.main", *args]
 
 
 def test_two_pulls_and_an_explain_at_once_lose_and_duplicate_nothing(
@@ -215,7 +215,7 @@ def _server_answers(ws) -> tuple[list[int], int]:
 
 @pytest.mark.parametrize("n", [0, 1, 999, 1000, 2501])
 def test_chunks_cover_every_value_once(n):
-    from safesail.queries import IN_CHUNK, chunked
+    from safesail.db.queries import IN_CHUNK, chunked
 
     parts = list(chunked(range(n)))
     assert [v for part in parts for v in part] == list(range(n))

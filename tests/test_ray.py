@@ -19,14 +19,14 @@ import pytest
 from sqlalchemy import delete, func
 from sqlmodel import Session, select
 
-from safesail.cli import main
-from safesail.collect import collect
+from safesail.cli.main import main
+from safesail.collection.collect import collect
+from safesail.collection.ray import RayConfig, RayRunner, _connect, collect_on_ray
+from safesail.db.tables import ActivationChunk, Feature, SaeRecord, get_meta, session_scope
 from safesail.errors import SafesailError
-from safesail.examples import examples_of
-from safesail.lm import load_model
-from safesail.ray_collect import RayConfig, RayRunner, _connect, collect_on_ray
-from safesail.saes import load_sae
-from safesail.storage import ActivationChunk, Feature, SaeRecord, get_meta, session_scope
+from safesail.features.examples import examples_of
+from safesail.model.lm import load_model
+from safesail.model.saes import load_sae
 from tests.conftest import TINY_COLLECT, TINY_SPECS, copy_workspace, skip_or_fail
 
 TWO = RayConfig(workers=2)

@@ -1,4 +1,4 @@
-"""The reader (safesail/reader.py): the simulated expert that labels a feature from the windows an
+"""The reader (safesail/experts/reader.py): the simulated expert that labels a feature from the windows an
 annotator reads. Hand-built windows pin the rules the rubric asks for (function words, digits,
 junk, few contexts, position, AI words) and the embedding reading of safety words; the tiny
 workspace checks that it reads neither corpus tags nor triage and that `simulate` answers with
@@ -13,12 +13,12 @@ import pytest
 from sqlmodel import Session, select
 
 from annotation import simulate as simulate_module
-from annotation.config import CONCEPTS, CONFIDENCE, CORPUS_TAGS, EXPLANATION
+from annotation.label_interface import CONCEPTS, CONFIDENCE, CORPUS_TAGS, EXPLANATION
 from annotation.simulate import SECOND_ANNOTATOR, simulate
-from safesail.oracle import oracle_labels
-from safesail.reader import Reader, read_features
-from safesail.reader_windows import ReaderConfig, Window, read_window
-from safesail.storage import CorpusText, Feature, LabelTask
+from safesail.db.tables import CorpusText, Feature, LabelTask
+from safesail.experts.oracle import oracle_labels
+from safesail.experts.reader import Reader, read_features
+from safesail.experts.windows import ReaderConfig, Window, read_window
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 from tests.conftest import copy_workspace
 

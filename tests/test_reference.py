@@ -9,8 +9,10 @@ import json
 import pytest
 from sqlmodel import Session, select
 
+from safesail.db.tables import Feature
 from safesail.errors import SafesailError
-from safesail.reference import (
+from safesail.reference.check import open_reference
+from safesail.reference.labels import (
     ReferenceLabel,
     agrees,
     assign_splits,
@@ -19,8 +21,6 @@ from safesail.reference import (
     sample,
     weighted_precision_recall,
 )
-from safesail.reference_check import open_reference
-from safesail.storage import Feature
 from tests.conftest import copy_workspace
 
 
@@ -108,7 +108,7 @@ def test_a_reference_file_is_refused_for_other_weights(triaged_ws, tmp_path, lm)
 def test_sae_training_is_deterministic(tmp_path, lm):
     """Two fresh workspaces train bit-identical weights from the same corpus and spec: what
     lets a reference set's sha256 find its SAE again on this machine."""
-    from safesail.reference import sae_sha256
+    from safesail.reference.labels import sae_sha256
     from tests.conftest import TINY_SPECS, TINY_TRAIN, make_workspace, tiny_records
 
     digests = []
@@ -121,7 +121,7 @@ def test_sae_training_is_deterministic(tmp_path, lm):
 
 
 def test_assemble_joins_labels_and_refuses_gaps_and_doubles(tmp_path):
-    from safesail.reference import assemble
+    from safesail.reference.labels import assemble
 
     sample = tmp_path / "sample.json"
     rows = [{"feature": f, "stratum": "s", "weight": 2.0, "split": "dev"} for f in (1, 2, 3)]

@@ -7,8 +7,8 @@ import pytest
 import torch
 from sqlmodel import Session, select
 
-from safesail.sites import Site
-from safesail.storage import Feature
+from safesail.db.tables import Feature
+from safesail.model.sites import Site
 from tests.conftest import TINY_COLLECT, TINY_SPECS, TINY_TRAIN, make_workspace, tiny_records
 
 
@@ -33,7 +33,7 @@ def test_store_serves_training_and_collection_without_a_forward(
     sites = [Site(1, "resid_post"), Site(2, "resid_post")]
     first = store.plan[0]
     with Session(ws.engine) as session:
-        from safesail.storage import Context
+        from safesail.db.tables import Context
 
         contexts = {c.text_id: c.token_ids for c in session.exec(select(Context))}
     live = lm.capture([contexts[t] for t in first], sites)
@@ -92,8 +92,8 @@ def test_store_with_a_damaged_progress_file_is_not_used(lm, tmp_path, bad):
 
 def test_core_reconstruction_sample_is_the_same_from_the_store(lm, tmp_path):
     """L0/FVE/MSE's residuals: cut contexts read back from the store equal a forward of them."""
-    from safesail.collect import prepare_contexts
-    from safesail.core_metrics import CoreConfig, reconstruction_residuals
+    from safesail.collection.collect import prepare_contexts
+    from safesail.selection.core_metrics import CoreConfig, reconstruction_residuals
 
     ws = make_workspace(tmp_path / "ws", lm)
     ws.add_corpus(tiny_records())

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from safesail.encode import encode_csr
+from safesail.db.tables import SaeRecord
 from safesail.errors import SafesailError
-from safesail.storage import SaeRecord
+from safesail.model.encode import encode_csr
 
 D_IN, D_SAE = 16, 96
 
@@ -75,7 +75,7 @@ KINDS = ["standard", "jumprelu", "topk", "topk-rescaled", "gated", "batchtopk"]
 def test_bounded_encode_matches_sae_encode(kind, tmp_path):
     """Same activations as sae.encode, whether one block holds everything or the encode is
     split over both tokens and features (tiny block budget)."""
-    from safesail.saes import load_sae
+    from safesail.model.saes import load_sae
 
     sae = load_sae(_record(_save(kind, tmp_path / kind)), device="cpu")
     expected_arch = "jumprelu" if kind == "batchtopk" else kind.split("-")[0]
@@ -92,7 +92,7 @@ def test_bounded_encode_matches_sae_encode(kind, tmp_path):
 
 
 def test_bfloat16_encode_matches_sae_encode(tmp_path):
-    from safesail.saes import load_sae
+    from safesail.model.saes import load_sae
 
     sae = load_sae(_record(_save("jumprelu", tmp_path / "j")), device="cpu", dtype="bfloat16")
     assert sae.W_enc.dtype == torch.bfloat16
@@ -131,7 +131,7 @@ def test_training_the_selected_configuration_needs_a_selected_topk_sae(lm, tmp_p
     """Safe-SAIL's protocol trains the chosen configuration at other layers: with nothing
     selected, or a selected SAE whose architecture is not trained here, a one-line error and
     nothing new."""
-    from safesail.storage import session_scope
+    from safesail.db.tables import session_scope
     from tests.conftest import make_workspace
 
     ws = make_workspace(tmp_path / "ws", lm)
@@ -153,8 +153,8 @@ def test_demo_rows_identical_to_dense_encode(trained_ws, lm, tmp_path, monkeypat
     import scipy.sparse as sp
     from sqlmodel import Session, select
 
-    import safesail.collect as collect_mod
-    from safesail.storage import Feature
+    import safesail.collection.collect as collect_mod
+    from safesail.db.tables import Feature
     from tests.conftest import TINY_COLLECT, copy_workspace
 
     def dense(sae, x):
@@ -169,7 +169,7 @@ def test_demo_rows_identical_to_dense_encode(trained_ws, lm, tmp_path, monkeypat
         session.commit()
     from sqlalchemy import delete
 
-    from safesail.storage import ActivationChunk
+    from safesail.db.tables import ActivationChunk
 
     with Session(ws.engine) as session:
         session.exec(delete(ActivationChunk))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from sqlmodel import Session, select
 
+from safesail.db.tables import Explanation, Feature, Score
 from safesail.explainer.calibration import NEUTRAL, SIGNALS, signal_matrix
 from safesail.explainer.clients import LlmClient
 from safesail.explainer.config import ExplainConfig, LlmConfig
@@ -27,7 +28,6 @@ from safesail.explainer.scorers import (
 from safesail.explainer.scorers.embedding import MINILM_VERSION, TFIDF_VERSION
 from safesail.explainer.scorers.intruder import questions
 from safesail.explainer.scorers.scoring import shown_for_scoring
-from safesail.storage import Explanation, Feature, Score
 from tests.conftest import copy_workspace
 from tests.test_explainer_failures import Double
 

@@ -15,9 +15,9 @@ import pytest
 from exports.api import write_export
 from exports.records import ExportRecord
 from safesail.config import WorkspaceConfig
+from safesail.db.tables import open_db
 from safesail.errors import SafesailError
 from safesail.procs import pid_alive, stop_group
-from safesail.storage import open_db
 
 
 def _free_port() -> int:
@@ -83,7 +83,7 @@ def test_app_listens_on_loopback_only_and_hides_db_url(tmp_path):
 
 def test_app_other_address_only_on_request_with_warning(tmp_path, capsys):
     from app import plugin
-    from safesail.cli import build_parser
+    from safesail.cli.main import build_parser
 
     args = build_parser().parse_args(["app"])
     assert args.address == "127.0.0.1"
@@ -101,7 +101,7 @@ def test_app_other_address_only_on_request_with_warning(tmp_path, capsys):
 
 # -- 3: passwords in database URLs are masked in messages ------------------------------------
 def test_masked_url():
-    from safesail.storage import masked_url
+    from safesail.db.tables import masked_url
 
     assert masked_url("postgresql://u:hunter2@host/db") == "postgresql://u:***@host/db"
     assert (
@@ -124,7 +124,7 @@ def test_db_url_password_never_in_errors(url, tmp_path, capsys):
     with pytest.raises(SafesailError) as err:
         open_db(url)
     assert "hunter2" not in str(err.value) and "admin:***@" in str(err.value)
-    from safesail.cli import main
+    from safesail.cli.main import main
 
     assert main(["status", "--workspace", str(tmp_path), "--db-url", url]) == 2
     out = capsys.readouterr()
@@ -198,7 +198,7 @@ def test_servers_ignore_a_recycled_pid(tmp_path):
     "bad", ["../x", "a/b", "..", ".hidden", "", "x" * 101, "a b", "a\nb", "/abs", "a\\b"]
 )
 def test_bad_sae_id_refused_at_registration(bad):
-    from safesail.saes import register_sae
+    from safesail.model.saes import register_sae
 
     with pytest.raises(SafesailError, match="invalid SAE id") as err:
         register_sae(None, None, Path("/nonexistent"), source="disk", sae_id=bad)
@@ -206,14 +206,14 @@ def test_bad_sae_id_refused_at_registration(bad):
 
 
 def test_good_sae_ids_pass():
-    from safesail.saes import check_sae_id
+    from safesail.model.saes import check_sae_id
 
     for good in ("L8-w4608-k32", "my_sae.v2", "0", "a" * 100):
         assert check_sae_id(good) == good
 
 
 def test_cli_sae_add_refuses_path_id(tmp_path, capsys):
-    from safesail.cli import main
+    from safesail.cli.main import main
 
     code = main(["sae", "add", "--workspace", str(tmp_path / "ws"), "--path", str(tmp_path),
                  "--id", "../../etc/x"])  # fmt: skip
@@ -234,7 +234,7 @@ def test_exporters_refuse_names_leaving_the_folder(fmt, tmp_path):
 
 # -- 7: `label listen` binds first, then registers; its default port is not the LLM server's ---
 def test_listen_default_port_is_not_the_llm_servers():
-    from safesail.cli import build_parser
+    from safesail.cli.main import build_parser
     from safesail.explainer.server import EmbeddedServer
 
     args = build_parser().parse_args(["label", "listen"])

@@ -14,21 +14,21 @@ from sqlmodel import Session, select
 from streamlit.testing.v1 import AppTest
 
 from app import browse
-from safesail.activations import ConceptTokenCounts, concept_token_counts
+from safesail.collection.chunks import ConceptTokenCounts, concept_token_counts
+from safesail.db.tables import Context, Feature, open_db
 from safesail.errors import SafesailError
-from safesail.examples import TOP, feature_examples
-from safesail.selection import DENSE, NO_TERM, TEXT_LEVEL, reason_kind
-from safesail.selection_config import TriageConfig
-from safesail.selection_tokens import (
+from safesail.features.examples import TOP, feature_examples
+from safesail.features.token_kinds import DIGIT, FUNCTION, NON_CONTENT, token_class, word_at
+from safesail.selection.config import TriageConfig
+from safesail.taxonomy import Taxonomy
+from safesail.triage.text import DENSE, NO_TERM, TEXT_LEVEL, reason_kind
+from safesail.triage.tokens import (
     Peak,
     contrast_firing_rate,
     peaks_of,
     term_concept,
     token_rejection,
 )
-from safesail.storage import Context, Feature, open_db
-from safesail.taxonomy import Taxonomy
-from safesail.tokens import DIGIT, FUNCTION, NON_CONTENT, token_class, word_at
 from tests.conftest import copy_workspace
 
 VIEWS = Path(__file__).parent.parent / "app" / "views"
@@ -408,7 +408,7 @@ def test_peaks_of_reads_the_peak_word_of_each_context(triaged_ws) -> None:
 
 
 def test_cli_triage_flags_reach_the_config(tmp_path, monkeypatch, capsys) -> None:
-    from safesail import cli
+    from safesail.cli import main as cli
     from safesail.workspace import Workspace
 
     seen: list[TriageConfig] = []

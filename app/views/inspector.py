@@ -14,8 +14,8 @@ st.header("Inspector")
 @st.cache_resource(show_spinner="Loading the model and the SAE ...")
 def _inspector(workspace: str, db_url: str | None):
     from safesail.config import default_cache_dir
-    from safesail.inspect import Inspector
-    from safesail.lm import load_model
+    from safesail.features.inspector import Inspector
+    from safesail.model.lm import load_model
 
     eng = common.engine()
     return Inspector.load(eng, load_model(reads.model_name(eng), default_cache_dir()))

@@ -4,7 +4,7 @@ import altair as alt
 import streamlit as st
 
 from app import common
-from safesail.queries import COVERAGE_STATES
+from safesail.db.queries import COVERAGE_STATES
 
 st.header("Overview")
 

@@ -26,9 +26,9 @@ from exports.formats.registry import (
     simulation_score,
 )
 from exports.records import ExportRecord
+from safesail.db.tables import Context, Feature, SaeRecord
 from safesail.errors import SafesailError
-from safesail.examples import TOP, feature_examples
-from safesail.storage import Context, Feature, SaeRecord
+from safesail.features.examples import TOP, feature_examples
 
 # -- Neuronpedia -----------------------------------------------------------------------------
 NP_BATCH = 128

@@ -12,9 +12,9 @@ from typing import Any, NamedTuple
 from sqlalchemy.engine import Engine
 
 from exports.records import ExportRecord
+from safesail.db.queries import SOURCE_RANK
+from safesail.db.tables import SaeRecord
 from safesail.errors import SafesailError
-from safesail.queries import SOURCE_RANK
-from safesail.storage import SaeRecord
 
 Skipped = list[tuple[str, str]]
 """(where, why) of every row a reader could not use."""

@@ -20,8 +20,8 @@ from exports.formats.registry import (
     simulation_score,
 )
 from exports.records import ExportRecord
+from safesail.db.tables import SaeRecord
 from safesail.errors import SafesailError
-from safesail.storage import SaeRecord
 from safesail.taxonomy import normalize_name
 
 TAGS_IN = {"pornography": "sexual_content", "terrorism": "terror", "political": "politics"}

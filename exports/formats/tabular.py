@@ -10,8 +10,8 @@ from typing import Any
 
 from exports.formats.registry import Format, data_file, register
 from exports.records import FIELDS, ExportRecord
+from safesail.db.tables import SaeRecord
 from safesail.errors import SafesailError
-from safesail.storage import SaeRecord
 
 
 def _from_dict(row: Any) -> ExportRecord:

@@ -8,7 +8,7 @@ would cost ~15 tokens/s on a CPU and give a 0/1 answer per prompt; the opening p
 moves smoothly with the intervention, so small causal effects are visible on a few dozen
 prompts.
 
-The edit is a hook on the module the SAE reads (`safesail.sites`: a block's output for
+The edit is a hook on the module the SAE reads (`safesail.model.sites`: a block's output for
 `hook_resid_post`, its input for `hook_resid_pre`, the MLP or attention output, ...), added on
 the Hugging Face model the `LanguageModel` wraps and removed after each measurement. A second
 hook, after it, reads the mean residual at the concept probes' block (`Measurement.readout`)
@@ -28,8 +28,8 @@ import torch
 from safesail.causal.openings import OpeningTrie, prefix_free
 from safesail.causal.prompts import REFUSAL_OPENINGS
 from safesail.errors import SafesailError
-from safesail.lm import LanguageModel, batches_by_length, right_padded
-from safesail.sites import Site, site_module
+from safesail.model.lm import LanguageModel, batches_by_length, right_padded
+from safesail.model.sites import Site, site_module
 
 
 def _cache_keyword() -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from safesail.contracts import Workspace
+from safesail.db.contracts import Workspace
 from safesail.plugins import Plugin
 
 DEMO_LIMIT = 6
@@ -60,4 +60,4 @@ PLUGIN = Plugin(
     demo=_demo,
     resume=lambda args: f"safesail causal --workspace {args.workspace}",
 )
-"""Added to the rooms' plugins by `safesail.cli_commands.build_parser` (it is the core's)."""
+"""Added to the rooms' plugins by `safesail.cli.commands.build_parser` (it is the core's)."""

@@ -32,9 +32,9 @@ from sqlmodel import Session, select
 from safesail.causal.config import CausalConfig
 from safesail.causal.intervene import RefusalMeter
 from safesail.causal.prompts import MAX_PROMPT_CHARS
-from safesail.corpus_sources import truncate_at_word
-from safesail.lm import LanguageModel
-from safesail.storage import CorpusText
+from safesail.corpus.sources import truncate_at_word
+from safesail.db.tables import CorpusText
+from safesail.model.lm import LanguageModel
 from safesail.taxonomy import BENIGN
 
 PROBE_VERSION = "probe-v1"

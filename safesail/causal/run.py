@@ -24,11 +24,11 @@ from safesail.causal.score import (
     score_row,
     scored_explanations,
 )
-from safesail.contracts import Workspace
+from safesail.db.contracts import Workspace
+from safesail.db.queries import require_selected_sae
+from safesail.db.tables import Explanation, Feature, SaeRecord, session_scope
 from safesail.errors import SafesailError
-from safesail.lm import LanguageModel
-from safesail.queries import require_selected_sae
-from safesail.storage import Explanation, Feature, SaeRecord, session_scope
+from safesail.model.lm import LanguageModel
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 
@@ -67,7 +67,7 @@ def run_causal(
 ) -> CausalRun:
     """Score the human-labeled safety features of the SAE (default: the selected one), or the
     given features among them, at most `limit` new ones (taking the concepts in turns)."""
-    from safesail.saes import load_sae, site_of
+    from safesail.model.saes import load_sae, site_of
 
     config = config or CausalConfig()
     sae_id = sae_id or require_selected_sae(ws.engine)

@@ -24,7 +24,7 @@ from sqlmodel import Session, select
 
 from safesail.causal.config import SCORER, CausalConfig
 from safesail.causal.prompts import REFUSAL_OPENINGS, PromptSet
-from safesail.storage import Explanation, Score
+from safesail.db.tables import Explanation, Score
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 NO_PROBE = "too few corpus texts with or without the concept to train a probe"
@@ -169,7 +169,7 @@ def check_feature(
 
 def safety_labels(session: Session, sae_id: str, safety: Sequence[str]) -> dict[int, Explanation]:
     """Each feature's human label when it names a safety concept (the features to check)."""
-    from safesail.queries import human_labels
+    from safesail.db.queries import human_labels
 
     wanted = set(safety) - {BENIGN, UNINTERPRETABLE}
     return {f: e for f, e in human_labels(session, sae_id).items() if wanted & set(e.concepts)}

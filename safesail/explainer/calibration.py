@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from safesail.contracts import ReliabilityBin
+from safesail.db.contracts import ReliabilityBin
 from safesail.errors import SafesailError
 from safesail.stats import wilson_interval
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from safesail.contracts import Workspace
+from safesail.db.contracts import Workspace
+from safesail.db.queries import require_selected_sae
 from safesail.explainer.config import ExplainConfig, LlmConfig
-from safesail.queries import require_selected_sae
 
 
 @dataclass(frozen=True)

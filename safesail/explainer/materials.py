@@ -15,14 +15,14 @@ import numpy as np
 import scipy.sparse as sp
 from sqlmodel import Session, select
 
-from safesail.activations import text_max_matrix
-from safesail.contracts import Workspace
-from safesail.examples import TOP, Example, feature_examples
+from safesail.collection.chunks import text_max_matrix
+from safesail.db.contracts import Workspace
+from safesail.db.queries import chunked, human_labels
+from safesail.db.tables import Context, Feature, corpus_concepts
 from safesail.explainer.config import ExplainConfig
 from safesail.explainer.explainers import Evidence, Shown, base_rates, corpus_evidence
 from safesail.explainer.scorers import HeldOut
-from safesail.queries import chunked, human_labels
-from safesail.storage import Context, Feature, corpus_concepts
+from safesail.features.examples import TOP, Example, feature_examples
 
 
 class Gold(NamedTuple):

@@ -21,7 +21,8 @@ from typing import NamedTuple
 from sqlmodel import Session, select
 from tqdm.auto import tqdm
 
-from safesail.contracts import CalibrationReport, Workspace
+from safesail.db.contracts import CalibrationReport, Workspace
+from safesail.db.tables import Explanation, Feature, Score, session_scope
 from safesail.explainer.clients import LlmClient
 from safesail.explainer.config import ExplainConfig, LlmConfig
 from safesail.explainer.context import RunContext
@@ -38,7 +39,6 @@ from safesail.explainer.explainers import (
 from safesail.explainer.materials import Gold, Material, gold_labels, materials
 from safesail.explainer.routing import route
 from safesail.explainer.scorers import ScoreResult, get_scorer, score_explanation
-from safesail.storage import Explanation, Feature, Score, session_scope
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 

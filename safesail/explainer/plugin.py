@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from safesail.plugins import Plugin
 
 if TYPE_CHECKING:
-    from safesail.contracts import Workspace
+    from safesail.db.contracts import Workspace
     from safesail.explainer.config import ExplainConfig, LlmConfig
     from safesail.explainer.pipeline import ExplainReport
 
@@ -23,7 +23,7 @@ EXPLAIN_FLAGS = ("limit", "max_gold", "target", "min_gold", "prompting", "scorer
 
 
 def _llm_config(args: argparse.Namespace) -> LlmConfig:
-    from safesail.cliconfig import config_from_args
+    from safesail.cli.flags import config_from_args
     from safesail.explainer.config import LlmConfig, load_prices
 
     return config_from_args(
@@ -36,7 +36,7 @@ def _llm_config(args: argparse.Namespace) -> LlmConfig:
 
 
 def _explain_config(args: argparse.Namespace, **overrides: Any) -> ExplainConfig:
-    from safesail.cliconfig import config_from_args
+    from safesail.cli.flags import config_from_args
     from safesail.explainer.config import ExplainConfig
 
     return config_from_args(ExplainConfig, args, EXPLAIN_FLAGS, **overrides)
@@ -83,7 +83,7 @@ def _explain(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
 
 
 def _endpoint_options(parser: argparse.ArgumentParser) -> None:
-    from safesail.cliconfig import add_config_flags
+    from safesail.cli.flags import add_config_flags
     from safesail.explainer.config import LlmConfig
 
     add_config_flags(parser, LlmConfig, ("base_url",))
@@ -96,7 +96,7 @@ def _endpoint_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    from safesail.cliconfig import add_config_flags
+    from safesail.cli.flags import add_config_flags
     from safesail.explainer.config import ExplainConfig, LlmConfig
     from safesail.explainer.scorers import scorer_names
 
@@ -158,9 +158,9 @@ def add_demo_options(demo: argparse.ArgumentParser) -> None:
 def demo(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     from sqlmodel import Session
 
+    from safesail.db.queries import require_selected_sae
     from safesail.explainer.materials import gold_labels
     from safesail.explainer.pipeline import explain
-    from safesail.queries import require_selected_sae
 
     sae_id = require_selected_sae(ws.engine)
     with Session(ws.engine) as session:

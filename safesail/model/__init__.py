@@ -1,0 +1,6 @@
+"""Step 2, the model: the language model, where an SAE reads it, and the SAEs themselves.
+
+`lm` (offline loading and residual capture), `sites` (hook sites from a `hook_name`),
+`devices` (`--device` / `--dtype`), `saes` (train, add and load SAEs in sae-lens format),
+`encode` (one memory-bounded encode for every sae-lens architecture).
+"""
