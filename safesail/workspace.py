@@ -41,8 +41,9 @@ from safesail.db.tables import (
     set_meta,
 )
 from safesail.errors import SafesailError
-from safesail.selection.config import SelectionConfig, TriageConfig
+from safesail.selection.config import SelectionConfig
 from safesail.taxonomy import Taxonomy
+from safesail.triage.config import TriageConfig
 
 if TYPE_CHECKING:
     from safesail.collection.residuals import ResidualStore

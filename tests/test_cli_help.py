@@ -19,7 +19,8 @@ from safesail.cli.commands import build_parser
 from safesail.cli.flags import field_docs
 from safesail.cli.main import main
 from safesail.config import CollectConfig, TrainConfig
-from safesail.selection.config import SelectionConfig, TriageConfig
+from safesail.selection.config import SelectionConfig
+from safesail.triage.config import TriageConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

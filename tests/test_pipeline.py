@@ -344,8 +344,8 @@ def test_cli_steps_one_by_one(tmp_path, sae_copy, capsys):
 def test_triage_passes_its_settings_to_selectivity(triaged_ws, tmp_path, lm, monkeypatch):
     """--contrast and --fire-fraction must reach the selectivity computation, not just parse.
     On a copy: the shared fixtures stay as collected (other files compare rows with them)."""
-    from safesail.selection.config import TriageConfig
     from safesail.triage import text as selection
+    from safesail.triage.config import TriageConfig
 
     seen = []
     real = selection.feature_selectivity

@@ -12,9 +12,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from safesail.errors import SafesailError
-from safesail.selection.config import SelectionConfig, TriageConfig
+from safesail.selection.config import SelectionConfig
 from safesail.selection.metrics import auroc_per_feature
 from safesail.selection.score import choose_sae, rank_saes, score_sae
+from safesail.triage.config import TriageConfig
 from safesail.triage.text import feature_selectivity, triage
 
 CONCEPTS = ["violence", "self_harm", "fraud"]

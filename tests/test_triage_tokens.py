@@ -19,8 +19,8 @@ from safesail.db.tables import Context, Feature, open_db
 from safesail.errors import SafesailError
 from safesail.features.examples import TOP, feature_examples
 from safesail.features.token_kinds import DIGIT, FUNCTION, NON_CONTENT, token_class, word_at
-from safesail.selection.config import TriageConfig
 from safesail.taxonomy import Taxonomy
+from safesail.triage.config import TriageConfig
 from safesail.triage.text import DENSE, NO_TERM, TEXT_LEVEL, reason_kind
 from safesail.triage.tokens import (
     Peak,

@@ -19,7 +19,8 @@ from safesail.cli.flags import add_config_flags
 from safesail.collection.ray import RayConfig
 from safesail.config import PROTOCOL_LAYERS, CollectConfig, TrainConfig, WorkspaceConfig
 from safesail.plugins import Plugin, load_plugins
-from safesail.selection.config import SelectionConfig, TriageConfig
+from safesail.selection.config import SelectionConfig
+from safesail.triage.config import TriageConfig
 
 
 def layer_list(text: str) -> list[int]:

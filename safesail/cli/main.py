@@ -32,7 +32,8 @@ from safesail.config import DEFAULT_SAES, CollectConfig, SaeSpec, TrainConfig, W
 from safesail.db.contracts import Workspace
 from safesail.db.queries import require_selected_sae
 from safesail.errors import SafesailError
-from safesail.selection.config import SelectionConfig, TriageConfig
+from safesail.selection.config import SelectionConfig
+from safesail.triage.config import TriageConfig
 
 if TYPE_CHECKING:
     from safesail import workspace

@@ -17,7 +17,7 @@ import numpy as np
 from scipy.stats import binom
 
 from safesail.errors import SafesailError
-from safesail.selection.config import Contrast, TriageConfig, require_contrast, require_fraction
+from safesail.selection.config import Contrast, require_contrast, require_fraction
 from safesail.selection.metrics import (
     BENIGN,
     SortedColumns,
@@ -29,6 +29,7 @@ from safesail.selection.metrics import (
     negatives,
 )
 from safesail.stats import wilson_bounds
+from safesail.triage.config import TriageConfig
 
 
 class FeatureSelectivity(NamedTuple):

@@ -24,8 +24,9 @@ from safesail.features.token_kinds import (
     token_class,
     word_span,
 )
-from safesail.selection.config import Contrast, TriageConfig, require_contrast
+from safesail.selection.config import Contrast, require_contrast
 from safesail.selection.metrics import BENIGN
+from safesail.triage.config import TriageConfig
 from safesail.triage.text import DENSE, NO_TERM
 
 if TYPE_CHECKING:  # collect imports torch; selection stays numpy and sklearn only
