@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml Makefile
 	    llama-cpp-python==$(LLAMA_VERSION) && mv $(LLAMA_WHEELS).tmp $(LLAMA_WHEELS); }
 	$(BIN)/pip install -q --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
 	$(BIN)/pip install -q -e '.[dev,llm,postgres,peers,ray]'
-	# the peers whose own code reads our exports (tests/test_exports_peers.py): eai-delphi pulls
+	# the peers whose own code reads our exports (tests/exports/test_exports_peers.py): eai-delphi pulls
 	# vllm, so both come without their dependencies ([peers] holds the few that are used)
 	$(BIN)/pip install -q --no-deps eai-delphi==0.1.3 neuronpedia==1.2.1
 	# refuse a build that uses instructions some machines of this kind lack (AMX, AVX-512)

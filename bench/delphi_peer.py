@@ -71,7 +71,7 @@ delphi's scorers read whole contexts (ours, not reported here, read segments).
 
 delphi's package `__init__`s import vllm, faiss and its activation cache, which none of these
 classes uses: they are replaced by empty stub packages pointing at the real folders, so the real
-modules load (the approach of tests/test_exports_peers.py). blobfile/orjson (LatentRecord.save)
+modules load (the approach of tests/exports/test_exports_peers.py). blobfile/orjson (LatentRecord.save)
 and plotly (result_analysis's plots) are stubbed only when not installed.
 """
 

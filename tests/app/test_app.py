@@ -15,7 +15,7 @@ from safesail.db.contracts import LearnerState, read_engine
 from safesail.db.tables import Explanation, Feature, session_scope
 from tests.conftest import copy_workspace
 
-VIEWS = Path(__file__).parent.parent / "app" / "views"
+VIEWS = Path(__file__).parents[2] / "app" / "views"
 PAGES = {
     "overview.py": ("Overview", 2),
     "landscape.py": ("Landscape", 1),

@@ -22,7 +22,7 @@ from safesail.config import CollectConfig, TrainConfig
 from safesail.selection.config import SelectionConfig
 from safesail.triage.config import TriageConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 SAFESAIL = Path(sys.executable).parent / "safesail"
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")

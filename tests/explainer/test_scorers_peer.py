@@ -29,7 +29,7 @@ from safesail.explainer.scorers.embedding import MINILM_VERSION, TFIDF_VERSION
 from safesail.explainer.scorers.intruder import questions
 from safesail.explainer.scorers.scoring import shown_for_scoring
 from tests.conftest import copy_workspace
-from tests.test_explainer_failures import Double
+from tests.explainer.test_explainer_failures import Double
 
 CONFIG = ExplainConfig()
 

@@ -31,7 +31,7 @@ from safesail.explainer.config import ExplainConfig, LlmConfig
 from safesail.explainer.pipeline import explain
 from safesail.selection.config import SelectionConfig
 from tests.conftest import TINY_COLLECT, make_workspace, tiny_records
-from tests.test_explainer_failures import Double
+from tests.explainer.test_explainer_failures import Double
 
 FAST = ClientConfig(retries=1, backoff=0.05, timeout=30)
 FEATURE_FIELDS = ("n_fire", "firing_rate", "max_act", "quantiles", "concept_stats", "examples",

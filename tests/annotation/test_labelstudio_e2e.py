@@ -242,7 +242,7 @@ def test_simulated_demo_fills_labels_and_learner(triaged_ws, ls_home, tmp_path, 
     args = ["demo", "--headless", "--quiet", "--workspace", str(ws.config.workspace), *specs]
     args += ["--simulate-annotators", "--rounds", "2", "--batch", "6", "--explain-limit", "0"]
     args += ["--explain-max-gold", "0"]  # the explainer has its own end-to-end test
-    args += ["--no-causal"]  # on by default here; tests/test_causal.py runs the demo's step
+    args += ["--no-causal"]  # on by default here; tests/causal/test_causal.py runs the demo's step
     ws.engine.dispose()
     assert main(args) == 0
     out = capsys.readouterr().out

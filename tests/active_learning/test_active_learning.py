@@ -253,7 +253,7 @@ def test_benchmark_refuses_a_workspace_without_triaged_features(tmp_path, lm):
 
     from tests.conftest import make_workspace
 
-    path = Path(__file__).parents[1] / "bench" / "label_efficiency.py"
+    path = Path(__file__).parents[2] / "bench" / "label_efficiency.py"
     spec = importlib.util.spec_from_file_location("label_efficiency", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

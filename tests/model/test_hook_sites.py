@@ -171,7 +171,7 @@ def test_sae_add_reads_its_hook_and_checks_its_width(lm, tmp_path):
     from safesail.model.encode import encode_csr
     from safesail.model.saes import load_sae
     from tests.conftest import make_workspace
-    from tests.test_sae_architectures import _save
+    from tests.model.test_sae_architectures import _save
 
     ws = make_workspace(tmp_path / "ws", lm)
     up = lm.model.config.intermediate_size

@@ -31,7 +31,7 @@ from safesail.triage.tokens import (
 )
 from tests.conftest import copy_workspace
 
-VIEWS = Path(__file__).parent.parent / "app" / "views"
+VIEWS = Path(__file__).parents[2] / "app" / "views"
 
 
 def _peaks(words: list[str], top: bool = True) -> list[Peak]:

@@ -11,7 +11,7 @@ from exports.synthetic import populate
 from safesail.cli.main import main
 from tests.conftest import copy_workspace, skip_or_fail
 
-ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
+ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"
 CHROMIUM = next(
     (p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()),
     shutil.which("chromium"),
