@@ -27,7 +27,8 @@ import time
 from functools import partial
 from pathlib import Path
 
-from safesail.collection.collect import chunk_plan, collect, prepare_contexts
+from safesail.collection.collect import collect
+from safesail.collection.plan import chunk_plan, prepare_contexts
 from safesail.collection.ray import RayConfig, RayRunner, RunReport, _connect
 from safesail.config import EMBEDDED_MODEL, CollectConfig, SaeSpec, default_cache_dir
 from safesail.db.tables import open_db

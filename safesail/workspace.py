@@ -183,7 +183,7 @@ class Workspace:
     ) -> dict[int, Any]:
         """The seeded training sample's residuals after each layer's block, in the same order
         whether they are read from the residual store or computed by a forward pass."""
-        from safesail.collection.collect import prepare_contexts
+        from safesail.collection.plan import prepare_contexts
         from safesail.model.lm import batches_by_length
         from safesail.model.saes import gather_residuals
         from safesail.model.sites import Site

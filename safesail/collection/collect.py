@@ -19,25 +19,21 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import scipy.sparse as sp
 import torch
-from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from tqdm.auto import tqdm
 
 from safesail.collection.finalize import CorpusView, finalize
+from safesail.collection.plan import chunk_plan, prepare_contexts
 from safesail.config import CollectConfig
 from safesail.db.tables import (
     REFERENCE_ONLY,
     ActivationChunk,
     Context,
-    CorpusText,
-    Feature,
     SaeRecord,
-    get_meta,
     pack_arrays,
     pack_csr,
     session_scope,
-    set_meta,
 )
 from safesail.errors import SafesailError
 from safesail.model.encode import encode_csr
@@ -47,54 +43,6 @@ from safesail.model.sites import Site
 
 if TYPE_CHECKING:
     from safesail.collection.residuals import ResidualStore
-
-
-def prepare_contexts(engine: Engine, lm: LanguageModel, max_tokens: int) -> int:
-    """Tokenise every corpus text that has no context yet; returns how many were added."""
-    with session_scope(engine) as session:
-        model = get_meta(session, "model")
-        if model is not None and model != lm.name:
-            raise SafesailError(
-                f"this workspace was built with model '{model}', not '{lm.name}'; use another --workspace"
-            )
-        set_meta(session, "model", lm.name)
-        set_meta(session, "hidden_size", lm.hidden_size)
-        done = set(session.exec(select(Context.text_id)))
-        todo = [row for row in session.exec(select(CorpusText)) if row.id not in done]
-        for start in range(0, len(todo), 512):
-            rows = todo[start : start + 512]
-            for row, ids in zip(rows, lm.tokenize([r.text for r in rows], max_tokens), strict=True):
-                session.add(Context(text_id=row.id, token_ids=ids, tokens=lm.decode_tokens(ids)))
-    return len(todo)
-
-
-def plan_chunks(lengths: dict[int, int], chunk_texts: int) -> list[list[int]]:
-    """Text ids per chunk, similar lengths together (text id breaks ties)."""
-    order = sorted(lengths, key=lambda t: (lengths[t], t))
-    return [order[i : i + chunk_texts] for i in range(0, len(order), chunk_texts)]
-
-
-def chunk_plan(engine: Engine, chunk_texts: int) -> list[list[int]]:
-    """Text ids per chunk, similar lengths together; fixed once collection starts.
-
-    The plan is stored: if the corpus or chunk size changed since, stored chunks no longer line up,
-    so they are dropped and every SAE is collected again.
-    """
-    with session_scope(engine) as session:
-        lengths = {c.text_id: len(c.token_ids) for c in session.exec(select(Context))}
-        if not lengths:
-            raise SafesailError(
-                "the corpus is empty: run `safesail corpus build` or `corpus add` first"
-            )
-        plan = plan_chunks(lengths, chunk_texts)
-        if get_meta(session, "chunk_plan") != plan:
-            session.exec(delete(ActivationChunk))
-            session.exec(delete(Feature))
-            for record in session.exec(select(SaeRecord)):
-                record.collected = False
-                session.add(record)
-            set_meta(session, "chunk_plan", plan)
-    return plan
 
 
 def encode_chunk(

@@ -33,7 +33,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 from tqdm.auto import tqdm
 
-from safesail.collection.collect import chunk_plan, plan_chunks, prepare_contexts
+from safesail.collection.plan import chunk_plan, plan_chunks, prepare_contexts
 from safesail.config import CollectConfig
 from safesail.db.tables import Context, CorpusText
 from safesail.model.lm import LanguageModel

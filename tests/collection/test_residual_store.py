@@ -92,7 +92,7 @@ def test_store_with_a_damaged_progress_file_is_not_used(lm, tmp_path, bad):
 
 def test_core_reconstruction_sample_is_the_same_from_the_store(lm, tmp_path):
     """L0/FVE/MSE's residuals: cut contexts read back from the store equal a forward of them."""
-    from safesail.collection.collect import prepare_contexts
+    from safesail.collection.plan import prepare_contexts
     from safesail.selection.core_metrics import CoreConfig, reconstruction_residuals
 
     ws = make_workspace(tmp_path / "ws", lm)
