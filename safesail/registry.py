@@ -1,7 +1,7 @@
 """One registry shape for every pluggable kind (SAELens' `register_sae_class` idiom): scorers,
 query strategies, ... A class registers under its `name`; a second class under a taken name
-is refused, so a plugin cannot silently replace a built-in, and configs validate their
-choices against `names()`."""
+is refused, so a plugin cannot silently replace a built-in, and choices are validated against
+`names()` (by a config, or where a run starts)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Literal
 
 from safesail.errors import SafesailError
-from safesail.explainer.scorers import scorer_names
 
 EMBEDDED_ALIAS = "smollm2-135m-instruct"
 """Model name the embedded llama.cpp server answers to."""
@@ -129,7 +128,8 @@ class ExplainConfig:
     """Completion budget of an explanation (short: ~90 tokens/s on a CPU)."""
     scorers: tuple[str, ...] = ("detection", "fuzzing", "simulation", "intruder", "embedding")
     """Registered scorers (safesail.explainer.scorers) run on held-out contexts, in this order;
-    embedding needs no LLM call."""
+    embedding needs no LLM call. The names are checked against the registry when a run starts
+    (`RunContext.start`), so these settings import nothing from the explainer."""
     intruder_shown: int = 4
     """Texts per intruder question: one non-activating among this many minus one activating
     (chance 1/this); at most n_score_pos + 1 are shown."""
@@ -166,9 +166,6 @@ class ExplainConfig:
             raise ValueError("intruder_shown must be >= 2 (an intruder and an activating text)")
         if self.min_gold < 2 or self.folds < 2 or self.confidence_z < 0:
             raise ValueError("min_gold and folds must be >= 2, confidence_z >= 0")
-        unknown = set(self.scorers) - set(scorer_names())
-        if unknown:
-            raise ValueError(f"unknown scorers: {sorted(unknown)}")
 
     @property
     def prompt_version(self) -> str:

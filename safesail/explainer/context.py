@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from safesail.db.contracts import Workspace
 from safesail.db.queries import require_selected_sae
+from safesail.errors import SafesailError
 from safesail.explainer.config import ExplainConfig, LlmConfig
 
 
@@ -33,8 +34,16 @@ class RunContext:
     def start(
         cls, ws: Workspace, config: ExplainConfig, llm: LlmConfig, progress: bool = True
     ) -> RunContext:
-        """The run's context; refuses before anything is spent when no SAE is selected or
-        the model has no price (a paid endpoint is never reported as free)."""
+        """The run's context; refuses before anything is spent when a scorer is not registered,
+        no SAE is selected or the model has no price (a paid endpoint is never reported as
+        free)."""
+        from safesail.explainer.scorers import scorer_names
+
+        unknown = set(config.scorers) - set(scorer_names())
+        if unknown:
+            raise SafesailError(
+                f"unknown scorers: {sorted(unknown)} (registered: {', '.join(scorer_names())})"
+            )
         sae_id = require_selected_sae(ws.engine)
         model = llm.resolved_model
         llm.price()

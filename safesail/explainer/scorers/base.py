@@ -7,9 +7,10 @@ with a `ScoringRecord`; its `version` lands in the Score rows, so scores of a ch
 never pass for the old one's. Registering a second scorer under a taken name is an error:
 silently replacing one would change every score that name stands for.
 
-Import-light on purpose: the settings (`safesail.explainer.config`) import this module to
-validate `ExplainConfig.scorers`, so it may import none of the explainer's other modules at
-runtime.
+Import-light on purpose: the registry's names are what a run's start (`RunContext.start`)
+checks `ExplainConfig.scorers` against and what the CLI offers as `--scorer` choices, so it
+imports none of the explainer's other modules at runtime (the settings import nothing from the
+explainer).
 """
 
 from __future__ import annotations
