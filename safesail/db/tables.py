@@ -117,7 +117,7 @@ class Feature(SQLModel, table=True):
     auroc: float | None = None
     precision: float | None = None
     triage_reason: str | None = None
-    """Why triage did not make it a candidate ("<kind>: <detail>", selection.reason_kind);
+    """Why triage did not make it a candidate ("<kind>: <detail>", triage.text.reason_kind);
     None for candidates and for features not triaged yet."""
 
 

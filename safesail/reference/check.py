@@ -2,7 +2,7 @@
 each judged against the reference set (labels made by reading, bench/reference/).
 
 All figures are on one half of the reference set (the **test** half by default: the dev half
-is the one looked at while building; the split is fixed by `reference.SPLIT_SEED`). Triage's
+is the one looked at while building; the split is fixed by `reference.labels.SPLIT_SEED`). Triage's
 precision and recall are weighted by each stratum's inverse inclusion probability, so they
 estimate the whole SAE rather than the candidate-heavy sample.
 """

@@ -217,7 +217,7 @@ NO_TERM = "no concept term"
 
 def reason_kind(reason: str) -> str:
     """The kind of a stored rejection reason: TEXT_LEVEL, DENSE, a non-content token class
-    (tokens.FUNCTION, PUNCTUATION, DIGIT, FORMAT) or NO_TERM."""
+    (token_kinds.FUNCTION, PUNCTUATION, DIGIT, FORMAT) or NO_TERM."""
     return reason.split(":", 1)[0]
 
 

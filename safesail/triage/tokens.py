@@ -37,7 +37,7 @@ class Peak(NamedTuple):
     """Where one context of a feature peaks: the word a reader sees marked first."""
 
     word: str
-    """The whole word holding the peak token (``tokens.word_at``: " ChatGPT", not "GPT")."""
+    """The whole word holding the peak token (``token_kinds.word_at``: " ChatGPT", not "GPT")."""
     text_id: int
     top: bool
     """A top-activating context (else a random sample from one of its activation deciles)."""
@@ -89,7 +89,7 @@ def peaks_of(
     tokens: Mapping[int, Sequence[str]],
     terms: TermMatcher | None = None,
 ) -> list[Peak]:
-    """The peak word of each example context (``collect.Example``: text_id, kind, activations)
+    """The peak word of each example context (``examples.Example``: text_id, kind, activations)
     whose tokens are known; kind 0 is a top-activating context. With ``terms``, each peak
     also names the concepts whose terms hold the peak word or a word near it that the
     feature marks as strongly (``MARKED``)."""
@@ -137,7 +137,7 @@ def contrast_firing_rate(
     counts: ConceptTokenCounts, concept: str, contrast: Contrast = "rest"
 ) -> np.ndarray:
     """[d_sae] share of the tokens of ``concept``'s contrast texts each feature fires on, from
-    ``collect.ConceptTokenCounts`` (whose concepts must include BENIGN for "benign")."""
+    ``collection.chunks.ConceptTokenCounts`` (whose concepts must include BENIGN for "benign")."""
     require_contrast(contrast)
     if contrast == "benign":
         b = counts.concepts.index(BENIGN)

@@ -249,7 +249,7 @@ def _human(feature: int, concepts: list[str], at: str, version: str | None = Non
 
 def test_one_rule_for_a_features_human_label(ws):
     """Two accepted human labels of one feature, the newer stored first: the explainer's gold
-    set, the learner's labels, the shown label and storage.human_labels all take the newer."""
+    set, the learner's labels, the shown label and queries.human_labels all take the newer."""
     from active_learning.learner import _gold
     from safesail.db.queries import best_accepted
     from safesail.explainer.materials import gold_labels
