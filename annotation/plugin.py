@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from annotation.server import ServerConfig
 from annotation.settings import LISTEN_PORT, PushConfig, SimulateConfig
@@ -17,6 +18,9 @@ from annotation.transport import ClientConfig
 from safesail.cli.flags import add_config_flags, config_from_args
 from safesail.db.contracts import AnnotationSummary, Workspace, read_engine
 from safesail.plugins import Plugin
+
+if TYPE_CHECKING:
+    from safesail.install.doctor import Check
 
 CONNECTION = ("url", "token_file")
 CONNECTION_FLAGS = {"url": "--ls-url", "token_file": "--ls-token-file"}
@@ -267,6 +271,39 @@ def _resume(args: argparse.Namespace) -> str:
     )
 
 
+def _setup(cache_dir: Path, progress: bool) -> None:
+    from annotation.server import ensure_installed
+
+    ensure_installed(cache_dir, progress)
+
+
+def _checks(cache_dir: Path) -> list[Check]:
+    """Label Studio's own venv against its lock (a package that drifted, like sentry-sdk 3,
+    makes the server die at start), without starting it (a first start migrates for 60-100 s)."""
+    from annotation.server import LOCK, LS_VERSION, lock_mismatches, venv_dir
+    from safesail.install.doctor import Check
+
+    if not (venv_dir(cache_dir) / "bin" / "label-studio").exists():
+        return [
+            Check(
+                "label studio",
+                False,
+                f"not installed in {venv_dir(cache_dir)}",
+                "safesail setup (installs it from its lock, ~1.5 min)",
+            )
+        ]
+    if wrong := lock_mismatches(cache_dir):
+        return [
+            Check(
+                "label studio",
+                False,
+                f"{len(wrong)} package(s) differ from {LOCK.name}: {', '.join(wrong[:3])}",
+                "safesail setup (rebuilds its venv from the lock)",
+            )
+        ]
+    return [Check("label studio", True, f"{LS_VERSION}, venv matches {LOCK.name}")]
+
+
 PLUGIN = Plugin(
     name="annotation",
     order=10,
@@ -274,4 +311,6 @@ PLUGIN = Plugin(
     add_demo_options=add_demo_options,
     demo=demo,
     resume=_resume,
+    setup=_setup,
+    checks=_checks,
 )

@@ -12,15 +12,18 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from importlib.metadata import distributions
 from pathlib import Path
 from typing import NamedTuple
 
 from safesail.errors import SafesailError
+from safesail.install.locks import digest, mismatches, normalize, read_lock
 from safesail.procs import http_ok, pid_alive, start_time, stop_group
 
 STOP_GRACE_S = 20.0
@@ -91,28 +94,58 @@ def venv_dir(cache_dir: Path) -> Path:
     return Path(cache_dir) / "label-studio" / "venv"
 
 
+LOCK = Path(__file__).parent / "locks" / "label-studio.lock"
+"""Label Studio and every package of its venv at exact versions with hashes (`make lock`
+rewrites it). Its own requirements have no upper bounds: sentry-sdk 3 made 1.23.2 die at start."""
+
+
+def installed_versions(venv: Path) -> dict[str, str]:
+    """{normalized name: version} of the packages in a venv, read from its metadata (no process
+    started: the doctor and the tests compare them with the lock)."""
+    paths = [str(p) for p in venv.glob("lib/python*/site-packages")]
+    found = {}
+    for dist in distributions(path=paths) if paths else ():
+        if dist.metadata["Name"]:
+            found[normalize(dist.metadata["Name"])] = dist.version
+    return found
+
+
+def lock_mismatches(cache_dir: Path) -> list[str]:
+    """Locked packages missing from Label Studio's venv or at another version."""
+    return mismatches(read_lock(LOCK), installed_versions(venv_dir(cache_dir)))
+
+
 def ensure_installed(cache_dir: Path, progress: bool = True) -> Path:
-    """The `label-studio` executable, installing it on first use (~1.5 min, ~1 GB); a lock
-    keeps two processes from installing at once, a marker file makes a half install retry."""
+    """The `label-studio` executable, installing it from the lock on first use (~1.5 min, ~1 GB;
+    `make install` does it through `safesail setup`). The venv records the lock's digest: one
+    built from another lock (an older one, or none) is rebuilt. A file lock keeps two processes
+    from installing at once; the digest is written last, so a half install retries."""
     venv = venv_dir(cache_dir)
     exe, marker = venv / "bin" / "label-studio", venv / ".safesail-installed"
-    if marker.exists():
+    wanted = digest(LOCK)
+
+    def current() -> bool:
+        return marker.exists() and marker.read_text().strip() == wanted
+
+    if current():
         return exe
     venv.parent.mkdir(parents=True, exist_ok=True)
     with open(venv.parent / "install.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists():
+        if current():
             return exe
         if progress:
             print(
-                f"installing Label Studio {LS_VERSION} into {venv} (first time only, ~1.5 min)...",
+                f"installing Label Studio {LS_VERSION} into {venv} from {LOCK.name} (~1.5 min)...",
                 flush=True,
             )
+        shutil.rmtree(venv, ignore_errors=True)
         log = venv.parent / "install.log"
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps"]
         with open(log, "w") as out:
             steps = [
                 [sys.executable, "-m", "venv", str(venv)],
-                [str(venv / "bin" / "pip"), "install", "-q", f"label-studio=={LS_VERSION}"],
+                [*pip, "--require-hashes", "-r", str(LOCK)],
             ]
             for cmd in steps:
                 if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode:
@@ -120,7 +153,12 @@ def ensure_installed(cache_dir: Path, progress: bool = True) -> Path:
                     raise SafesailError(
                         f"installing Label Studio failed ({' '.join(tail)}); see {log}"
                     )
-        marker.touch()
+        if wrong := lock_mismatches(cache_dir):
+            raise SafesailError(
+                f"Label Studio's venv does not match {LOCK.name} after install: "
+                f"{', '.join(wrong[:3])}; see {log}"
+            )
+        marker.write_text(wanted)
         if progress:
             print("Label Studio installed.", flush=True)
     return exe

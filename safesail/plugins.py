@@ -9,9 +9,13 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from safesail.db.contracts import Learner, LearnerFactory, Workspace
+
+if TYPE_CHECKING:
+    from safesail.install.doctor import Check
 
 Handler = Callable[[Workspace, argparse.Namespace, bool], int | None]
 """A command or demo step: (workspace, parsed args, show progress) -> exit code (None = 0)."""
@@ -36,6 +40,11 @@ class Plugin:
     """(demo args) -> the command that reruns only this room's demo step, named when it fails."""
     learner: LearnerFactory | None = None
     """The active learner this room offers the others (see safesail.db.contracts.Learner)."""
+    setup: Callable[[Path, bool], None] | None = None
+    """(cache dir, show progress): install what this room runs on, from its lock, so that
+    after `safesail setup` (which `make install` runs) nothing is downloaded."""
+    checks: Callable[[Path], list[Check]] | None = None
+    """(cache dir) -> this room's parts for `safesail doctor` (see safesail.install.doctor)."""
 
 
 def load_plugins() -> list[Plugin]:

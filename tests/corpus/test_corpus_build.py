@@ -397,9 +397,9 @@ def test_failed_download_explains_the_manual_route(
     assert "by hand" in message and str(tmp_path / "empty") in message
 
 
-@pytest.mark.network
 def test_real_default_corpus(tax: Taxonomy) -> None:
-    """The real packages, fetched into the shared cache the demo uses (only if absent)."""
+    """The real packages, from the shared cache `make install` filled (tests/install/test_offline.py:
+    nothing is downloaded here)."""
     records = build_default_corpus(default_cache_dir() / "corpus", tax, progress=False)
     counts = corpus_summary(records)
     for concept in tax.safety_concepts():
