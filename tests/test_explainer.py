@@ -65,7 +65,7 @@ def test_explain_end_to_end_over_real_http(triaged_ws, tmp_path, lm, llm_url):
     assert candidates, "the tiny workspace needs a safety candidate"
     gold = (candidates[1:] + others)[:4]
     assert seed_gold(ws.engine, sae, gold) == 4
-    config = ExplainConfig(limit=1, min_gold=3, few_shot=1, n_score_pos=2, n_score_neg=2)
+    config = ExplainConfig(limit=1, votes=3, few_shot=1, n_score_pos=2, n_score_neg=2)
     llm = LlmConfig(base_url=llm_url)
     report = explain(ws, config, llm, progress=False)
     assert report.explained == 5
@@ -81,7 +81,11 @@ def test_explain_end_to_end_over_real_http(triaged_ws, tmp_path, lm, llm_url):
     assert explained, [r.details for r in auto]
     for row in explained:
         assert set(row.concepts) <= labels and row.text and 0 <= row.confidence <= 1
-        assert row.model_version == f"{EMBEDDED_ALIAS}/{config.prompt_version}"
+        assert row.model_version == f"{EMBEDDED_ALIAS}/{config.answer_version}"
+        # three votes: the share of them naming the chosen concept is the stage's confidence
+        assert row.details["stage"] == "llm" and row.probability == row.details["vote_share"]
+        assert sum(row.details["votes"].values()) + row.details["invalid"] == 3
+        assert row.details["vote_share"] * 3 == row.details["votes"][row.concepts[0]]
     for row in auto:
         if row.feature in gold and row.status != "failed":
             assert row.status in ("queued", "rejected") and row.details["yardstick"]
@@ -98,10 +102,21 @@ def test_explain_end_to_end_over_real_http(triaged_ws, tmp_path, lm, llm_url):
     with Session(ws.engine) as session:
         steps = {c.step for c in session.exec(select(LlmCall))}
     assert {"explain", "detection"} <= steps
-    assert meta.target == 0.9 and meta.model == EMBEDDED_ALIAS
-    assert meta.n_gold == sum(1 for r in explained if r.feature in gold)
+    assert (meta.target, meta.delta, meta.model) == (0.9, 0.1, EMBEDDED_ALIAS)
+    (stage,) = meta.stages  # no learner predictions, no escalation: the LLM stage alone
+    assert stage.name == "llm" and stage.n_gold == sum(1 for r in explained if r.feature in gold)
+    # four gold features prove nothing: every routed feature goes to people
+    assert stage.threshold is None and meta.accepted == 0 and meta.needed == 22
+    assert stage.reached == 1 and stage.tokens > 0 and stage.seconds > 0  # the candidate's cost
     # status adds the readers' verdict where a reference set exists (none for this tiny SAE)
-    assert status["calibration"] == {**meta.to_dict(), "reference_agreement": None}
+    assert status["calibration"] == {
+        **meta.to_dict(),
+        "reference_agreement": None,
+        "stale_unrouted": 0,
+        "human_queue": status["calibration"]["human_queue"],
+    }
+    queue = status["calibration"]["human_queue"]  # the candidate asked about, the rest not
+    assert sum(queue.values()) == meta.routed and queue["not explained"] == meta.routed - 1
 
     # rerun: nothing new is asked or paid
     again = explain(ws, config, llm, progress=False)

@@ -241,7 +241,7 @@ def _explain_one(
     for attempt in range(config.votes):
         reply = client.chat(
             messages,
-            step=stage,
+            step="explain" if stage == LLM else stage,
             max_tokens=config.max_tokens,
             schema=explanation_schema(concept_choices(labels, config, material.evidence)),
             attempt=attempt,

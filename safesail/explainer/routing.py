@@ -103,6 +103,8 @@ class Stage(NamedTuple):
     """Feature -> the stage's answer (an LLM stage's row, or the learner's prediction)."""
     confidence: dict[int, float]
     gold: dict[int, GoldAnswer]
+    asked: set[int]
+    """Features the stage answered or failed to (an LLM stage's failed answers included)."""
 
 
 class Plan(NamedTuple):
@@ -201,6 +203,7 @@ def plan(ctx: RunContext, routed: Iterable[int] = ()) -> Plan:
                     for f, p in learner.items()
                     if f in gold and p.concepts
                 },
+                set(learner),
             )
         )
     for name, rows in llm_rows.items():
@@ -220,6 +223,7 @@ def plan(ctx: RunContext, routed: Iterable[int] = ()) -> Plan:
                     for f, r in valid.items()
                     if f in gold
                 },
+                set(rows),
             )
         )
     acceptances = cascade(
@@ -364,7 +368,7 @@ def _costs(
         if stage.name not in models:
             out[stage.name] = StageCost(0, 0.0)
             continue
-        reached = [f for f in routed if f in stage.answers and decided.reaches(f, stage.name)]
+        reached = [f for f in routed if f in stage.asked and decided.reaches(f, stage.name)]
         tokens, seconds = 0, 0.0
         for part in chunked(reached):
             got = session.exec(
