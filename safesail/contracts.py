@@ -242,6 +242,8 @@ class CalibrationReport(MetaRecord):
     KEY: ClassVar[str] = "calibration"
     VERSION: ClassVar[int] = 2
 
+    sae_id: str | None = None
+    """The SAE whose features were routed."""
     target: float = 0.9
     delta: float = 0.1
     model: str = ""

@@ -209,3 +209,59 @@ def test_a_server_that_dies_is_reported_with_its_signal_and_log(triaged_ws, tmp_
     assert f"pid {info.pid}) was killed by SIGILL (Illegal instruction)" in message
     assert "make install" in message and "last log lines:" in message
     assert "connection" not in message
+
+
+def test_cascade_benchmark_runs_on_any_reference_set(triaged_ws, tmp_path, lm, llm_url):
+    """bench/cascade.py on the tiny workspace with a stand-in reference set (the corpus-tag
+    oracle's labels, split by the reference set's own rule): it runs end to end against the
+    real server and ends with the three figures it promises. The figures mean nothing here
+    (the oracle is no reader); the benchmark is for a set labeled by reading."""
+    import subprocess
+    import sys
+
+    from safesail.oracle import oracle_labels
+    from safesail.reference import assign_splits, sae_sha256
+
+    ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)
+    sae = ws.selected_sae
+    candidates, others = _features(ws)
+    features = (candidates + others)[:24]
+    truth = oracle_labels(ws.engine, sae, features)
+    splits = assign_splits(features)
+    reference = {
+        "sae_id": sae,
+        "sae_sha256": sae_sha256(ws.engine, sae),
+        "features": [
+            {
+                "feature": f,
+                "labels": truth[f],
+                "confidence": 3,
+                "reason": "oracle stand-in",
+                "stratum": "all",
+                "weight": 1.0,
+                "split": splits[f],
+            }
+            for f in features
+        ],
+    }
+    path = tmp_path / "reference.json"
+    path.write_text(json.dumps(reference))
+    ws.engine.dispose()
+    script = Path(__file__).resolve().parents[1] / "bench" / "cascade.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--workspace", str(ws.config.workspace)]
+        + ["--reference", str(path), "--base-url", llm_url, "--votes", "1", "--routed", "4"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(script.parents[1])},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.strip().splitlines()
+    assert "majority baseline" in run.stdout and "kappa" in run.stdout
+    assert [line.split("=")[0] for line in lines[-3:]] == [
+        "coverage_at_target",
+        "safety_coverage_at_target",
+        "accepted_agreement_reference",
+    ]
+    assert 0 <= float(lines[-3].split("=")[1]) <= 1

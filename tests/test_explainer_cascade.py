@@ -160,6 +160,7 @@ def test_concept_model_stage_accepts_routes_and_goes_stale(triaged_ws, tmp_path,
     an old prompt version is marked stale and its feature goes back to the human queue."""
     from sqlmodel import Session, select
 
+    from exports.records import gather_records
     from safesail.contracts import CalibrationReport, HumanQueue, read_record
     from safesail.explainer.config import ExplainConfig, LlmConfig
     from safesail.explainer.context import RunContext
@@ -217,6 +218,9 @@ def test_concept_model_stage_accepts_routes_and_goes_stale(triaged_ws, tmp_path,
     assert {r.feature for r in accepted} == set(candidates)
     assert all(r.details["stage"] == CONCEPT_MODEL and r.details["bound"] >= 0.9 for r in accepted)
     assert all(r.text.startswith("Fires on") and "violence" in r.text for r in accepted)
+    gold_export = [r for r in gather_records(ws.engine) if r.source == "auto"]
+    assert {(r.index, r.stage) for r in gold_export} == {(f, CONCEPT_MODEL) for f in candidates}
+    assert all(r.bound == stage.bound for r in gold_export)
     old = next(r for r in auto if r.model_version == "old-model/seg-v1")
     assert old.status == "stale" and report.stale == 0  # its feature is accepted again now
     assert queue.indices(sae) == []
@@ -229,6 +233,9 @@ def test_concept_model_stage_accepts_routes_and_goes_stale(triaged_ws, tmp_path,
     status = ws.status()
     assert status["labels"]["auto_accepted"] == 0
     assert status["calibration"]["stale_unrouted"] == len(candidates)
+    exported = gather_records(ws.engine, include_unaccepted=True)  # nor are they gold
+    assert not [r for r in gather_records(ws.engine) if r.source == "auto"]
+    assert {r.status for r in exported if r.stage == CONCEPT_MODEL} == {"stale"}
     # re-routed: the new fit disagrees with every gold label, so it accepts nothing; the
     # stale features are back in the human queue, and no longer counted anywhere
     report = route(ctx)

@@ -73,6 +73,7 @@ def calibration_report(
     llm_gold = list(llm.gold.values()) if llm is not None else []
     first_need = min_accepted(config.target, config.delta / max(len(stages), 1))
     report = CalibrationReport(
+        sae_id=ctx.sae_id,
         target=config.target,
         delta=config.delta,
         model=ctx.model,

@@ -117,7 +117,6 @@ class Plan(NamedTuple):
     """Feature (gold or routed) -> the first stage whose threshold its confidence reaches."""
     gold: dict[int, Gold]
     fired: dict[int, list[str]]
-    predictions: LearnerPredictions | None
 
     def reaches(self, feature: int, stage: str) -> bool:
         """Whether no stage before this one accepts the feature."""
@@ -180,7 +179,9 @@ def plan(ctx: RunContext, routed: Iterable[int] = ()) -> Plan:
     safety = [c for c in ctx.labels if is_safety(c)]
     stages = []
     # out-of-fold predictions only: in-sample ones would be fitted on the gold labels they
-    # are calibrated against (LearnerPredictions.usable_for)
+    # are calibrated against (LearnerPredictions.usable_for). The routed features' come from
+    # the model fitted on all gold (cross-fitting): at least as good as a fold model, which is
+    # what the threshold was tested on.
     learner = predictions.usable_for(sae_id) if predictions is not None else {}
     if learner:
         stages.append(
@@ -234,7 +235,7 @@ def plan(ctx: RunContext, routed: Iterable[int] = ()) -> Plan:
         for f, c in stage.confidence.items():
             if f not in accepted_at and acceptance.accepts(c):
                 accepted_at[f] = stage.name
-    return Plan(stages, acceptances, accepted_at, gold, fired, predictions)
+    return Plan(stages, acceptances, accepted_at, gold, fired)
 
 
 def routed_pool(ctx: RunContext, features: list[int] | None) -> list[int]:
@@ -423,11 +424,14 @@ def _queue(
 
 
 def stale_now(session: Session, sae_id: str) -> set[int]:
-    """Ids of the accepted automatic explanations that are no longer current although no
-    routing has marked them yet: made under another calibration than the last report's, or
-    by the concept model before the learner's last fit. Readers (status, exports) count none
-    of them as coverage."""
+    """Ids of the SAE's accepted automatic explanations made by the cascade that are no longer
+    current although no routing has marked them yet: made under another calibration than the
+    last report's, or by the concept model before the learner's last fit. Readers (status,
+    exports) count none of them as coverage. Without a report for this SAE there is nothing
+    to judge them by (none)."""
     report = read_record(session, CalibrationReport)
+    if report is None or report.sae_id != sae_id:
+        return set()
     predictions = read_record(session, LearnerPredictions)
     learner = concept_model_version(predictions) if predictions is not None else None
     rows = session.exec(
@@ -440,10 +444,10 @@ def stale_now(session: Session, sae_id: str) -> set[int]:
     out = set()
     for id_, model_version, details in rows:
         details = details or {}
-        if (
-            report is None
-            or details.get("calibration") != report.calibration_version
-            or (details.get("stage") == CONCEPT_MODEL and model_version != learner)
+        if "stage" not in details:
+            continue
+        if details.get("calibration") != report.calibration_version or (
+            details["stage"] == CONCEPT_MODEL and model_version != learner
         ):
             out.add(id_)
     return out
