@@ -119,7 +119,8 @@ def test_agreement_needs_the_concept_and_for_safety_a_marked_token_and_the_conce
     # the old n-gram check passed unrelated "Fires on ..." sentences; these fail now
     assert not agrees(["violence"], "Fires on words in violent text.", gold, fired, SAFETY)
     assert not agrees(["violence"], 'Fires on "knife" in recipes.', gold, fired, SAFETY)
-    assert not agrees(["violence"], 'Fires on "stab" in violent fraud scams.', gold, fired, SAFETY)
+    assert not agrees(["violence"], 'Fires on "knife" in weapons ads.', gold, fired, SAFETY)
+    assert not agrees(["violence"], 'Fires on "stab", not safety-related.', gold, fired, SAFETY)
     # not a safety concept: the concept is the claim
     benign = Gold(["benign"], "", None)
     assert agrees(["benign"], "Ordinary text.", benign, fired, SAFETY)
@@ -250,3 +251,71 @@ def test_concept_model_stage_accepts_routes_and_goes_stale(triaged_ws, tmp_path,
     assert not [r for r in auto if r.status == "accepted"]
     assert {(q.feature, q.reason) for q in queue.features} == {(f, "stale") for f in candidates}
     assert ws.status()["labels"]["auto_accepted"] == 0
+
+
+def test_escalation_stage_answers_what_the_first_llm_could_not(triaged_ws, tmp_path, lm):
+    """Two OpenAI-compatible endpoints over real HTTP (the stdlib double beside the real
+    server's test): the first LLM answers nothing valid, so every feature reaches the
+    escalation endpoint, whose answers agree with the gold labels; delta is split over the two
+    stages and only the escalation stage accepts, with its own version, step and cost. A rerun
+    asks neither endpoint again."""
+    from sqlmodel import Session, select
+
+    from safesail.explainer.config import ExplainConfig, LlmConfig
+    from safesail.explainer.materials import marked_tokens
+    from safesail.explainer.pipeline import explain
+    from safesail.explainer.simulate import seed_gold
+    from safesail.storage import Explanation, Feature, LlmCall
+    from tests.conftest import copy_workspace
+    from tests.test_explainer_failures import Double
+
+    ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)
+    sae = ws.selected_sae
+    with Session(ws.engine) as session:
+        rows = list(
+            session.exec(
+                select(Feature).where(Feature.sae_id == sae, Feature.examples.is_not(None))
+            )
+        )
+        marked = marked_tokens(session, rows, ExplainConfig())
+    others = [r.index for r in rows if not r.candidate and marked.get(r.index)]
+    given = {f: (["violence"], "Fires on violent text.") for f in others}
+    seed_gold(ws.engine, sae, others, author="expert", given=given)
+    first, strong = Double([], default="text"), Double([])
+    try:
+        llm = LlmConfig(base_url=first.url, model="double", prices={"double": (0.0, 0.0)})
+        escalate = LlmConfig(base_url=strong.url, model="esc", prices={"esc": (1.0, 2.0)})
+        config = ExplainConfig(limit=2, votes=2, scorers=())
+        report = explain(ws, config, llm, escalate=escalate, progress=False)
+        asked = (first.requests, strong.requests)
+        again = explain(ws, config, llm, escalate=escalate, progress=False)
+        assert again.explained == 0 and (first.requests, strong.requests) == asked
+    finally:
+        first.close()
+        strong.close()
+    cal = report.calibration
+    llm_stage, esc = cal.stages
+    assert (llm_stage.name, esc.name) == ("llm", "escalate")
+    assert llm_stage.delta == esc.delta == pytest.approx(0.05)
+    assert llm_stage.n_gold == 0 and llm_stage.threshold is None and llm_stage.accepted == 0
+    assert esc.n_gold >= 29 and esc.gold_errors == 0, esc
+    assert esc.threshold == 1.0 and esc.bound >= 0.9 and esc.accepted >= 1
+    # the first LLM's refused answers cost tokens too: each stage bills what reached it
+    assert llm_stage.reached == esc.reached == 2 and esc.tokens > 0 and llm_stage.tokens > 0
+    with Session(ws.engine) as session:
+        accepted = list(
+            session.exec(
+                select(Explanation).where(
+                    Explanation.source == "auto", Explanation.status == "accepted"
+                )
+            )
+        )
+        steps = {(c.model, c.step) for c in session.exec(select(LlmCall))}
+    assert len(accepted) == esc.accepted == cal.accepted
+    assert all(
+        r.details["stage"] == "escalate"
+        and r.model_version == f"esc/{config.answer_version}"
+        and r.author == "esc"
+        for r in accepted
+    )
+    assert steps == {("double", "explain"), ("esc", "escalate")}

@@ -56,7 +56,7 @@ def calibration_report(
                 p_value=acceptance.p_value,
                 bound=acceptance.bound,
                 needed=acceptance.needed,
-                reached=sum(f in answers and decided.reaches(f, stage.name) for f in routed),
+                reached=sum(f in stage.asked and decided.reaches(f, stage.name) for f in routed),
                 accepted=len(mine),
                 accepted_safety=sum(is_safety(answers[f].concepts[0]) for f in mine),
                 tokens=costs[stage.name].tokens,

@@ -62,18 +62,16 @@ def agrees(
 ) -> bool:
     """The answer describes the same feature as the experts: its primary concept is one of
     theirs, and for a safety concept its sentence names what fires (a marked token) and names
-    that concept and no safety concept the answer does not claim (nor "no safety concept").
-    `safety`: the taxonomy's safety concepts."""
+    that concept, without saying it is no safety concept. `safety`: the taxonomy's safety
+    concepts."""
     if not concepts or concepts[0] not in gold.concepts:
         return False
     primary = concepts[0]
     if not is_safety(primary):
         return True
-    named = named_concepts(text, safety)
     return (
         names_what_fires(text, set(fired))
-        and primary in named
-        and set(named) <= set(concepts)
+        and primary in named_concepts(text, safety)
         and contradiction(concepts, text, safety) is None
     )
 
