@@ -65,7 +65,10 @@ def test_explain_end_to_end_over_real_http(triaged_ws, tmp_path, lm, llm_url):
     assert candidates, "the tiny workspace needs a safety candidate"
     gold = (candidates[1:] + others)[:4]
     assert seed_gold(ws.engine, sae, gold) == 4
-    config = ExplainConfig(limit=1, votes=3, few_shot=1, n_score_pos=2, n_score_neg=2)
+    every = ("detection", "fuzzing", "simulation", "intruder", "embedding")
+    config = ExplainConfig(
+        limit=1, votes=3, few_shot=1, n_score_pos=2, n_score_neg=2, scorers=every
+    )
     llm = LlmConfig(base_url=llm_url)
     report = explain(ws, config, llm, progress=False)
     assert report.explained == 5

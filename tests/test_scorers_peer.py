@@ -22,6 +22,7 @@ from safesail.explainer.scorers import (
     embedding,
     get_scorer,
     has_minilm,
+    scorer_names,
 )
 from safesail.explainer.scorers.embedding import MINILM_VERSION, TFIDF_VERSION
 from safesail.explainer.scorers.intruder import questions
@@ -111,7 +112,7 @@ def test_intruder_is_registered_as_an_llm_scorer():
     cls = get_scorer("intruder")
     assert cls.needs_llm and cls.version == "v1"
     assert cls.stored_version("seg-v3") == "intruder-v1/seg-v3"
-    assert "intruder" in CONFIG.scorers
+    assert "intruder" in scorer_names()
     with pytest.raises(ValueError, match="intruder_shown"):
         ExplainConfig(intruder_shown=1)
 
@@ -157,7 +158,8 @@ def test_intruder_scores_are_stored_with_the_explanation(ws):
     judge = Judge("first")
     try:
         llm = LlmConfig(base_url=judge.url, model="double", prices={"double": (0.0, 0.0)})
-        report = explain(ws, ExplainConfig(limit=2), llm, progress=False)
+        config = ExplainConfig(limit=2, votes=1, scorers=("intruder",))
+        report = explain(ws, config, llm, progress=False)
     finally:
         judge.close()
     assert report.explained == 2

@@ -129,9 +129,11 @@ class ExplainConfig:
     """Show the corpus concept tags of the explain split's texts vs. their base rates (ours)."""
     max_tokens: int = 72
     """Completion budget of an explanation (short: ~90 tokens/s on a CPU)."""
-    scorers: tuple[str, ...] = ("detection", "fuzzing", "simulation", "intruder", "embedding")
-    """Registered scorers (safesail.explainer.scorers) run on held-out contexts, in this order;
-    embedding needs no LLM call."""
+    scorers: tuple[str, ...] = ("embedding",)
+    """Registered scorers (safesail.explainer.scorers) run on held-out contexts, in this order:
+    measurements stored and exported beside the answer, not what acceptance is decided on (the
+    votes are), so the default is the one that needs no LLM call; add detection, fuzzing,
+    simulation or intruder with --scorer."""
     intruder_shown: int = 4
     """Texts per intruder question: one non-activating among this many minus one activating
     (chance 1/this); at most n_score_pos + 1 are shown."""
