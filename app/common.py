@@ -48,6 +48,7 @@ QUERIES: dict[str, Callable[..., Any]] = {
         frames.label_distribution,
         frames.kappa,
         frames.reliability,
+        frames.cascade_stages,
         frames.coverage_curve,
         browse.landscape,
         browse.sae_ranking,

@@ -72,18 +72,19 @@ def llm_cost(engine: Engine) -> pd.DataFrame:
 
 
 def cost_per_accepted(engine: Engine) -> dict[str, float] | None:
-    """Tokens and dollars spent per auto-accepted feature (all LLM calls / accepted)."""
+    """Tokens and dollars spent per auto-accepted feature (all LLM calls / accepted; stale
+    acceptances do not count)."""
+    from safesail.explainer.routing import stale_now
+
     cost = llm_cost(engine)
     with Session(engine) as session:
-        accepted = len(
-            set(
-                session.exec(
-                    select(Explanation.sae_id, Explanation.feature).where(
-                        Explanation.source == "auto", Explanation.status == "accepted"
-                    )
-                ).all()
+        rows = session.exec(
+            select(Explanation.id, Explanation.sae_id, Explanation.feature).where(
+                Explanation.source == "auto", Explanation.status == "accepted"
             )
-        )
+        ).all()
+        stale = set().union(*(stale_now(session, s) for s in {r.sae_id for r in rows}))
+        accepted = len({(r.sae_id, r.feature) for r in rows if r.id not in stale})
     if cost.empty:
         return None
     return {
@@ -162,18 +163,62 @@ def kappa(engine: Engine) -> pd.DataFrame:
 
 
 def reliability(engine: Engine) -> pd.DataFrame:
-    """Calibration bins: predicted probability vs observed agreement (and bin size)."""
+    """Per cascade stage, its confidence bins on its gold: mean confidence vs observed
+    agreement (and bin size)."""
     report = calibration_report(engine)
-    rows = [(b.mean_probability, b.agreement, b.n) for b in (report.reliability if report else [])]
-    frame = pd.DataFrame(rows, columns=["predicted", "observed", "n"])
+    rows = [
+        (s.name, b.mean_probability, b.agreement, b.n)
+        for s in (report.stages if report else [])
+        for b in s.reliability
+    ]
+    frame = pd.DataFrame(rows, columns=["stage", "predicted", "observed", "n"])
     return frame.dropna(subset=["predicted", "observed"])
 
 
+def cascade_stages(engine: Engine) -> pd.DataFrame:
+    """Per cascade stage what people should see: features it accepted (of them safety ones)
+    out of those that reached it, the target and delta it holds them to, the bound reached on
+    its gold, and its cost (tokens, seconds)."""
+    report = calibration_report(engine)
+    columns = [
+        "stage",
+        "accepted",
+        "safety accepted",
+        "reached",
+        "target",
+        "delta",
+        "threshold",
+        "bound reached",
+        "gold (accepted / reached, wrong)",
+        "tokens",
+        "seconds",
+        "note",
+    ]
+    rows = [
+        (
+            s.name,
+            s.accepted,
+            s.accepted_safety,
+            s.reached,
+            report.target,
+            round(s.delta, 4),
+            s.threshold,
+            s.bound,
+            f"{s.gold_accepted} / {s.n_gold}, {s.gold_errors}",
+            s.tokens,
+            s.seconds,
+            s.note or "",
+        )
+        for s in (report.stages if report else [])
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def coverage_curve(engine: Engine) -> pd.DataFrame:
-    """Share of automatic labels accepted vs their agreement with the human gold label, as the
-    acceptance threshold on the calibrated (held-out) probability moves, over the features with
-    both labels. Agreement is the explainer's own verdict when it recorded one (concept and
-    text), else an exact concept match."""
+    """Over the gold features' automatic answers: the share kept vs their agreement with the
+    experts as a threshold on the stage confidence moves. In-sample (the curve the thresholds
+    are tested on, not a guarantee). Agreement is the explainer's own verdict when it recorded
+    one (concept, marked token), else an exact concept match."""
     with Session(engine) as session:
         rows = session.exec(
             select(

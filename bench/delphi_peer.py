@@ -21,7 +21,7 @@ Fixed before any run (never chosen after seeing results):
   `OpenRouter` client posts to `<base_url>/chat/completions` with that model name (its URL
   is the full chat-completions URL, not a /v1 base);
 - ours: `explain(ws, ExplainConfig(prompting="ours", scorers=("detection",), n_score_pos=5,
-  n_score_neg=5, max_gold=0, min_gold=2), ...)`, everything else at its defaults.
+  n_score_neg=5, max_gold=0), ...)`, everything else at its defaults.
   max_gold=0: the gold-labeled features (the calibration yardstick) are not explained, since
   calibration is not measured here and the few-shot examples come from the gold labels and
   their contexts, not from explaining them (so our explanations of the chosen features are
@@ -112,7 +112,7 @@ from safesail.reference.check import default_file, open_reference  # noqa: E402
 from safesail.workspace import Workspace  # noqa: E402
 
 CONFIG = ExplainConfig(
-    prompting="ours", scorers=("detection",), n_score_pos=5, n_score_neg=5, max_gold=0, min_gold=2
+    prompting="ours", scorers=("detection",), n_score_pos=5, n_score_neg=5, max_gold=0
 )
 """Our run's settings (see the module doc for why each differs from the defaults)."""
 PER_PROMPT = 5

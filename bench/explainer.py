@@ -10,7 +10,7 @@ Fixed before the run:
   **dev** half: the reader's labels and one-line reasons, up to `--gold` of them;
 - the features to accept or route are the reference **test** half (up to `--unlabeled`), and
   an accepted explanation counts as right only when it agrees with the reader's label there;
-- target 0.9, the library's calibration; a style that accepts nothing is reported as 0
+- target 0.9, delta 0.1, the library's cascade; a style that accepts nothing is reported as 0
   accepted (no credit), with its tokens per feature beside.
 Prints per style tokens, acceptances and their reference agreement, then
 `accepted_agreement_reference=<x>`, `tokens_per_accepted_ours_over_baseline=<r>` and last
@@ -92,7 +92,7 @@ def main() -> None:
         for style in args.styles:
             ws = first if style == "ours" else copy_db(args.workspace, tmp / style)
             seed_gold(ws.engine, sae, gold, author="reference", given=given)
-            config = ExplainConfig(prompting=style, scorers=scorers, min_gold=min(20, args.gold))
+            config = ExplainConfig(prompting=style, scorers=scorers)
             t0 = time.perf_counter()
             report = explain(ws, config, llm, features=unlabeled, progress=True)
             seconds = time.perf_counter() - t0
@@ -109,8 +109,7 @@ def main() -> None:
                 "per_feature": spent / (len(gold) + len(unlabeled)),
                 "answer_agreement": concept_right / max(len(answered), 1),
                 "answered": len(answered),
-                "heldout": report.calibration.achieved_agreement,
-                "threshold": report.calibration.threshold,
+                "bounds": {s.name: s.bound for s in report.calibration.stages},
                 "error": report.calibration.error,
                 "failed": report.failed,
                 "seconds": seconds,
@@ -123,12 +122,14 @@ def main() -> None:
     )
     for style, r in results.items():
         agreement = f"{r['right'] / r['accepted']:.0%}" if r["accepted"] else "-"
-        heldout = "-" if r["heldout"] is None else f"{r['heldout']:.0%}"
+        bounds = ", ".join(
+            f"{name} {'-' if b is None else f'{b:.3f}'}" for name, b in r["bounds"].items()
+        )
         print(
             f"{style:>9}: {r['tokens']} tokens ({r['per_feature']:.0f}/feature), {r['failed']} "
             f"failed, answers agree with the reference on {r['answer_agreement']:.0%} of "
             f"{r['answered']} routed; accepted {r['accepted']}/{len(unlabeled)}, of which "
-            f"{agreement} agree with the reference; held-out agreement on gold {heldout}"
+            f"{agreement} agree with the reference; proven bound per stage: {bounds}"
             + (f" (calibration: {r['error']})" if r["error"] else "")
             + f"; {r['seconds']:.0f} s"
         )

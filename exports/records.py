@@ -52,7 +52,7 @@ class ExportRecord:
     source: str = "prior"
     """human | auto | prior."""
     status: str = "accepted"
-    """accepted | queued | rejected | failed."""
+    """accepted | queued | rejected | failed | stale (an acceptance no longer current)."""
     layer: int | None = None
     """The block the SAE reads."""
     d_sae: int | None = None
@@ -66,10 +66,16 @@ class ExportRecord:
     confidence: float | None = None
     """The annotator's or explainer's own confidence."""
     probability: float | None = None
-    """Calibrated P(agrees with experts), automatic labels only."""
+    """Automatic labels: the confidence of the cascade stage that judged it (the learner's
+    probability, or the share of the LLM's votes for its concept)."""
+    stage: str | None = None
+    """Automatic labels: the cascade stage that made it (concept_model, llm, escalate)."""
+    bound: float | None = None
+    """Accepted automatic labels: the 1 - delta lower bound on agreement with the experts that
+    the stage's threshold was proven at (fixed-sequence testing on gold)."""
     agreement: float | None = None
     """Share of this feature's annotators who gave exactly the final label (human labels only:
-    an automatic label's calibrated P(agrees with experts) is `probability`, not this)."""
+    an automatic label's guarantee is `bound`, its stage confidence `probability`)."""
     kappa: float | None = None
     """Annotator agreement (Cohen/Fleiss kappa) of the label's concept, from the labeling loop."""
     created_at: str | None = None
@@ -126,6 +132,8 @@ def gather_records(
 ) -> list[ExportRecord]:
     """The gold set (accepted human and automatic explanations) as records, ordered by SAE,
     feature and time; optionally with queued/rejected/failed ones and imported priors."""
+    from safesail.explainer.routing import stale_now
+
     sources = [*GOLD_SOURCES, "prior"] if include_priors else list(GOLD_SOURCES)
     # Plain column rows, not ORM objects: building 100k sqlmodel instances costs most of an export.
     query = select(
@@ -156,6 +164,10 @@ def gather_records(
         model = model_name(session)
         summary = read_record(session, AnnotationSummary)
         kappas = summary.kappa_per_concept() if summary else {}
+        # acceptances a later learner fit or calibration made stale: no longer gold
+        stale = set().union(
+            *(stale_now(session, s) for s in {r.sae_id for r in rows if r.source == "auto"})
+        )
         scores: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for s in session.exec(
             select(
@@ -198,6 +210,9 @@ def gather_records(
             annotations[(ann.sae_id, ann.feature)].append(ann)
     records = []
     for row in rows:
+        status = "stale" if row.id in stale else row.status
+        if status != "accepted" and not include_unaccepted:
+            continue
         sae = saes.get(row.sae_id)
         details = dict(row.details) if row.details else None
         imported = details.pop(_IMPORTED, None) if details else None
@@ -207,7 +222,7 @@ def gather_records(
             explanation=row.text,
             concepts=list(row.concepts),
             source=row.source,
-            status=row.status,
+            status=status,
             layer=sae.layer if sae else None,
             d_sae=sae.d_sae if sae else None,
             model=(sae.model if sae and sae.model else model),  # a reference-only SAE: its own
@@ -215,6 +230,8 @@ def gather_records(
             model_version=row.model_version,
             confidence=row.confidence,
             probability=row.probability,
+            stage=(details or {}).get("stage") if row.source == "auto" else None,
+            bound=(details or {}).get("bound") if row.source == "auto" else None,
             created_at=_iso(row.created_at),
             scores=scores.get(row.id, []),
             details=details or None,

@@ -20,6 +20,7 @@ from safesail.db.contracts import (
     CurvePoint,
     LearnerState,
     ReliabilityBin,
+    StageReport,
     read_record,
     write_record,
 )
@@ -36,6 +37,8 @@ from safesail.db.tables import (
 
 PROJECT = "http://127.0.0.1:8080#1"
 LLM = "smollm2-135m-instruct"
+CALIBRATION_VERSION = "synthetic"
+"""The calibration the synthetic acceptances were made under (the report carries it too)."""
 
 
 def populate(
@@ -159,7 +162,16 @@ def populate(
                 "model_version": f"{LLM}/explain-v1",
                 "confidence": float(rng.random()),
                 "probability": probability,
-                "details": {"reason": "parse error"} if status == "failed" else {"prompt": "v1"},
+                "details": (
+                    {"reason": "parse error"}
+                    if status == "failed"
+                    else {
+                        "stage": "llm",
+                        "calibration": CALIBRATION_VERSION,
+                        "vote_share": probability,
+                        "bound": 0.91 if status == "accepted" else None,
+                    }
+                ),
             }
             for scorer in ("detection", "simulation"):
                 scores.append(
@@ -246,14 +258,27 @@ def _room_meta(session: Session, concepts: list[str], n_human: int, rng: np.rand
             )
             for lo in np.linspace(0, 0.8, 5)
         ]
+        stage = StageReport(
+            name="llm",
+            model_version=f"{LLM}/explain-v1",
+            delta=0.1,
+            threshold=0.85,
+            n_gold=n_human,
+            gold_accepted=min(n_human, 30),
+            gold_errors=0,
+            p_value=0.04,
+            bound=0.91,
+            needed=22,
+            reliability=reliability,
+        )
         write_record(
             session,
             CalibrationReport(
                 target=0.9,
-                achieved_agreement=0.91,
-                threshold=0.8,
+                delta=0.1,
+                calibration_version=CALIBRATION_VERSION,
                 coverage=0.5,
                 n_gold=n_human,
-                reliability=reliability,
+                stages=[stage],
             ),
         )

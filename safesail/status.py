@@ -7,7 +7,7 @@ safesail.selection.core_metrics) and `pre_explanation` (Safe-SAIL's metric, safe
 until `select` has measured them, and `triage` (candidates per concept, null until triaged).
 `landscape` maps each layer of the selected configuration (`Workspace.landscape`) that triage
 has run on to its candidates per concept: Safe-SAIL's view across depth. The rooms report their
-own progress through the typed records of `safesail.db.contracts.ROOM_RECORDS`, each under its KEY (null until the room ran), so
+own progress through the typed records of `safesail.contracts.ROOM_RECORDS`, each under its KEY (null until the room ran), so
 status needs to know nothing of a room but its record.
 """
 
@@ -19,7 +19,13 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from safesail.db.contracts import ROOM_RECORDS, CalibrationReport, Workspace, read_record
+from safesail.db.contracts import (
+    ROOM_RECORDS,
+    CalibrationReport,
+    HumanQueue,
+    Workspace,
+    read_record,
+)
 from safesail.db.queries import COVERAGE_STATES, coverage_states, selected_sae
 from safesail.db.tables import CorpusText, Explanation, Feature, LlmCall
 
@@ -45,6 +51,7 @@ def _pre_explanation(selection: dict | None) -> dict[str, Any] | None:
 
 def workspace_status(ws: Workspace) -> dict[str, Any]:
     """The `safesail status --json` object (see the module docstring for its keys)."""
+    from safesail.explainer.routing import stale_now
     from safesail.triage.text import reason_kind
 
     with Session(ws.engine) as session:
@@ -59,10 +66,12 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
             )
         ).all()
         labels = session.exec(
-            select(Explanation.feature, Explanation.source, Explanation.status).where(
-                Explanation.sae_id == sae_id
-            )
+            select(
+                Explanation.id, Explanation.feature, Explanation.source, Explanation.status
+            ).where(Explanation.sae_id == sae_id)
         ).all()
+        stale = stale_now(session, sae_id) if sae_id is not None else set()
+        queue = read_record(session, HumanQueue)
         n_texts = session.exec(select(func.count()).select_from(CorpusText)).one()
         cost = session.exec(
             select(
@@ -77,6 +86,15 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
         from safesail.reference.check import reference_agreement
 
         rooms[CalibrationReport.KEY]["reference_agreement"] = reference_agreement(ws)
+        # acceptances a later learner fit or calibration made stale, not yet re-routed
+        rooms[CalibrationReport.KEY]["stale_unrouted"] = len(stale)
+        rooms[CalibrationReport.KEY]["human_queue"] = (
+            dict(Counter(q.reason for q in queue.features))
+            if queue is not None and queue.sae_id == sae_id
+            else None
+        )
+    # a stale acceptance is no coverage: its feature is open again
+    labels = [(f, src, "stale" if i in stale else st) for i, f, src, st in labels]
     accepted = [(f, source) for f, source, st in labels if st == "accepted"]
     explained = {f for f, _ in accepted}
     open_auto = {f for f, src, st in labels if src == "auto" and st != "accepted"} - explained

@@ -1,4 +1,6 @@
-"""Explainer calibration: reliability diagram, coverage vs agreement, cost per accepted label."""
+"""Explainer calibration: what the trust-or-escalate cascade guarantees per stage (accepted,
+target, delta, the bound reached, cost), its reliability per stage, the in-sample curve the
+thresholds are tested on, and the cost per accepted label."""
 
 import altair as alt
 import pandas as pd
@@ -17,16 +19,26 @@ def body() -> None:
         common.need("calibration", "the explainer after some human labels (safesail demo)")
         return
     figures = {
-        "target": cal.target,
-        "achieved agreement": cal.achieved_agreement,
-        "threshold": cal.threshold,
-        "coverage": cal.coverage,
+        "target": f"{cal.target:.2f}",
+        "delta": f"{cal.delta:.2f}",
+        "accepted": f"{cal.accepted} of {cal.routed}",
+        "safety accepted": f"{cal.accepted_safety}",
     }
     for col, (name, value) in zip(st.columns(4), figures.items(), strict=True):
-        col.metric(name, f"{value:.2f}" if value is not None else "-")
+        col.metric(name, value)
+    st.caption(
+        f"Guaranteed: with probability at least {1 - cal.delta:.2f}, at least "
+        f"{cal.target:.0%} of the accepted features agree with the experts (fixed-sequence "
+        f"testing per stage on the gold that reached it, delta split over the stages; "
+        f"{cal.n_gold} gold features). A benign or uninterpretable acceptance is not safety "
+        f"coverage. Stale acceptances (earlier model, prompt or calibration): {cal.stale}; "
+        f"queued for people: {cal.queued}." + (f" {cal.error}" if cal.error else "")
+    )
+    st.subheader("Cascade stages")
+    st.dataframe(common.query("cascade_stages"), hide_index=True)
     left, right = st.columns(2)
     with left:
-        st.subheader("Reliability diagram")
+        st.subheader("Reliability per stage (gold)")
         rel = common.query("reliability")
         if rel.empty:
             st.caption("No reliability bins yet.")
@@ -46,12 +58,13 @@ def body() -> None:
                     y=alt.Y(
                         "observed:Q", title="observed agreement", scale=alt.Scale(domain=[0, 1])
                     ),
+                    color="stage:N",
                     tooltip=list(rel.columns),
                 )
             )
             st.altair_chart(diagonal + points, width="stretch")
     with right:
-        st.subheader("Coverage vs agreement")
+        st.subheader("Gold kept vs agreement (in-sample)")
         curve = common.query("coverage_curve")
         if curve.empty:
             st.caption("No coverage curve yet.")
@@ -70,6 +83,10 @@ def body() -> None:
             target = pd.DataFrame({"agreement": [cal.target]})
             rule = alt.Chart(target).mark_rule(color="red").encode(y="agreement:Q")
             st.altair_chart(alt.layer(line, rule), width="stretch")
+            st.caption(
+                "The gold answers the thresholds are tested on, as a threshold on the stage "
+                "confidence moves: in-sample, not itself a guarantee (see the bound above)."
+            )
     st.subheader("Tokens and $ per accepted feature")
     per = common.query("cost_per_accepted")
     cost = common.query("llm_cost")

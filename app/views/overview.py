@@ -51,6 +51,16 @@ def body() -> None:
         ),
         width="stretch",
     )
+    cal = common.query("calibration_report")
+    if cal is not None:
+        st.subheader("Explainer cascade")
+        st.dataframe(common.query("cascade_stages"), hide_index=True)
+        st.caption(
+            f"{cal.accepted} of {cal.routed} routed features accepted automatically "
+            f"({cal.accepted_safety} as a safety concept), with probability at least "
+            f"{1 - cal.delta:.2f} at agreement at least {cal.target:.0%} with the experts; "
+            f"{cal.queued} go to people, {cal.stale} stale acceptances no longer count."
+        )
     left, right = st.columns(2)
     with left:
         st.subheader("Labels per day")

@@ -51,7 +51,7 @@ register(Format("jsonl", _write_jsonl, _read_jsonl, FIELDS))
 
 # -- parquet / csv (one flat row per record) -------------------------------------------------
 _INTS = ("index", "layer", "d_sae", "ls_task_id")
-_FLOATS = ("confidence", "probability", "agreement", "kappa")
+_FLOATS = ("confidence", "probability", "bound", "agreement", "kappa")
 _JSON = ("scores", "details", "ls_annotation_ids", "annotators")
 
 

@@ -192,35 +192,123 @@ class ReliabilityBin:
 
 
 @dataclass
-class CalibrationReport(MetaRecord):
-    """The explainer's last calibration and routing: written by the explainer, read by
-    status, the CLI summary, the app and the exports."""
+class StageReport:
+    """One stage of the explainer's cascade: its threshold, chosen by fixed-sequence testing on
+    the gold features that reached it, what it guarantees and what it cost."""
 
-    KEY: ClassVar[str] = "calibration"
-
-    target: float = 0.9
-    model: str = ""
+    name: str
+    """concept_model | llm | escalate."""
     model_version: str = ""
-    n_gold: int = 0
-    accepted: int = 0
-    queued: int = 0
-    achieved_agreement: float | None = None
+    """The model (and prompt) whose answers the stage judges; acceptances of another version
+    are stale."""
+    delta: float = 0.1
+    """This stage's share of the cascade's delta (Bonferroni)."""
     threshold: float | None = None
-    coverage: float = 0.0
-    heldout_coverage: float | None = None
-    gold_agreement_rate: float | None = None
-    needed: int | None = None
-    """Gold labels calibration needs before it can run (set when it could not)."""
-    error: str | None = None
+    """Accept at confidence >= this (None: the stage accepts nothing)."""
+    n_gold: int = 0
+    """Gold features that reached the stage (its calibration set)."""
+    gold_accepted: int = 0
+    gold_errors: int = 0
+    p_value: float | None = None
+    bound: float | None = None
+    """1 - delta lower bound on the agreement of what the stage accepts (None: accepts nothing)."""
+    needed: int = 0
+    """Gold features the first tested threshold must accept (ln delta / ln target)."""
+    reached: int = 0
+    """Routed (unlabeled) features that reached the stage."""
+    accepted: int = 0
+    accepted_safety: int = 0
+    """Of the accepted, those whose concept is a safety concept (a "benign" or "uninterpretable"
+    acceptance is not safety coverage)."""
+    tokens: int = 0
+    """LLM tokens spent on the features that reached the stage."""
+    seconds: float = 0.0
+    """LLM seconds spent on them."""
+    note: str | None = None
+    """Why the stage did not run or accepts nothing."""
     reliability: list[ReliabilityBin] = field(default_factory=list)
-    reliability_png: str | None = None
 
     def __post_init__(self) -> None:
         self.reliability = [_part(ReliabilityBin, b) for b in self.reliability]
 
+
+@dataclass
+class CalibrationReport(MetaRecord):
+    """The explainer's last calibration and routing: written by the explainer, read by
+    status, the CLI summary, the app and the exports. What it guarantees: with probability
+    >= 1 - delta, the agreement with the experts of all `accepted` features is >= `target`,
+    for routed features exchangeable with the gold ones."""
+
+    KEY: ClassVar[str] = "calibration"
+    VERSION: ClassVar[int] = 2
+
+    sae_id: str | None = None
+    """The SAE whose features were routed."""
+    target: float = 0.9
+    delta: float = 0.1
+    model: str = ""
+    model_version: str = ""
+    calibration_version: str = ""
+    """Changes with the gold set, the stages' versions and thresholds: an acceptance made under
+    another calibration version is stale, never coverage."""
+    n_gold: int = 0
+    routed: int = 0
+    """Unlabeled features the cascade routed."""
+    accepted: int = 0
+    accepted_safety: int = 0
+    queued: int = 0
+    """Routed features no stage accepted: the human queue (`HumanQueue`)."""
+    stale: int = 0
+    """Acceptances of an earlier model, prompt or calibration, no longer counted."""
+    coverage: float = 0.0
+    """accepted / routed."""
+    safety_coverage: float = 0.0
+    """accepted_safety / routed."""
+    gold_agreement_rate: float | None = None
+    """Share of the gold features whose LLM answer agrees with the experts (no threshold)."""
+    needed: int | None = None
+    """Gold labels the first stage needs before it can accept anything (set when short)."""
+    error: str | None = None
+    stages: list[StageReport] = field(default_factory=list)
+    reliability_png: str | None = None
+
+    def __post_init__(self) -> None:
+        self.stages = [_part(StageReport, s) for s in self.stages]
+
     @property
     def reliability_path(self) -> Path | None:
         return Path(self.reliability_png) if self.reliability_png else None
+
+
+@dataclass
+class QueuedFeature:
+    """A routed feature no stage of the explainer's cascade accepted."""
+
+    feature: int
+    reason: str
+    """not accepted | stale | failed | not explained."""
+    confidences: dict[str, float] = field(default_factory=dict)
+    """Stage name -> the feature's confidence there (the stages it reached)."""
+
+
+@dataclass
+class HumanQueue(MetaRecord):
+    """The features the explainer routes to people: written by the explainer at every routing,
+    read by the labeling room (which pushes them to Label Studio in the learner's order) and
+    the app. Gold features are never in it; a stale acceptance puts its feature back."""
+
+    KEY: ClassVar[str] = "human_queue"
+
+    sae_id: str | None = None
+    calibration_version: str = ""
+    features: list[QueuedFeature] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.features = [_part(QueuedFeature, q) for q in self.features]
+
+    def indices(self, sae_id: str) -> list[int]:
+        """The queued features of this SAE (none when the queue belongs to another SAE)."""
+        return [q.feature for q in self.features] if self.sae_id == sae_id else []
 
 
 @dataclass

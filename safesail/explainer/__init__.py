@@ -1,13 +1,15 @@
-"""The calibrated LLM explainer (core): explains safety features with any OpenAI-compatible
-endpoint (default: SmolLM2-135M-Instruct served by the embedded llama.cpp server), scores the
-explanations on held-out contexts, calibrates P(agrees with experts) on the human gold labels
-and accepts only above the threshold that reaches the target agreement; the rest is queued for
-humans.
+"""The explainer (core): a trust-or-escalate cascade that covers the safety features people
+have not labeled, accepting an automatic explanation only where fixed-sequence testing on the
+human gold labels proves agreement with the experts (target, delta), and routing the rest to
+people. Stages: the active learner's concept model, the LLM (default: SmolLM2-135M-Instruct
+behind the embedded llama.cpp server) asked several times, optionally a stronger endpoint.
 
 Modules: `server` (embedded endpoint), `clients` (cached, accounted, retried chat calls),
 `explainers` (prompts), `scorers` (the scorer registry: detection, fuzzing, simulation,
-embedding), `calibration` (the model and threshold), `materials` (gold labels, explain split,
-held-out material), `context` (a run's settings and model), `pipeline` (`safesail explain`: the
-run), `routing` (signals, calibration fit, statuses), `report` (the CalibrationReport and the
-reliability diagram), `simulate` (oracle gold labels for tests and benchmarks).
+intruder, embedding; measurements, not the acceptance), `calibration` (fixed-sequence testing,
+the cascade's thresholds), `materials` (gold labels, explain split, held-out material, marked
+tokens), `context` (a run's settings and models), `pipeline` (`safesail explain`: the run),
+`routing` (the agreement rule, the cascade's decisions, statuses, stale acceptances, the human
+queue), `report` (the CalibrationReport and the reliability diagram), `simulate` (oracle gold
+labels for tests and benchmarks).
 """

@@ -1,175 +1,164 @@
-"""Calibration: P(an automatic explanation agrees with the experts), fitted on gold-labeled
-features from the explainer's signals, and the acceptance threshold that reaches a target
-agreement on held-out folds.
+"""Acceptance with a finite-sample guarantee: fixed-sequence testing (Learn-then-Test,
+Angelopoulos et al. 2021; as used by Trust or Escalate, Jung et al. 2024) of each cascade
+stage's confidence on the gold features that reach that stage.
 
-The threshold is chosen on out-of-fold probabilities and must reach the target on the Wilson
-lower bound of the accepted features' agreement, not just on its point estimate: with a few
-dozen gold labels the point estimate alone over-promises. New features are routed by the same
-cross-fitted models (the mean of the fold models), never by a refit on all gold labels whose
-probability scale differs from the one the threshold was chosen on. A constant model (gold
-answers that all agree or all disagree) has no signal to separate good from bad explanations,
-so it accepts nothing.
+For a stage with confidences c_i and agreements y_i (1: the answer matches the experts) on its
+calibration gold, the candidate thresholds are the distinct confidences from high to low: they
+depend on c alone, so they are fixed before y is looked at. For each threshold the null "the
+error rate among accepted features exceeds alpha = 1 - target" is tested with the exact
+binomial p-value P(Binomial(n_k, alpha) <= e_k); the sequence stops at the first p-value above
+delta and the threshold is the last one rejected. Then, for features exchangeable with the gold
+ones, P(agreement among accepted >= target) >= 1 - delta. The sequence starts where the
+threshold already accepts ln(delta) / ln(1 - alpha) gold features (a rule on c alone): below
+that even an error-free set cannot reject, and starting on the top two or three features would
+stop the sequence at once.
+
+The cascade splits delta over its stages (Bonferroni), so one guarantee holds over every
+feature any stage accepts. The confidences of the gold features must not have been fitted on
+their own labels (out-of-fold predictions, or an answer whose prompt never showed that
+feature's label); this module only tests, it fits nothing.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
+from scipy.stats import beta, binom
 
 from safesail.db.contracts import ReliabilityBin
-from safesail.errors import SafesailError
-from safesail.stats import wilson_interval
-
-SIGNALS = (
-    "confidence",
-    "detection",
-    "fuzzing",
-    "simulation",
-    "intruder",
-    "embedding",
-    "learner_probability",
-    "learner_agrees",
-    "triage_agrees",
-    "triage_precision",
-    "neighbours_agree",
-    "says_safety",
-    "evidence_agrees",
-    "evidence_share",
-)
-"""Inputs of the calibration model, in column order."""
-
-NEUTRAL = {
-    "confidence": 0.5,
-    "detection": 0.5,
-    "fuzzing": 0.5,
-    "simulation": 0.0,
-    "intruder": 0.25,  # chance at the default 4 texts per question
-    "embedding": 0.5,
-    "learner_probability": 0.5,
-    "learner_agrees": 0.5,
-    "triage_agrees": 0.5,
-    "triage_precision": 0.0,
-    "neighbours_agree": 0.5,
-    "says_safety": 0.5,
-    "evidence_agrees": 0.5,
-    "evidence_share": 0.0,
-}
-"""Value of a missing signal (scorer failed or not run, no learner): its uninformative level."""
 
 
-def signal_matrix(rows: list[dict[str, float | None]]) -> np.ndarray:
-    return np.array(
-        [[NEUTRAL[s] if r.get(s) is None else float(r[s]) for s in SIGNALS] for r in rows],
-        dtype=float,
-    ).reshape(len(rows), len(SIGNALS))
+def min_accepted(target: float, delta: float) -> int:
+    """Gold features a threshold must accept before an error-free set can reject the null:
+    (1 - alpha)^n <= delta needs n >= ln(delta) / ln(1 - alpha)."""
+    return math.ceil(math.log(delta) / math.log(target) - 1e-9)
 
 
-def wilson_lower(agree: int, n: int, z: float) -> float:
-    """Lower end of the Wilson score interval of a proportion (0 for n = 0)."""
-    return wilson_interval(agree, n, z)[0]
+def agreement_lower_bound(agree: int, n: int, delta: float) -> float:
+    """One-sided exact (Clopper-Pearson) 1 - delta lower bound on an agreement rate: the bound
+    a fixed-sequence acceptance reaches (>= target exactly when its p-value is <= delta)."""
+    if n == 0 or agree == 0:
+        return 0.0
+    return float(beta.ppf(delta, agree, n - agree + 1))
 
 
-class Threshold(NamedTuple):
-    """The acceptance threshold and what it achieves on the held-out probabilities."""
+class Acceptance(NamedTuple):
+    """One stage's threshold and what it rests on."""
 
     threshold: float
-    """Accept when P(agree) >= this; inf: accept nothing (the target is out of reach)."""
-    agreement: float | None
-    """Agreement of the accepted held-out features (None when nothing is accepted)."""
-    coverage: float
-    """Share of the held-out features accepted."""
-
-
-def choose_threshold(p: np.ndarray, agree: np.ndarray, target: float, z: float) -> Threshold:
-    """The threshold accepting the most features whose agreement still reaches the target
-    (on its Wilson lower bound)."""
-    order = np.argsort(-p, kind="stable")
-    ps, ys = p[order], agree[order].astype(int)
-    best = Threshold(math.inf, None, 0.0)
-    hits = np.cumsum(ys)
-    for i in range(len(ps)):
-        if i + 1 < len(ps) and ps[i + 1] == ps[i]:
-            continue  # ties are accepted together
-        n = i + 1
-        if wilson_lower(int(hits[i]), n, z) >= target and n / len(ps) > best.coverage:
-            best = Threshold(float(ps[i]), float(hits[i] / n), n / len(ps))
-    return best
-
-
-class Calibration(NamedTuple):
-    """A fitted calibration: predict P(agree) and the threshold to accept at."""
-
-    model: Any
-    """The fold models (sklearn pipelines) whose mean routes new features, or a float when
-    gold labels all agree or all disagree."""
-    threshold: Threshold
+    """Accept a feature whose stage confidence is >= this; inf: accept nothing."""
+    target: float
+    delta: float
+    """This stage's share of the cascade's delta."""
     n_gold: int
-    oof: np.ndarray
-    """Out-of-fold P(agree) of the gold features."""
-    agree: np.ndarray
+    """Gold features that reached the stage (its calibration set)."""
+    gold_accepted: int
+    """Of them, accepted at the threshold."""
+    gold_errors: int
+    """Of those, disagreeing with the experts."""
+    p_value: float | None
+    """Exact binomial p-value at the threshold (None when nothing is accepted)."""
+    bound: float | None
+    """1 - delta lower bound on the agreement of what the threshold accepts (>= target when
+    anything is accepted; None otherwise)."""
+    needed: int
+    """Gold features the first tested threshold must accept (min_accepted)."""
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        if isinstance(self.model, float):
-            return np.full(len(x), self.model)
-        return np.mean([m.predict_proba(x)[:, 1] for m in self.model], axis=0)
-
-    def reliability(self, bins: int = 5) -> list[ReliabilityBin]:
-        """Held-out predicted probability vs. observed agreement, per probability bin."""
-        edges = np.linspace(0, 1, bins + 1)
-        out = []
-        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-            inside = (self.oof >= lo) & ((self.oof < hi) | (hi == 1.0))
-            if inside.any():
-                out.append(
-                    ReliabilityBin(
-                        lo=round(float(lo), 2),
-                        hi=round(float(hi), 2),
-                        n=int(inside.sum()),
-                        mean_probability=round(float(self.oof[inside].mean()), 4),
-                        agreement=round(float(self.agree[inside].mean()), 4),
-                    )
-                )
-        return out
+    def accepts(self, confidence: float | None) -> bool:
+        return confidence is not None and confidence >= self.threshold
 
 
-def _pipeline():
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
-
-
-def fit_calibration(
-    x: np.ndarray,
-    agree: np.ndarray,
+def fixed_sequence(
+    confidence: np.ndarray | Sequence[float],
+    agree: np.ndarray | Sequence[int],
     *,
     target: float,
-    min_gold: int,
-    folds: int = 5,
-    z: float = 1.0,
-    seed: int = 0,
-) -> Calibration:
-    """Fit on gold features (x: SIGNALS columns, agree: 0/1); refuses below min_gold."""
-    from sklearn.model_selection import StratifiedKFold
+    delta: float,
+) -> Acceptance:
+    """The threshold of fixed-sequence testing (see the module doc): the lowest candidate
+    threshold reached before the first p-value above delta; inf when none is rejected."""
+    c = np.asarray(confidence, dtype=float)
+    y = np.asarray(agree, dtype=int)
+    alpha = 1.0 - target
+    need = min_accepted(target, delta)
+    none = Acceptance(math.inf, target, delta, len(c), 0, 0, None, None, need)
+    if len(c) < need:
+        return none
+    order = np.argsort(-c, kind="stable")
+    cs, ys = c[order], y[order]
+    # the end of each tie group: a threshold accepts every feature at or above it
+    ends = np.flatnonzero(np.r_[cs[1:] != cs[:-1], True])
+    n = ends + 1
+    errors = np.cumsum(1 - ys)[ends]
+    start = n >= need
+    n, errors, thresholds = n[start], errors[start], cs[ends][start]
+    p = binom.cdf(errors, n, alpha)
+    rejected = np.cumprod(p <= delta).astype(bool)  # fixed sequence: stop at the first failure
+    if not rejected.any():
+        return none
+    k = int(np.flatnonzero(rejected)[-1])
+    agree_k = int(n[k] - errors[k])
+    return Acceptance(
+        float(thresholds[k]),
+        target,
+        delta,
+        len(c),
+        int(n[k]),
+        int(errors[k]),
+        float(p[k]),
+        agreement_lower_bound(agree_k, int(n[k]), delta),
+        need,
+    )
 
-    n = len(agree)
-    if n < min_gold:
-        raise SafesailError(
-            f"calibration needs at least {min_gold} explained gold-labeled features, has {n}: "
-            f"label {min_gold - n} more features (until then nothing is auto-accepted)"
+
+class GoldAnswer(NamedTuple):
+    """A gold feature's answer at one stage: its confidence and whether it agrees."""
+
+    confidence: float
+    agrees: bool
+
+
+def cascade(
+    stages: Sequence[Mapping[int, GoldAnswer]], *, target: float, delta: float
+) -> list[Acceptance]:
+    """Each stage's acceptance, in cascade order, on the gold features that reach it (those
+    with an answer at the stage that no earlier stage accepted), each at delta / stages."""
+    share = delta / max(len(stages), 1)
+    taken: set[int] = set()
+    out = []
+    for answers in stages:
+        reach = sorted(f for f in answers if f not in taken)
+        acceptance = fixed_sequence(
+            [answers[f].confidence for f in reach],
+            [answers[f].agrees for f in reach],
+            target=target,
+            delta=share,
         )
-    agree = np.asarray(agree, dtype=int)
-    minority = int(min(agree.sum(), n - agree.sum()))
-    if minority < 2:  # (almost) one class: nothing separates good explanations from bad
-        oof = np.full(n, agree.mean())
-        return Calibration(float(agree.mean()), Threshold(math.inf, None, 0.0), n, oof, agree)
-    oof = np.zeros(n)
-    models = []
-    splits = StratifiedKFold(n_splits=min(folds, minority), shuffle=True, random_state=seed)
-    for train, test in splits.split(x, agree):
-        models.append(_pipeline().fit(x[train], agree[train]))
-        oof[test] = models[-1].predict_proba(x[test])[:, 1]
-    return Calibration(models, choose_threshold(oof, agree, target, z), n, oof, agree)
+        taken |= {f for f in reach if acceptance.accepts(answers[f].confidence)}
+        out.append(acceptance)
+    return out
+
+
+def reliability(
+    confidence: Sequence[float], agree: Sequence[int], bins: int = 5
+) -> list[ReliabilityBin]:
+    """A stage's confidence vs. observed agreement on its gold, per confidence bin."""
+    c, y = np.asarray(confidence, dtype=float), np.asarray(agree, dtype=float)
+    edges = np.linspace(0, 1, bins + 1)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        inside = (c >= lo) & ((c < hi) | (hi == 1.0))
+        if inside.any():
+            out.append(
+                ReliabilityBin(
+                    lo=round(float(lo), 2),
+                    hi=round(float(hi), 2),
+                    n=int(inside.sum()),
+                    mean_probability=round(float(c[inside].mean()), 4),
+                    agreement=round(float(y[inside].mean()), 4),
+                )
+            )
+    return out

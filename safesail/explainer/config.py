@@ -104,9 +104,11 @@ class ExplainConfig:
     """What to explain, how prompts are built, and when an explanation is accepted."""
 
     limit: int | None = None
-    """Explain at most this many unlabeled candidates per run (highest safety score first)."""
+    """An LLM stage asks about at most this many unlabeled candidates per run (highest safety
+    score first, among those no earlier stage accepts)."""
     max_gold: int | None = None
-    """Explain at most this many gold-labeled features per run (the yardstick); None: all."""
+    """An LLM stage asks about at most this many gold-labeled features per run (the
+    yardstick, among those no earlier stage accepts); None: all."""
     prompting: Prompting = "ours"
     """ours: marked segments + nearest gold few-shot + corpus evidence line; baseline:
     delphi-style whole contexts."""
@@ -126,10 +128,12 @@ class ExplainConfig:
     """Show the corpus concept tags of the explain split's texts vs. their base rates (ours)."""
     max_tokens: int = 72
     """Completion budget of an explanation (short: ~90 tokens/s on a CPU)."""
-    scorers: tuple[str, ...] = ("detection", "fuzzing", "simulation", "intruder", "embedding")
-    """Registered scorers (safesail.explainer.scorers) run on held-out contexts, in this order;
-    embedding needs no LLM call. The names are checked against the registry when a run starts
-    (`RunContext.start`), so these settings import nothing from the explainer."""
+    scorers: tuple[str, ...] = ("embedding",)
+    """Registered scorers (safesail.explainer.scorers) run on held-out contexts, in this order:
+    measurements stored and exported beside the answer, not what acceptance is decided on (the
+    votes are), so the default is the one that needs no LLM call; add detection, fuzzing,
+    simulation or intruder with --scorer. The names are checked against the registry when a
+    run starts (`RunContext.start`), so these settings import nothing from the explainer."""
     intruder_shown: int = 4
     """Texts per intruder question: one non-activating among this many minus one activating
     (chance 1/this); at most n_score_pos + 1 are shown."""
@@ -138,16 +142,14 @@ class ExplainConfig:
     n_score_neg: int = 4
     """Non-activating texts per scorer (detection, simulation, embedding)."""
     target: float = 0.9
-    """Agreement with experts that accepted explanations must reach (held-out)."""
-    min_gold: int = 20
-    """Calibration refuses with fewer explained gold-labeled features than this."""
-    min_text_similarity: float = 0.05
-    """Agreement also needs the explanation to resemble the gold text this much (TF-IDF
-    cosine over character n-grams); 0 turns the text check off."""
-    confidence_z: float = 1.0
-    """Threshold choice: the Wilson lower bound (this z) of held-out agreement must reach target."""
-    folds: int = 5
-    """Cross-validation folds of the calibration."""
+    """Agreement with the experts that the accepted features must reach (1 - alpha)."""
+    delta: float = 0.1
+    """Allowed chance that the accepted features' agreement is below target; split over the
+    cascade's stages (Bonferroni)."""
+    votes: int = 5
+    """Answers an LLM stage asks per feature (attempt 0 greedy, the rest sampled): the share
+    agreeing with the most common concept is its confidence (Trust or Escalate's simulated
+    annotators)."""
     seed: int = 0
     """Seed for sampling non-activating texts and fuzzed markings."""
 
@@ -164,15 +166,23 @@ class ExplainConfig:
             raise ValueError("few_shot, n_score_neg must be >= 0, n_score_pos >= 1")
         if self.intruder_shown < 2:
             raise ValueError("intruder_shown must be >= 2 (an intruder and an activating text)")
-        if self.min_gold < 2 or self.folds < 2 or self.confidence_z < 0:
-            raise ValueError("min_gold and folds must be >= 2, confidence_z >= 0")
+        if not 0 < self.delta < 1 or self.votes < 1:
+            raise ValueError(
+                f"delta must be in (0, 1) and votes >= 1, got {self.delta}, {self.votes}"
+            )
 
     @property
     def prompt_version(self) -> str:
         """Changes whenever the prompt text or its inputs change, so caches and rows stay apart."""
         if self.prompting == "baseline":
-            return f"baseline-v2-s{self.max_explain_split}"
+            return f"baseline-v3-s{self.max_explain_split}"
         return (
-            f"seg-v3-n{self.n_shown}-w{self.window_left}.{self.window_right}"
+            f"seg-v4-n{self.n_shown}-w{self.window_left}.{self.window_right}"
             f"-m{self.mark_fraction}-f{self.few_shot}-e{int(self.evidence)}"
         )
+
+    @property
+    def answer_version(self) -> str:
+        """The prompt version and the number of votes: a vote share out of another number of
+        votes is another confidence scale, so its acceptances are not reused."""
+        return f"{self.prompt_version}-v{self.votes}"

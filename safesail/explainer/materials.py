@@ -20,7 +20,14 @@ from safesail.db.contracts import Workspace
 from safesail.db.queries import chunked, human_labels
 from safesail.db.tables import Context, Feature, corpus_concepts
 from safesail.explainer.config import ExplainConfig
-from safesail.explainer.explainers import Evidence, Shown, base_rates, corpus_evidence
+from safesail.explainer.explainers import (
+    Evidence,
+    Shown,
+    base_rates,
+    corpus_evidence,
+    ranked_fired_tokens,
+    segment,
+)
 from safesail.explainer.scorers import HeldOut
 from safesail.features.examples import TOP, Example, feature_examples
 
@@ -74,6 +81,29 @@ def feature_evidence(
     return {
         row.index: corpus_evidence([e.text_id for e in explain_split(row, config)[0]], tags, base)
         for row in rows
+    }
+
+
+def marked_tokens(
+    session: Session, rows: list[Feature], config: ExplainConfig
+) -> dict[int, list[str]]:
+    """Each feature's marked tokens, most frequent first: the tokens at or above
+    `mark_fraction` of the peak in the segments of the contexts an explainer is shown (the
+    first `n_shown` of its explain split). An agreeing explanation of a safety concept names
+    one of them; the concept model's drafted sentence quotes them."""
+    shown = {row.index: explain_split(row, config)[0][: config.n_shown] for row in rows}
+    need = sorted({e.text_id for examples in shown.values() for e in examples})
+    tokens = {
+        c.text_id: c.tokens
+        for part in chunked(need)
+        for c in session.exec(select(Context).where(Context.text_id.in_(part)))
+    }
+    return {
+        f: ranked_fired_tokens(
+            [segment(tokens[e.text_id], e.activations, config) for e in examples],
+            config.mark_fraction,
+        )
+        for f, examples in shown.items()
     }
 
 

@@ -1,10 +1,11 @@
-"""`safesail explain`: explain the selected SAE's unlabeled safety candidates (and the gold-
-labeled features, the yardstick), score them on held-out contexts, calibrate against the
-experts, accept what is proven and queue the rest for humans.
+"""`safesail explain`: run the trust-or-escalate cascade over the selected SAE's unlabeled
+safety candidates (and the gold-labeled features, the yardstick): the concept model first (no
+LLM call), then the LLM asked several times on what it did not accept, then the escalation
+endpoint if one is given; accept what is proven, queue the rest for humans.
 
-This module is the run: choose the features, gather their material (materials.py), explain
-and score each, store it; then `routing.route` calibrates and routes and `report` says what
-that achieved.
+This module is the run: choose the features each LLM stage must answer (those no earlier stage
+accepts), gather their material (materials.py), ask and score each, store it; then
+`routing.route` decides and stores the cascade and `report` says what it guarantees.
 
 Resumable: each feature's explanation and scores are written in one transaction, features
 already explained with the same model and prompt version are skipped, and every LLM request is
@@ -13,6 +14,7 @@ cached. Rerunning after new labels re-calibrates and re-routes without new expla
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -23,7 +25,7 @@ from tqdm.auto import tqdm
 
 from safesail.db.contracts import CalibrationReport, Workspace
 from safesail.db.tables import Explanation, Feature, Score, session_scope
-from safesail.explainer.clients import LlmClient
+from safesail.explainer.clients import LlmClient, validate_answer
 from safesail.explainer.config import ExplainConfig, LlmConfig
 from safesail.explainer.context import RunContext
 from safesail.explainer.explainers import (
@@ -37,7 +39,7 @@ from safesail.explainer.explainers import (
     segment,
 )
 from safesail.explainer.materials import Gold, Material, gold_labels, materials
-from safesail.explainer.routing import route
+from safesail.explainer.routing import ESCALATE, LLM, plan, route
 from safesail.explainer.scorers import ScoreResult, get_scorer, score_explanation
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
@@ -49,6 +51,8 @@ class Outcome(NamedTuple):
     answer: ExplanationAnswer | None
     reason: str | None
     scores: list[ScoreResult]
+    tally: dict
+    """The votes: per primary concept, invalid answers, the winner's share, the stage."""
 
 
 class ExplainReport(NamedTuple):
@@ -87,34 +91,56 @@ def explain(
     llm: LlmConfig | None = None,
     *,
     features: list[int] | None = None,
+    escalate: LlmConfig | None = None,
     progress: bool = True,
 ) -> ExplainReport:
-    """Explain, score, calibrate and route the selected SAE's features (see module doc);
-    `features` restricts the unlabeled ones to these (candidates or not)."""
-    ctx = RunContext.start(ws, config or ExplainConfig(), llm or LlmConfig(), progress)
+    """Run the cascade on the selected SAE's features (see module doc); `features` restricts
+    the unlabeled ones to these (candidates or not); `escalate` adds the stronger endpoint's
+    stage."""
+    ctx = RunContext.start(ws, config or ExplainConfig(), llm or LlmConfig(), progress, escalate)
     with Session(ws.engine) as session:
         gold = gold_labels(session, ctx.sae_id)
-    todo = _choose(ctx, gold, features)
-    failed = _run(ctx, todo, gold) if todo else 0
-    report = route(ctx)
-    return ExplainReport(len(todo), failed, report.accepted, report.queued, report)
+    yardstick, unlabeled = _choose(ctx, gold, features)
+    explained = failed = 0
+    stages = [(LLM, ctx.llm, ctx.version)]
+    if ctx.escalate is not None:
+        stages.append((ESCALATE, ctx.escalate, str(ctx.escalate_version)))
+    for name, llm_config, version in stages:
+        decided = plan(ctx, unlabeled)  # what the stages before this one accept now
+        reach = [f for f in yardstick if decided.reaches(f, name)]
+        reach = reach[: ctx.config.max_gold] if ctx.config.max_gold is not None else reach
+        more = [f for f in unlabeled if decided.reaches(f, name)]
+        more = more[: ctx.config.limit] if ctx.config.limit is not None else more
+        todo = _not_done(ctx, reach + more, version)
+        if todo:
+            explained += len(todo)
+            failed += _run(ctx, todo, gold, llm_config, version, name)
+    report = route(ctx, features)
+    return ExplainReport(explained, failed, report.accepted, report.queued, report)
 
 
-def _choose(ctx: RunContext, gold: dict[int, Gold], features: list[int] | None) -> list[int]:
-    """The features this run explains: the gold-labeled ones (the yardstick, up to max_gold)
-    and the unlabeled candidates or given features (up to limit), less those already
-    explained with this model and prompt version."""
-    config = ctx.config
+def _not_done(ctx: RunContext, todo: list[int], version: str) -> list[int]:
+    """The features without an answer of this stage version yet (every answer is kept)."""
     with Session(ctx.ws.engine) as session:
         done = set(
             session.exec(
                 select(Explanation.feature).where(
                     Explanation.sae_id == ctx.sae_id,
                     Explanation.source == "auto",
-                    Explanation.model_version == ctx.version,
+                    Explanation.model_version == version,
                 )
             )
         )
+    return [f for f in todo if f not in done]
+
+
+def _choose(
+    ctx: RunContext, gold: dict[int, Gold], features: list[int] | None
+) -> tuple[list[int], list[int]]:
+    """(the gold-labeled features: the yardstick, the unlabeled candidates or given
+    features), with examples; each LLM stage asks about the first max_gold and limit of them
+    that no earlier stage accepts."""
+    with Session(ctx.ws.engine) as session:
         with_examples = select(Feature.index).where(
             Feature.sae_id == ctx.sae_id, Feature.examples.is_not(None)
         )
@@ -126,15 +152,20 @@ def _choose(ctx: RunContext, gold: dict[int, Gold], features: list[int] | None) 
         explainable = set(session.exec(with_examples))
     pool = candidates if features is None else [f for f in features if f in explainable]
     unlabeled = [f for f in pool if f not in gold]
-    yardstick = sorted(f for f in gold if f in explainable)
-    unlabeled = unlabeled[: config.limit] if config.limit is not None else unlabeled
-    yardstick = yardstick[: config.max_gold] if config.max_gold is not None else yardstick
-    return [f for f in yardstick + unlabeled if f not in done]
+    return sorted(f for f in gold if f in explainable), unlabeled
 
 
-def _run(ctx: RunContext, todo: list[int], gold: dict[int, Gold]) -> int:
-    """Explain and score the features (threads), storing each as it finishes; returns how
-    many failed. An interruption cancels what has not started; what finished is kept."""
+def _run(
+    ctx: RunContext,
+    todo: list[int],
+    gold: dict[int, Gold],
+    llm: LlmConfig,
+    version: str,
+    stage: str,
+) -> int:
+    """Ask one LLM stage about the features and score its answers (threads), storing each as
+    it finishes; returns how many failed. An interruption cancels what has not started; what
+    finished is kept."""
     config = ctx.config
     found = materials(ctx.ws, ctx.sae_id, sorted(set(todo) | set(gold)), config, ctx.concepts)
     shots_pool = [
@@ -146,14 +177,15 @@ def _run(ctx: RunContext, todo: list[int], gold: dict[int, Gold]) -> int:
     ]
     failed = 0
     with (
-        endpoint(ctx.ws, ctx.llm, ctx.progress) as client,
-        ThreadPoolExecutor(max_workers=_workers(ctx.llm)) as pool,
+        endpoint(ctx.ws, llm, ctx.progress) as client,
+        ThreadPoolExecutor(max_workers=_workers(llm)) as pool,
     ):
         futures = [
             pool.submit(
                 _explain_one,
                 ctx,
                 client,
+                stage,
                 found[f],
                 nearest_shots(found[f].vector, shots_pool, config.few_shot, exclude=f)
                 if config.prompting == "ours"
@@ -166,12 +198,12 @@ def _run(ctx: RunContext, todo: list[int], gold: dict[int, Gold]) -> int:
             for future in tqdm(
                 as_completed(futures),
                 total=len(futures),
-                desc="explain",
+                desc=f"explain ({stage})",
                 disable=not ctx.progress,
             ):
                 outcome = future.result()
                 failed += outcome.answer is None
-                _store(ctx, outcome)
+                _store(ctx, outcome, client.model, version)
         except BaseException:
             for future in futures:
                 future.cancel()
@@ -189,44 +221,64 @@ def _workers(llm: LlmConfig) -> int:
 
 
 def _explain_one(
-    ctx: RunContext, client: LlmClient, material: Material, shots: list[GoldShot]
+    ctx: RunContext, client: LlmClient, stage: str, material: Material, shots: list[GoldShot]
 ) -> Outcome:
+    """`votes` answers (the first greedy, the rest sampled with their own seeds); the most
+    common primary concept wins, its share of all votes (invalid answers are votes for
+    nothing) is the stage's confidence, and its first answer is the explanation scored."""
     config, labels = ctx.config, ctx.labels
     messages = explain_messages(material.explain, labels, config, shots, material.evidence)
-    reply = client.structured(
-        messages,
-        ExplanationAnswer,
-        step="explain",
-        max_tokens=config.max_tokens,
-        schema=explanation_schema(concept_choices(labels, config, material.evidence)),
-        context={
-            "labels": set(labels),
-            "safety": [c for c in labels if c not in (BENIGN, UNINTERPRETABLE)],
-            "fired": fired_tokens(
-                [segment(*c, config) for c in material.explain[: config.n_shown]],
-                config.mark_fraction,
-            ),
-        },
-        sae_id=ctx.sae_id,
-        feature=material.feature,
-    )
-    if reply.value is None:
-        return Outcome(material.feature, None, reply.reason, [])
+    context = {
+        "labels": set(labels),
+        "safety": [c for c in labels if c not in (BENIGN, UNINTERPRETABLE)],
+        "fired": fired_tokens(
+            [segment(*c, config) for c in material.explain[: config.n_shown]],
+            config.mark_fraction,
+        ),
+    }
+    answers: list[ExplanationAnswer] = []
+    reason = None
+    for attempt in range(config.votes):
+        reply = client.chat(
+            messages,
+            step="explain" if stage == LLM else stage,
+            max_tokens=config.max_tokens,
+            schema=explanation_schema(concept_choices(labels, config, material.evidence)),
+            attempt=attempt,
+            sae_id=ctx.sae_id,
+            feature=material.feature,
+        )
+        answer, why = validate_answer(reply.text, context)
+        if answer is None:
+            reason = why
+        else:
+            answers.append(answer)
+    if not answers:
+        return Outcome(material.feature, None, reason, [], {})
+    votes = Counter(a.concepts[0] for a in answers)
+    winner = max(votes, key=lambda c: (votes[c], -[a.concepts[0] for a in answers].index(c)))
+    chosen = next(a for a in answers if a.concepts[0] == winner)
     scores = score_explanation(
-        client, reply.value.explanation, material.held, config, ctx.sae_id, material.feature
+        client, chosen.explanation, material.held, config, ctx.sae_id, material.feature
     )
-    return Outcome(material.feature, reply.value, None, scores)
+    tally = {
+        "votes": dict(votes),
+        "invalid": config.votes - len(answers),
+        "vote_share": votes[winner] / config.votes,
+        "stage": stage,
+    }
+    return Outcome(material.feature, chosen, None, scores, tally)
 
 
-def _store(ctx: RunContext, outcome: Outcome) -> None:
-    """One feature's explanation and scores in one transaction (the resumable unit); each
-    score carries its scorer's version (and model, for a scorer that calls one)."""
+def _store(ctx: RunContext, outcome: Outcome, model: str, version: str) -> None:
+    """One feature's answer and scores in one transaction (the resumable unit); each score
+    carries its scorer's version (and model, for a scorer that calls one)."""
     common = {
         "sae_id": ctx.sae_id,
         "feature": outcome.feature,
         "source": "auto",
-        "author": ctx.model,
-        "model_version": ctx.version,
+        "author": model,
+        "model_version": version,
     }
     with session_scope(ctx.ws.engine) as session:
         if outcome.answer is None:
@@ -242,7 +294,7 @@ def _store(ctx: RunContext, outcome: Outcome) -> None:
             concepts=outcome.answer.concepts,
             text=outcome.answer.explanation,
             confidence=outcome.answer.confidence / 10,
-            details={"scores": {s.scorer: s.value for s in outcome.scores}},
+            details={**outcome.tally, "scores": {s.scorer: s.value for s in outcome.scores}},
         )
         session.add(row)
         session.flush()
@@ -255,7 +307,7 @@ def _store(ctx: RunContext, outcome: Outcome) -> None:
                     explanation_id=row.id,
                     scorer=s.scorer,
                     value=s.value,
-                    model=ctx.model if scorer.needs_llm else None,
+                    model=model if scorer.needs_llm else None,
                     prompt_version=scorer.stored_version(ctx.config.prompt_version),
                     details=s.details,
                 )

@@ -1,202 +1,451 @@
-"""Routing: the signals of every current explanation, the calibration fitted on the gold
-features' agreement with the experts, and the statuses it decides (accept above the threshold,
-queue the rest for humans; a gold feature's own explanation only measures, never accepted).
+"""Routing: the trust-or-escalate cascade over the stored answers. Stages in order of cost:
 
-Reads explanations and scores from the database only, so rerunning after new labels
-re-calibrates and re-routes without a single new explaining call.
+1. `concept_model`: the active learner's calibrated prediction (`LearnerPredictions`,
+   out-of-fold for the labeled features); no LLM call decides, the sentence of an accepted
+   concept is drafted from the feature's marked tokens;
+2. `llm`: the explainer's LLM asked `votes` times, the share of answers naming the most common
+   concept its confidence;
+3. `escalate`: the same on a stronger endpoint, when one is configured;
+4. people: every routed feature no stage accepts is in the `HumanQueue` record.
+
+Each stage's threshold comes from fixed-sequence testing (calibration.py) on the gold features
+that reach it, at delta / stages, so one guarantee holds over all accepted features. An answer
+agrees with the experts when its primary concept is one of theirs and, for a safety concept,
+its sentence names a marked token and that concept (not another, not "no concept").
+
+Reads answers from the database only, so rerunning after new labels or a new learner fit
+re-routes without a single new LLM call. Acceptances of an earlier model, prompt or
+calibration become `stale`: never counted as coverage, their features back in the human queue.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from sqlalchemy import func
 from sqlmodel import Session, select
 
 from safesail.db.contracts import (
     CalibrationReport,
+    HumanQueue,
     LearnerPredictions,
     PredictedLabel,
+    QueuedFeature,
     read_record,
     write_record,
 )
 from safesail.db.queries import chunked
-from safesail.db.tables import Explanation, Feature, Score, session_scope
-from safesail.errors import SafesailError
-from safesail.explainer.calibration import SIGNALS, Calibration, fit_calibration, signal_matrix
+from safesail.db.tables import Explanation, Feature, LlmCall, session_scope
+from safesail.explainer.calibration import Acceptance, GoldAnswer, cascade
 from safesail.explainer.context import RunContext
-from safesail.explainer.explainers import Evidence, GoldShot, nearest_shots
-from safesail.explainer.materials import Gold, feature_evidence, gold_labels, profile
-from safesail.explainer.report import calibration_report
-from safesail.explainer.scorers import text_similarity
+from safesail.explainer.explainers import contradiction, named_concepts, names_what_fires
+from safesail.explainer.materials import Gold, gold_labels, marked_tokens
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
-NEIGHBOURS = 3
-"""Nearest gold features whose labels the neighbours_agree signal compares with."""
+CONCEPT_MODEL, LLM, ESCALATE = "concept_model", "llm", "escalate"
+"""The cascade's automatic stages, in order of cost."""
+ORDER = (CONCEPT_MODEL, LLM, ESCALATE)
+
+STALE = "stale"
+"""Status of an acceptance whose model, prompt or calibration is no longer current."""
 
 
-def signals(
-    row: Explanation,
-    scores: dict[str, float],
-    learner: dict[int, PredictedLabel],
-    feature: Feature,
-    neighbours: list[Gold],
-    evidence: Evidence,
-) -> dict[str, float | None]:
-    """Everything calibration may learn agreement from: the scorers, the explainer's own
-    confidence, the active learner, triage, the labels of the nearest gold features, and the
-    corpus evidence of the shown texts (does the chosen concept match what it points to)."""
-    primary = row.concepts[0]
-    prediction = learner.get(row.feature)
-    out: dict[str, float | None] = {s: scores.get(s) for s in SIGNALS}
-    out["confidence"] = row.confidence
-    out["learner_probability"] = float(prediction.probability) if prediction else None
-    out["learner_agrees"] = float(primary in prediction.concepts) if prediction else None
-    out["triage_agrees"] = float(primary == feature.concept) if feature.concept else None
-    out["triage_precision"] = feature.precision
-    out["neighbours_agree"] = (
-        float(np.mean([primary in g.concepts for g in neighbours])) if neighbours else None
+def is_safety(concept: str) -> bool:
+    return concept not in (BENIGN, UNINTERPRETABLE)
+
+
+def agrees(
+    concepts: list[str], text: str, gold: Gold, fired: Iterable[str], safety: list[str]
+) -> bool:
+    """The answer describes the same feature as the experts: its primary concept is one of
+    theirs, and for a safety concept its sentence names what fires (a marked token) and names
+    that concept, without saying it is no safety concept. `safety`: the taxonomy's safety
+    concepts."""
+    if not concepts or concepts[0] not in gold.concepts:
+        return False
+    primary = concepts[0]
+    if not is_safety(primary):
+        return True
+    return (
+        names_what_fires(text, set(fired))
+        and primary in named_concepts(text, safety)
+        and contradiction(concepts, text, safety) is None
     )
-    out["says_safety"] = float(primary not in (BENIGN, UNINTERPRETABLE))
-    leading = evidence.leading()
-    out["evidence_agrees"] = None if leading is None else float(primary == leading)
-    out["evidence_share"] = (
-        None if primary == UNINTERPRETABLE else evidence.shares.get(primary, 0.0)
+
+
+def draft_sentence(concepts: list[str], fired: list[str]) -> str:
+    """The concept model's explanation, written without an LLM: the most frequent marked
+    tokens, quoted, and the concept (the sentence an agreeing answer must be)."""
+    quoted = ", ".join(f'"{t}"' for t in fired[:3]) or "its marked tokens"
+    primary = concepts[0]
+    if primary == BENIGN:
+        return f"Fires on {quoted} in ordinary text (not safety-related)."
+    if primary == UNINTERPRETABLE:
+        return f"Fires on {quoted} with no clear pattern."
+    return f"Fires on {quoted} in {primary.replace('_', ' ')} text."
+
+
+def concept_model_version(predictions: LearnerPredictions) -> str:
+    return f"concept-model/{predictions.model_version}"
+
+
+class Stage(NamedTuple):
+    """One automatic stage as routing sees it: its answers and the acceptance on its gold."""
+
+    name: str
+    version: str
+    answers: dict[int, Explanation | PredictedLabel]
+    """Feature -> the stage's answer (an LLM stage's row, or the learner's prediction)."""
+    confidence: dict[int, float]
+    gold: dict[int, GoldAnswer]
+    asked: set[int]
+    """Features the stage answered or failed to (an LLM stage's failed answers included)."""
+
+
+class Plan(NamedTuple):
+    """The cascade decided on what is stored: per stage its acceptance, and per feature the
+    stage that accepts it."""
+
+    stages: list[Stage]
+    acceptances: list[Acceptance]
+    accepted_at: dict[int, str]
+    """Feature (gold or routed) -> the first stage whose threshold its confidence reaches."""
+    gold: dict[int, Gold]
+    fired: dict[int, list[str]]
+
+    def reaches(self, feature: int, stage: str) -> bool:
+        """Whether no stage before this one accepts the feature."""
+        at = self.accepted_at.get(feature)
+        return at is None or ORDER.index(at) >= ORDER.index(stage)
+
+    def version(self, ctx: RunContext) -> str:
+        """The calibration version: changes with the gold set, the stages and thresholds."""
+        payload = {
+            "target": ctx.config.target,
+            "delta": ctx.config.delta,
+            "gold": sorted((f, sorted(g.concepts), g.text) for f, g in self.gold.items()),
+            "stages": [
+                (s.name, s.version, a.threshold)
+                for s, a in zip(self.stages, self.acceptances, strict=True)
+            ],
+        }
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _llm_rows(session: Session, sae_id: str, version: str) -> dict[int, Explanation]:
+    """The latest answer of this version per feature (failed ones included)."""
+    rows = session.exec(
+        select(Explanation)
+        .where(
+            Explanation.sae_id == sae_id,
+            Explanation.source == "auto",
+            Explanation.model_version == version,
+        )
+        .order_by(Explanation.created_at, Explanation.id)
     )
-    return out
+    return {r.feature: r for r in rows}
 
 
-def agrees(row: Explanation, gold: Gold, min_similarity: float) -> tuple[bool, float | None]:
-    """Concept match (the explanation's main concept is one of the experts') and, when the
-    experts wrote a text, an explanation that resembles it."""
-    if row.concepts[0] not in gold.concepts:
-        return False, None
-    if not min_similarity or not gold.text.strip():
-        return True, None
-    similarity = text_similarity(row.text, gold.text)
-    return similarity >= min_similarity, similarity
-
-
-def route(ctx: RunContext) -> CalibrationReport:
-    """Calibrate on the gold features and route every explanation of this run's version;
-    stores the statuses and the CalibrationReport in one transaction and returns the report."""
+def plan(ctx: RunContext, routed: Iterable[int] = ()) -> Plan:
+    """The cascade on what is stored now: the gold features, the learner's predictions and the
+    LLM stages' current answers; `routed` adds features whose marked tokens the concept model
+    needs for its sentences."""
     sae_id = ctx.sae_id
     with Session(ctx.ws.engine) as session:
         gold = gold_labels(session, sae_id)
+        predictions = read_record(session, LearnerPredictions)
+        llm_rows = {LLM: _llm_rows(session, sae_id, ctx.version)}
+        if ctx.escalate_version is not None:
+            llm_rows[ESCALATE] = _llm_rows(session, sae_id, ctx.escalate_version)
+        wanted = set(gold) | set(routed) | {f for rows in llm_rows.values() for f in rows}
+        features = [
+            f
+            for part in chunked(sorted(wanted))
+            for f in session.exec(
+                select(Feature).where(
+                    Feature.sae_id == sae_id,
+                    Feature.index.in_(part),
+                    Feature.examples.is_not(None),
+                )
+            )
+        ]
+        fired = marked_tokens(session, features, ctx.config)
+    safety = [c for c in ctx.labels if is_safety(c)]
+    stages = []
+    # out-of-fold predictions only: in-sample ones would be fitted on the gold labels they
+    # are calibrated against (LearnerPredictions.usable_for). The routed features' come from
+    # the model fitted on all gold (cross-fitting): at least as good as a fold model, which is
+    # what the threshold was tested on.
+    learner = predictions.usable_for(sae_id) if predictions is not None else {}
+    if learner:
+        stages.append(
+            Stage(
+                CONCEPT_MODEL,
+                concept_model_version(predictions),
+                dict(learner),
+                {f: float(p.probability) for f, p in learner.items()},
+                {
+                    f: GoldAnswer(
+                        float(p.probability),
+                        agrees(
+                            p.concepts,
+                            draft_sentence(p.concepts, fired.get(f, [])),
+                            gold[f],
+                            fired.get(f, []),
+                            safety,
+                        ),
+                    )
+                    for f, p in learner.items()
+                    if f in gold and p.concepts
+                },
+                set(learner),
+            )
+        )
+    for name, rows in llm_rows.items():
+        valid = {f: r for f, r in rows.items() if r.status != "failed" and r.concepts}
+        share = {f: float((r.details or {}).get("vote_share", 0.0)) for f, r in valid.items()}
+        stages.append(
+            Stage(
+                name,
+                ctx.version if name == LLM else str(ctx.escalate_version),
+                dict(valid),
+                share,
+                {
+                    f: GoldAnswer(
+                        share[f],
+                        agrees(r.concepts, r.text, gold[f], fired.get(f, []), safety),
+                    )
+                    for f, r in valid.items()
+                    if f in gold
+                },
+                set(rows),
+            )
+        )
+    acceptances = cascade(
+        [s.gold for s in stages], target=ctx.config.target, delta=ctx.config.delta
+    )
+    accepted_at: dict[int, str] = {}
+    for stage, acceptance in zip(stages, acceptances, strict=True):
+        for f, c in stage.confidence.items():
+            if f not in accepted_at and acceptance.accepts(c):
+                accepted_at[f] = stage.name
+    return Plan(stages, acceptances, accepted_at, gold, fired)
+
+
+def routed_pool(ctx: RunContext, features: list[int] | None) -> list[int]:
+    """The unlabeled features the cascade routes: the given ones (else the safety candidates
+    with examples) and every feature with an automatic answer, gold features excluded."""
+    with Session(ctx.ws.engine) as session:
+        gold = set(gold_labels(session, ctx.sae_id))
+        if features is None:
+            features = list(
+                session.exec(
+                    select(Feature.index).where(
+                        Feature.sae_id == ctx.sae_id,
+                        Feature.candidate,
+                        Feature.examples.is_not(None),
+                    )
+                )
+            )
+        answered = set(
+            session.exec(
+                select(Explanation.feature).where(
+                    Explanation.sae_id == ctx.sae_id, Explanation.source == "auto"
+                )
+            )
+        )
+    return sorted((set(features) | answered) - gold)
+
+
+def route(ctx: RunContext, features: list[int] | None = None) -> CalibrationReport:
+    """Decide the cascade and store it in one transaction: statuses (accepted by the first
+    stage whose threshold the feature reaches, queued otherwise, stale for acceptances of
+    another version), the concept model's accepted explanations, the CalibrationReport and
+    the HumanQueue; returns the report. `features`: the routed pool (default: the safety
+    candidates), see `routed_pool`."""
+    from safesail.explainer.report import calibration_report
+
+    routed = routed_pool(ctx, features)
+    decided = plan(ctx, routed)
+    version = decided.version(ctx)
+    current = {s.version for s in decided.stages}
+    with session_scope(ctx.ws.engine) as session:
         rows = session.exec(
             select(Explanation).where(
-                Explanation.sae_id == sae_id,
-                Explanation.source == "auto",
-                Explanation.model_version == ctx.version,
-                Explanation.status != "failed",
+                Explanation.sae_id == ctx.sae_id, Explanation.source == "auto"
             )
         ).all()
-        ids = [r.id for r in rows]
-        scores: dict[int, dict[str, float]] = {}
-        for part in chunked(ids):
-            for s in session.exec(select(Score).where(Score.explanation_id.in_(part))):
-                scores.setdefault(s.explanation_id, {})[s.scorer] = s.value
-        features = {
-            f.index: f
-            for part in chunked(sorted({r.feature for r in rows} | set(gold)))
-            for f in session.exec(
-                select(Feature).where(Feature.sae_id == sae_id, Feature.index.in_(part))
-            )
-        }
-        predictions = read_record(session, LearnerPredictions)
-        evidence = feature_evidence(session, list(features.values()), ctx.config)
-    # in-sample predictions of gold features would teach "the learner agrees" = "the expert
-    # agrees": LearnerPredictions.usable_for keeps only held-out (out-of-fold) ones
-    learner = predictions.usable_for(sae_id) if predictions is not None else {}
-    pool = [
-        GoldShot(f, profile(features[f], ctx.concepts), [], g.concepts, g.text, g.confidence)
-        for f, g in gold.items()
-        if f in features
-    ]
-    signal_rows = {
-        r.id: signals(
-            r,
-            scores.get(r.id, {}),
-            learner,
-            features[r.feature],
-            [
-                gold[n.feature]
-                for n in nearest_shots(
-                    profile(features[r.feature], ctx.concepts), pool, NEIGHBOURS, r.feature
+        latest: dict[tuple[int, str], Explanation] = {}
+        for row in sorted(rows, key=lambda r: (r.created_at, r.id)):
+            latest[(row.feature, row.model_version or "")] = row
+        for row in rows:  # every acceptance is decided again below, or stale
+            if row.status == "accepted":
+                fresh = (
+                    row.model_version in current and latest[(row.feature, row.model_version)] is row
                 )
-            ],
-            evidence[r.feature],
-        )
-        for r in rows
-    }
-    gold_rows = [r for r in rows if r.feature in gold]
-    verdicts = {r.id: agrees(r, gold[r.feature], ctx.config.min_text_similarity) for r in gold_rows}
-    calibration, error = _fit(ctx, gold_rows, signal_rows, verdicts)
-    open_rows = [r for r in rows if r.feature not in gold]
-    probs = (
-        dict(
-            zip(
-                [r.id for r in open_rows],
-                calibration.predict(signal_matrix([signal_rows[r.id] for r in open_rows])),
-                strict=True,
+                row.status = "queued" if fresh else STALE
+                session.add(row)
+        for stage, acceptance in zip(decided.stages, decided.acceptances, strict=True):
+            _store_stage(
+                session, ctx.sae_id, stage, acceptance, decided, set(routed), latest, version
             )
-        )
-        if calibration is not None and open_rows
-        else {}
-    )
-    threshold = calibration.threshold.threshold if calibration is not None else float("inf")
-    # gold features keep their out-of-fold P(agree): the coverage-vs-agreement curve's points
-    held_out = (
-        dict(zip([r.id for r in gold_rows], calibration.oof.tolist(), strict=True))
-        if calibration is not None
-        else {}
-    )
-    accepted = queued = 0
-    with session_scope(ctx.ws.engine) as session:
-        for r in rows:
-            row = session.get(Explanation, r.id)
-            details = dict(row.details or {})
-            details["signals"] = signal_rows[r.id]
-            details["evidence"] = evidence[r.feature].line()
-            if r.feature in gold:
-                agree, similarity = verdicts[r.id]
-                row.status = "queued" if agree else "rejected"
-                details.update(yardstick=True, agrees=agree, text_similarity=similarity)
-                row.probability = held_out.get(r.id)
-            else:
-                p = probs.get(r.id)
-                row.probability = None if p is None else float(p)
-                row.status = "accepted" if p is not None and p >= threshold else "queued"
-                accepted += row.status == "accepted"
-                queued += row.status == "queued"
-                details.pop("yardstick", None)
-            row.details = details
-            session.add(row)
-        report = calibration_report(
-            ctx, calibration, error, accepted=accepted, queued=queued, n_gold=len(gold_rows)
-        )
+        stale = {r.feature for r in rows if r.status == STALE} - set(decided.accepted_at)
+        costs = _costs(session, ctx, decided, routed)
+        report = calibration_report(ctx, decided, routed, version, len(stale), costs)
         write_record(session, report)
+        write_record(session, _queue(ctx, decided, routed, version, rows, stale))
     return report
 
 
-def _fit(
+def _store_stage(
+    session: Session,
+    sae_id: str,
+    stage: Stage,
+    acceptance: Acceptance,
+    decided: Plan,
+    routed: set[int],
+    latest: dict[tuple[int, str], Explanation],
+    version: str,
+) -> None:
+    """One stage's rows: an LLM stage's answers get their status; the concept model's accepted
+    features get (or keep) a row with the drafted sentence; gold rows only measure."""
+    for f, answer in stage.answers.items():
+        if f not in routed and f not in decided.gold:
+            continue
+        row = latest.get((f, stage.version))
+        accepted = f in routed and decided.accepted_at.get(f) == stage.name
+        if row is None:
+            if not accepted or not isinstance(answer, PredictedLabel):
+                continue
+            row = Explanation(
+                sae_id=sae_id,
+                feature=f,
+                source="auto",
+                status="queued",
+                concepts=list(answer.concepts),
+                text=draft_sentence(answer.concepts, decided.fired.get(f, [])),
+                confidence=float(answer.probability),
+                author=CONCEPT_MODEL,
+                model_version=stage.version,
+            )
+        details = dict(row.details or {})
+        details.update(stage=stage.name, calibration=version)
+        row.probability = stage.confidence.get(f)
+        if f in decided.gold:
+            agree = stage.gold[f].agrees if f in stage.gold else False
+            row.status = "queued" if agree else "rejected"
+            details.update(yardstick=True, agrees=agree)
+            details.pop("bound", None)
+        else:
+            row.status = "accepted" if accepted else "queued"
+            details.pop("yardstick", None)
+            details.pop("agrees", None)
+            details["bound"] = acceptance.bound if accepted else None
+        row.details = details
+        session.add(row)
+
+
+class StageCost(NamedTuple):
+    tokens: int
+    seconds: float
+
+
+def _costs(
+    session: Session, ctx: RunContext, decided: Plan, routed: list[int]
+) -> dict[str, StageCost]:
+    """LLM tokens and seconds each stage spent on the routed features that reached it (the
+    concept model calls no LLM; gold features' calls are the calibration's own cost)."""
+    models = {LLM: ctx.model}
+    if ctx.escalate is not None:
+        models[ESCALATE] = ctx.escalate.resolved_model
+    out = {}
+    for stage in decided.stages:
+        if stage.name not in models:
+            out[stage.name] = StageCost(0, 0.0)
+            continue
+        reached = [f for f in routed if f in stage.asked and decided.reaches(f, stage.name)]
+        tokens, seconds = 0, 0.0
+        for part in chunked(reached):
+            got = session.exec(
+                select(
+                    func.sum(LlmCall.prompt_tokens + LlmCall.completion_tokens),
+                    func.sum(LlmCall.latency_s),
+                ).where(
+                    LlmCall.sae_id == ctx.sae_id,
+                    LlmCall.model == models[stage.name],
+                    LlmCall.feature.in_(part),
+                )
+            ).one()
+            tokens += int(got[0] or 0)
+            seconds += float(got[1] or 0.0)
+        out[stage.name] = StageCost(tokens, round(seconds, 3))
+    return out
+
+
+def _queue(
     ctx: RunContext,
-    gold_rows: list[Explanation],
-    signal_rows: dict[int, dict[str, float | None]],
-    verdicts: dict[int, tuple[bool, float | None]],
-) -> tuple[Calibration | None, str | None]:
-    """The calibration on the gold features' signals and verdicts, or why there is none."""
-    x_gold = signal_matrix([signal_rows[r.id] for r in gold_rows])
-    y_gold = np.array([verdicts[r.id][0] for r in gold_rows], dtype=int)
-    config = ctx.config
-    try:
-        calibration = fit_calibration(
-            x_gold,
-            y_gold,
-            target=config.target,
-            min_gold=config.min_gold,
-            folds=config.folds,
-            z=config.confidence_z,
-            seed=config.seed,
+    decided: Plan,
+    routed: list[int],
+    version: str,
+    rows: list[Explanation],
+    stale: set[int],
+) -> HumanQueue:
+    """The routed features no stage accepts, each with why and the confidences it had."""
+    failed = {
+        r.feature
+        for r in rows
+        if r.status == "failed" and r.model_version in {s.version for s in decided.stages}
+    }
+    queued = []
+    for f in routed:
+        if f in decided.accepted_at:
+            continue
+        confidences = {
+            s.name: round(s.confidence[f], 4) for s in decided.stages if f in s.confidence
+        }
+        answered = any(f in s.answers for s in decided.stages if s.name != CONCEPT_MODEL)
+        reason = (
+            "stale"
+            if f in stale
+            else "not accepted"
+            if answered
+            else "failed"
+            if f in failed
+            else "not explained"
         )
-    except SafesailError as exc:
-        return None, str(exc)
-    return calibration, None
+        queued.append(QueuedFeature(f, reason, confidences))
+    return HumanQueue(sae_id=ctx.sae_id, calibration_version=version, features=queued)
+
+
+def stale_now(session: Session, sae_id: str) -> set[int]:
+    """Ids of the SAE's accepted automatic explanations made by the cascade that are no longer
+    current although no routing has marked them yet: made under another calibration than the
+    last report's, or by the concept model before the learner's last fit. Readers (status,
+    exports) count none of them as coverage. Without a report for this SAE there is nothing
+    to judge them by (none)."""
+    report = read_record(session, CalibrationReport)
+    if report is None or report.sae_id != sae_id:
+        return set()
+    predictions = read_record(session, LearnerPredictions)
+    learner = concept_model_version(predictions) if predictions is not None else None
+    rows = session.exec(
+        select(Explanation.id, Explanation.model_version, Explanation.details).where(
+            Explanation.sae_id == sae_id,
+            Explanation.source == "auto",
+            Explanation.status == "accepted",
+        )
+    ).all()
+    out = set()
+    for id_, model_version, details in rows:
+        details = details or {}
+        if "stage" not in details:
+            continue
+        if details.get("calibration") != report.calibration_version or (
+            details["stage"] == CONCEPT_MODEL and model_version != learner
+        ):
+            out.add(id_)
+    return out

@@ -109,7 +109,7 @@ def test_every_room_end_to_end(db_url, triaged_ws, ls_home, lm, tmp_path):
     autos = _rows(ws, Explanation, Explanation.source == "auto")
     assert report.explained == 3 == len(autos) and sorted(a.feature for a in autos) == chosen
     calls = _rows(ws, LlmCall)
-    assert len(calls) == double.requests > 3  # explanation + scorer calls, each stored once
+    assert len(calls) == double.requests > 3  # the votes (and scorer calls), each stored once
     assert {c.feature for c in calls} == {a.feature for a in autos}
 
     # export, then import the export back (as priors: the file's claims are not trusted)

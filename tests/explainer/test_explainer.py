@@ -65,7 +65,10 @@ def test_explain_end_to_end_over_real_http(triaged_ws, tmp_path, lm, llm_url):
     assert candidates, "the tiny workspace needs a safety candidate"
     gold = (candidates[1:] + others)[:4]
     assert seed_gold(ws.engine, sae, gold) == 4
-    config = ExplainConfig(limit=1, min_gold=3, few_shot=1, n_score_pos=2, n_score_neg=2)
+    every = ("detection", "fuzzing", "simulation", "intruder", "embedding")
+    config = ExplainConfig(
+        limit=1, votes=3, few_shot=1, n_score_pos=2, n_score_neg=2, scorers=every
+    )
     llm = LlmConfig(base_url=llm_url)
     report = explain(ws, config, llm, progress=False)
     assert report.explained == 5
@@ -81,7 +84,11 @@ def test_explain_end_to_end_over_real_http(triaged_ws, tmp_path, lm, llm_url):
     assert explained, [r.details for r in auto]
     for row in explained:
         assert set(row.concepts) <= labels and row.text and 0 <= row.confidence <= 1
-        assert row.model_version == f"{EMBEDDED_ALIAS}/{config.prompt_version}"
+        assert row.model_version == f"{EMBEDDED_ALIAS}/{config.answer_version}"
+        # three votes: the share of them naming the chosen concept is the stage's confidence
+        assert row.details["stage"] == "llm" and row.probability == row.details["vote_share"]
+        assert sum(row.details["votes"].values()) + row.details["invalid"] == 3
+        assert row.details["vote_share"] * 3 == row.details["votes"][row.concepts[0]]
     for row in auto:
         if row.feature in gold and row.status != "failed":
             assert row.status in ("queued", "rejected") and row.details["yardstick"]
@@ -98,10 +105,21 @@ def test_explain_end_to_end_over_real_http(triaged_ws, tmp_path, lm, llm_url):
     with Session(ws.engine) as session:
         steps = {c.step for c in session.exec(select(LlmCall))}
     assert {"explain", "detection"} <= steps
-    assert meta.target == 0.9 and meta.model == EMBEDDED_ALIAS
-    assert meta.n_gold == sum(1 for r in explained if r.feature in gold)
+    assert (meta.target, meta.delta, meta.model) == (0.9, 0.1, EMBEDDED_ALIAS)
+    (stage,) = meta.stages  # no learner predictions, no escalation: the LLM stage alone
+    assert stage.name == "llm" and stage.n_gold == sum(1 for r in explained if r.feature in gold)
+    # four gold features prove nothing: every routed feature goes to people
+    assert stage.threshold is None and meta.accepted == 0 and meta.needed == 22
+    assert stage.reached == 1 and stage.tokens > 0 and stage.seconds > 0  # the candidate's cost
     # status adds the readers' verdict where a reference set exists (none for this tiny SAE)
-    assert status["calibration"] == {**meta.to_dict(), "reference_agreement": None}
+    assert status["calibration"] == {
+        **meta.to_dict(),
+        "reference_agreement": None,
+        "stale_unrouted": 0,
+        "human_queue": status["calibration"]["human_queue"],
+    }
+    queue = status["calibration"]["human_queue"]  # the candidate asked about, the rest not
+    assert sum(queue.values()) == meta.routed and queue["not explained"] == meta.routed - 1
 
     # rerun: nothing new is asked or paid
     again = explain(ws, config, llm, progress=False)
@@ -194,3 +212,59 @@ def test_a_server_that_dies_is_reported_with_its_signal_and_log(triaged_ws, tmp_
     assert f"pid {info.pid}) was killed by SIGILL (Illegal instruction)" in message
     assert "make install" in message and "last log lines:" in message
     assert "connection" not in message
+
+
+def test_cascade_benchmark_runs_on_any_reference_set(triaged_ws, tmp_path, lm, llm_url):
+    """bench/cascade.py on the tiny workspace with a stand-in reference set (the corpus-tag
+    oracle's labels, split by the reference set's own rule): it runs end to end against the
+    real server and ends with the three figures it promises. The figures mean nothing here
+    (the oracle is no reader); the benchmark is for a set labeled by reading."""
+    import subprocess
+    import sys
+
+    from safesail.experts.oracle import oracle_labels
+    from safesail.reference.labels import assign_splits, sae_sha256
+
+    ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)
+    sae = ws.selected_sae
+    candidates, others = _features(ws)
+    features = (candidates + others)[:24]
+    truth = oracle_labels(ws.engine, sae, features)
+    splits = assign_splits(features)
+    reference = {
+        "sae_id": sae,
+        "sae_sha256": sae_sha256(ws.engine, sae),
+        "features": [
+            {
+                "feature": f,
+                "labels": truth[f],
+                "confidence": 3,
+                "reason": "oracle stand-in",
+                "stratum": "all",
+                "weight": 1.0,
+                "split": splits[f],
+            }
+            for f in features
+        ],
+    }
+    path = tmp_path / "reference.json"
+    path.write_text(json.dumps(reference))
+    ws.engine.dispose()
+    script = Path(__file__).resolve().parents[1] / "bench" / "cascade.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--workspace", str(ws.config.workspace)]
+        + ["--reference", str(path), "--base-url", llm_url, "--votes", "1", "--routed", "4"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(script.parents[1])},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.strip().splitlines()
+    assert "majority baseline" in run.stdout and "kappa" in run.stdout
+    assert [line.split("=")[0] for line in lines[-3:]] == [
+        "coverage_at_target",
+        "safety_coverage_at_target",
+        "accepted_agreement_reference",
+    ]
+    assert 0 <= float(lines[-3].split("=")[1]) <= 1

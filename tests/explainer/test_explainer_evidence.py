@@ -14,9 +14,8 @@ from safesail.explainer.explainers import (
     corpus_evidence,
     explain_messages,
 )
-from safesail.explainer.materials import feature_evidence, gold_labels
+from safesail.explainer.materials import feature_evidence
 from safesail.explainer.materials import materials as _materials
-from safesail.explainer.routing import signals as _signals
 from safesail.explainer.simulate import seed_gold
 from safesail.features.examples import TOP, feature_examples
 from tests.conftest import copy_workspace
@@ -69,7 +68,6 @@ def test_prompt_evidence_reflects_planted_tags_and_never_the_gold_label(triaged_
             )
         )
         session.commit()
-        gold = gold_labels(session, sae)
         evidence = feature_evidence(session, [feature], config)[feature.index]
     assert evidence.shares["weapons"] == 1.0 and "fraud" not in evidence.shares
     leading = "weapons" if len(shown) >= 3 else None  # tiny corpus: maybe too few to point
@@ -87,7 +85,3 @@ def test_prompt_evidence_reflects_planted_tags_and_never_the_gold_label(triaged_
     plain = explain_messages(material[feature.index].explain, labels, baseline, [], evidence)
     assert all("Corpus tags" not in m["content"] for m in plain)  # the baseline stays as it was
     assert concept_choices(labels, baseline, evidence) == labels
-    row = Explanation(sae_id=sae, feature=feature.index, source="auto", concepts=["weapons"])
-    signals = _signals(row, {}, {}, feature, [gold[o] for o in others], evidence)
-    assert signals["evidence_share"] == 1.0
-    assert signals["evidence_agrees"] == (None if leading is None else 1.0)

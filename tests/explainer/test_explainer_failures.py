@@ -11,15 +11,13 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
 import pytest
 from sqlmodel import Session, select
 
 from safesail.cli.main import main
-from safesail.db.contracts import CalibrationReport, read_record
+from safesail.db.contracts import CalibrationReport, HumanQueue, read_record
 from safesail.db.tables import Explanation, LlmCall
 from safesail.errors import SafesailError
-from safesail.explainer.calibration import choose_threshold, fit_calibration
 from safesail.explainer.clients import LlmClient, parse_json
 from safesail.explainer.config import ExplainConfig, LlmConfig
 from safesail.explainer.explainers import ExplanationAnswer, explanation_schema
@@ -199,15 +197,18 @@ def test_non_json_answers_mark_features_failed_and_rerun_is_free(ws, double):
 def test_empty_gold_set_refuses_calibration_and_queues_everything(ws, double):
     d = double([])
     llm = LlmConfig(base_url=d.url, model="double", prices={"double": (0.0, 0.0)})
-    report = explain(ws, ExplainConfig(limit=2, min_gold=20), llm, progress=False)
-    assert report.explained == 2 and report.accepted == 0 and report.queued == 2
+    report = explain(ws, ExplainConfig(limit=2, votes=2), llm, progress=False)
+    assert report.explained == 2 and report.accepted == 0
     with Session(ws.engine) as session:
         meta = read_record(session, CalibrationReport)
-    assert "needs at least 20" in meta.error and "has 0" in meta.error
+        queue = read_record(session, HumanQueue)
+    # no learner predictions: one stage, the LLM's, at the whole delta: ln 0.1 / ln 0.9 = 22
+    assert [s.name for s in meta.stages] == ["llm"] and meta.needed == 22
+    assert "needs at least 22" in meta.error and "has 0" in meta.error
+    assert report.queued == meta.routed == len(queue.features) >= 2
+    assert sum(q.reason == "not accepted" for q in queue.features) == 2
     assert ws.status()["labels"]["queued_for_humans"] == 2
     assert ws.status()["labels"]["auto_accepted"] == 0
-    with pytest.raises(SafesailError, match="needs at least 20 .* has 3"):
-        fit_calibration(np.zeros((3, 11)), np.array([1, 0, 1]), target=0.9, min_gold=20)
 
 
 def test_price_table_missing_the_model_fails_before_any_call(ws, double, capsys):
@@ -231,36 +232,3 @@ def test_parse_json_repairs_what_small_models_break():
     }
     with pytest.raises(ValueError):
         parse_json("no json here")
-
-
-def test_threshold_reaches_target_on_fresh_data():
-    """Synthetic signals where agreement rises with the first signal: the chosen threshold's
-    agreement on NEW data from the same process reaches the target, with real coverage."""
-    rng = np.random.default_rng(0)
-
-    def sample(n: int):
-        x = rng.normal(size=(n, 11))
-        return x, (rng.random(n) < 1 / (1 + np.exp(-(3 * x[:, 0] + 0.5)))).astype(int)
-
-    x, y = sample(300)
-    cal = fit_calibration(x, y, target=0.9, min_gold=20, z=1.0)
-    assert cal.threshold.agreement >= 0.9 and 0 < cal.threshold.coverage < 1
-    fresh_x, fresh_y = sample(5000)
-    accepted = cal.predict(fresh_x) >= cal.threshold.threshold
-    assert accepted.mean() > 0.1
-    assert fresh_y[accepted].mean() >= 0.9
-    # out of reach: nothing is accepted
-    none = choose_threshold(np.linspace(0, 1, 50), np.zeros(50, int), 0.9, 1.0)
-    assert none.threshold == float("inf") and none.coverage == 0.0
-    # routing uses the fold models the threshold was chosen on: on the gold rows themselves
-    # their mean is close to the out-of-fold probabilities (a refit on all rows would not be)
-    assert np.corrcoef(cal.predict(x), cal.oof)[0, 1] > 0.95
-
-
-def test_a_constant_model_never_accepts_everything():
-    """Every gold explanation agreed: no signal tells good from bad, so nothing is accepted
-    (before, the constant P = 1.0 cleared any threshold and accepted every feature)."""
-    x = np.random.default_rng(0).normal(size=(40, 11))
-    cal = fit_calibration(x, np.ones(40, int), target=0.9, min_gold=20)
-    assert cal.threshold.threshold == float("inf") and cal.threshold.coverage == 0.0
-    assert not (cal.predict(x) >= cal.threshold.threshold).any()

@@ -13,7 +13,6 @@ import pytest
 from sqlmodel import Session, select
 
 from safesail.db.tables import Explanation, Feature, Score
-from safesail.explainer.calibration import NEUTRAL, SIGNALS, signal_matrix
 from safesail.explainer.clients import LlmClient
 from safesail.explainer.config import ExplainConfig, LlmConfig
 from safesail.explainer.explainers import Shown
@@ -24,6 +23,7 @@ from safesail.explainer.scorers import (
     embedding,
     get_scorer,
     has_minilm,
+    scorer_names,
 )
 from safesail.explainer.scorers.embedding import MINILM_VERSION, TFIDF_VERSION
 from safesail.explainer.scorers.intruder import questions
@@ -108,14 +108,11 @@ def ws(triaged_ws, tmp_path, lm):
     return copy_workspace(triaged_ws, tmp_path / "ws", lm)
 
 
-def test_intruder_is_registered_as_an_llm_scorer_and_a_calibration_signal():
+def test_intruder_is_registered_as_an_llm_scorer():
     cls = get_scorer("intruder")
     assert cls.needs_llm and cls.version == "v1"
     assert cls.stored_version("seg-v3") == "intruder-v1/seg-v3"
-    assert "intruder" in CONFIG.scorers
-    column = SIGNALS.index("intruder")
-    x = signal_matrix([{"intruder": 0.75}, {}])
-    assert x[0, column] == 0.75 and x[1, column] == NEUTRAL["intruder"] == 1 / CONFIG.intruder_shown
+    assert "intruder" in scorer_names()
     with pytest.raises(ValueError, match="intruder_shown"):
         ExplainConfig(intruder_shown=1)
 
@@ -154,14 +151,15 @@ def test_intruder_needs_both_kinds_of_text(ws, records):
     assert judge.requests == 0
 
 
-def test_intruder_scores_are_stored_and_routed_as_signals(ws):
+def test_intruder_scores_are_stored_with_the_explanation(ws):
     """Both explained features get an intruder score. One of them fires somewhere in every
     text of the tiny corpus, so its non-activating texts are its faintest ones (it had none,
     and no intruder score, before ``materials._non_activating``)."""
     judge = Judge("first")
     try:
         llm = LlmConfig(base_url=judge.url, model="double", prices={"double": (0.0, 0.0)})
-        report = explain(ws, ExplainConfig(limit=2), llm, progress=False)
+        config = ExplainConfig(limit=2, votes=1, scorers=("intruder",))
+        report = explain(ws, config, llm, progress=False)
     finally:
         judge.close()
     assert report.explained == 2
@@ -175,7 +173,7 @@ def test_intruder_scores_are_stored_and_routed_as_signals(ws):
         assert s.model == "double" and s.prompt_version.startswith("intruder-v1/")
         assert s.details["guess"] == [0] * len(s.details["truth"])
         assert s.value == pytest.approx(np.mean([t == 0 for t in s.details["truth"]]))
-        assert rows[s.explanation_id].details["signals"]["intruder"] == s.value
+        assert rows[s.explanation_id].details["scores"]["intruder"] == s.value
 
 
 def _shown(text: str) -> Shown:

@@ -59,8 +59,10 @@ def test_gold_set_has_provenance(labeled_ws):
         assert r.agreement in (0.5, 1.0) and r.kappa is not None
         assert (r.layer, r.d_sae, r.model) == (sae.layer, sae.d_sae, labeled_ws.model_name)
     for r in auto:
-        # the calibrated P(agrees with experts) is `probability`; `agreement` is annotators'
+        # the stage's confidence is `probability`, its guarantee `bound`; `agreement` is
+        # annotators'
         assert r.probability is not None and r.agreement is None
+        assert r.stage == "llm" and r.bound == 0.91
         assert {s["scorer"] for s in r.scores} == {
             "detection",
             "simulation",

@@ -6,6 +6,7 @@ from safesail.explainer.clients.openai_compat import (
     Structured,
     parse_json,
     request_key,
+    validate_answer,
 )
 
-__all__ = ["Completion", "LlmClient", "Structured", "parse_json", "request_key"]
+__all__ = ["Completion", "LlmClient", "Structured", "parse_json", "request_key", "validate_answer"]

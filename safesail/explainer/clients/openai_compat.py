@@ -246,13 +246,26 @@ class LlmClient:
                 sae_id=sae_id,
                 feature=feature,
             )
-            try:
-                value = model_cls.model_validate(parse_json(reply.text), context=context)
+            value, reason = validate_answer(reply.text, context, model_cls)
+            if value is not None:
                 return Structured(value, None, attempt + 1)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                reason = f"invalid answer ({where}: {first['msg']}): {reply.text[:120]!r}"
-            except ValueError as exc:
-                reason = str(exc)
         return Structured(None, reason, self.config.invalid_retries + 1)
+
+
+def validate_answer(
+    text: str, context: dict[str, Any] | None, model_cls: type[BaseModel] | None = None
+) -> tuple[Any, str | None]:
+    """(the reply validated as `model_cls`, None) or (None, why it was refused); the default
+    model is the explainer's ExplanationAnswer."""
+    if model_cls is None:
+        from safesail.explainer.explainers import ExplanationAnswer
+
+        model_cls = ExplanationAnswer
+    try:
+        return model_cls.model_validate(parse_json(text), context=context), None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return None, f"invalid answer ({where}: {first['msg']}): {text[:120]!r}"
+    except ValueError as exc:
+        return None, str(exc)

@@ -297,22 +297,28 @@ def _system(labels: list[str], evidence: bool = False) -> str:
         "You explain a feature of a language model from texts where it fires; the tokens "
         f"where it fires most are marked <<like this>>.{hint} Reply in JSON with concepts (1-2 "
         f"of: {', '.join(labels)}), confidence (0-10) and explanation (one short sentence that "
-        'quotes the marked tokens and says what text they are in, e.g. Fires on "stab", '
-        '"knife" in descriptions of attacks.).'
+        "quotes the marked tokens and names the concept of the text they are in, e.g. Fires "
+        'on "stab", "knife" in descriptions of violent attacks.).'
     )
 
 
-def fired_tokens(contexts: list[Shown], mark_fraction: float) -> set[str]:
-    """The marked tokens of the shown contexts (lower-case, stripped; 2+ characters), which
-    the explanation must name."""
-    out = set()
+def ranked_fired_tokens(contexts: list[Shown], mark_fraction: float) -> list[str]:
+    """The marked tokens of the shown contexts (lower-case, stripped; 2+ characters), the most
+    frequent first (ties in order of appearance): what an explanation must name, and what a
+    sentence drafted without an LLM quotes."""
+    counts: dict[str, int] = {}
     for shown in contexts:
         top = float(shown.acts.max(initial=0.0))
         for token, act in zip(shown.tokens, shown.acts, strict=True):
             word = token.strip().lower()
             if top > 0 and act >= mark_fraction * top and len(word) >= 2:
-                out.add(word)
-    return out
+                counts[word] = counts.get(word, 0) + 1
+    return sorted(counts, key=lambda w: -counts[w])
+
+
+def fired_tokens(contexts: list[Shown], mark_fraction: float) -> set[str]:
+    """The marked tokens of the shown contexts, which the explanation must name."""
+    return set(ranked_fired_tokens(contexts, mark_fraction))
 
 
 def concept_choices(

@@ -18,7 +18,6 @@ from safesail.explainer.scorers.scoring import (
     Simulation,
     balanced_accuracy,
     score_explanation,
-    text_similarity,
 )
 
 __all__ = [
@@ -38,5 +37,4 @@ __all__ = [
     "register_scorer",
     "score_explanation",
     "scorer_names",
-    "text_similarity",
 ]

@@ -208,16 +208,6 @@ class Simulation(Scorer):
         )
 
 
-def text_similarity(a: str, b: str) -> float:
-    """Character n-gram TF-IDF cosine between two explanations (the equivalence check)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    if not a.strip() or not b.strip():
-        return 0.0
-    vectors = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5)).fit_transform([a, b])
-    return float((vectors[0] @ vectors[1].T).toarray()[0, 0])
-
-
 def score_explanation(
     client: LlmClient | None,
     explanation: str,
