@@ -209,6 +209,9 @@ def _reference(sub, common: argparse.ArgumentParser) -> None:
     dump.add_argument("--n", type=int, default=240, help="features to sample")
     dump.add_argument("--seed", type=int, default=0, help="sampling seed")
     dump.add_argument(
+        "--candidate-share", type=float, default=0.5, help="share of triage candidates"
+    )
+    dump.add_argument(
         "--near-share",
         type=float,
         default=0.0,

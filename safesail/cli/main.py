@@ -253,7 +253,9 @@ def run(args: argparse.Namespace) -> int:
             from safesail.reference.labels import dump
 
             sae_id = require_selected_sae(ws.engine)
-            n = dump(ws.engine, sae_id, args.out, args.n, args.seed, args.near_share)
+            n = dump(
+                ws.engine, sae_id, args.out, args.n, args.seed, args.near_share, args.candidate_share
+            )
             print(f"wrote the blind views of {n} features of {sae_id} to {args.out}/view-*.txt")
         else:
             from safesail.reference.check import check, default_file

@@ -32,7 +32,7 @@ from safesail.errors import SafesailError
 from safesail.features.examples import TOP, feature_examples
 from safesail.stats import cohen_kappa
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
-from safesail.triage.text import reason_kind
+from safesail.triage.text import TEXT_LEVEL, reason_kind
 
 N_TOP = 5
 """Top-activating contexts shown per feature (as in the Label Studio task)."""
@@ -121,9 +121,11 @@ class Sampled:
     """Stratum size / features drawn from it: the inverse inclusion probability."""
 
 
-NEAR_TOP = 0.1
-"""Near misses: the non-candidates in this top share by safety score (triage came close and
-said no), drawn per rejection kind so every kind of "no" is judged."""
+NEAR_TOP = 0.15
+"""Near misses are the features triage came close on and said no to: every token-level
+rejection (the texts passed, the marked tokens did not) and this top share of the text-level
+rejections by AUROC for their closest concept; drawn per rejection kind, so every kind of "no"
+is judged."""
 
 
 def sample(
@@ -136,10 +138,9 @@ def sample(
 ) -> list[Sampled]:
     """A stratified sample of the SAE's live features (with examples): about `candidate_share`
     of it safety candidates spread over their concepts (every concept gets some), about
-    `near_share` near misses (the top NEAR_TOP of non-candidates by safety score, per rejection
-    kind, every kind gets some), the rest other features split into rare (bottom quarter by
-    firing rate), dense (top tenth) and the middle. Strata are defined before anyone reads a
-    feature; the order is shuffled."""
+    `near_share` near misses (see NEAR_TOP; per rejection kind, every kind gets some), the rest
+    other features split into rare (bottom quarter by firing rate), dense (top tenth) and the
+    middle. Strata are defined before anyone reads a feature; the order is shuffled."""
     with Session(engine) as session:
         rows = session.exec(
             select(
@@ -147,7 +148,7 @@ def sample(
                 Feature.candidate,
                 Feature.concept,
                 Feature.firing_rate,
-                Feature.safety_score,
+                Feature.auroc,
                 Feature.triage_reason,
             ).where(Feature.sae_id == sae_id, Feature.examples.is_not(None))
         ).all()
@@ -157,15 +158,17 @@ def sample(
     for r in rows:
         if r.candidate:
             strata.setdefault(f"candidate:{r.concept}", []).append(r.index)
-    rejected = sorted(
-        (r for r in rows if not r.candidate),
-        key=lambda r: (-(r.safety_score or 0.0), r.index),
+    rejected = [r for r in rows if not r.candidate]
+    kinds = {r.index: reason_kind(r.triage_reason or TEXT_LEVEL) for r in rejected}
+    text_level = sorted(
+        (r for r in rejected if kinds[r.index] == TEXT_LEVEL),
+        key=lambda r: (-(r.auroc or 0.0), r.index),
     )
-    near = rejected[: int(len(rejected) * NEAR_TOP)] if near_share > 0 else []
-    for r in near:
-        kind = reason_kind(r.triage_reason) if r.triage_reason else "no reason"
-        strata.setdefault(f"near:{kind}", []).append(r.index)
-    near_ids = {r.index for r in near}
+    near = [r for r in rejected if kinds[r.index] != TEXT_LEVEL]
+    near += text_level[: int(len(text_level) * NEAR_TOP)]
+    for r in near if near_share > 0 else []:
+        strata.setdefault(f"near:{kinds[r.index]}", []).append(r.index)
+    near_ids = {r.index for r in near} if near_share > 0 else set()
     others = sorted(
         (r for r in rejected if r.index not in near_ids), key=lambda r: (r.firing_rate, r.index)
     )
@@ -341,12 +344,13 @@ def dump(
     n: int,
     seed: int,
     near_share: float = 0.0,
+    candidate_share: float = 0.5,
     per_file: int = 60,
 ) -> int:
     """Write the blind views of a fresh sample to `out/view-NN.txt` (what labelers read) and
     the sample itself to `out/sample.json` (strata and weights: labelers must not read it, as
     the strata name triage's verdicts). Returns the number of features written."""
-    drawn = sample(engine, sae_id, n, seed, near_share=near_share)
+    drawn = sample(engine, sae_id, n, seed, candidate_share, near_share)
     with Session(engine) as session:
         rows = {
             f.index: f
@@ -366,6 +370,7 @@ def dump(
         "sae_id": sae_id,
         "sae_sha256": sae_sha256(engine, sae_id),
         "sample_seed": seed,
+        "candidate_share": candidate_share,
         "near_share": near_share,
         "split_seed": SPLIT_SEED,
         "features": [
