@@ -1,6 +1,8 @@
-"""Small statistics shared by the rooms: one Wilson interval, not three copies."""
+"""Small statistics shared by the rooms: one Wilson interval and one kappa, not copies."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -30,3 +32,13 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     proportions near 0 or 1, where the normal approximation is not."""
     low, high = wilson_bounds(successes, n, z)
     return float(low), float(high)
+
+
+def cohen_kappa(first: Sequence[str], second: Sequence[str]) -> float | None:
+    """Cohen's kappa of two labelings of the same items: agreement beyond what their label
+    frequencies give by chance. None where it is undefined (under two items, one class only)."""
+    if len(first) < 2 or len(set(first) | set(second)) < 2:
+        return None
+    from sklearn.metrics import cohen_kappa_score
+
+    return float(cohen_kappa_score(list(first), list(second)))

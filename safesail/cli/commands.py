@@ -208,6 +208,15 @@ def _reference(sub, common: argparse.ArgumentParser) -> None:
     )
     dump.add_argument("--n", type=int, default=240, help="features to sample")
     dump.add_argument("--seed", type=int, default=0, help="sampling seed")
+    dump.add_argument(
+        "--candidate-share", type=float, default=0.5, help="share of triage candidates"
+    )
+    dump.add_argument(
+        "--near-share",
+        type=float,
+        default=0.0,
+        help="share of near misses (top non-candidates by safety score, per rejection kind)",
+    )
     assemble = reference.add_parser(
         "assemble", help="join a dump's sample.json with the readers' labels (JSON lines)"
     )
@@ -216,6 +225,13 @@ def _reference(sub, common: argparse.ArgumentParser) -> None:
     assemble.add_argument("--out", type=Path, required=True, help="the reference set file")
     assemble.add_argument(
         "--overlap", type=Path, nargs="*", default=[], help="second readers' labels (JSONL)"
+    )
+    assemble.add_argument(
+        "--adjudication",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="third readings of the features the two readers split on (JSONL)",
     )
     check = reference.add_parser(
         "check",

@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "reference" and args.action == "assemble":  # needs no workspace
         from safesail.reference.labels import assemble
 
-        n = assemble(args.sample, args.labels, args.out, args.overlap)
+        n = assemble(args.sample, args.labels, args.out, args.overlap, args.adjudication)
         print(f"wrote {n} labeled features to {args.out}")
         return 0
     progress = not args.quiet
@@ -253,12 +253,16 @@ def run(args: argparse.Namespace) -> int:
             from safesail.reference.labels import dump
 
             sae_id = require_selected_sae(ws.engine)
-            n = dump(ws.engine, sae_id, args.out, args.n, args.seed)
+            n = dump(
+                ws.engine, sae_id, args.out, args.n, args.seed, args.near_share, args.candidate_share
+            )
             print(f"wrote the blind views of {n} features of {sae_id} to {args.out}/view-*.txt")
         else:
             from safesail.reference.check import check, default_file
 
-            report = check(ws, args.file or default_file(ws), args.half)
+            report = check(
+                ws, args.file or default_file(ws), args.half, " ".join(["safesail", *sys.argv[1:]])
+            )
             for name, value in report.items():
                 print(f"{name}={value}")
     elif cmd == "causal":

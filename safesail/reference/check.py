@@ -9,16 +9,21 @@ estimate the whole SAE rather than the candidate-heavy sample.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlmodel import Session, select
 
-from safesail.db.contracts import Workspace
+from safesail.db.contracts import LearnerPredictions, Workspace, read_record
 from safesail.db.queries import require_selected_sae
 from safesail.db.tables import Explanation, Feature
 from safesail.errors import SafesailError
+from safesail.reference.judge import judge
 from safesail.reference.labels import (
     ReferenceSet,
     agrees,
@@ -26,14 +31,23 @@ from safesail.reference.labels import (
     sae_sha256,
     weighted_precision_recall,
 )
-from safesail.stats import wilson_interval
+from safesail.stats import cohen_kappa, wilson_interval
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "bench" / "reference"
+
+def reference_dir() -> Path:
+    """Where the reference sets live: $SAFESAIL_REFERENCE_DIR, else this checkout's
+    bench/reference/ (the sets and their SAE weights are too large to ship in the package)."""
+    configured = os.environ.get("SAFESAIL_REFERENCE_DIR")
+    return (
+        Path(configured)
+        if configured
+        else Path(__file__).resolve().parents[2] / "bench" / "reference"
+    )
 
 
 def default_file(ws: Workspace) -> Path:
-    """bench/reference/<selected SAE>.json of this checkout."""
-    return REFERENCE_DIR / f"{require_selected_sae(ws.engine)}.json"
+    """<reference dir>/<selected SAE>.json."""
+    return reference_dir() / f"{require_selected_sae(ws.engine)}.json"
 
 
 def open_reference(ws: Workspace, path: Path) -> ReferenceSet:
@@ -79,13 +93,48 @@ def _accepted_auto(session: Session, sae_id: str, features: list[int]) -> dict[i
     return {int(f): list(concepts) for f, concepts in rows}
 
 
-def _interval(agree: int, n: int) -> str:
-    lo, hi = wilson_interval(agree, n)
-    return f"[{lo:.2f}, {hi:.2f}]"
+def _learner(session: Session, sae_id: str) -> dict[int, list[str]]:
+    """The active learner's concepts per feature: out-of-fold for the features it was taught,
+    so a labeled feature's answer never saw its own label (empty without such predictions)."""
+    stored = read_record(session, LearnerPredictions)
+    if stored is None:
+        return {}
+    return {f: list(p.concepts) for f, p in stored.usable_for(sae_id).items() if p.concepts}
 
 
-def check(ws: Workspace, path: Path, half: str = "test") -> dict[str, Any]:
-    """name -> figure, printed as name=value; the last is the number of reference features."""
+def log_test_run(path: Path, command: str, figures: dict[str, Any]) -> None:
+    """One line per reading of a test half (date, commit, command, figures), appended to the
+    log beside the reference set, so how often the test half was read is a recorded fact."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=path.parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        commit = ""
+    line = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit or "unknown",
+        "command": command,
+        "figures": figures,
+    }
+    try:
+        with open(path, "a") as log:
+            log.write(json.dumps(line) + "\n")
+    except OSError as exc:
+        raise SafesailError(
+            f"cannot append to the test-run log {path} ({exc.strerror}): the test half is read "
+            "only where the reading is recorded; use --half dev, or make the folder writable"
+        ) from None
+
+
+def check(ws: Workspace, path: Path, half: str = "test", command: str = "") -> dict[str, Any]:
+    """name -> figure, printed as name=value: per judged part (the simulated expert, triage,
+    the learner, accepted explanations) its agreement with the readers beside kappa, the
+    majority baseline and the safety-only figure; a test-half reading is logged first."""
     from safesail.experts.reader import read_features
 
     ref = open_reference(ws, path)
@@ -93,8 +142,9 @@ def check(ws: Workspace, path: Path, half: str = "test") -> dict[str, Any]:
     if not labels:
         raise SafesailError(f"{path} has no features in the '{half}' half")
     features = [r.feature for r in labels]
-    answers = read_features(ws.engine, ref.sae_id, features, ws.taxonomy)
-    expert = sum(agrees(answers[r.feature].labels, r) for r in labels if r.feature in answers)
+    expert = {
+        f: a.labels for f, a in read_features(ws.engine, ref.sae_id, features, ws.taxonomy).items()
+    }
     with Session(ws.engine) as session:
         candidate = dict(
             session.exec(
@@ -104,28 +154,31 @@ def check(ws: Workspace, path: Path, half: str = "test") -> dict[str, Any]:
             ).all()
         )
         accepted = _accepted_auto(session, ref.sae_id, features)
-    precision, recall, n_flagged, n_safety = weighted_precision_recall(
-        {f: bool(c) for f, c in candidate.items()}, labels
-    )
-    auto_agree = sum(agrees(accepted[r.feature], r) for r in labels if r.feature in accepted)
-    pair = ref.reader_agreement
-    return {
+        learner = _learner(session, ref.sae_id)
+    flagged = {f: bool(c) for f, c in candidate.items()}
+    precision, recall, n_flagged, n_safety = weighted_precision_recall(flagged, labels)
+    safe = ["safety" if r.safety else "not" for r in labels]
+    said = ["safety" if flagged.get(r.feature) else "not" for r in labels]
+    kappa = cohen_kappa(safe, said)
+    majority = max(safe.count("safety"), safe.count("not")) / len(safe)
+    figures: dict[str, Any] = {
         "reference_half": half,
-        "reader_agreement": (
-            f"{pair[0] / pair[1]:.3f} of {pair[1]} double-labeled" if pair and pair[1] else "none"
-        ),
-        "simulated_expert_agreement": round(expert / len(labels), 3),
-        "simulated_expert_agreement_interval": _interval(expert, len(labels)),
+        "reader_agreement": ref.reader_agreement.line() if ref.reader_agreement else "none",
+        **judge(expert, labels).figures("simulated_expert"),
         "triage_precision": round(precision, 3),
         "triage_recall": round(recall, 3),
+        "triage_kappa_safety_vs_not": "undefined" if kappa is None else round(kappa, 3),
+        "triage_majority_baseline": round(majority, 3),
         "triage_candidates_in_half": n_flagged,
         "reference_safety_features_in_half": n_safety,
+        **judge(learner, labels).figures("learner"),
+        **judge(accepted, labels).figures("accepted_explanations"),
         "accepted_explanations_in_half": len(accepted),
-        "accepted_agreement_reference": (
-            round(auto_agree / len(accepted), 3) if accepted else "none accepted"
-        ),
         f"reference_{half}_features": len(labels),
     }
+    if half == "test":
+        log_test_run(Path(path).with_name("test-runs.log"), command, figures)
+    return figures
 
 
 def reference_agreement(ws: Workspace) -> dict[str, Any] | None:

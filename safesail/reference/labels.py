@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +30,9 @@ from sqlmodel import Session, select
 from safesail.db.tables import Context, Feature, SaeRecord
 from safesail.errors import SafesailError
 from safesail.features.examples import TOP, feature_examples
+from safesail.stats import cohen_kappa
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
+from safesail.triage.text import TEXT_LEVEL, reason_kind
 
 N_TOP = 5
 """Top-activating contexts shown per feature (as in the Label Studio task)."""
@@ -119,34 +121,65 @@ class Sampled:
     """Stratum size / features drawn from it: the inverse inclusion probability."""
 
 
+NEAR_TOP = 0.15
+"""Near misses are the features triage came close on and said no to: every token-level
+rejection (the texts passed, the marked tokens did not) and this top share of the text-level
+rejections by AUROC for their closest concept; drawn per rejection kind, so every kind of "no"
+is judged."""
+
+
 def sample(
-    engine: Engine, sae_id: str, n: int = 240, seed: int = 0, candidate_share: float = 0.5
+    engine: Engine,
+    sae_id: str,
+    n: int = 240,
+    seed: int = 0,
+    candidate_share: float = 0.5,
+    near_share: float = 0.0,
 ) -> list[Sampled]:
     """A stratified sample of the SAE's live features (with examples): about `candidate_share`
-    of it safety candidates spread over their concepts (every concept gets some), the rest
+    of it safety candidates spread over their concepts (every concept gets some), about
+    `near_share` near misses (see NEAR_TOP; per rejection kind, every kind gets some), the rest
     other features split into rare (bottom quarter by firing rate), dense (top tenth) and the
     middle. Strata are defined before anyone reads a feature; the order is shuffled."""
     with Session(engine) as session:
         rows = session.exec(
-            select(Feature.index, Feature.candidate, Feature.concept, Feature.firing_rate).where(
-                Feature.sae_id == sae_id, Feature.examples.is_not(None)
-            )
+            select(
+                Feature.index,
+                Feature.candidate,
+                Feature.concept,
+                Feature.firing_rate,
+                Feature.auroc,
+                Feature.triage_reason,
+            ).where(Feature.sae_id == sae_id, Feature.examples.is_not(None))
         ).all()
     if not rows:
         raise SafesailError(f"SAE {sae_id} has no features with examples; run `safesail collect`")
     strata: dict[str, list[int]] = {}
-    others = sorted((r for r in rows if not r.candidate), key=lambda r: (r.firing_rate, r.index))
     for r in rows:
         if r.candidate:
             strata.setdefault(f"candidate:{r.concept}", []).append(r.index)
+    rejected = [r for r in rows if not r.candidate]
+    kinds = {r.index: reason_kind(r.triage_reason or TEXT_LEVEL) for r in rejected}
+    text_level = sorted(
+        (r for r in rejected if kinds[r.index] == TEXT_LEVEL),
+        key=lambda r: (-(r.auroc or 0.0), r.index),
+    )
+    near = [r for r in rejected if kinds[r.index] != TEXT_LEVEL]
+    near += text_level[: int(len(text_level) * NEAR_TOP)]
+    for r in near if near_share > 0 else []:
+        strata.setdefault(f"near:{kinds[r.index]}", []).append(r.index)
+    near_ids = {r.index for r in near} if near_share > 0 else set()
+    others = sorted(
+        (r for r in rejected if r.index not in near_ids), key=lambda r: (r.firing_rate, r.index)
+    )
     q1, q9 = int(len(others) * 0.25), int(len(others) * 0.9)
     strata["other:rare"] = [r.index for r in others[:q1]]
     strata["other:middle"] = [r.index for r in others[q1:q9]]
     strata["other:dense"] = [r.index for r in others[q9:]]
-    n_cand = int(round(n * candidate_share))
-    quotas = _allocate(
-        {k: len(v) for k, v in strata.items() if k.startswith("candidate:")}, n_cand, floor=3
-    )
+    quotas: dict[str, int] = {}
+    for prefix, share in (("candidate:", candidate_share), ("near:", near_share)):
+        sizes = {k: len(v) for k, v in strata.items() if k.startswith(prefix)}
+        quotas |= _allocate(sizes, int(round(n * share)), floor=3)
     quotas |= _allocate(
         {k: len(v) for k, v in strata.items() if k.startswith("other:")},
         n - sum(quotas.values()),
@@ -202,14 +235,36 @@ class ReferenceLabel:
 
 
 @dataclass(frozen=True)
+class ReaderAgreement:
+    """Two readers on the features both read (primary-label agreement and Cohen's kappa); a
+    set made before kappa was recorded has None there."""
+
+    agree: int
+    compared: int
+    kappa: float | None = None
+    kappa_safety: float | None = None
+    adjudicated: int | None = None
+
+    def line(self) -> str:
+        if not self.compared:
+            return "none"
+        kappa = "" if self.kappa is None else f", kappa {self.kappa:.2f}"
+        safety = "" if self.kappa_safety is None else f" (safety-vs-not {self.kappa_safety:.2f})"
+        third = "" if self.adjudicated is None else f", {self.adjudicated} adjudicated"
+        return (
+            f"{self.agree / self.compared:.3f} of {self.compared} read twice{kappa}{safety}{third}"
+        )
+
+
+@dataclass(frozen=True)
 class ReferenceSet:
     """The labels file with the SAE it was made for."""
 
     sae_id: str
     sae_sha256: str
     labels: dict[int, ReferenceLabel] = field(default_factory=dict)
-    reader_agreement: tuple[int, int] | None = None
-    """(agreeing, compared) of two readers on the double-labeled features."""
+    reader_agreement: ReaderAgreement | None = None
+    """The two readers on the double-read features."""
 
     def half(self, split: str) -> list[ReferenceLabel]:
         return [r for r in self.labels.values() if r.split == split]
@@ -251,17 +306,15 @@ def load(path: Path, label_values: Iterable[str]) -> ReferenceSet:
         )
     pair = data.get("reader_agreement")
     return ReferenceSet(
-        data["sae_id"],
-        data["sae_sha256"],
-        labels,
-        (int(pair["agree"]), int(pair["compared"])) if pair else None,
+        data["sae_id"], data["sae_sha256"], labels, ReaderAgreement(**pair) if pair else None
     )
 
 
-def agrees(answer: Iterable[str], reference: ReferenceLabel) -> bool:
-    """An answer agrees with a reference label when they share a label value (not safety-
-    related and not interpretable are values of their own)."""
-    return bool(set(answer) & set(reference.labels))
+def agrees(answer: Sequence[str], reference: ReferenceLabel) -> bool:
+    """An answer agrees with a reference label when its primary label is one of the reader's
+    (not safety-related and not interpretable are values of their own): the rule two readers
+    are held to between themselves, so no part is judged more leniently than a reader."""
+    return bool(answer) and answer[0] in reference.labels
 
 
 def weighted_precision_recall(
@@ -284,11 +337,20 @@ def weighted_precision_recall(
     return precision, recall, n_flagged, n_pos
 
 
-def dump(engine: Engine, sae_id: str, out: Path, n: int, seed: int, per_file: int = 60) -> int:
+def dump(
+    engine: Engine,
+    sae_id: str,
+    out: Path,
+    n: int,
+    seed: int,
+    near_share: float = 0.0,
+    candidate_share: float = 0.5,
+    per_file: int = 60,
+) -> int:
     """Write the blind views of a fresh sample to `out/view-NN.txt` (what labelers read) and
     the sample itself to `out/sample.json` (strata and weights: labelers must not read it, as
     the strata name triage's verdicts). Returns the number of features written."""
-    drawn = sample(engine, sae_id, n, seed)
+    drawn = sample(engine, sae_id, n, seed, candidate_share, near_share)
     with Session(engine) as session:
         rows = {
             f.index: f
@@ -308,6 +370,8 @@ def dump(engine: Engine, sae_id: str, out: Path, n: int, seed: int, per_file: in
         "sae_id": sae_id,
         "sae_sha256": sae_sha256(engine, sae_id),
         "sample_seed": seed,
+        "candidate_share": candidate_share,
+        "near_share": near_share,
         "split_seed": SPLIT_SEED,
         "features": [
             {
@@ -337,41 +401,83 @@ def _read_labels(label_files: Iterable[Path]) -> dict[int, dict]:
     return labels
 
 
+def _reading(row: dict) -> dict:
+    return {
+        "labeler": str(row.get("labeler", "")),
+        "labels": list(row["labels"]),
+        "confidence": int(row["confidence"]),
+        "reason": str(row["reason"]),
+    }
+
+
 def assemble(
-    sample_file: Path, label_files: Iterable[Path], out: Path, overlap: Iterable[Path] = ()
+    sample_file: Path,
+    label_files: Iterable[Path],
+    out: Path,
+    overlap: Iterable[Path] = (),
+    adjudication: Iterable[Path] = (),
 ) -> int:
     """Join the sample (strata, weights, splits, sha256) with the readers' JSON-lines labels
     into the reference set file; a sampled feature without a label, a label for a feature not
     in the sample, or a feature labeled twice is a one-line error. `overlap` files hold a
-    second reader's labels of some features: their agreement with the first is stored as
-    `reader_agreement`, the ceiling a simulated expert can be held to."""
+    second reader's labels of some features: where the two disagree on the primary label, a
+    third reading (`adjudication`) decides, and every feature keeps all its readings. The
+    readers' agreement and kappa (overall and safety-vs-not) are stored: the ceiling a
+    simulated expert can be held to."""
     manifest = json.loads(Path(sample_file).read_text())
     labels = _read_labels(label_files)
+    second, third = _read_labels(overlap), _read_labels(adjudication)
     sampled = {int(f["feature"]) for f in manifest["features"]}
     if missing := sorted(sampled - set(labels)):
         raise SafesailError(f"{len(missing)} sampled features have no label, e.g. {missing[:5]}")
-    if extra := sorted(set(labels) - sampled):
+    if extra := sorted((set(labels) | set(second) | set(third)) - sampled):
         raise SafesailError(f"labels for features not in the sample: {extra[:5]}")
-    for row in manifest["features"]:
-        given = labels[int(row["feature"])]
-        row.update(
-            labels=list(given["labels"]),
-            confidence=int(given["confidence"]),
-            reason=str(given["reason"]),
-            labeler=str(given.get("labeler", "")),
+    split = {f: r for f, r in second.items() if r["labels"][0] not in labels[f]["labels"]}
+    if undecided := sorted(set(split) - set(third)):
+        raise SafesailError(
+            f"{len(undecided)} double-read features disagree and have no adjudication, "
+            f"e.g. {undecided[:5]}"
         )
-    second = _read_labels(overlap)
-    agree, compared = reader_agreement(
+    for row in manifest["features"]:
+        feature = int(row["feature"])
+        readings = [labels[feature]] + ([second[feature]] if feature in second else [])
+        final = third[feature] if feature in split else labels[feature]
+        if feature in split:
+            readings.append(third[feature])
+        row.update(
+            labels=list(final["labels"]),
+            confidence=int(final["confidence"]),
+            reason=str(final["reason"]),
+            labeler=str(final.get("labeler", "")),
+            readings=[_reading(r) for r in readings],
+            adjudicated=feature in split,
+        )
+    manifest["reader_agreement"] = reader_agreement(
         {f: list(r["labels"]) for f, r in labels.items()},
         {f: list(r["labels"]) for f, r in second.items()},
-    )
-    manifest["reader_agreement"] = {"agree": agree, "compared": compared}
+    ) | {"adjudicated": len(split)}
     Path(out).write_text(json.dumps(manifest, indent=1) + "\n")
     return len(manifest["features"])
 
 
-def reader_agreement(first: dict[int, list[str]], second: dict[int, list[str]]) -> tuple[int, int]:
-    """(agreeing, compared) between two readers on the features both labeled, by the same rule
-    as `agrees` (a shared label value): the ceiling any simulated expert can be held to."""
+def reader_agreement(
+    first: dict[int, list[str]], second: dict[int, list[str]]
+) -> dict[str, int | float | None]:
+    """Two readers on the features both read: agreement on the primary label (the second's
+    primary is one of the first's labels), Cohen's kappa on the primary label and on
+    safety-vs-not. The ceiling any simulated expert can be held to."""
     both = sorted(set(first) & set(second))
-    return sum(bool(set(first[f]) & set(second[f])) for f in both), len(both)
+    agree = [second[f][0] in first[f] for f in both]
+    truth = [second[f][0] if ok else first[f][0] for f, ok in zip(both, agree, strict=True)]
+    kappa = cohen_kappa(truth, [second[f][0] for f in both])
+    is_safety = [
+        ["safety" if set(labels[f]) - {BENIGN, UNINTERPRETABLE} else "not" for f in both]
+        for labels in (first, second)
+    ]
+    kappa_safety = cohen_kappa(*is_safety)
+    return {
+        "agree": sum(agree),
+        "compared": len(both),
+        "kappa": None if kappa is None else round(kappa, 3),
+        "kappa_safety": None if kappa_safety is None else round(kappa_safety, 3),
+    }

@@ -140,14 +140,20 @@ def test_assemble_joins_labels_and_refuses_gaps_and_doubles(tmp_path):
     b = lines(tmp_path / "b.jsonl", [(3, ["terror", "weapons"])])
     second = lines(tmp_path / "o.jsonl", [(1, ["violence"]), (3, ["benign"])])
     out = tmp_path / "ref.json"
-    assert assemble(sample, [a, b], out, [second]) == 3
+    with pytest.raises(SafesailError, match="1 double-read features disagree and have no adj"):
+        assemble(sample, [a, b], out, [second])  # feature 3: terror/weapons against benign
+    third = lines(tmp_path / "t.jsonl", [(3, ["weapons"])])
+    assert assemble(sample, [a, b], out, [second], [third]) == 3
     data = json.loads(out.read_text())
-    assert [r["labels"] for r in data["features"]] == [
-        ["violence"],
-        ["benign"],
-        ["terror", "weapons"],
-    ]
-    assert data["reader_agreement"] == {"agree": 1, "compared": 2}
+    assert [r["labels"] for r in data["features"]] == [["violence"], ["benign"], ["weapons"]]
+    assert [len(r["readings"]) for r in data["features"]] == [2, 1, 3]
+    assert [r["adjudicated"] for r in data["features"]] == [False, False, True]
+    assert data["features"][2]["readings"][1]["labels"] == ["benign"]  # both answers are kept
+    agreement = data["reader_agreement"]
+    assert (agreement["agree"], agreement["compared"], agreement["adjudicated"]) == (1, 2, 1)
+    # violence/violence and terror/benign: observed 1/2, chance 1/4 from the marginals, so
+    # kappa 1/3; safety-vs-not (safety twice against safety and not): no better than chance
+    assert agreement["kappa"] == pytest.approx(1 / 3, abs=1e-3) and agreement["kappa_safety"] == 0.0
     with pytest.raises(SafesailError, match="1 sampled features have no label"):
         assemble(sample, [a], out)
     with pytest.raises(SafesailError, match="feature 1 is labeled twice"):
