@@ -15,7 +15,7 @@ from sqlmodel import Session, func, select
 
 from annotation.project import ensure_project, update_summary
 from annotation.settings import PushConfig
-from annotation.tasks import auto_predictions, build_tasks, prediction, task_key
+from annotation.tasks import auto_predictions, build_tasks, prediction, queue_position, task_key
 from annotation.transport import Client, ClientConfig, open_client
 from safesail.contracts import Learner, LearnerQuery, LearnerState, Workspace, read_record
 from safesail.errors import SafesailError
@@ -71,6 +71,21 @@ def _learner_predictions(
     }
 
 
+def queue_fields(queries: list[LearnerQuery], batch: int) -> dict[int, dict[str, Any]]:
+    """Task data that carries the learner's order into Label Studio: Community Edition has no
+    active-learning queue, so an annotator sorts the Data Manager by `queue_position` (or
+    follows its default sequential order, which is the import order, the same) and labels
+    top-down what the learner wants most."""
+    return {
+        q.feature: {
+            "queue_position": queue_position(batch, rank),
+            "query_score": None if q.score is None else round(float(q.score), 6),
+            "query_strategy": q.strategy,
+        }
+        for rank, q in enumerate(queries)
+    }
+
+
 def wants_two(key: str, overlap: float) -> bool:
     """Whether a task is in the overlap share (stable per feature: a hash, not a coin flip)."""
     return zlib.crc32(key.encode()) / 2**32 < overlap
@@ -116,7 +131,9 @@ def push(
         predictions.setdefault(f, []).extend(preds)
     wanted = {f: 2 if wants_two(task_key(sae_id, f), overlap) else 1 for f in features}
     with Session(ws.engine) as session:
-        tasks = build_tasks(session, sae_id, features, wanted, predictions)
+        tasks = build_tasks(
+            session, sae_id, features, wanted, predictions, queue_fields(queries, batch)
+        )
     info = {q.feature: q for q in queries}
     n_pushed = import_tasks(ws, client, project_id, key, tasks, batch, info, progress)
     with Session(ws.engine) as session:

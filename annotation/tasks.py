@@ -128,14 +128,28 @@ def auto_predictions(session: Session, sae_id: str, features: list[int]) -> dict
     }
 
 
+QUEUE_STRIDE = 100_000
+"""Positions per push batch in `queue_position` (a batch holds fewer features than this)."""
+
+
+def queue_position(batch: int, rank: int) -> int:
+    """A task's place in the labeling queue, project-wide: earlier batches first, then the
+    learner's order within the batch (rank 0 = the feature it wants labeled most)."""
+    return (batch - 1) * QUEUE_STRIDE + rank + 1
+
+
 def build_tasks(
     session: Session,
     sae_id: str,
     features: list[int],
     annotators_wanted: dict[int, int],
     predictions: dict[int, list[dict]],
+    queue: dict[int, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One task per feature (features without examples are skipped: nothing to show)."""
+    """One task per feature, in the order of `features` (features without examples are
+    skipped: nothing to show). `queue` adds per-feature fields to the task data (the learner's
+    queue position, score and strategy), so the order reaches Label Studio twice: as import
+    order, which its default sequential sampling serves, and as a data column to sort by."""
     layer = session.get(SaeRecord, sae_id).layer
     rows = {
         f.index: f
@@ -163,6 +177,7 @@ def build_tasks(
                     "summary": summary,
                     "html": feature_html(session, feature),
                     "annotators_wanted": annotators_wanted.get(index, 1),
+                    **(queue or {}).get(index, {}),
                 },
                 "predictions": predictions.get(index, []),
             }
