@@ -15,7 +15,7 @@ from sqlmodel import Session, func, select
 
 from annotation.project import ensure_project, update_summary
 from annotation.settings import PushConfig
-from annotation.tasks import auto_predictions, build_tasks, prediction, queue_position, task_key
+from annotation.tasks import auto_predictions, build_tasks, prediction, task_key
 from annotation.transport import Client, ClientConfig, open_client
 from safesail.contracts import Learner, LearnerQuery, LearnerState, Workspace, read_record
 from safesail.errors import SafesailError
@@ -71,14 +71,15 @@ def _learner_predictions(
     }
 
 
-def queue_fields(queries: list[LearnerQuery], batch: int) -> dict[int, dict[str, Any]]:
+def queue_fields(queries: list[LearnerQuery], start: int) -> dict[int, dict[str, Any]]:
     """Task data that carries the learner's order into Label Studio: Community Edition has no
     active-learning queue, so an annotator sorts the Data Manager by `queue_position` (or
     follows its default sequential order, which is the import order, the same) and labels
-    top-down what the learner wants most."""
+    top-down what the learner wants most. Positions continue after the `start` tasks the
+    project already holds, so a later batch queues behind the earlier ones."""
     return {
         q.feature: {
-            "queue_position": queue_position(batch, rank),
+            "queue_position": start + rank + 1,
             "query_score": None if q.score is None else round(float(q.score), 6),
             "query_strategy": q.strategy,
         }
@@ -122,6 +123,7 @@ def push(
             session.exec(select(func.max(LabelTask.batch)).where(LabelTask.project == key)).one()
             or 0
         ) + 1
+        queued = _task_count(session, key)
     learner = find_learner(ws, strategy)
     queries = _query(ws, learner, sae_id, n, pushed | labeled)
     features = [q.feature for q in queries]
@@ -132,7 +134,7 @@ def push(
     wanted = {f: 2 if wants_two(task_key(sae_id, f), overlap) else 1 for f in features}
     with Session(ws.engine) as session:
         tasks = build_tasks(
-            session, sae_id, features, wanted, predictions, queue_fields(queries, batch)
+            session, sae_id, features, wanted, predictions, queue_fields(queries, queued)
         )
     info = {q.feature: q for q in queries}
     n_pushed = import_tasks(ws, client, project_id, key, tasks, batch, info, progress)

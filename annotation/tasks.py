@@ -128,16 +128,6 @@ def auto_predictions(session: Session, sae_id: str, features: list[int]) -> dict
     }
 
 
-QUEUE_STRIDE = 100_000
-"""Positions per push batch in `queue_position` (a batch holds fewer features than this)."""
-
-
-def queue_position(batch: int, rank: int) -> int:
-    """A task's place in the labeling queue, project-wide: earlier batches first, then the
-    learner's order within the batch (rank 0 = the feature it wants labeled most)."""
-    return (batch - 1) * QUEUE_STRIDE + rank + 1
-
-
 def build_tasks(
     session: Session,
     sae_id: str,
