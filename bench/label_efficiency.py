@@ -156,7 +156,9 @@ def simulate(
 
 
 def labels_needed(curve: Curve, target: float) -> int:
-    return next(n for n, f1 in curve if f1 >= target - 1e-12)
+    """The first label count whose F1 reaches the target; the whole pool (the curve's last
+    point, where the model is the full-pool one) when none does."""
+    return next((n for n, f1 in curve if f1 >= target - 1e-12), curve[-1][0])
 
 
 def time_query(n_pool: int, dim: int, strategy: str, seed: int = 0) -> float:
