@@ -19,9 +19,9 @@ it to each labeled concept" per round (`neighbour_columns`), leaving the feature
 The corpus-tag statistics and triage's results stay as optional columns, named `tag:...`
 (`TAG_PREFIX`), so every figure can be reported without them.
 
-Building it embeds every window once per SAE (a minute or two on 4,608 features, 2 cores), so
-the matrix is cached in the process and on disk under the workspace, keyed by everything it
-reads: a new round of labels recomputes only the neighbour columns.
+Building it embeds every window of every feature, so the matrix is built once per SAE and
+cached in the process and on disk under the workspace, keyed by everything it reads: a new
+round of labels recomputes only the neighbour columns.
 """
 
 from __future__ import annotations
