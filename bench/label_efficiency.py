@@ -264,8 +264,9 @@ class Variant:
             f"columns; full-pool macro-F1 {np.mean(self.full):.3f} (majority baseline "
             f"{np.mean(self.majority):.3f}); kappa with the readers {kappa:.3f} (majority 0); "
             f"accuracy {np.mean(truth == pred):.3f} (majority "
-            f"{np.mean(truth == np.array(self.pred_majority)):.3f}); on the {int(safety.sum())} "
-            f"held-out safety features {np.mean(truth[safety] == pred[safety]):.3f}"
+            f"{np.mean(truth == np.array(self.pred_majority)):.3f}); on the readers' safety "
+            f"features {np.mean(truth[safety] == pred[safety]):.3f} ({int(safety.sum())} "
+            "held-out answers, pooled over the seeds' splits)"
         )
         for s in self.strategies:
             runs = self.curves[s]
