@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import weakref
 from collections import Counter
 from pathlib import Path
@@ -173,8 +174,13 @@ def feature_matrix(
 
 
 def _save(matrix: FeatureMatrix, path: Path) -> None:
-    """Written to a temporary name and renamed: an interrupted write leaves no half file."""
+    """Written to a temporary name and renamed: an interrupted write leaves no half file. The
+    SAE's older matrices (rows or weights changed since) are removed: nothing reads them."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    own = re.compile(rf"concept-features-{re.escape(matrix.sae_id)}-[0-9a-f]{{16}}\.npz")
+    for old in path.parent.glob("concept-features-*.npz"):
+        if old != path and own.fullmatch(old.name):
+            old.unlink(missing_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(
         tmp,

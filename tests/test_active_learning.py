@@ -366,7 +366,13 @@ def test_feature_matrix_reads_what_annotators_read(al_ws):
 
     ws, sae_id = al_ws, al_ws.selected_sae
     feats._CACHE.clear()  # built here, not taken from an earlier test's process cache
-    m = feats.feature_matrix(ws.engine, sae_id, ws.taxonomy, cache_dir=ws.config.workspace / "c")
+    cache = ws.config.workspace / "c"
+    cache.mkdir()
+    stale, other = (cache / f"concept-features-{s}-{'0' * 16}.npz" for s in (sae_id, f"{sae_id}-x"))
+    stale.write_bytes(b"old rows")
+    other.write_bytes(b"another SAE's")
+    m = feats.feature_matrix(ws.engine, sae_id, ws.taxonomy, cache_dir=cache)
+    assert not stale.exists() and other.exists()  # only this SAE's older matrix goes
     col = {c: i for i, c in enumerate(m.columns)}
     labels = [*ws.taxonomy.safety_concepts(), "benign"]
     for group in (
