@@ -1,71 +1,109 @@
-"""A fixed-length representation of each SAE feature built from what the database already holds,
-so the learner needs no model forward pass: per-concept selectivity, the corpus concepts of its
-top contexts (what an expert reads first), activation statistics, triage results and a cheap
-embedding of the tokens the feature fires on.
+"""What the concept model reads of each SAE feature: what an annotator reads in its Label
+Studio task, not the corpus tags of the texts it fires in.
+
+A reader labels a feature by what its marked tokens mean (bench/reference/RUBRIC.md), so the
+columns are built from the same windows the task shows (`safesail.experts.windows`):
+
+- reading: MiniLM embeddings (`safesail.experts.embed`, the reader's encoder) of each window's
+  marked span and of the phrase around it, as their per-concept prototype scores, each
+  concept's share of the windows' votes, a few principal components of the mean span and
+  phrase embeddings, and how alike the spans are;
+- tokens: the token classes of the peaks' whole words (`safesail.features.token_kinds`), word pieces, text
+  edges, one token throughout;
+- firing: density in its windows, activation quantiles, firing rate and count.
+
+Beside those, every feature keeps its unit decoder direction (from the SAE weights) and its
+activation pattern (where in the corpus it fires), which the learner turns into "how close is
+it to each labeled concept" per round (`neighbour_columns`), leaving the feature itself out.
+
+The corpus-tag statistics and triage's results stay as optional columns, named `tag:...`
+(`TAG_PREFIX`), so every figure can be reported without them.
+
+Building it embeds every window of every feature, so the matrix is built once per SAE and
+cached in the process and on disk under the workspace, keyed by everything it reads: a new
+round of labels recomputes only the neighbour columns.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
 import weakref
+from collections import Counter
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from scipy import sparse
 from sqlalchemy import case, func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from safesail.db.queries import chunked
-from safesail.db.tables import Context, Feature, corpus_concepts
+from safesail.db.tables import Context, Feature, SaeRecord, corpus_concepts
+from safesail.experts.embed import Embedder, Prototypes, default_embedder
+from safesail.experts.windows import ReaderConfig, Reading, feature_windows, read_window
 from safesail.features.examples import TOP, examples_of
+from safesail.features.token_kinds import CONTENT, NON_CONTENT
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE, Taxonomy
 
-EMBED_DIM = 24
-"""Components of the top-token embedding (TF-IDF over peak tokens, reduced by TruncatedSVD)."""
-PEAK_SHARE = 0.5
-"""A token counts as a peak when it reaches this share of its context's max activation."""
+FEATURES_VERSION = 2
+"""Part of the disk cache's key: rises when a column changes meaning."""
+EMBED_COMPONENTS = 16
+"""Principal components kept of the mean span and of the mean phrase embedding."""
 MIN_TOP = 5
 """Fewer top contexts than this leave too little to judge (the prior says uninterpretable)."""
+TAG_PREFIX = "tag:"
+"""Columns made of corpus tags or triage's results (optional: `tag_free`)."""
+KINDS = (CONTENT, *NON_CONTENT)
 
 
 class FeatureMatrix(NamedTuple):
-    """Rows of X are the features (of one SAE) that have examples, in `features` order."""
+    """Rows are the features (of one SAE) that have examples, in `features` order."""
 
     sae_id: str
     features: np.ndarray  # feature indices, int64
-    X: np.ndarray  # float32 (n_features, n_columns)
+    X: np.ndarray  # float32 (n_features, n_columns): the label-free columns
     columns: list[str]
-    value: np.ndarray  # labeling value: safety relevance x activation frequency, in [0, 1]
+    value: np.ndarray  # labeling value: safety relevance x firing frequency, in [0, 1]
     prior: list[tuple[str, float]]  # triage's guess (label, rough probability) for cold starts
+    decoder: np.ndarray  # float32 (n_features, d_in) unit decoder directions (0: no weights)
+    pattern: sparse.csr_matrix  # (n_features, n_texts) unit rows: activation per corpus text
 
 
-def _peak_tokens(examples: list, contexts: dict[int, list[str]]) -> list[str]:
-    """The normalised tokens at (near) the peak activation of each top context."""
-    out = []
-    for ex in examples:
-        tokens = contexts.get(ex.text_id)
-        if tokens is None or ex.max_act <= 0:
-            continue
-        for pos in np.flatnonzero(ex.activations >= PEAK_SHARE * ex.max_act):
-            if pos < len(tokens) and (tok := tokens[pos].strip().lower()):
-                out.append(tok)
-    return out
+def tag_free(columns: list[str]) -> np.ndarray:
+    """Indices of the columns not made of corpus tags or triage's results."""
+    return np.array([i for i, c in enumerate(columns) if not c.startswith(TAG_PREFIX)], dtype=int)
 
 
-def _embed(docs: list[list[str]], seed: int) -> np.ndarray:
-    """TF-IDF over each feature's peak tokens, reduced to EMBED_DIM dimensions (zero-padded
-    when the vocabulary is smaller)."""
-    from sklearn.decomposition import TruncatedSVD
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    out = np.zeros((len(docs), EMBED_DIM), dtype=np.float32)
-    if not any(docs):
-        return out
-    tfidf = TfidfVectorizer(analyzer=lambda doc: doc, sublinear_tf=True).fit_transform(docs)
-    k = min(EMBED_DIM, tfidf.shape[1] - 1, len(docs) - 1)
-    if k < 1:
-        return out
-    out[:, :k] = TruncatedSVD(n_components=k, random_state=seed).fit_transform(tfidf)
-    return out
+def neighbour_columns(
+    matrix: FeatureMatrix, labeled_rows: np.ndarray, labels: np.ndarray, classes: list[str]
+) -> tuple[np.ndarray, list[str]]:
+    """Per row and class: the highest cosine of the row's decoder direction, and of its
+    activation pattern, with a labeled feature of that class, never with the row itself (a
+    labeled row sees the others, as an unlabeled one does), 0 when the class has no labeled
+    feature. Features that write the same direction, or fire on the same texts, tend to mean
+    the same: this is how the labels of the neighbours reach the rest."""
+    n, k = len(matrix.features), len(classes)
+    out = np.zeros((n, 2 * k), dtype=np.float32)
+    names = [f"near_decoder:{c}" for c in classes] + [f"near_pattern:{c}" for c in classes]
+    labeled_rows = np.asarray(labeled_rows, dtype=int)
+    if not len(labeled_rows):
+        return out, names
+    sims = (
+        matrix.decoder @ matrix.decoder[labeled_rows].T,
+        np.asarray((matrix.pattern @ matrix.pattern[labeled_rows].T).todense(), dtype=np.float32),
+    )
+    labels = np.asarray(labels)
+    for s, sim in enumerate(sims):
+        sim[labeled_rows, np.arange(len(labeled_rows))] = -np.inf
+        for j, c in enumerate(classes):
+            own = labels == c
+            if own.any():
+                best = sim[:, own].max(axis=1)
+                out[:, s * k + j] = np.where(np.isfinite(best), best, 0.0)
+    return out, names
 
 
 _CACHE: weakref.WeakKeyDictionary[Engine, dict[tuple, tuple[tuple, FeatureMatrix]]] = (
@@ -76,8 +114,9 @@ _CACHE: weakref.WeakKeyDictionary[Engine, dict[tuple, tuple[tuple, FeatureMatrix
 
 def _fingerprint(session: Session, sae_id: str) -> tuple:
     """A cheap summary of everything the matrix reads: the SAE's feature rows (count, examples,
-    collect's statistics, triage's results) and the stored contexts. Collect and triage
-    update rows in place, so sums of their columns are part of it, not just the count."""
+    collect's statistics, triage's results), its weights file and the stored contexts. Collect
+    and triage update rows in place, so sums of their columns are part of it, not just the
+    count."""
     f = Feature
     row = session.exec(
         select(
@@ -93,30 +132,119 @@ def _fingerprint(session: Session, sae_id: str) -> tuple:
         ).where(f.sae_id == sae_id)
     ).one()
     contexts = session.exec(select(func.count()).select_from(Context)).one()
-    return (*row, contexts)
+    record = session.get(SaeRecord, sae_id)
+    weights = Path(record.path) / "sae_weights.safetensors" if record else None
+    stamp = (
+        (weights.stat().st_size, weights.stat().st_mtime_ns)
+        if weights and weights.exists()
+        else None
+    )
+    return (*(round(v, 4) if isinstance(v, float) else v for v in row), contexts, stamp)
 
 
-def feature_matrix(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int = 0) -> FeatureMatrix:
+def feature_matrix(
+    engine: Engine,
+    sae_id: str,
+    taxonomy: Taxonomy,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+) -> FeatureMatrix:
     """The representation of every feature of `sae_id` that has examples, cached in the process
-    while the SAE's rows are unchanged (building takes seconds on 4,608 features, and one
-    `label push` asks for it twice). Its arrays are read-only: the cache shares them."""
+    and (with `cache_dir`) on disk while the SAE's rows and weights are unchanged. Its arrays are
+    read-only: the cache shares them."""
     key = (sae_id, seed, tuple(taxonomy.concepts), tuple(taxonomy.safety_concepts()))
     with Session(engine) as session:
         fingerprint = _fingerprint(session, sae_id)
     held = _CACHE.setdefault(engine, {}).get(key)
     if held is not None and held[0] == fingerprint:
         return held[1]
-    matrix = _build(engine, sae_id, taxonomy, seed)
-    for array in (matrix.features, matrix.X, matrix.value):
+    digest = hashlib.sha1(
+        json.dumps([FEATURES_VERSION, key, fingerprint], default=str).encode()
+    ).hexdigest()[:16]
+    path = cache_dir / f"concept-features-{sae_id}-{digest}.npz" if cache_dir else None
+    matrix = _load(path, engine, sae_id) if path and path.exists() else None
+    if matrix is None:
+        matrix = _build(engine, sae_id, taxonomy, seed)
+        if path is not None:
+            _save(matrix, path)
+    for array in (matrix.features, matrix.X, matrix.value, matrix.decoder):
         array.flags.writeable = False
     _CACHE[engine][key] = (fingerprint, matrix)
     return matrix
 
 
+def _save(matrix: FeatureMatrix, path: Path) -> None:
+    """Written to a temporary name and renamed: an interrupted write leaves no half file. The
+    SAE's older matrices (rows or weights changed since) are removed: nothing reads them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    own = re.compile(rf"concept-features-{re.escape(matrix.sae_id)}-[0-9a-f]{{16}}\.npz")
+    for old in path.parent.glob("concept-features-*.npz"):
+        if old != path and own.fullmatch(old.name):
+            old.unlink(missing_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(
+        tmp,
+        features=matrix.features,
+        X=matrix.X,
+        columns=np.array(matrix.columns),
+        value=matrix.value,
+        prior_labels=np.array([p[0] for p in matrix.prior]),
+        prior_probs=np.array([p[1] for p in matrix.prior], dtype=np.float64),
+        pattern_data=matrix.pattern.data,
+        pattern_indices=matrix.pattern.indices,
+        pattern_indptr=matrix.pattern.indptr,
+        pattern_shape=np.array(matrix.pattern.shape),
+    )
+    tmp.replace(path)
+
+
+def _load(path: Path, engine: Engine, sae_id: str) -> FeatureMatrix | None:
+    """The cached matrix (the decoder is read from the weights again); None when unreadable."""
+    try:
+        with np.load(path) as z:
+            features = z["features"]
+            pattern = sparse.csr_matrix(
+                (z["pattern_data"], z["pattern_indices"], z["pattern_indptr"]),
+                shape=tuple(z["pattern_shape"]),
+            )
+            return FeatureMatrix(
+                sae_id,
+                features,
+                z["X"],
+                [str(c) for c in z["columns"]],
+                z["value"],
+                [
+                    (str(label), float(p))
+                    for label, p in zip(z["prior_labels"], z["prior_probs"], strict=True)
+                ],
+                _decoder(engine, sae_id, features),
+                pattern,
+            )
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _decoder(engine: Engine, sae_id: str, features: np.ndarray) -> np.ndarray:
+    """Unit decoder directions of the features, read from the SAE's weights file (sae-lens
+    format: W_dec is d_sae x d_in); zeros when the weights are not on disk (a reference-only
+    SAE), so the decoder columns then carry nothing rather than failing."""
+    from safetensors import safe_open
+
+    with Session(engine) as session:
+        record = session.get(SaeRecord, sae_id)
+    path = Path(record.path) / "sae_weights.safetensors" if record else None
+    if path is None or not path.exists():
+        return np.zeros((len(features), 1), dtype=np.float32)
+    with safe_open(str(path), framework="numpy") as weights:
+        w_dec = np.asarray(weights.get_tensor("W_dec"), dtype=np.float32)
+    rows = w_dec[np.asarray(features, dtype=int)]
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return (rows / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
 class _Columns(NamedTuple):
     """The Feature columns the representation reads, selected as plain columns (as triage
-    reads them): no ORM object per feature, whose identity map and change tracking the
-    learner never uses."""
+    reads them): no ORM object per feature."""
 
     index: int
     n_fire: int
@@ -133,28 +261,135 @@ class _Columns(NamedTuple):
     precision: float | None
 
 
-def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> FeatureMatrix:
+def _pca(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """The first k principal components (zero-padded when there are fewer rows or dims)."""
+    from sklearn.decomposition import PCA
+
+    out = np.zeros((len(vectors), k), dtype=np.float32)
+    m = min(k, len(vectors) - 1, vectors.shape[1])
+    if m >= 1:
+        out[:, :m] = PCA(n_components=m, random_state=seed).fit_transform(vectors)
+    return out
+
+
+def _reading_columns(
+    reads: list[list[Reading]], taxonomy: Taxonomy, embedder: Embedder, seed: int
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Columns of what the windows say, and each feature's share of safety votes (its value):
+    per window, the reader's span/phrase prototype scores; per feature, their means and vote
+    shares over its content windows, the embeddings' principal components and the spans'
+    coherence."""
+    config = ReaderConfig()
+    prototypes = Prototypes(taxonomy, embedder)
+    labels = prototypes.labels
+    n = len(reads)
+    flat = [r for rs in reads for r in rs if r.kind == CONTENT]
+    spans = embedder(r.span for r in flat)
+    phrases = embedder(r.phrase for r in flat)
+    w = config.span_weight
+    scores = (
+        w * prototypes.scores(spans) + (1 - w) * prototypes.scores(phrases)
+        if flat
+        else np.zeros((0, len(labels)), dtype=np.float32)
+    )
+    dim = spans.shape[1]
+    mean_score = np.zeros((n, len(labels)), dtype=np.float32)
+    votes = np.zeros_like(mean_score)
+    mean_span = np.zeros((n, dim), dtype=np.float32)
+    mean_phrase = np.zeros_like(mean_span)
+    coherence = np.zeros(n, dtype=np.float32)
+    start = 0
+    for i, rs in enumerate(reads):
+        m = sum(r.kind == CONTENT for r in rs)
+        if not m:
+            continue
+        part = slice(start, start + m)
+        start += m
+        mean_score[i] = scores[part].mean(axis=0)
+        votes[i] = np.bincount(scores[part].argmax(axis=1), minlength=len(labels)) / m
+        mean_span[i] = spans[part].mean(axis=0)
+        mean_phrase[i] = phrases[part].mean(axis=0)
+        if m > 1:
+            sim = spans[part] @ spans[part].T
+            coherence[i] = (sim.sum() - np.trace(sim)) / (m * (m - 1))
+    X = np.hstack(
+        [
+            mean_score,
+            votes,
+            _pca(mean_span, EMBED_COMPONENTS, seed),
+            _pca(mean_phrase, EMBED_COMPONENTS, seed),
+            coherence[:, None],
+        ]
+    )
+    columns = (
+        [f"proto:{c}" for c in labels]
+        + [f"vote:{c}" for c in labels]
+        + [f"span_pc{i}" for i in range(EMBED_COMPONENTS)]
+        + [f"phrase_pc{i}" for i in range(EMBED_COMPONENTS)]
+        + ["coherence"]
+    )
+    safety_votes = votes[:, [j for j, c in enumerate(labels) if c != BENIGN]].sum(axis=1)
+    return X.astype(np.float32), columns, safety_votes
+
+
+def _token_columns(reads: list[list[Reading]]) -> tuple[np.ndarray, list[str]]:
+    """Per feature, over its windows: the share of each token class of the peaks' whole words,
+    of word pieces, of peaks at a text's edge, of the commonest peak token, the windows' mean
+    firing density and how many windows there are."""
+    rows = []
+    for rs in reads:
+        m = max(len(rs), 1)
+        kinds = Counter(r.kind for r in rs)
+        tokens = Counter(r.peak_token.strip().lower() for r in rs)
+        rows.append(
+            [kinds.get(k, 0) / m for k in KINDS]
+            + [
+                sum(r.fragment for r in rs) / m,
+                sum(r.at_edge for r in rs) / m,
+                (tokens.most_common(1)[0][1] / m) if rs else 0.0,
+                float(np.mean([r.density for r in rs])) if rs else 0.0,
+                np.log1p(len(rs)),
+            ]
+        )
+    columns = [f"kind:{k}" for k in KINDS] + [
+        "piece_share",
+        "edge_share",
+        "same_token_share",
+        "window_density",
+        "log_n_windows",
+    ]
+    return np.asarray(rows, dtype=np.float32).reshape(len(reads), len(columns)), columns
+
+
+def _pattern(examples: list[list], n: int) -> sparse.csr_matrix:
+    """Unit rows over the corpus texts: each feature's strongest activation per text among its
+    stored examples (top contexts and decile samples)."""
+    text_col: dict[int, int] = {}
+    rows, cols, vals = [], [], []
+    for i, exs in enumerate(examples):
+        best: dict[int, float] = {}
+        for e in exs:
+            best[e.text_id] = max(best.get(e.text_id, 0.0), float(e.max_act))
+        for text_id, act in best.items():
+            if act > 0:
+                rows.append(i)
+                cols.append(text_col.setdefault(text_id, len(text_col)))
+                vals.append(act)
+    m = sparse.csr_matrix(
+        (np.asarray(vals, dtype=np.float32), (rows, cols)), shape=(n, max(len(text_col), 1))
+    )
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    return sparse.csr_matrix(sparse.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ m)
+
+
+def _tag_columns(
+    rows: list[_Columns], tops: list[list], text_concepts: dict, taxonomy: Taxonomy
+) -> tuple[np.ndarray, list[str]]:
+    """The optional corpus-tag and triage columns: per concept, the share of firing texts, the
+    level there, their lift over the mean, the top contexts' concepts and their lift over the
+    corpus; triage's score, AUROC, precision, candidacy and concept."""
     concepts = [c for c in taxonomy.concepts if c != UNINTERPRETABLE]
     safety = taxonomy.safety_concepts()
-    with Session(engine) as session:
-        rows = [
-            _Columns(*r)
-            for r in session.exec(
-                select(*(getattr(Feature, name) for name in _Columns._fields))
-                .where(Feature.sae_id == sae_id, Feature.examples.is_not(None))
-                .order_by(Feature.index)
-            )
-        ]
-        examples = [[e for e in examples_of(r.examples) if e.kind == TOP] for r in rows]
-        needed = sorted({e.text_id for exs in examples for e in exs})
-        text_concepts = corpus_concepts(session)
-        contexts = {
-            text_id: tokens
-            for part in chunked(needed)
-            for text_id, tokens in session.exec(
-                select(Context.text_id, Context.tokens).where(Context.text_id.in_(part))
-            )
-        }
     n = len(rows)
     frac = np.zeros((n, len(concepts)), dtype=np.float64)
     level = np.zeros_like(frac)
@@ -167,7 +402,7 @@ def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> Featur
     lift = np.log((frac + 0.01) / (mean_frac + 0.01))
     top = np.zeros_like(frac)
     col = {c: j for j, c in enumerate(concepts)}
-    for i, exs in enumerate(examples):
+    for i, exs in enumerate(tops):
         for ex in exs:
             for c in set(text_concepts.get(ex.text_id, ())):
                 if c in col:
@@ -178,29 +413,10 @@ def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> Featur
             if c in col:
                 base[col[c]] += 1.0 / max(len(text_concepts), 1)
     top_lift = np.log((top + 0.01) / (base + 0.01))
-    n_fire = np.array([r.n_fire for r in rows], dtype=np.float64)
-    n_top = np.array([len(e) for e in examples], dtype=np.float64)
-    qkeys = sorted({k for r in rows for k in r.quantiles}, key=float)
-    quant = np.array(
-        [
-            [r.quantiles.get(k, 0.0) / r.max_act if r.max_act > 0 else 0.0 for k in qkeys]
-            for r in rows
-        ]
-    ).reshape(n, len(qkeys))
-    stats = np.column_stack(
-        [
-            np.log1p(n_fire),
-            np.log10([r.firing_rate + 1e-7 for r in rows]),
-            np.log1p([r.mean_act for r in rows]),
-            np.log1p([r.max_act for r in rows]),
-            np.log1p(n_top),
-        ]
-    ).reshape(n, 5)
-    score = np.array([r.safety_score or 0.0 for r in rows])
     auroc = np.array([r.auroc if r.auroc is not None else 0.5 for r in rows])
     triage = np.column_stack(
         [
-            score,
+            [r.safety_score or 0.0 for r in rows],
             auroc,
             [r.precision or 0.0 for r in rows],
             [float(r.candidate) for r in rows],
@@ -210,37 +426,80 @@ def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> Featur
     for i, row in enumerate(rows):
         if row.concept in safety:
             best[i, safety.index(row.concept)] = auroc[i] - 0.5
-    embed = _embed([_peak_tokens(e, contexts) for e in examples], seed)
-    X = np.hstack([frac, level, lift, top, top_lift, quant, stats, triage, best, embed]).astype(
-        np.float32
-    )
-    columns = (
+    names = (
         [f"frac:{c}" for c in concepts]
         + [f"level:{c}" for c in concepts]
         + [f"lift:{c}" for c in concepts]
         + [f"top:{c}" for c in concepts]
         + [f"top_lift:{c}" for c in concepts]
-        + [f"q{k}" for k in qkeys]
-        + ["log_n_fire", "log_rate", "log_mean", "log_max", "log_n_top"]
         + ["safety_score", "auroc", "precision", "candidate"]
         + [f"triage:{c}" for c in safety]
-        + [f"embed{i}" for i in range(EMBED_DIM)]
     )
-    safe_idx = [concepts.index(c) for c in safety if c in concepts]
-    benign = frac[:, concepts.index(BENIGN)] if BENIGN in concepts else np.zeros(n)
-    excess = (frac[:, safe_idx].max(axis=1) - benign).clip(0) if safe_idx else np.zeros(n)
-    relevance = 0.05 + np.maximum(score, excess)
+    X = np.hstack([frac, level, lift, top, top_lift, triage, best])
+    return X.astype(np.float32), [TAG_PREFIX + c for c in names]
+
+
+def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> FeatureMatrix:
+    with Session(engine) as session:
+        rows = [
+            _Columns(*r)
+            for r in session.exec(
+                select(*(getattr(Feature, name) for name in _Columns._fields))
+                .where(Feature.sae_id == sae_id, Feature.examples.is_not(None))
+                .order_by(Feature.index)
+            )
+        ]
+        text_concepts = corpus_concepts(session)
+    features = np.array([r.index for r in rows], dtype=np.int64)
+    examples = [examples_of(r.examples) for r in rows]
+    tops = [[e for e in exs if e.kind == TOP] for exs in examples]
+    windows = feature_windows(engine, sae_id, [int(f) for f in features])
+    config = ReaderConfig()
+    reads = [[read_window(w, config) for w in windows.get(int(f), [])] for f in features]
+    reading, reading_names, safety_votes = _reading_columns(
+        reads, taxonomy, default_embedder(), seed
+    )
+    tokens, token_names = _token_columns(reads)
+    n = len(rows)
+    n_fire = np.array([r.n_fire for r in rows], dtype=np.float64)
+    qkeys = sorted({k for r in rows for k in r.quantiles}, key=float)
+    quant = np.array(
+        [
+            [r.quantiles.get(k, 0.0) / r.max_act if r.max_act > 0 else 0.0 for k in qkeys]
+            for r in rows
+        ]
+    ).reshape(n, len(qkeys))
+    firing = np.column_stack(
+        [
+            np.log1p(n_fire),
+            np.log10([r.firing_rate + 1e-7 for r in rows]),
+            np.log1p([r.mean_act for r in rows]),
+            np.log1p([r.max_act for r in rows]),
+            np.log1p([len(t) for t in tops]),
+        ]
+    ).reshape(n, 5)
+    tags, tag_names = _tag_columns(rows, tops, text_concepts, taxonomy)
+    X = np.hstack([reading, tokens, quant, firing, tags]).astype(np.float32)
+    columns = (
+        reading_names
+        + token_names
+        + [f"q{k}" for k in qkeys]
+        + ["log_n_fire", "log_rate", "log_mean", "log_max", "log_n_top"]
+        + tag_names
+    )
     frequency = np.log1p(n_fire) / max(np.log1p(n_fire).max(initial=0.0), 1e-9)
-    value = relevance * frequency
+    value = (0.05 + safety_votes) * frequency
     value = value / max(value.max(initial=0.0), 1e-12)
-    prior = [_prior(r, len(e)) for r, e in zip(rows, examples, strict=True)]
+    prior = [_prior(r, len(t)) for r, t in zip(rows, tops, strict=True)]
     return FeatureMatrix(
         sae_id,
-        np.array([r.index for r in rows], dtype=np.int64),
+        features,
         X,
         columns,
-        value,
+        value.astype(np.float64),
         prior,
+        _decoder(engine, sae_id, features),
+        _pattern(examples, n),
     )
 
 

@@ -6,8 +6,12 @@ what the current model predicts for the rest.
 per SAE and label state, so one `label push` asks it for a batch and its predictions without
 reading the labels twice. Labels are primary-concept multi-class: a feature's label is the first
 safety concept of its human Explanation, else "benign" (not safety-related), else
-"uninterpretable". Macro-F1 is taken over the label values present. Import-light: scikit-learn
-and modAL are imported inside the methods.
+"uninterpretable". Macro-F1 is taken over the label values present.
+
+The model is `ConceptModel` (what annotators read, see active_learning/features.py): its
+out-of-fold predictions give the held-out macro-F1 and fit the temperature that calibrates
+every probability it publishes, because the explainer's cascade thresholds them. scikit-learn
+and modAL are imported inside the functions (the plugin imports this module only when used).
 """
 
 from __future__ import annotations
@@ -16,14 +20,17 @@ import hashlib
 import json
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
+import numpy as np
 from sqlmodel import Session
 
+from active_learning.features import FeatureMatrix, feature_matrix, neighbour_columns, tag_free
 from active_learning.strategies import can_fit, get_strategy, make_estimator, strategy_names
 from safesail.db.contracts import (
     CurvePoint,
@@ -41,25 +48,25 @@ from safesail.db.tables import session_scope
 from safesail.errors import SafesailError
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
-if TYPE_CHECKING:
-    import numpy as np
-
-LEARNER_VERSION = "al1"
+LEARNER_VERSION = "al2"
 """Bumped when the representation or the model changes, so model_version names change too."""
 
 
 @dataclass(frozen=True)
 class ALConfig:
-    """How the learner fits and which strategy picks the next batch."""
+    """How the concept model fits and which strategy picks the next batch."""
 
-    strategy: str = "diverse"
+    strategy: str = "value"
     """uncertainty | margin | entropy | committee (max KL disagreement) | diverse (modAL ranked
-    batch over the most uncertain; best in bench/label_efficiency.py) | value (margin
-    uncertainty x safety value, diverse batch) | random."""
+    batch over the most uncertain) | value (margin uncertainty x safety value, diverse batch:
+    the default, fixed before bench/label_efficiency.py ran) | random."""
     seed: int = 0
     """Seeds the model, committee bootstraps, cross-validation folds and random sampling."""
     C: float = 0.3
     """Inverse L2 regularisation of the logistic regression."""
+    tag_columns: bool = False
+    """Also learn from the corpus-tag and triage columns (features.TAG_PREFIX). Off by default:
+    a reader labels what the marked tokens mean, and tag statistics fire on co-occurrence."""
     min_labels: int = 4
     """Fewer human labels than this (or a single class): cold start, a value-weighted diverse
     batch instead of model uncertainty."""
@@ -68,7 +75,7 @@ class ALConfig:
     candidate_factor: int = 10
     """Diverse batches re-rank the top candidate_factor x n features by score."""
     cv_folds: int = 5
-    """At most this many folds for the held-out macro-F1 estimate."""
+    """At most this many folds for the out-of-fold predictions and their calibration."""
 
     def __post_init__(self) -> None:
         if self.strategy not in strategy_names():
@@ -81,15 +88,6 @@ class ALConfig:
             raise ValueError("min_labels, committee_size and cv_folds must be >= 2")
         if self.candidate_factor < 1:
             raise ValueError(f"candidate_factor must be >= 1, got {self.candidate_factor}")
-
-
-@dataclass
-class Prediction(PredictedLabel):
-    """A PredictedLabel that also names the model that made it: the fitted model's version,
-    with "-prior" (triage's guess at a cold start) or "-rule" (no examples) appended, which the
-    labeling room shows as the pre-annotation's model_version."""
-
-    model_version: str = ""
 
 
 def primary_label(concepts: list[str], values: list[str]) -> str | None:
@@ -124,188 +122,51 @@ def _one_blas_thread() -> Iterator[None]:
         yield
 
 
-class ActiveLearner:
-    """The learner of the workspace's selected SAE, over its labels at construction
-    (`setup`); build a new one after labels change."""
+class OutOfFold(NamedTuple):
+    """Each labeled feature's prediction from a model that never saw its label."""
 
-    def __init__(self, ws: Workspace, config: ALConfig | None = None) -> None:
-        self.ws = ws
-        self.config = config or ALConfig()
-        self.strategy = get_strategy(self.config.strategy)
-        self.setup()
+    labels: np.ndarray  # predicted class per labeled feature
+    probability: np.ndarray  # its calibrated probability
+    proba: np.ndarray  # raw (uncalibrated) probabilities, (n_labeled, len(classes))
+    classes: np.ndarray  # the classes present in the labels, sorted
+    temperature: float  # fitted on these out-of-fold probabilities
 
-    def setup(self) -> None:
-        """Read the selected SAE, its feature matrix (cached per process) and its gold labels;
-        standardise the rows; name the model version after labels and settings."""
-        import numpy as np
 
-        from active_learning.features import feature_matrix
+def fit_temperature(proba: np.ndarray, y_index: np.ndarray) -> float:
+    """The temperature T minimising the log-loss of softmax(log p / T) on out-of-fold
+    probabilities: one parameter, so a few dozen labels fit it without over-fitting, and it
+    keeps every argmax (the predicted concept never changes, only how sure it is). A logistic
+    regression on few labels is over-confident; the explainer's cascade thresholds these
+    probabilities, so they must mean what they say."""
+    from scipy.optimize import minimize_scalar
 
-        self.sae_id = require_selected_sae(self.ws.engine)
-        with _one_blas_thread():
-            matrix = feature_matrix(self.ws.engine, self.sae_id, self.ws.taxonomy, self.config.seed)
-        if not len(matrix.features):
-            raise SafesailError(
-                f"SAE {self.sae_id} has no features with examples: run `safesail collect` and "
-                "`safesail triage`"
-            )
-        with Session(self.ws.engine) as session:
-            self.labels = _gold(session, self.sae_id, self.ws.taxonomy.label_values())
-        std = matrix.X.std(axis=0)
-        Xs = (matrix.X - matrix.X.mean(axis=0)) / np.where(std > 0, std, 1.0)
-        self.matrix, self.Xs = matrix, Xs.astype(np.float32)
-        key = json.dumps(
-            [sorted(self.labels.items()), self.config.C, self.config.seed, LEARNER_VERSION],
-            separators=(",", ":"),
-        )
-        digest = hashlib.sha1(key.encode()).hexdigest()[:8]
-        self._model_version = f"{LEARNER_VERSION}-n{len(self.labels)}-{digest}"
-        self.__dict__.pop("_model", None)
+    logp = np.log(np.clip(proba, 1e-9, 1.0))
 
-    @property
-    def model_version(self) -> str:
-        return self._model_version
+    def loss(log_t: float) -> float:
+        return -float(np.mean(_log_softmax(logp / np.exp(log_t))[np.arange(len(y_index)), y_index]))
 
-    def _labeled_rows(self) -> list[int]:
-        """Matrix rows of the labeled features that have examples, in feature order."""
-        row_of = {int(f): i for i, f in enumerate(self.matrix.features)}
-        return [row_of[f] for f in sorted(self.labels) if f in row_of]
+    return float(np.exp(minimize_scalar(loss, bounds=(-3.0, 3.0), method="bounded").x))
 
-    def _training(self) -> tuple[np.ndarray, np.ndarray]:
-        """The standardised rows and labels of the labeled features that have examples."""
-        import numpy as np
 
-        rows = self._labeled_rows()
-        features = self.matrix.features
-        y = np.array([self.labels[int(features[r])] for r in rows], dtype=object)
-        return self.Xs[rows], y.astype(str)
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
-    def query(self, n: int, exclude: set[int] | None = None) -> list[LearnerQuery]:
-        """The next n features to label: none already labeled by a human, pushed to Label
-        Studio, accepted automatically, or in `exclude`; best first."""
-        import numpy as np
 
-        if n < 0:
-            raise SafesailError(f"the batch size must be >= 0, got {n}")
-        with Session(self.ws.engine) as session:
-            taken = taken_features(session, self.sae_id) | (exclude or set())
-        features = self.matrix.features
-        pool = np.flatnonzero(~np.isin(features, np.array(sorted(taken), dtype=np.int64)))
-        X_lab, y_lab = self._training()
-        c = self.config
-        with _one_blas_thread():
-            picked = self.strategy(
-                self.Xs[pool],
-                self.matrix.value[pool],
-                n,
-                X_labeled=X_lab,
-                y_labeled=y_lab,
-                C=c.C,
-                seed=c.seed,
-                min_labels=c.min_labels,
-                committee_size=c.committee_size,
-                candidate_factor=c.candidate_factor,
-            )
-        return [
-            LearnerQuery(self.sae_id, int(features[pool[r]]), float(s), self.strategy.name)
-            for r, s in zip(picked.rows, picked.scores, strict=True)
-        ]
-
-    @cached_property
-    def _model(self) -> Any | None:
-        """The model fitted on every gold label; None at a cold start."""
-        X_lab, y_lab = self._training()
-        if not can_fit(y_lab, self.config.min_labels):
-            return None
-        with _one_blas_thread():
-            return make_estimator(self.config.C, self.config.seed).fit(X_lab, y_lab)
-
-    def _predict_all(self) -> dict[int, Prediction]:
-        """Predictions for every feature with examples: the fitted model, or triage's prior at
-        a cold start."""
-        features = [int(f) for f in self.matrix.features]
-        model = self._model
-        if model is None:
-            version = f"{self.model_version}-prior"
-            return {
-                f: Prediction([label], p, version)
-                for f, (label, p) in zip(features, self.matrix.prior, strict=True)
-            }
-        with _one_blas_thread():
-            proba = model.predict_proba(self.Xs)
-        best = proba.argmax(axis=1)
-        return {
-            f: Prediction([str(model.classes_[b])], float(proba[i, b]), self.model_version)
-            for i, (f, b) in enumerate(zip(features, best, strict=True))
-        }
-
-    def predict(self, features: list[int]) -> dict[int, Prediction]:
-        """The current model's label per feature; a feature without examples is uninterpretable
-        by rule (nothing to show an expert)."""
-        known = self._predict_all()
-        rule = Prediction([UNINTERPRETABLE], 1.0, f"{self.model_version}-rule")
-        return {int(f): known.get(int(f), rule) for f in features}
-
-    def fit(self) -> FitReport:
-        """Fit on the gold labels, estimate held-out macro-F1, and store LearnerState (with the
-        learning curve) and LearnerPredictions."""
-        X_lab, y_lab = self._training()
-        with _one_blas_thread():
-            oof = out_of_fold(X_lab, y_lab, self.config)
-        predictions = self._predict_all()
-        f1 = None
-        if oof is not None:
-            # labeled features get the prediction of a model that never saw their label, so
-            # the explainer's calibration can use "the learner agrees" without leaking it
-            f1 = _macro_f1(y_lab, oof[0])
-            labeled = [int(self.matrix.features[r]) for r in self._labeled_rows()]
-            for f, label, prob in zip(labeled, *oof, strict=True):
-                predictions[f] = Prediction([str(label)], float(prob), self.model_version)
-        distribution = dict(Counter(y_lab.tolist()).most_common())
-        point = CurvePoint(len(y_lab), None if f1 is None else round(f1, 4))
-        with session_scope(self.ws.engine) as session:
-            previous = read_record(session, LearnerState)
-            curve = list(previous.curve) if previous else []
-            if previous and previous.model_version == self.model_version and curve:
-                curve[-1] = point  # a rerun on the same labels replaces, never duplicates
-            else:
-                curve.append(point)
-            write_record(
-                session,
-                LearnerState(
-                    sae_id=self.sae_id,
-                    n_labels=len(y_lab),
-                    macro_f1_heldout=point.macro_f1,
-                    strategy=self.strategy.name,
-                    strategy_version=self.strategy.version,
-                    model_version=self.model_version,
-                    label_distribution=distribution,
-                    curve=curve,
-                ),
-            )
-            write_record(
-                session,
-                LearnerPredictions(
-                    sae_id=self.sae_id,
-                    model_version=self.model_version,
-                    labeled_out_of_fold=oof is not None,
-                    predictions={
-                        f: PredictedLabel(p.concepts, p.probability) for f, p in predictions.items()
-                    },
-                ),
-            )
-        return FitReport(
-            len(y_lab), f1, self.model_version, self.strategy.name, distribution, len(predictions)
-        )
+def calibrate(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities rescaled by a fitted temperature (rows still sum to 1)."""
+    return np.exp(_log_softmax(np.log(np.clip(proba, 1e-9, 1.0)) / temperature))
 
 
 def out_of_fold(
-    Xs: np.ndarray, y: np.ndarray, config: ALConfig
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Each labeled feature's prediction (label, probability) from a model that never saw it:
-    stratified cross-validation; a fold whose training part holds one class predicts that class
-    with probability 1. None when there are too few labels."""
-    import numpy as np
+    Xs: np.ndarray | Callable[[np.ndarray], np.ndarray], y: np.ndarray, config: ALConfig
+) -> OutOfFold | None:
+    """Each labeled feature's prediction (label, calibrated probability) from a model that never
+    saw it: stratified cross-validation; a fold whose training part holds one class predicts
+    that class. `Xs` is the labeled rows, or a function of a fold's training indices giving the
+    labeled rows built from that fold's labels only (the neighbour columns read labels: built
+    from all of them, a held-out feature would see its own label). None when there are too
+    few labels."""
     from sklearn.model_selection import StratifiedKFold
 
     if not can_fit(y, config.min_labels):
@@ -313,21 +174,26 @@ def out_of_fold(
     folds = min(config.cv_folds, max(Counter(y.tolist()).values()), len(y) // 2)
     if folds < 2:
         return None
-    pred = np.empty(len(y), dtype=y.dtype)
-    prob = np.ones(len(y))
+    classes = np.unique(y)
+    proba = np.zeros((len(y), len(classes)))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # classes rarer than the fold count
-        splits = list(splitter.split(Xs, y))
+        splits = list(splitter.split(np.zeros(len(y)), y))
     for train, test in splits:
         if len(np.unique(y[train])) < 2:
-            pred[test] = y[train][0]
+            proba[test, np.searchsorted(classes, y[train][0])] = 1.0
             continue
-        model = make_estimator(config.C, config.seed).fit(Xs[train], y[train])
-        proba = model.predict_proba(Xs[test])
-        pred[test] = model.classes_[proba.argmax(axis=1)]
-        prob[test] = proba.max(axis=1)
-    return pred, prob
+        X = Xs(train) if callable(Xs) else Xs
+        model = make_estimator(config.C, config.seed).fit(X[train], y[train])
+        proba[np.ix_(test, np.searchsorted(classes, model.classes_))] = model.predict_proba(X[test])
+    y_index = np.searchsorted(classes, y)
+    temperature = fit_temperature(proba, y_index)
+    calibrated = calibrate(proba, temperature)
+    best = proba.argmax(axis=1)
+    return OutOfFold(
+        classes[best], calibrated[np.arange(len(y)), best], proba, classes, temperature
+    )
 
 
 def _macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
@@ -342,4 +208,229 @@ def heldout_macro_f1(Xs: np.ndarray, y: np.ndarray, config: ALConfig) -> float |
     """Cross-validated macro-F1 over the label values present (None when there are too few
     labels)."""
     oof = out_of_fold(Xs, y, config)
-    return None if oof is None else _macro_f1(y, oof[0])
+    return None if oof is None else _macro_f1(y, oof.labels)
+
+
+class ConceptModel:
+    """The concept model of one SAE: a calibrated logistic regression over what annotators read
+    (the label-free columns of the feature matrix, standardised over every feature of the SAE)
+    plus, per class, how close each feature's decoder direction and activation pattern are to
+    the labeled features of that class (recomputed from whichever labels it is fitted on).
+
+    Rows are indices into `matrix.features`. Shared by the workspace learner and
+    bench/label_efficiency.py, so the benchmark measures exactly this model."""
+
+    def __init__(self, matrix: FeatureMatrix, classes: list[str], config: ALConfig) -> None:
+        self.matrix, self.classes, self.config = matrix, list(classes), config
+        keep = np.arange(len(matrix.columns)) if config.tag_columns else tag_free(matrix.columns)
+        X = matrix.X[:, keep]
+        std = X.std(axis=0)
+        self.static = ((X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)).astype(np.float32)
+        self.static_columns = [matrix.columns[i] for i in keep]
+
+    def design(self, rows: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Every feature's row given the labels (rows, y): the static columns and the
+        standardised neighbour columns."""
+        near, _ = neighbour_columns(self.matrix, rows, y, self.classes)
+        std = near.std(axis=0)
+        near = (near - near.mean(axis=0)) / np.where(std > 0, std, 1.0)
+        return np.hstack([self.static, near]).astype(np.float32)
+
+    def columns(self) -> list[str]:
+        return self.static_columns + neighbour_columns(self.matrix, [], [], self.classes)[1]
+
+    def out_of_fold(self, rows: np.ndarray, y: np.ndarray) -> OutOfFold | None:
+        rows = np.asarray(rows, dtype=int)
+        return out_of_fold(lambda train: self.design(rows[train], y[train])[rows], y, self.config)
+
+    def fit(self, rows: np.ndarray, y: np.ndarray) -> tuple[Any, np.ndarray] | None:
+        """The model fitted on every given label and the design it was fitted on; None at a
+        cold start."""
+        if not can_fit(y, self.config.min_labels):
+            return None
+        X = self.design(rows, y)
+        return make_estimator(self.config.C, self.config.seed).fit(X[rows], y), X
+
+    def predict(self, rows: np.ndarray, y: np.ndarray, targets: np.ndarray) -> np.ndarray | None:
+        """The predicted class of the target rows from a model fitted on (rows, y)."""
+        fitted = self.fit(rows, y)
+        if fitted is None:
+            return None
+        model, X = fitted
+        return model.predict(X[targets])
+
+
+class ActiveLearner:
+    """The learner of the workspace's selected SAE, over its labels at construction
+    (`setup`); build a new one after labels change."""
+
+    def __init__(self, ws: Workspace, config: ALConfig | None = None) -> None:
+        self.ws = ws
+        self.config = config or ALConfig()
+        self.strategy = get_strategy(self.config.strategy)
+        self.setup()
+
+    def setup(self) -> None:
+        """Read the selected SAE, its feature matrix (cached in the process and under the
+        workspace) and its gold labels; build every feature's row from those labels; name the
+        model version after labels and settings."""
+        self.sae_id = require_selected_sae(self.ws.engine)
+        with _one_blas_thread():
+            matrix = feature_matrix(
+                self.ws.engine,
+                self.sae_id,
+                self.ws.taxonomy,
+                self.config.seed,
+                cache_dir=Path(self.ws.config.workspace) / "cache",
+            )
+        if not len(matrix.features):
+            raise SafesailError(
+                f"SAE {self.sae_id} has no features with examples: run `safesail collect` and "
+                "`safesail triage`"
+            )
+        with Session(self.ws.engine) as session:
+            self.labels = _gold(session, self.sae_id, self.ws.taxonomy.label_values())
+        self.matrix = matrix
+        self.concepts = ConceptModel(matrix, self.ws.taxonomy.label_values(), self.config)
+        rows, y = self._training()
+        with _one_blas_thread():
+            self.Xs = self.concepts.design(rows, y)
+        c = self.config
+        key = json.dumps(
+            [sorted(self.labels.items()), c.C, c.seed, c.tag_columns, LEARNER_VERSION],
+            separators=(",", ":"),
+        )
+        digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+        self._model_version = f"{LEARNER_VERSION}-n{len(self.labels)}-{digest}"
+        self.__dict__.pop("_fitted", None)
+
+    @property
+    def model_version(self) -> str:
+        return self._model_version
+
+    def _training(self) -> tuple[np.ndarray, np.ndarray]:
+        """Matrix rows of the labeled features that have examples (in feature order), and
+        their labels."""
+        row_of = {int(f): i for i, f in enumerate(self.matrix.features)}
+        labeled = [f for f in sorted(self.labels) if f in row_of]
+        rows = np.array([row_of[f] for f in labeled], dtype=int)
+        return rows, np.array([self.labels[f] for f in labeled], dtype=str)
+
+    def query(self, n: int, exclude: set[int] | None = None) -> list[LearnerQuery]:
+        """The next n features to label: none already labeled by a human, pushed to Label
+        Studio, accepted automatically, or in `exclude`; best first."""
+        if n < 0:
+            raise SafesailError(f"the batch size must be >= 0, got {n}")
+        with Session(self.ws.engine) as session:
+            taken = taken_features(session, self.sae_id) | (exclude or set())
+        features = self.matrix.features
+        pool = np.flatnonzero(~np.isin(features, np.array(sorted(taken), dtype=np.int64)))
+        rows, y = self._training()
+        c = self.config
+        with _one_blas_thread():
+            picked = self.strategy(
+                self.Xs[pool],
+                self.matrix.value[pool],
+                n,
+                X_labeled=self.Xs[rows],
+                y_labeled=y,
+                C=c.C,
+                seed=c.seed,
+                min_labels=c.min_labels,
+                committee_size=c.committee_size,
+                candidate_factor=c.candidate_factor,
+            )
+        return [
+            LearnerQuery(self.sae_id, int(features[pool[r]]), float(s), self.strategy.name)
+            for r, s in zip(picked.rows, picked.scores, strict=True)
+        ]
+
+    @cached_property
+    def _fitted(self) -> tuple[Any, OutOfFold | None] | None:
+        """The model fitted on every gold label and the out-of-fold predictions that calibrate
+        it (None when the labels are too few to cross-fit: the model's probabilities are then
+        published uncalibrated and `labeled_out_of_fold` is false); None at a cold start."""
+        rows, y = self._training()
+        if not can_fit(y, self.config.min_labels):
+            return None
+        with _one_blas_thread():
+            oof = self.concepts.out_of_fold(rows, y)
+            return make_estimator(self.config.C, self.config.seed).fit(self.Xs[rows], y), oof
+
+    def _predict_all(self) -> dict[int, PredictedLabel]:
+        """Calibrated predictions for every feature with examples, labeled ones out of fold;
+        triage's prior at a cold start."""
+        features = [int(f) for f in self.matrix.features]
+        fitted = self._fitted
+        if fitted is None:
+            version = f"{self.model_version}-prior"
+            return {
+                f: PredictedLabel([label], p, version)
+                for f, (label, p) in zip(features, self.matrix.prior, strict=True)
+            }
+        model, oof = fitted
+        with _one_blas_thread():
+            proba = model.predict_proba(self.Xs)
+        if oof is not None:
+            proba = calibrate(proba, oof.temperature)
+        best = proba.argmax(axis=1)
+        out = {
+            f: PredictedLabel([str(model.classes_[b])], float(proba[i, b]), self.model_version)
+            for i, (f, b) in enumerate(zip(features, best, strict=True))
+        }
+        if oof is not None:
+            # labeled features get the prediction of a model that never saw their label, so
+            # the explainer's calibration can use "the learner agrees" without leaking it
+            rows, _ = self._training()
+            for r, label, prob in zip(rows, oof.labels, oof.probability, strict=True):
+                out[features[r]] = PredictedLabel([str(label)], float(prob), self.model_version)
+        return out
+
+    def predict(self, features: list[int]) -> dict[int, PredictedLabel]:
+        """The current model's label per feature; a feature without examples is uninterpretable
+        by rule (nothing to show an expert)."""
+        known = self._predict_all()
+        rule = PredictedLabel([UNINTERPRETABLE], 1.0, f"{self.model_version}-rule")
+        return {int(f): known.get(int(f), rule) for f in features}
+
+    def fit(self) -> FitReport:
+        """Fit on the gold labels, estimate held-out macro-F1 from the out-of-fold predictions,
+        and store LearnerState (with the learning curve) and LearnerPredictions."""
+        _, y = self._training()
+        oof = self._fitted[1] if self._fitted else None
+        predictions = self._predict_all()
+        f1 = None if oof is None else _macro_f1(y, oof.labels)
+        distribution = dict(Counter(y.tolist()).most_common())
+        point = CurvePoint(len(y), None if f1 is None else round(f1, 4))
+        with session_scope(self.ws.engine) as session:
+            previous = read_record(session, LearnerState)
+            curve = list(previous.curve) if previous else []
+            if previous and previous.model_version == self.model_version and curve:
+                curve[-1] = point  # a rerun on the same labels replaces, never duplicates
+            else:
+                curve.append(point)
+            write_record(
+                session,
+                LearnerState(
+                    sae_id=self.sae_id,
+                    n_labels=len(y),
+                    macro_f1_heldout=point.macro_f1,
+                    strategy=self.strategy.name,
+                    strategy_version=self.strategy.version,
+                    model_version=self.model_version,
+                    label_distribution=distribution,
+                    curve=curve,
+                ),
+            )
+            write_record(
+                session,
+                LearnerPredictions(
+                    sae_id=self.sae_id,
+                    model_version=self.model_version,
+                    labeled_out_of_fold=oof is not None,
+                    predictions=predictions,
+                ),
+            )
+        return FitReport(
+            len(y), f1, self.model_version, self.strategy.name, distribution, len(predictions)
+        )

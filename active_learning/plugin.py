@@ -11,7 +11,7 @@ from safesail.cli.flags import add_config_flags, config_from_args, field_docs
 from safesail.db.contracts import FitReport, Learner, Workspace
 from safesail.plugins import Plugin
 
-FLAGS = ("strategy", "seed")
+FLAGS = ("strategy", "seed", "tag_columns")
 """ALConfig fields `safesail learn` takes as flags."""
 
 

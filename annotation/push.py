@@ -71,6 +71,22 @@ def _learner_predictions(
     }
 
 
+def queue_fields(queries: list[LearnerQuery], start: int) -> dict[int, dict[str, Any]]:
+    """Task data that carries the learner's order into Label Studio: Community Edition has no
+    active-learning queue, so an annotator sorts the Data Manager by `queue_position` (or
+    follows its default sequential order, which is the import order, the same) and labels
+    top-down what the learner wants most. Positions continue after the `start` tasks the
+    project already holds, so a later batch queues behind the earlier ones."""
+    return {
+        q.feature: {
+            "queue_position": start + rank + 1,
+            "query_score": None if q.score is None else round(float(q.score), 6),
+            "query_strategy": q.strategy,
+        }
+        for rank, q in enumerate(queries)
+    }
+
+
 def wants_two(key: str, overlap: float) -> bool:
     """Whether a task is in the overlap share (stable per feature: a hash, not a coin flip)."""
     return zlib.crc32(key.encode()) / 2**32 < overlap
@@ -107,6 +123,7 @@ def push(
             session.exec(select(func.max(LabelTask.batch)).where(LabelTask.project == key)).one()
             or 0
         ) + 1
+        queued = _task_count(session, key)
     learner = find_learner(ws, strategy)
     queries = _query(ws, learner, sae_id, n, pushed | labeled)
     features = [q.feature for q in queries]
@@ -116,7 +133,9 @@ def push(
         predictions.setdefault(f, []).extend(preds)
     wanted = {f: 2 if wants_two(task_key(sae_id, f), overlap) else 1 for f in features}
     with Session(ws.engine) as session:
-        tasks = build_tasks(session, sae_id, features, wanted, predictions)
+        tasks = build_tasks(
+            session, sae_id, features, wanted, predictions, queue_fields(queries, queued)
+        )
     info = {q.feature: q for q in queries}
     n_pushed = import_tasks(ws, client, project_id, key, tasks, batch, info, progress)
     with Session(ws.engine) as session:

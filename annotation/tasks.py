@@ -134,8 +134,12 @@ def build_tasks(
     features: list[int],
     annotators_wanted: dict[int, int],
     predictions: dict[int, list[dict]],
+    queue: dict[int, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One task per feature (features without examples are skipped: nothing to show)."""
+    """One task per feature, in the order of `features` (features without examples are
+    skipped: nothing to show). `queue` adds per-feature fields to the task data (the learner's
+    queue position, score and strategy), so the order reaches Label Studio twice: as import
+    order, which its default sequential sampling serves, and as a data column to sort by."""
     layer = session.get(SaeRecord, sae_id).layer
     rows = {
         f.index: f
@@ -163,6 +167,7 @@ def build_tasks(
                     "summary": summary,
                     "html": feature_html(session, feature),
                     "annotators_wanted": annotators_wanted.get(index, 1),
+                    **(queue or {}).get(index, {}),
                 },
                 "predictions": predictions.get(index, []),
             }

@@ -208,7 +208,7 @@ def test_plugin_offers_the_learner(al_ws):
     from active_learning.plugin import PLUGIN
 
     learner = PLUGIN.learner(al_ws, "random")
-    assert learner.strategy.name == "random" and learner.model_version.startswith("al1-n")
+    assert learner.strategy.name == "random" and learner.model_version.startswith("al2-n")
     assert PLUGIN.learner(al_ws, None).strategy.name == ALConfig.strategy
 
 
@@ -262,3 +262,172 @@ def test_benchmark_refuses_a_workspace_without_triaged_features(tmp_path, lm):
         bench.load(tmp_path / "ws")
     with pytest.raises(SafesailError, match="run make demo first"):
         bench.load(tmp_path / "missing")
+
+
+def _matrix(X, decoder, y_texts=None):
+    """A FeatureMatrix of planted rows (no workspace): static columns X, unit decoder rows and
+    one corpus text per row (activation patterns that share nothing)."""
+    from scipy import sparse
+
+    from active_learning.features import FeatureMatrix
+
+    n = len(X)
+    decoder = decoder / np.linalg.norm(decoder, axis=1, keepdims=True)
+    pattern = sparse.csr_matrix(sparse.identity(n, dtype=np.float32))
+    return FeatureMatrix(
+        "planted",
+        np.arange(n, dtype=np.int64),
+        X.astype(np.float32),
+        [f"c{i}" for i in range(X.shape[1])],
+        np.ones(n),
+        [("benign", 0.5)] * n,
+        decoder.astype(np.float32),
+        pattern,
+    )
+
+
+def test_neighbour_columns_never_see_the_row_itself():
+    from active_learning.features import neighbour_columns
+
+    e1, e2 = np.eye(3)[0], np.eye(3)[1]
+    matrix = _matrix(np.zeros((4, 1)), np.array([e1, e1, e2, e1 + 0.1 * e2]))
+    near, names = neighbour_columns(
+        matrix, np.array([0, 1, 2]), np.array(["a", "a", "b"]), ["a", "b"]
+    )
+    col = {name: i for i, name in enumerate(names)}
+    a, b = col["near_decoder:a"], col["near_decoder:b"]
+    assert near[0, a] == pytest.approx(1.0) and near[1, a] == pytest.approx(1.0)  # each other
+    assert near[2, b] == 0.0  # the only "b" is itself: left out, not a perfect match
+    assert near[0, b] == pytest.approx(0.0) and near[3, a] > 0.99 and 0 < near[3, b] < 0.2
+    assert np.all(near[:, col["near_pattern:a"]] == 0.0)  # no shared texts
+
+
+def _planted(n, seed, signal):
+    """Static noise columns; with `signal`, rows come in pairs sharing a decoder direction and
+    a label (the neighbour columns must find the partner), else random labels and directions."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 6))
+    if signal:
+        base = rng.normal(size=(n // 2, 32))
+        decoder = np.repeat(base, 2, axis=0) + 0.05 * rng.normal(size=(n, 32))
+        y = np.repeat(rng.choice(["a", "b", "c"], n // 2), 2)
+    else:
+        decoder, y = rng.normal(size=(n, 32)), rng.choice(["a", "b", "c"], n)
+    return _matrix(X, decoder), y
+
+
+def test_out_of_fold_predictions_do_not_leak_the_own_label():
+    from active_learning.learner import ConceptModel, _macro_f1
+
+    config = ALConfig()
+    # signal-free: a held-out row that saw its own label in the neighbour columns would be
+    # predicted perfectly; out of fold it is chance
+    matrix, y = _planted(90, 0, signal=False)
+    oof = ConceptModel(matrix, ["a", "b", "c"], config).out_of_fold(np.arange(90), y)
+    assert _macro_f1(y, oof.labels) < 0.55
+    # planted: the partner's label (in another fold or the same training fold) carries it
+    matrix, y = _planted(90, 1, signal=True)
+    oof = ConceptModel(matrix, ["a", "b", "c"], config).out_of_fold(np.arange(90), y)
+    assert _macro_f1(y, oof.labels) > 0.6
+
+
+def test_calibration_is_valid_monotonic_and_honest():
+    from active_learning.learner import calibrate, fit_temperature, out_of_fold
+
+    rng = np.random.default_rng(3)
+    raw = rng.dirichlet(np.ones(3), size=50)
+    for t in (0.3, 1.0, 4.0):
+        cal = calibrate(raw, t)
+        assert np.allclose(cal.sum(axis=1), 1.0) and np.all((cal > 0) & (cal < 1))
+        assert np.array_equal(cal.argmax(axis=1), raw.argmax(axis=1))
+    two = np.column_stack([np.linspace(0.01, 0.99, 30), 1 - np.linspace(0.01, 0.99, 30)])
+    assert np.all(np.diff(calibrate(two, 2.5)[:, 0]) > 0)  # order of confidence kept
+    # over-confident answers that are right half the time: the temperature softens them
+    sure = np.tile([[0.95, 0.05]], (200, 1))
+    assert fit_temperature(sure, np.arange(200) % 2) > 3.0
+    # signal-free labels: calibrated confidence matches the (chance) accuracy
+    X, y = rng.normal(size=(150, 8)), rng.choice(["a", "b"], 150)
+    oof = out_of_fold(X, y, ALConfig())
+    assert abs(oof.probability.mean() - np.mean(oof.labels == y)) < 0.08
+    # a planted signal: confident predictions are right more often than unsure ones
+    X = rng.normal(size=(200, 4))
+    y = np.where(X[:, 0] + 0.7 * rng.normal(size=200) > 0, "a", "b")
+    oof = out_of_fold(X, y, ALConfig())
+    sure_half = oof.probability >= np.median(oof.probability)
+    right = oof.labels == y
+    assert right[sure_half].mean() > right[~sure_half].mean()
+    assert abs(oof.probability.mean() - right.mean()) < 0.08
+
+
+def test_feature_matrix_reads_what_annotators_read(al_ws):
+    from safetensors.numpy import load_file
+
+    from active_learning import features as feats
+
+    ws, sae_id = al_ws, al_ws.selected_sae
+    feats._CACHE.clear()  # built here, not taken from an earlier test's process cache
+    cache = ws.config.workspace / "c"
+    cache.mkdir()
+    stale, other = (cache / f"concept-features-{s}-{'0' * 16}.npz" for s in (sae_id, f"{sae_id}-x"))
+    stale.write_bytes(b"old rows")
+    other.write_bytes(b"another SAE's")
+    m = feats.feature_matrix(ws.engine, sae_id, ws.taxonomy, cache_dir=cache)
+    assert not stale.exists() and other.exists()  # only this SAE's older matrix goes
+    col = {c: i for i, c in enumerate(m.columns)}
+    labels = [*ws.taxonomy.safety_concepts(), "benign"]
+    for group in (
+        [f"proto:{c}" for c in labels],
+        [f"vote:{c}" for c in labels],
+        [f"kind:{k}" for k in feats.KINDS],
+        ["span_pc0", "phrase_pc0", "coherence", "same_token_share", "window_density"],
+        ["log_n_fire", "log_rate", "tag:safety_score", "tag:frac:violence"],
+    ):
+        assert set(group) <= set(col), group
+    free = [m.columns[i] for i in feats.tag_free(m.columns)]
+    assert free and not any(c.startswith("tag:") for c in free)
+    assert len(free) < len(m.columns)
+    kinds = m.X[:, [col[f"kind:{k}"] for k in feats.KINDS]]
+    assert np.allclose(kinds.sum(axis=1), 1.0, atol=1e-5)  # every peak has one token class
+    votes = m.X[:, [col[f"vote:{c}"] for c in labels]].sum(axis=1)
+    assert np.all(np.isclose(votes, 1.0, atol=1e-5) | np.isclose(votes, 0.0))
+    # the decoder rows are the SAE's own W_dec rows, unit length
+    record = next(r for r in ws.saes() if r.id == sae_id)
+    w_dec = load_file(f"{record.path}/sae_weights.safetensors")["W_dec"][m.features]
+    assert np.allclose(m.decoder, w_dec / np.linalg.norm(w_dec, axis=1, keepdims=True), atol=1e-5)
+    norms = np.sqrt(np.asarray(m.pattern.multiply(m.pattern).sum(axis=1)).ravel())
+    assert np.allclose(norms, 1.0, atol=1e-5)
+    # cached on disk: a new process (an emptied in-process cache) reads the same matrix back
+    assert list((ws.config.workspace / "c").glob(f"concept-features-{sae_id}-*.npz"))
+    feats._CACHE.clear()
+    again = feats.feature_matrix(
+        ws.engine, sae_id, ws.taxonomy, cache_dir=ws.config.workspace / "c"
+    )
+    assert again is not m and again.columns == m.columns
+    assert np.array_equal(again.X, m.X) and np.array_equal(again.decoder, m.decoder)
+    assert (again.pattern != m.pattern).nnz == 0 and again.prior == m.prior
+
+
+def test_queue_order_and_guess_reach_the_task_data(al_ws):
+    from annotation.push import queue_fields
+    from annotation.tasks import build_tasks, prediction
+
+    ws = al_ws
+    learner = ActiveLearner(ws)
+    queries = learner.query(5)
+    features = [q.feature for q in queries]
+    guesses = learner.predict(features)
+    predictions = {
+        f: [prediction(g.concepts, "", learner.model_version, g.probability)]
+        for f, g in guesses.items()
+    }
+    with Session(ws.engine) as session:
+        tasks = build_tasks(
+            session, ws.selected_sae, features, {}, predictions, queue_fields(queries, 20)
+        )
+    assert [t["data"]["feature"] for t in tasks] == features  # imported in the learner's order
+    positions = [t["data"]["queue_position"] for t in tasks]
+    assert positions == list(range(21, 26))  # behind the 20 tasks already queued
+    assert [t["data"]["query_score"] for t in tasks] == [round(q.score, 6) for q in queries]
+    for task in tasks:
+        (pred,) = task["predictions"]
+        assert pred["model_version"] == learner.model_version and 0 < pred["score"] <= 1

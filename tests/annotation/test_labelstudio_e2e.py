@@ -126,6 +126,14 @@ def test_push_annotate_pull_rerun(ws):
     learner_version = ws.status()["learner"]["model_version"]
     newest = [t for t in tasks if t.id in {x.task_id for x in _tasks(ws) if x.batch == 2}]
     assert all(learner_version in {_d(p)["model_version"] for p in t.predictions} for t in newest)
+    # the learner's order reaches the server: served by id (import order) and sortable by the
+    # queue position, batch 2 after batch 1; its guess is a scored pre-annotation
+    positions = [t.data["queue_position"] for t in sorted(newest, key=lambda t: t.id)]
+    assert positions == sorted(positions) and min(positions) > max(
+        t.data["queue_position"] for t in tasks if t not in newest
+    )
+    guesses = [_d(p) for t in newest for p in t.predictions]
+    assert all(0 < g["score"] <= 1 for g in guesses if g["model_version"] == learner_version)
     assert len(_tasks(ws)) == 10
 
     # an annotator changes an answer: pulled as changed, the label follows
