@@ -38,9 +38,15 @@ def read_lock(path: Path) -> dict[str, str]:
 
 
 def digest(path: Path) -> str:
-    """sha256 of a lock file: an environment built from it records this, so a changed lock
-    rebuilds the environment instead of leaving the old one in place."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """sha256 of a lock's requirement lines (comments left out): an environment built from it
+    records this, so a changed pin or hash rebuilds the environment instead of leaving the old
+    one in place, while a relock that only rewrites comments does not."""
+    lines = [
+        line.strip()
+        for line in Path(path).read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def installed_version(name: str) -> str | None:
