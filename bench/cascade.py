@@ -8,7 +8,7 @@ Fixed before the run (never tuned on the test half):
 - gold = the reference set's **dev** half (the readers' labels and reasons, `--gold` of them,
   default all), the only labels the learner is fitted on and the thresholds are tested on;
 - routed = the **test** half (`--routed`, default all): an accepted explanation counts as
-  right only when it shares a label with the reader's (`reference.agrees`);
+  right only when its primary label is one of the reader's (`reference.labels.agrees`);
 - target and delta (`--target` 0.9, `--delta` 0.1), `--votes` (ExplainConfig's default), the
   learner's default strategy and settings, no scorers (they do not decide acceptance).
 Prints, per stage and in all: coverage (accepted / routed) and agreement with the readers with
@@ -131,6 +131,12 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.9)
     parser.add_argument("--delta", type=float, default=0.1)
     parser.add_argument("--votes", type=int, default=ExplainConfig().votes)
+    parser.add_argument(
+        "--llm-gold", type=int, help="gold features each LLM stage answers (default: all)"
+    )
+    parser.add_argument(
+        "--llm-limit", type=int, help="routed features each LLM stage answers (default: all)"
+    )
     parser.add_argument("--base-url", help="the LLM stage's endpoint (default: embedded)")
     parser.add_argument("--escalate-base-url", help="the escalation stage's endpoint (optional)")
     parser.add_argument("--escalate-model", help="the escalation stage's model")
@@ -162,7 +168,14 @@ def main() -> None:
             fit = learner.fit()
             fitted = f"learner {fit.model_version} on {fit.n_labels} labels"
         fit_s = time.perf_counter() - started
-        config = ExplainConfig(target=args.target, delta=args.delta, votes=args.votes, scorers=())
+        config = ExplainConfig(
+            target=args.target,
+            delta=args.delta,
+            votes=args.votes,
+            scorers=(),
+            max_gold=args.llm_gold,
+            limit=args.llm_limit,
+        )
         escalate = (
             LlmConfig(base_url=args.escalate_base_url, model=args.escalate_model, prices=prices)
             if args.escalate_base_url
