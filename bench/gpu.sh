@@ -26,8 +26,11 @@ if [ -n "${TINY:-}" ]; then
   TOKENS=${TOKENS:-2000} WIDTH=96 LAYER=2 PAIR=1 SIZES="--tiny" CHECK="--width 96 --texts 300 --features 1 --prompts 2"
 else
   TOKENS=${TOKENS:-1000000} WIDTH=65536 LAYER=8 PAIR=4 SIZES="--device $DEVICE" CHECK=""
-  { nvidia-smi; $PY -c "import torch, transformers, sae_lens, sqlmodel; print('torch', torch.__version__,
-    'transformers', transformers.__version__, 'sae_lens', sae_lens.__version__)"; } >>"$ERR" 2>&1
+  nvidia-smi >>"$ERR" 2>&1
+  # what every step imports, first: a broken install costs seconds, not the steps' minutes
+  $PY -c "import torch, transformers, sae_lens, sqlmodel, safesail.workspace; print('torch',
+    torch.__version__, 'transformers', transformers.__version__, 'sae_lens', sae_lens.__version__,
+    'cuda', torch.cuda.is_available())" >>"$ERR" 2>&1 || { tail -20 "$ERR"; exit 1; }
 fi
 MODELS=$(mktemp -d)
 fig() {  # every name=value word of a log's lines, one a line, prefixed with the step's name
