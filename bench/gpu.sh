@@ -23,7 +23,7 @@ if [ -d "$BUNDLE/wheels" ] && [ -z "${TINY:-}" ]; then
   export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
 if [ -n "${TINY:-}" ]; then
-  TOKENS=${TOKENS:-2000} WIDTH=96 LAYER=2 PAIR=1 SIZES="--tiny" CHECK="--width 96 --texts 300 --features 1 --prompts 2"
+  TOKENS=${TOKENS:-2000} WIDTH=96 LAYER=2 PAIR=1 SIZES="--tiny" CHECK="--width 96 --causal-width 96 --texts 300 --features 1 --prompts 2"
 else
   TOKENS=${TOKENS:-1000000} WIDTH=65536 LAYER=8 PAIR=4 SIZES="--device $DEVICE" CHECK=""
   nvidia-smi >>"$ERR" 2>&1
