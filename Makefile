@@ -15,7 +15,7 @@ LLAMA_CMAKE   := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -
   -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 LLAMA_WHEELS  := $(CACHE)/wheels/llama-cpp-python-$(LLAMA_VERSION)-avx2
 
-.PHONY: install lock doctor demo test lint bench clean
+.PHONY: install lock doctor demo test lint bench gpu-bundle clean
 
 # Every install comes from a committed lock with exact versions and hashes (`make lock` rewrites
 # them on purpose; a changed lock is a reviewed commit). Torch is the one exception: the local CPU
@@ -104,6 +104,17 @@ bench: install
 	$(BIN)/python bench/labelstudio_push.py
 	$(BIN)/python bench/label_efficiency.py --workspace $(WORKSPACE)
 	$(BIN)/python bench/explainer.py --workspace $(WORKSPACE)
+
+# What bench/gpu.sh carries to a GPU machine (no registry there; see bench/README.md, "GPU
+# figures"): the wheels of bench/gpu-wheels.txt for its Python 3.12 and the embedded model's
+# config, tokenizer and chat template, in .gpu/ (ignored; about 17 MB, the tree 64 MiB at most).
+GPU_PLATFORMS := $(foreach n,manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1,--platform $(n)_x86_64)
+gpu-bundle: install
+	rm -rf .gpu.tmp && mkdir -p .gpu.tmp/wheels
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  $(GPU_PLATFORMS) -d .gpu.tmp/wheels -r bench/gpu-wheels.txt
+	$(BIN)/python bench/gpu.py bundle .gpu.tmp/model
+	rm -rf .gpu && mv .gpu.tmp .gpu && du -sh .gpu
 
 clean:
 	rm -rf $(VENV) $(WORKSPACE) .pytest_cache

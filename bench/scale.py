@@ -12,7 +12,8 @@ model, against the bare forward on the same tokens, and the memory it needs abov
    `--pair-every`-th chunk's own forward (before it or after it, alternately) and taken out of
    the collection time, so both see the same load on a shared machine.
 
-Run: `.venv/bin/python bench/scale.py [--tokens N] [--width W] [--device D] [--dtype T]`
+Run: `.venv/bin/python bench/scale.py [--tokens N] [--width W] [--device D] [--dtype T]
+[--model FOLDER] [--generated-corpus]` (bench/gpu.sh runs it on random-weight models).
 (`--dtype auto`, the default, is bfloat16 where the device computes it natively).
 Prints tokens/s, the ratio to the bare forward, peak RSS above the loaded model (sampled from
 /proc every 20 ms) and the finalize share; the last line is `peak_rss_over_model_gb_65k=<x>`.
@@ -31,11 +32,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 
-from _collect_baselines import corpus_texts  # noqa: E402
+from _collect_baselines import corpus_texts, generated_sentences  # noqa: E402
 from _collect_timing import RssSampler, rss_bytes  # noqa: E402
 
 from safesail.collection import finalize as finalize_mod  # noqa: E402
-from safesail.config import CollectConfig, WorkspaceConfig  # noqa: E402
+from safesail.config import EMBEDDED_MODEL, CollectConfig, WorkspaceConfig  # noqa: E402
 from safesail.corpus.records import CorpusRecord  # noqa: E402
 from safesail.model.lm import LanguageModel, load_model  # noqa: E402
 from safesail.workspace import Workspace  # noqa: E402
@@ -68,10 +69,13 @@ def save_jumprelu(
     return path
 
 
-def corpus(lm: LanguageModel, tokens: int, max_tokens: int) -> tuple[list[CorpusRecord], int]:
-    """Records holding about `tokens` tokens (cut at max_tokens): the packaged corpus repeated,
-    each repeat unique (the corpus drops duplicate texts)."""
-    rows, _ = corpus_texts(10**9, 0)
+def corpus(
+    lm: LanguageModel, tokens: int, max_tokens: int, generated: bool = False
+) -> tuple[list[CorpusRecord], int]:
+    """Records holding about `tokens` tokens (cut at max_tokens): the packaged corpus (or, with
+    `generated`, generated English where the corpus packages are absent) repeated, each repeat
+    unique (the corpus drops duplicate texts)."""
+    rows = generated_paragraphs(2048) if generated else corpus_texts(10**9, 0)[0]
     lengths = [min(len(ids), max_tokens) for ids in lm.tokenize([t for t, _ in rows], max_tokens)]
     out, total, repeat = [], 0, 0
     while total < tokens:
@@ -83,6 +87,14 @@ def corpus(lm: LanguageModel, tokens: int, max_tokens: int) -> tuple[list[Corpus
                 break
         repeat += 1
     return out, total
+
+
+def generated_paragraphs(n: int) -> list[tuple[str, list[str]]]:
+    """n distinct paragraphs of 12 generated sentences: texts of a corpus text's length, since
+    collection's cost per text (its rows, its padding) must not be inflated by short texts."""
+    sentences = [text for text, _ in generated_sentences(12 * n, 0)]
+    paragraphs = dict.fromkeys(" ".join(sentences[i : i + 12]) for i in range(0, 12 * n, 12))
+    return [(text, ["benign"]) for text in paragraphs]
 
 
 def fast_dtype(device: str) -> str:
@@ -144,15 +156,21 @@ def main() -> None:
     )
     parser.add_argument("--pair-every", type=int, default=4, help="time the bare forward here")
     parser.add_argument("--keep", type=Path, help="keep the workspace in this folder")
+    parser.add_argument(
+        "--model", default=EMBEDDED_MODEL, help="model folder (bench/gpu.py models builds ones)"
+    )
+    parser.add_argument(
+        "--generated-corpus", action="store_true", help="generated English, not the packaged corpus"
+    )
     args = parser.parse_args()
 
     args.dtype = fast_dtype(args.device) if args.dtype == "auto" else args.dtype
-    lm = load_model(device=args.device, dtype=args.dtype)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
     base_rss = rss_bytes()
     say(f"model loaded on {lm.device}: RSS {base_rss / GB:.2f} GB")
     folder = args.keep or Path(tempfile.mkdtemp(prefix="safesail-scale-"))
     config = CollectConfig()
-    records, total = corpus(lm, args.tokens, config.max_tokens)
+    records, total = corpus(lm, args.tokens, config.max_tokens, args.generated_corpus)
     say(f"corpus: {len(records)} texts, {total} tokens")
     calibration = [r.text for r in records[:: max(1, len(records) // 128)][:128]]
     sae_path = save_jumprelu(lm, calibration, folder / "jumprelu", args.layer, args.width, args.l0)
@@ -195,6 +213,8 @@ def main() -> None:
     print(f"collect_over_forward={bare_tps / tps:.2f}")
     print(f"model_rss_gb={base_rss / GB:.2f} peak_rss_gb={sampler.peak / GB:.2f}")
     print(f"workspace={folder} status_saes={status.get('saes', '?')}")
+    if lm.device.type == "cuda":
+        print(f"peak_gpu_gb={torch.cuda.max_memory_allocated(lm.device) / GB:.2f}")
     print(f"peak_rss_over_model_gb_65k={over:.2f}")
 
 
