@@ -1,8 +1,9 @@
-"""The command line keeps what the README promises: every documented command and flag parses,
-every `--help` renders, flags derived from a config carry the field's docstring, and a value
-the config refuses is one line on stderr with exit code 2.
+"""The command line keeps what the documentation promises: every documented command and flag
+parses, every `--help` renders, flags derived from a config carry the field's docstring, and a
+value the config refuses is one line on stderr with exit code 2.
 
-The README is parsed, not copied: a flag documented there that the CLI lacks fails here.
+The README, every page under docs/ and bench/README.md are parsed, not copied: a flag
+documented in any of them that the CLI lacks fails here.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from safesail.selection.config import SelectionConfig
 from safesail.triage.config import TriageConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text()
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]
 SAFESAIL = Path(sys.executable).parent / "safesail"
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 
 
 def _commands(readme: str) -> list[str]:
-    """Every `safesail ...` command line the README documents: in its code blocks (a line
-    starting with whitespace continues the one above), in inline code, and the flags of
+    """Every `safesail ...` command line one documentation page holds: in its code blocks (a
+    line starting with whitespace continues the one above), in inline code, and the flags of
     `make demo ARGS="..."` (passed to `safesail demo`). Comments are cut off."""
     lines: list[str] = []
     blocks = re.findall(r"```[a-z]*\n(.*?)```", readme, flags=re.S)
@@ -47,6 +48,11 @@ def _commands(readme: str) -> list[str]:
     return sorted(set(lines))
 
 
+def _documented() -> list[str]:
+    """The command lines of every documentation page, each page parsed on its own."""
+    return sorted({line for page in DOCS for line in _commands(page.read_text())})
+
+
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -55,7 +61,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def _resolve(parser: argparse.ArgumentParser, words: list[str], path: tuple[str, ...] = ()):
-    """(command path, parser) for each command a README line names: `up|down|status` names
+    """(command path, parser) for each command a documented line names: `up|down|status` names
     three; stops at the first flag or at a parser without subcommands."""
     choices = _subparsers(parser)
     if not choices or not words or words[0].startswith(("-", "[")):
@@ -78,22 +84,37 @@ def parser() -> argparse.ArgumentParser:
     return build_parser()  # with every installed room's plugin
 
 
-def test_the_readme_documents_commands():
-    lines = _commands(README)
+def test_the_docs_document_commands():
+    assert ROOT / "docs" / "cli.md" in DOCS  # the command line's own page is parsed
+    lines = _documented()
     assert any(line.startswith("safesail triage ") and "--min-term-share" in line for line in lines)
     assert any(line.startswith("safesail label push ") for line in lines)
     assert any(line.startswith("safesail demo ") and "--rounds" in line for line in lines)
 
 
-@pytest.mark.parametrize("line", _commands(README))
+@pytest.mark.parametrize("line", _documented())
 def test_every_documented_flag_is_accepted(parser, line):
     """Each flag of a documented command exists on that command; a documented choice
     (`--contrast rest|benign`) is among the flag's choices."""
+    _check(parser, line)
+
+
+def test_a_documented_flag_the_cli_lacks_fails(parser):
+    """The check above can fail: a page's code block naming a missing flag or choice."""
+    page = "```bash\nsafesail triage [--min-precision 0.5]\n    [--no-such-flag 3]\n```\n"
+    [line] = _commands(page)
+    with pytest.raises(AssertionError, match="--no-such-flag"):
+        _check(parser, line)
+    with pytest.raises(AssertionError, match="'sideways'"):
+        _check(parser, "safesail select --contrast rest|sideways")
+
+
+def _check(parser: argparse.ArgumentParser, line: str) -> None:
     for path, sub, rest in _resolve(parser, line.split()[1:]):
         options = sub._option_string_actions
         tokens = [t.strip("[]") for t in " ".join(rest).split()]
         missing = [f for f in FLAG.findall(" ".join(rest)) if f not in options]
-        assert not missing, f"`safesail {' '.join(path)}` lacks the README's {missing}"
+        assert not missing, f"`safesail {' '.join(path)}` lacks the documented {missing}"
         for i, token in enumerate(tokens[:-1]):
             action = options.get(token)
             value = tokens[i + 1]
