@@ -12,7 +12,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -116,10 +115,12 @@ def lock_mismatches(cache_dir: Path) -> list[str]:
 
 
 def ensure_installed(cache_dir: Path, progress: bool = True) -> Path:
-    """The `label-studio` executable, installing it from the lock on first use (~1.5 min, ~1 GB;
-    `make install` does it through `safesail setup`). The venv records the lock's digest: one
-    built from another lock (an older one, or none) is rebuilt. A file lock keeps two processes
-    from installing at once; the digest is written last, so a half install retries."""
+    """The `label-studio` executable, installed from the lock on first use (~1.5 min, ~1 GB;
+    `make install` does it through `safesail setup`). The venv records the lock's digest: a venv
+    built from another lock (an older one, or none) is brought to this one in place: pip
+    installs the locked versions over it, so a venv that already holds them needs no download
+    and a failed attempt leaves the working venv as it was. A file lock keeps two processes from
+    installing at once; the digest is written last, so a half install retries."""
     venv = venv_dir(cache_dir)
     exe, marker = venv / "bin" / "label-studio", venv / ".safesail-installed"
     wanted = digest(LOCK)
@@ -134,19 +135,31 @@ def ensure_installed(cache_dir: Path, progress: bool = True) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if current():
             return exe
+        if exe.exists() and not lock_mismatches(cache_dir):  # the lock's versions already
+            marker.write_text(wanted)
+            return exe
         if progress:
             print(
                 f"installing Label Studio {LS_VERSION} into {venv} from {LOCK.name} (~1.5 min)...",
                 flush=True,
             )
-        shutil.rmtree(venv, ignore_errors=True)
         log = venv.parent / "install.log"
-        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps"]
-        with open(log, "w") as out:
-            steps = [
-                [sys.executable, "-m", "venv", str(venv)],
-                [*pip, "--require-hashes", "-r", str(LOCK)],
+        python = venv / "bin" / "python"
+        steps = [] if python.exists() else [[sys.executable, "-m", "venv", str(venv)]]
+        steps.append(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--require-hashes",
+                "-r",
+                str(LOCK),
             ]
+        )
+        with open(log, "w") as out:
             for cmd in steps:
                 if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode:
                     tail = log.read_text(errors="replace").strip().splitlines()[-1:]

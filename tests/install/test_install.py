@@ -120,3 +120,33 @@ def test_demo_stops_at_once_on_a_drifted_part(tmp_path: Path) -> None:
         and "fix: safesail setup" in result.stderr
     )
     assert "corpus:" not in result.stdout  # stopped before the first step
+
+
+def test_a_venv_already_at_the_lock_is_kept_offline(tmp_path: Path) -> None:
+    """A venv that holds every locked version but records another digest (an older marker, or
+    a relock that changed only comments) is accepted as it is: nothing is downloaded (pip's index
+    is closed in this suite) and nothing is removed; a venv that differs is not accepted."""
+    from annotation.server import ensure_installed
+    from safesail.errors import SafesailError
+
+    cache = _drifted_cache(tmp_path)
+    site = cache / "label-studio" / "venv" / "lib" / "python3.11" / "site-packages"
+    for name, version in read_lock(LOCK).items():
+        meta = site / f"{name.replace('-', '_')}-{version}.dist-info"
+        meta.mkdir(parents=True, exist_ok=True)
+        (meta / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (site / "sentry_sdk-3.0.0.dist-info" / "METADATA").unlink()
+    (site / "sentry_sdk-3.0.0.dist-info").rmdir()
+    marker = cache / "label-studio" / "venv" / ".safesail-installed"
+    marker.write_text("an older lock's digest")
+    exe = ensure_installed(cache, progress=False)
+    assert exe.exists() and marker.read_text() != "an older lock's digest"
+    marker.write_text("an older lock's digest")
+    (site / "django-5.2.20.dist-info" / "METADATA").unlink()  # one package now differs
+    try:
+        ensure_installed(cache, progress=False)  # must try pip, which the closed index refuses
+    except SafesailError as exc:
+        assert "installing Label Studio failed" in str(exc)
+    else:
+        raise AssertionError("a venv that differs from the lock was accepted")
+    assert (site / f"protobuf-{read_lock(LOCK)['protobuf']}.dist-info").exists()  # kept
