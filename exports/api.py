@@ -102,7 +102,19 @@ def read_export(
 ) -> tuple[list[ExportRecord], list[tuple[str, str]]]:
     """Records of an export (folder or data file) and the rows the reader could not use."""
     spec = get_format(fmt)
-    return spec.read(path, read_manifest(fmt, path), sae)
+    try:
+        return spec.read(path, read_manifest(fmt, path), sae)
+    except UnicodeDecodeError as exc:
+        raise SafesailError(
+            f"{path} is not UTF-8 text (bad byte at offset {exc.start}) — save it as UTF-8"
+        ) from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("pyarrow"):
+            reason = " ".join(str(exc).split())[:200]
+            raise SafesailError(
+                f"{path} is not a readable parquet file ({reason}) — check it is whole"
+            ) from None
+        raise
 
 
 def import_file(

@@ -247,7 +247,7 @@ class Workspace:
         with session_scope(self.engine) as session:
             record = register_sae(
                 session,
-                self.lm,
+                lambda: self.lm,  # loaded only once the SAE's files pass
                 path,
                 source="pretrained" if release else "disk",
                 layer=layer,
