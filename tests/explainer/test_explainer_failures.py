@@ -53,6 +53,14 @@ class Double:
                     return
                 if what == "slow":
                     time.sleep(1.5)
+                if what == "html":  # a web server, not an LLM, at that port
+                    page = b"<html><body>It works!</body></html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
+                    return
                 self._answer(double.content(what, body["messages"]))
 
             def _answer(self, content: str) -> None:
@@ -151,6 +159,18 @@ def test_endpoint_down_is_one_line_error_after_retries(ws):
     with pytest.raises(SafesailError, match=r"unavailable after 2 tries: connection failed"):
         _ask(client)
     assert _calls(ws) == []
+
+
+def test_endpoint_answering_html_is_one_line_with_url_and_reply(double, tmp_path):
+    from safesail.db.tables import open_db
+
+    engine = open_db(f"sqlite:///{tmp_path / 'calls.db'}")
+    d = double([], default="html")
+    config = LlmConfig(model="double", prices={"double": (1.0, 2.0)}, backoff_s=0.0)
+    with pytest.raises(SafesailError, match=r"127\.0\.0\.1.*not OpenAI-compatible.*It works"):
+        _ask(LlmClient(engine, config, d.url))
+    with Session(engine) as session:
+        assert list(session.exec(select(LlmCall))) == []
 
 
 def test_timeout_retries_then_gives_up(ws, double):
