@@ -214,6 +214,28 @@ def test_non_json_answers_mark_features_failed_and_rerun_is_free(ws, double):
     assert again.explained == 0 and d.requests == asked
 
 
+def test_retry_failed_asks_again_with_new_seeds_and_status_counts_them(ws, double):
+    from safesail.status import workspace_status as status
+
+    d = double([], default="text")
+    llm = LlmConfig(base_url=d.url, model="double", prices={"double": (0.0, 0.0)})
+    assert explain(ws, ExplainConfig(limit=2), llm, progress=False).failed == 2
+    assert status(ws)["labels"]["failed_only"] == 2
+    d.default = "ok"  # the endpoint answers well now; the cache still holds the bad answers
+    asked = d.requests
+    retried = explain(ws, ExplainConfig(limit=2), llm, progress=False, retry_failed=True)
+    assert retried.explained == 2 and retried.failed == 0 and d.requests > asked
+    assert status(ws)["labels"]["failed_only"] == 0
+
+
+def test_unknown_feature_is_an_error(ws, double):
+    d = double([])
+    llm = LlmConfig(base_url=d.url, model="double", prices={"double": (0.0, 0.0)})
+    with pytest.raises(SafesailError, match="999999"):
+        explain(ws, ExplainConfig(limit=2), llm, features=[999999], progress=False)
+    assert d.requests == 0
+
+
 def test_empty_gold_set_refuses_calibration_and_queues_everything(ws, double):
     d = double([])
     llm = LlmConfig(base_url=d.url, model="double", prices={"double": (0.0, 0.0)})
