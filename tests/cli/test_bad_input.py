@@ -7,6 +7,7 @@ registered SAE row is enough for the importers), so the whole file takes seconds
 from __future__ import annotations
 
 import json
+import os
 import random
 import sqlite3
 from pathlib import Path
@@ -280,3 +281,21 @@ def test_property_garbage_into_every_importer_and_sae_add(seed, tmp_path, capsys
         target.write_bytes(_garbage(rng, target.read_bytes()) if n % 2 else b"\0" * 64)
         _fails_in_one_line(["sae", "add", "--path", str(folder), "--workspace", str(ws)], capsys)
         assert _counts(ws) == before
+
+
+def test_stale_export_staging_is_removed_at_the_next_run(ws, tmp_path):
+    out = tmp_path / "export"
+    killed = out / ".jsonl-killed"  # what a kill -9 during an export leaves
+    killed.mkdir(parents=True)
+    (killed / "explanations.jsonl").write_text("partial")
+    (killed / ".owner-pid").write_text("999999999 1")
+    running = out / ".jsonl-running"  # another export still writing
+    running.mkdir()
+    (running / ".owner-pid").write_text(str(os.getpid()))
+    assert main(["export", "--format", "jsonl", "--out", str(out), "--workspace", str(ws)]) == 0
+    assert not killed.exists() and running.exists()
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".jsonl-running",
+        "explanations.jsonl",
+        "jsonl.manifest.json",
+    ]  # the owner file stays in the staging folder
