@@ -14,6 +14,7 @@ cached. Rerunning after new labels re-calibrates and re-routes without new expla
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -76,7 +77,7 @@ def endpoint(ws: Workspace, config: LlmConfig, progress: bool = True) -> Iterato
         yield LlmClient(ws.engine, config, url)
         return
     server = EmbeddedServer(ws.config.workspace)
-    info, started = server.up()
+    info, started = server.up(owner=os.getpid())  # stops with this command, even if killed
     if started and progress:
         print(f"started the embedded LLM server at {info.base_url} (log {info.log})")
     try:

@@ -274,3 +274,35 @@ def test_parse_json_repairs_what_small_models_break():
     }
     with pytest.raises(ValueError):
         parse_json("no json here")
+
+
+def test_a_commands_server_stops_when_the_command_is_killed(tmp_path):
+    """The supervisor of a server started by a command (not `llm up`) stops it once that
+    command is gone, even killed with SIGKILL; `sleep` stands in for llama.cpp here (the
+    embedded server itself is started and stopped in test_explainer.py)."""
+    import signal
+    import subprocess
+    import sys
+
+    from safesail.procs import start_time
+
+    owner = subprocess.Popen(["sleep", "60"])
+    record = tmp_path / "exit.json"
+    supervisor = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "safesail.explainer.server",
+            "--supervise",
+            str(record),
+            f"{owner.pid}:{start_time(owner.pid)}",
+            "sleep",
+            "60",
+        ]
+    )
+    time.sleep(1.0)
+    assert supervisor.poll() is None  # the owner runs: so does the server
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    assert supervisor.wait(timeout=15) != 0
+    assert json.loads(record.read_text())["returncode"] == -signal.SIGTERM
