@@ -47,7 +47,8 @@ def read_sae_config(path: Path) -> dict[str, Any]:
     cfg_file = path / "cfg.json"
     if not cfg_file.is_file() or not (path / "sae_weights.safetensors").is_file():
         raise SafesailError(
-            f"{path} is not an SAE in sae-lens format (needs cfg.json and sae_weights.safetensors)"
+            f"{path} is not an SAE in sae-lens format (needs cfg.json and sae_weights.safetensors) "
+            "— point --path at the SAE's folder"
         )
     try:
         cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
