@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from safesail.config import SaeSpec, TrainConfig
 from safesail.db.tables import SaeRecord
@@ -285,3 +285,34 @@ def gather_residuals(
         for layer in layers:
             parts[layer].append(out[layer])
     return {layer: torch.cat(chunks) for layer, chunks in parts.items()}
+
+
+WORKSPACE_ROOT = "workspace_root"
+"""Meta key: the folder the workspace's SAE paths were written under."""
+
+
+def rebase_sae_paths(session: Session, root: Path) -> int:
+    """Point the SAE records of a workspace that was copied or moved at the SAE folders under
+    its new `root`, not the original's (which may be gone, or be changed by someone else).
+    Paths outside the old root (an SAE added from elsewhere) stay. A workspace written before
+    the root was recorded: its SAEs under a `saes/` folder are taken to be its own. Returns
+    how many records moved."""
+    from safesail.db.tables import get_meta, set_meta
+
+    root = root.resolve()
+    old = get_meta(session, WORKSPACE_ROOT)
+    moved = 0
+    if old != str(root):
+        for record in session.exec(select(SaeRecord).where(SaeRecord.path != "")):
+            path = Path(record.path)
+            base = (
+                Path(old) if old else (path.parent.parent if path.parent.name == "saes" else None)
+            )
+            if base is None or not path.is_relative_to(base):
+                continue
+            target = root / path.relative_to(base)
+            if target != path and target.is_dir():
+                record.path = str(target)
+                moved += 1
+        set_meta(session, WORKSPACE_ROOT, str(root))
+    return moved

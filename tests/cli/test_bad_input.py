@@ -299,3 +299,37 @@ def test_stale_export_staging_is_removed_at_the_next_run(ws, tmp_path):
         "explanations.jsonl",
         "jsonl.manifest.json",
     ]  # the owner file stays in the staging folder
+
+
+def test_a_moved_workspace_reads_its_own_sae_folders(tmp_path):
+    import shutil
+
+    from sqlmodel import Session
+
+    from safesail.workspace import Workspace
+
+    original = _workspace(tmp_path / "ws")
+    own = _sae_folder(original / "saes" / "mine")
+    elsewhere = _sae_folder(tmp_path / "shared" / "theirs")
+    ws = Workspace(WorkspaceConfig(original))
+    with session_scope(ws.engine) as session:
+        session.get(SaeRecord, SAE_ID).path = str(own)
+        session.add(
+            SaeRecord(
+                id="other",
+                source="disk",
+                path=str(elsewhere),
+                layer=1,
+                d_in=576,
+                d_sae=64,
+                architecture="topk",
+            )
+        )
+    ws.engine.dispose()
+    moved = tmp_path / "moved"
+    shutil.move(original, moved)
+    ws = Workspace(WorkspaceConfig(moved))
+    with Session(ws.engine) as session:
+        assert session.get(SaeRecord, SAE_ID).path == str((moved / "saes" / "mine").resolve())
+        assert session.get(SaeRecord, "other").path == str(elsewhere)
+    ws.engine.dispose()
