@@ -7,8 +7,10 @@ interrupted export never leaves half a data set behind; rerunning it replaces th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,12 +25,34 @@ from exports.records import ExportRecord, ImportReport, gather_records, import_r
 from safesail.db.contracts import Workspace
 from safesail.db.tables import SaeRecord
 from safesail.errors import SafesailError
+from safesail.procs import pid_alive, start_time
 
 
 def get_format(name: str) -> Format:
     if name not in FORMATS:
         raise SafesailError(f"unknown format '{name}'; known: {', '.join(FORMATS)}")
     return FORMATS[name]
+
+
+STAGING_OWNER = ".owner-pid"
+"""File in an export's staging folder naming the process writing it (pid and start time: a
+recycled pid is not the owner)."""
+
+
+def remove_stale_staging(out: Path, fmt: str) -> None:
+    """Delete the staging folders of exports that were killed (their process is gone), which
+    would otherwise stay forever, hidden, as large as an export. A folder without an owner
+    file is removed once it is a minute old (one in the instant before its owner file)."""
+    for folder in out.glob(f".{fmt}-*"):
+        if not folder.is_dir():
+            continue
+        try:
+            pid, _, started = (folder / STAGING_OWNER).read_text().partition(" ")
+            alive = pid_alive(int(pid), int(started) if started.strip() else None)
+        except (OSError, ValueError):
+            alive = time.time() - folder.stat().st_mtime < 60
+        if not alive:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_export(
@@ -42,8 +66,15 @@ def write_export(
     """Write records in a format into `out` with its manifest; returns the manifest. `engine`:
     the workspace, for formats that also hold per-feature data (Format.features)."""
     spec = get_format(fmt)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise SafesailError(
+            f"--out {out} is a file or lies under one — give a folder to write into"
+        ) from None
+    remove_stale_staging(out, fmt)
     staging = Path(tempfile.mkdtemp(prefix=f".{fmt}-", dir=out))
+    (staging / STAGING_OWNER).write_text(f"{os.getpid()} {start_time(os.getpid()) or ''}")
     try:
         if spec.features is not None and engine is not None:
             written = spec.write(records, staging, spec.features(engine, records))
@@ -66,6 +97,8 @@ def write_export(
         }
         (staging / manifest_name(fmt)).write_text(json.dumps(manifest, indent=1))
         for item in staging.iterdir():
+            if item.name == STAGING_OWNER:
+                continue
             target = out / item.name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -102,7 +135,19 @@ def read_export(
 ) -> tuple[list[ExportRecord], list[tuple[str, str]]]:
     """Records of an export (folder or data file) and the rows the reader could not use."""
     spec = get_format(fmt)
-    return spec.read(path, read_manifest(fmt, path), sae)
+    try:
+        return spec.read(path, read_manifest(fmt, path), sae)
+    except UnicodeDecodeError as exc:
+        raise SafesailError(
+            f"{path} is not UTF-8 text (bad byte at offset {exc.start}) — save it as UTF-8"
+        ) from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("pyarrow"):
+            reason = " ".join(str(exc).split())[:200]
+            raise SafesailError(
+                f"{path} is not a readable parquet file ({reason}) — check it is whole"
+            ) from None
+        raise
 
 
 def import_file(

@@ -14,7 +14,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from exports.formats.safesail_db import NEURON_KEY, read_neuron_db, read_safesail_db
@@ -22,7 +21,7 @@ from exports.provenance import apply_trust, read_manifest
 from exports.records import ImportReport, import_records, require_sae
 from safesail.db.contracts import Workspace
 from safesail.db.queries import model_name
-from safesail.db.tables import REFERENCE_ONLY, SaeRecord, session_scope
+from safesail.db.tables import REFERENCE_ONLY, SaeRecord
 from safesail.errors import SafesailError
 
 
@@ -91,6 +90,7 @@ def import_safesail_db(
     own_export = bool(manifest.get("modules"))
     model = db_model or (manifest.get("model") if own_export else None) or SAFE_SAIL_RELEASE.model
     reader = read_safesail_db
+    new_saes: list[SaeRecord] = []
     if sae_id:
         sae = require_sae(ws.engine, sae_id)
         sae_model = sae.model or ws.model_name
@@ -117,33 +117,33 @@ def import_safesail_db(
         else:
             identity = db_identity(model, db_width)
             by_layer = {layer: identity.sae_id(layer) for layer in layers}
-            register(ws.engine, identity, by_layer)
+            new_saes = reference_saes(identity, by_layer)
             records, skipped = reader(path, {"sae_by_layer": by_layer}, None)
     apply_trust(records, path, trust=trust)
-    return import_records(ws.engine, ws.taxonomy, records, model=None, skipped=skipped)
+    return import_records(
+        ws.engine, ws.taxonomy, records, model=None, skipped=skipped, new_saes=new_saes
+    )
 
 
-def register(engine: Engine, identity: SaeIdentity, by_layer: dict[int, str]) -> None:
-    """The reference-only SaeRecords of an identity, one per layer (kept when present)."""
-    with session_scope(engine) as session:
-        for layer, sid in by_layer.items():
-            if session.get(SaeRecord, sid) is not None:
-                continue
-            session.add(
-                SaeRecord(
-                    id=sid,
-                    source=REFERENCE_ONLY,
-                    path="",
-                    layer=layer,
-                    d_in=identity.d_in,
-                    d_sae=identity.d_sae,
-                    k=identity.k,
-                    architecture=identity.architecture,
-                    release=identity.release,
-                    model=identity.model,
-                    hook=identity.hook.format(layer=layer),
-                )
-            )
+def reference_saes(identity: SaeIdentity, by_layer: dict[int, str]) -> list[SaeRecord]:
+    """The reference-only SaeRecords of an identity, one per layer (written by the import
+    with its rows, so that only an import that keeps a row registers them)."""
+    return [
+        SaeRecord(
+            id=sid,
+            source=REFERENCE_ONLY,
+            path="",
+            layer=layer,
+            d_in=identity.d_in,
+            d_sae=identity.d_sae,
+            k=identity.k,
+            architecture=identity.architecture,
+            release=identity.release,
+            model=identity.model,
+            hook=identity.hook.format(layer=layer),
+        )
+        for layer, sid in by_layer.items()
+    ]
 
 
 def _db_layers(path: Path) -> list[int]:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safesail.errors import SafesailError
 from safesail.plugins import Plugin
 
 if TYPE_CHECKING:
@@ -85,6 +86,11 @@ def _import(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
         db_width=args.db_width,
     )
     print_report(report)
+    if not report.added and not report.present:
+        raise SafesailError(
+            f"nothing valid to import from {args.path} ({len(report.skipped)} row(s) skipped, "
+            "reasons above) — fix the file and rerun"
+        )
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -278,6 +279,48 @@ class ImportReport(NamedTuple):
     skipped: list[tuple[str, str]]
 
 
+MAX_EXPLANATION_CHARS = 20_000
+"""The longest explanation an import accepts: an explanation is a sentence or a paragraph; a
+megabyte "explanation" is a broken or hostile file, and it would be shown in every view."""
+
+
+def record_problem(record: ExportRecord) -> str | None:
+    """Why a record read from a file cannot be stored (wrong types, an oversized text, a bad
+    timestamp or score), or None: checked before the database sees it, so a bad row is a
+    skipped row, never a crash halfway through the transaction."""
+    if not isinstance(record.sae_id, str) or not isinstance(record.source, str):
+        return "bad row: sae_id and source must be text"
+    if isinstance(record.index, bool) or not isinstance(record.index, int):
+        return "bad row: index must be an integer"
+    if not isinstance(record.explanation, str):
+        return "bad row: explanation must be text"
+    if len(record.explanation) > MAX_EXPLANATION_CHARS:
+        return (
+            f"explanation too long: {len(record.explanation)} > {MAX_EXPLANATION_CHARS} characters"
+        )
+    if not isinstance(record.concepts, list) or not all(
+        isinstance(c, str) for c in record.concepts
+    ):
+        return "bad row: concepts must be a list of text"
+    if record.author is not None and not isinstance(record.author, str):
+        return "bad row: author must be text"
+    if record.created_at:
+        try:
+            datetime.fromisoformat(record.created_at)
+        except (TypeError, ValueError):
+            return f"bad row: created_at {str(record.created_at)[:40]!r} is not an ISO time"
+    scores = record.scores or []
+    if not isinstance(scores, list) or not all(
+        isinstance(s, dict)
+        and isinstance(s.get("scorer"), str)
+        and isinstance(s.get("value"), int | float)
+        and not isinstance(s.get("value"), bool)
+        for s in scores
+    ):
+        return "bad row: scores must be a list of {scorer, value}"
+    return None
+
+
 def import_records(
     engine: Engine,
     taxonomy: Taxonomy,
@@ -285,22 +328,33 @@ def import_records(
     *,
     model: str | None = None,
     skipped: list[tuple[str, str]] | None = None,
+    new_saes: Sequence[SaeRecord] = (),
 ) -> ImportReport:
     """Write records as Explanation (+ Score) rows in one transaction; a record already present
-    (same SAE, feature, source, text and author) is not added again, so re-import is a no-op."""
+    (same SAE, feature, source, text and author) is not added again, so re-import is a no-op.
+    `new_saes` (the records a file's own SAEs need) are written in the same transaction, and
+    only when some row is added: a file whose every row is rejected leaves no trace."""
     skipped = list(skipped or [])
     allowed = set(taxonomy.label_values())
     added = present = 0
     with session_scope(engine) as session:
         saes = {r.id: r for r in session.exec(select(SaeRecord))}
+        pending = [r for r in new_saes if r.id not in saes]
+        saes.update({r.id: r for r in pending})
         have = {
             (e.sae_id, e.feature, e.source, e.text.strip(), e.author)
             for e in session.exec(select(Explanation))
         }
+        # an untrusted re-import of this workspace's own export: the same text by the same
+        # author on the same feature is present whatever source the file claimed
+        have_any_source = {(sae, feature, text, author) for sae, feature, _, text, author in have}
         for record in records:
-            where = f"{record.sae_id}/{record.index}"
+            where = f"{str(record.sae_id)[:100]}/{str(record.index)[:20]}"
+            problem = record_problem(record)
+            if problem:
+                skipped.append((where, problem))
+                continue
             sae = saes.get(record.sae_id)
-            problem = None
             if sae is None:
                 problem = f"SAE '{record.sae_id}' is not in this workspace"
             elif not 0 <= record.index < sae.d_sae:
@@ -316,7 +370,10 @@ def import_records(
             if problem:
                 skipped.append((where, problem))
                 continue
-            if record.key() in have:
+            sae_id, index, source, text, author = record.key()
+            if record.key() in have or (
+                source == "prior" and (sae_id, index, text, author) in have_any_source
+            ):
                 present += 1
                 continue
             have.add(record.key())
@@ -350,6 +407,10 @@ def import_records(
             )
             if record.created_at:
                 explanation.created_at = datetime.fromisoformat(record.created_at)
+            if pending:  # the first row kept: its SAE records go in first
+                session.add_all(pending)
+                session.flush()
+                pending = []
             session.add(explanation)
             session.flush()
             for score in record.scores:

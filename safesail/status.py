@@ -98,6 +98,8 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
     accepted = [(f, source) for f, source, st in labels if st == "accepted"]
     explained = {f for f, _ in accepted}
     open_auto = {f for f, src, st in labels if src == "auto" and st != "accepted"} - explained
+    answered = {f for f, src, st in labels if src == "auto" and st != "failed"}
+    only_failed = {f for f, src, st in labels if src == "auto" and st == "failed"} - answered
     return {
         "workspace": str(ws.config.workspace),
         "model": ws.model_name,
@@ -129,6 +131,7 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
             "auto_accepted": sum(1 for _, s in accepted if s == "auto"),
             "prior": sum(1 for _, s in accepted if s == "prior"),
             "queued_for_humans": len(open_auto),
+            "failed_only": len(only_failed),  # `explain --retry-failed` asks again
         },
         "llm": {
             "calls": cost[0],

@@ -74,6 +74,11 @@ class Workspace:
             model_name = model_name or lm.name
         config.workspace.mkdir(parents=True, exist_ok=True)
         self.engine = open_db(config.resolved_db_url)
+        if config.db_url is None:  # the database travels with the folder: so do its SAE paths
+            from safesail.model.saes import rebase_sae_paths
+
+            with session_scope(self.engine) as session:
+                rebase_sae_paths(session, config.workspace)
         with Session(self.engine) as session:
             stored = get_meta(session, "model")
         if model_name and stored and model_name != stored:
@@ -247,7 +252,7 @@ class Workspace:
         with session_scope(self.engine) as session:
             record = register_sae(
                 session,
-                self.lm,
+                lambda: self.lm,  # loaded only once the SAE's files pass
                 path,
                 source="pretrained" if release else "disk",
                 layer=layer,

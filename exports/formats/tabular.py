@@ -138,11 +138,22 @@ def _csv_value(name: str, cell: str) -> Any:
 def _read_csv(path: Path, _manifest: dict, _sae: SaeRecord | None):
     records, skipped = [], []
     with open(data_file(path, "explanations.csv"), encoding="utf-8", newline="") as fh:
-        for n, row in enumerate(csv.DictReader(fh), 2):
+        reader = csv.DictReader(fh, strict=True)  # an unterminated quote is an error
+        while True:
+            try:  # a line the csv module cannot parse (NUL, oversized field) is a skipped row
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                skipped.append((f"line {reader.line_num}", f"unparsable CSV: {exc}"))
+                continue
+            if any("\0" in v for v in row.values() if isinstance(v, str)):
+                skipped.append((f"line {reader.line_num}", "unparsable CSV: a NUL byte"))
+                continue
             try:
                 records.append(_from_dict({k: _csv_value(k, v) for k, v in row.items()}))
             except (ValueError, TypeError, AttributeError) as exc:
-                skipped.append((f"line {n}", f"bad row: {exc}"))
+                skipped.append((f"line {reader.line_num}", f"bad row: {exc}"))
     return records, skipped
 
 

@@ -102,7 +102,19 @@ def common_options() -> argparse.ArgumentParser:
         help="HF model name or local folder (default: the embedded SmolLM2)",
     )
     common.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_debug_flag(common)
     return common
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """`--debug`: a failure shows its traceback instead of the one-line error. Suppressed
+    default, so the flag given before the subcommand is not reset by the subcommand's parser."""
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the traceback of a failure instead of one line",
+    )
 
 
 def _corpus(sub, common: argparse.ArgumentParser) -> None:
@@ -151,6 +163,11 @@ def _sae(sub, common: argparse.ArgumentParser) -> None:
     add.add_argument("--layer", type=int, help="block the SAE reads (default: from its hook name)")
     add.add_argument("--id", dest="record_id", help="id to give it here")
     sae.add_parser("list", parents=[common], help="candidate SAEs and their scores")
+    remove = sae.add_parser(
+        "remove", parents=[common], help="remove an SAE and every row about it (its files stay)"
+    )
+    remove.add_argument("remove_id", metavar="ID", help="the SAE's id (`safesail sae list`)")
+    remove.add_argument("--force", action="store_true", help="even the selected SAE")
 
 
 def _steps(sub, common: argparse.ArgumentParser) -> None:
@@ -307,6 +324,7 @@ def build_parser(plugins: list[Plugin] | None = None) -> argparse.ArgumentParser
         plugins = sorted([*plugins, CAUSAL_PLUGIN], key=lambda p: (p.order, p.name))
     common = common_options()
     parser = argparse.ArgumentParser(prog="safesail", description=DESCRIPTION)
+    add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     _corpus(sub, common)
     _sae(sub, common)

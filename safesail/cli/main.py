@@ -48,10 +48,55 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "demo", "main", "run"]
 
 
+CREATE_WORKSPACE = {"corpus build", "corpus add", "sae train", "sae add", "demo"}
+"""The commands that build a workspace and so may create one; every other command reads one,
+and a mistyped `--workspace` must be an error, not a stray empty workspace reported as "0 texts"."""
+NO_WORKSPACE = {"llm", "labelstudio"}
+"""Commands that run a server beside a workspace rather than read one."""
+
+
+def _command(args: argparse.Namespace) -> str:
+    action = getattr(args, "action", None)
+    return f"{args.command} {action}" if isinstance(action, str) else args.command
+
+
+def check_workspace(config: WorkspaceConfig, create: bool) -> None:
+    """Refuse a workspace that is a file, a 0-byte database (a truncated copy, not a new
+    workspace: initialising it would hide the loss), or, unless `create`, one that does not
+    exist."""
+    folder = config.workspace
+    if folder.exists() and not folder.is_dir():
+        raise SafesailError(
+            f"--workspace {folder} is a file, not a folder — point --workspace at a folder"
+        )
+    if config.db_url:  # a server database reports its own problems
+        return
+    database = folder / "safesail.db"
+    if database.exists() and database.stat().st_size == 0:
+        raise SafesailError(
+            f"database {database} is empty (0 bytes), not a workspace — restore it from a "
+            "backup, or delete it to start a new workspace there"
+        )
+    if not create and not database.exists():
+        raise SafesailError(
+            f"no workspace at {folder} (no safesail.db there) — check --workspace, or build one "
+            "with `safesail corpus build` or `safesail demo`"
+        )
+
+
 def _workspace(args: argparse.Namespace) -> workspace.Workspace:
     from safesail.workspace import Workspace as Core
 
-    return Core(config_from_args(WorkspaceConfig, args, WORKSPACE_FLAGS), args.model)
+    config = config_from_args(WorkspaceConfig, args, WORKSPACE_FLAGS)
+    command = _command(args)
+    check_workspace(config, create=command in CREATE_WORKSPACE or args.command in NO_WORKSPACE)
+    try:
+        return Core(config, args.model)
+    except OSError as exc:
+        raise SafesailError(
+            f"cannot create the workspace {config.workspace}: {exc.strerror} — point "
+            "--workspace at a folder you can write"
+        ) from None
 
 
 def _specs(values: list[str] | None) -> list[SaeSpec]:
@@ -208,6 +253,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"added {ws.add_sae(args.path, layer=args.layer, sae_id=args.record_id)}")
             else:
                 raise SafesailError("sae add needs --path DIR or --release NAME --sae-id ID")
+        elif args.action == "remove":
+            from safesail.db.queries import remove_sae
+
+            deleted = remove_sae(ws.engine, args.remove_id, force=args.force)
+            rows = ", ".join(f"{n} {table}" for table, n in deleted.items()) or "no other rows"
+            print(f"removed SAE {args.remove_id} ({rows})")
         else:
             _print_ranking(ws)
     elif cmd == "collect":
@@ -437,16 +488,65 @@ def demo(ws: workspace.Workspace, args: argparse.Namespace, progress: bool) -> i
     return 0
 
 
+def _database_file(args: argparse.Namespace) -> str:
+    from safesail.db.tables import masked_url
+
+    url = getattr(args, "db_url", None)
+    if url:
+        return masked_url(url)
+    return str(getattr(args, "workspace", "workspace")) + "/safesail.db"
+
+
+def expected_failure(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """The one-line message for a failure a user can cause (a bad file, a locked or corrupt
+    database, an unwritable path), or None for a bug (which keeps its traceback). The safety
+    net under the SafesailErrors raised near their causes: it names what failed and what to
+    do, never the SQL or its parameters."""
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError):
+        reason = " ".join(str(exc.orig).split())
+        where = _database_file(args)
+        if "locked" in reason.lower():
+            return (
+                f"database {where} is locked — another safesail process holds it; wait or stop it"
+            )
+        return (
+            f"database {where} is unreadable ({reason}) — restore it from a backup or use "
+            "another --workspace"
+        )
+    if isinstance(exc, UnicodeError):
+        return f"a file is not UTF-8 text ({exc}) — save it as UTF-8 and rerun"
+    if isinstance(exc, OSError):
+        where = exc.filename or "a path"
+        return f"{where}: {exc.strerror or exc} — check the path exists and you can write there"
+    kind = type(exc)
+    if kind.__module__.startswith(("pyarrow", "safetensors")):
+        return f"a file could not be read ({kind.__name__}: {exc}) — check it is whole and of the right format"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The single dispatch path: every expected failure becomes one line
+    `safesail: error: <what> — <what to do>` and exit 2; `--debug` shows the traceback."""
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
     try:
         return run(args)
     except SafesailError as exc:
+        if debug:
+            raise
         print(f"safesail: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("safesail: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        message = None if debug else expected_failure(exc, args)
+        if message is None:
+            raise
+        print(f"safesail: error: {' '.join(message.split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

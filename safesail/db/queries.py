@@ -153,3 +153,46 @@ def coverage_states(session: Session, sae_id: str) -> dict[int, tuple[str | None
             state = COVERAGE_STATES[3]
         out[int(index)] = (concept, state)
     return out
+
+
+def remove_sae(engine: Engine, sae_id: str, *, force: bool = False) -> dict[str, int]:
+    """Delete an SAE's record and every row that hangs on it, in one transaction (a bad SAE
+    must not block the workspace, and a half-removed one would be worse). The tables are
+    read from the database itself, so the rooms' tables (which the core does not import) are
+    cleared too: rows with this `sae_id`, then rows pointing at those. Refuses the selected
+    SAE unless `force`. Returns the rows deleted per table."""
+    from sqlalchemy import MetaData, delete
+    from sqlalchemy import select as core_select
+
+    from safesail.db.tables import Meta, SaeRecord, session_scope
+
+    tables = MetaData()
+    tables.reflect(engine)
+    deleted: dict[str, int] = {}
+    with session_scope(engine) as session:
+        if session.get(SaeRecord, sae_id) is None:
+            raise SafesailError(
+                f"no SAE '{sae_id}' in this workspace — `safesail sae list` shows them"
+            )
+        if selected_sae(session) == sae_id:
+            if not force:
+                raise SafesailError(
+                    f"SAE '{sae_id}' is the selected one — select another first, or pass --force"
+                )
+            session.delete(session.get(Meta, "selected_sae"))
+        owned = {
+            t.name: t for t in tables.sorted_tables if "sae_id" in t.c and t.name != "saerecord"
+        }
+        for table in reversed(tables.sorted_tables):
+            for key in table.foreign_keys:
+                parent = owned.get(key.column.table.name)
+                if parent is not None and table.name not in owned:
+                    ids = core_select(key.column).where(parent.c.sae_id == sae_id)
+                    result = session.execute(delete(table).where(key.parent.in_(ids)))
+                    deleted[table.name] = deleted.get(table.name, 0) + result.rowcount
+        for table in reversed(tables.sorted_tables):
+            if table.name in owned:
+                result = session.execute(delete(table).where(table.c.sae_id == sae_id))
+                deleted[table.name] = deleted.get(table.name, 0) + result.rowcount
+        session.delete(session.get(SaeRecord, sae_id))
+    return {name: n for name, n in deleted.items() if n}

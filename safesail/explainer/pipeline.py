@@ -14,6 +14,7 @@ cached. Rerunning after new labels re-calibrates and re-routes without new expla
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from safesail.db.contracts import CalibrationReport, Workspace
 from safesail.db.tables import Explanation, Feature, Score, session_scope
+from safesail.errors import SafesailError
 from safesail.explainer.clients import LlmClient, validate_answer
 from safesail.explainer.config import ExplainConfig, LlmConfig
 from safesail.explainer.context import RunContext
@@ -75,7 +77,7 @@ def endpoint(ws: Workspace, config: LlmConfig, progress: bool = True) -> Iterato
         yield LlmClient(ws.engine, config, url)
         return
     server = EmbeddedServer(ws.config.workspace)
-    info, started = server.up()
+    info, started = server.up(owner=os.getpid())  # stops with this command, even if killed
     if started and progress:
         print(f"started the embedded LLM server at {info.base_url} (log {info.log})")
     try:
@@ -93,10 +95,11 @@ def explain(
     features: list[int] | None = None,
     escalate: LlmConfig | None = None,
     progress: bool = True,
+    retry_failed: bool = False,
 ) -> ExplainReport:
     """Run the cascade on the selected SAE's features (see module doc); `features` restricts
     the unlabeled ones to these (candidates or not); `escalate` adds the stronger endpoint's
-    stage."""
+    stage; `retry_failed` asks again about features whose every answer of a stage failed."""
     ctx = RunContext.start(ws, config or ExplainConfig(), llm or LlmConfig(), progress, escalate)
     with Session(ws.engine) as session:
         gold = gold_labels(session, ctx.sae_id)
@@ -111,7 +114,7 @@ def explain(
         reach = reach[: ctx.config.max_gold] if ctx.config.max_gold is not None else reach
         more = [f for f in unlabeled if decided.reaches(f, name)]
         more = more[: ctx.config.limit] if ctx.config.limit is not None else more
-        todo = _not_done(ctx, reach + more, version)
+        todo = _not_done(ctx, reach + more, version, retry_failed)
         if todo:
             explained += len(todo)
             failed += _run(ctx, todo, gold, llm_config, version, name)
@@ -119,19 +122,24 @@ def explain(
     return ExplainReport(explained, failed, report.accepted, report.queued, report)
 
 
-def _not_done(ctx: RunContext, todo: list[int], version: str) -> list[int]:
-    """The features without an answer of this stage version yet (every answer is kept)."""
+def _not_done(
+    ctx: RunContext, todo: list[int], version: str, retry_failed: bool = False
+) -> dict[int, int]:
+    """The features without an answer of this stage version yet (every answer is kept), each
+    with how many failed answers it has: with `retry_failed` a feature whose answers all failed
+    is asked again, with attempts (seeds) after those, since the same request would be served
+    the same failed answer from the cache."""
     with Session(ctx.ws.engine) as session:
-        done = set(
-            session.exec(
-                select(Explanation.feature).where(
-                    Explanation.sae_id == ctx.sae_id,
-                    Explanation.source == "auto",
-                    Explanation.model_version == version,
-                )
+        answers = session.exec(
+            select(Explanation.feature, Explanation.status).where(
+                Explanation.sae_id == ctx.sae_id,
+                Explanation.source == "auto",
+                Explanation.model_version == version,
             )
-        )
-    return [f for f in todo if f not in done]
+        ).all()
+    failures = Counter(f for f, status in answers if status == "failed")
+    done = {f for f, status in answers if status != "failed" or not retry_failed}
+    return {f: failures[f] for f in todo if f not in done}
 
 
 def _choose(
@@ -150,6 +158,13 @@ def _choose(
             )
         )
         explainable = set(session.exec(with_examples))
+    unknown = sorted(set(features or []) - explainable)
+    if unknown:
+        shown = ", ".join(map(str, unknown[:10]))
+        raise SafesailError(
+            f"feature(s) {shown} of {ctx.sae_id} have no collected examples (unknown or never "
+            "firing) — pick features from `safesail status` or the app, or rerun `safesail collect`"
+        )
     pool = candidates if features is None else [f for f in features if f in explainable]
     unlabeled = [f for f in pool if f not in gold]
     return sorted(f for f in gold if f in explainable), unlabeled
@@ -157,14 +172,14 @@ def _choose(
 
 def _run(
     ctx: RunContext,
-    todo: list[int],
+    todo: dict[int, int],
     gold: dict[int, Gold],
     llm: LlmConfig,
     version: str,
     stage: str,
 ) -> int:
-    """Ask one LLM stage about the features and score its answers (threads), storing each as
-    it finishes; returns how many failed. An interruption cancels what has not started; what
+    """Ask one LLM stage about the features (each with its failed answers so far) and score its
+    answers (threads), storing each as it finishes; returns how many failed. An interruption cancels what has not started; what
     finished is kept."""
     config = ctx.config
     found = materials(ctx.ws, ctx.sae_id, sorted(set(todo) | set(gold)), config, ctx.concepts)
@@ -190,6 +205,7 @@ def _run(
                 nearest_shots(found[f].vector, shots_pool, config.few_shot, exclude=f)
                 if config.prompting == "ours"
                 else [],
+                todo[f] * config.votes,
             )
             for f in todo
             if f in found
@@ -221,7 +237,12 @@ def _workers(llm: LlmConfig) -> int:
 
 
 def _explain_one(
-    ctx: RunContext, client: LlmClient, stage: str, material: Material, shots: list[GoldShot]
+    ctx: RunContext,
+    client: LlmClient,
+    stage: str,
+    material: Material,
+    shots: list[GoldShot],
+    first_attempt: int = 0,
 ) -> Outcome:
     """`votes` answers (the first greedy, the rest sampled with their own seeds); the most
     common primary concept wins, its share of all votes (invalid answers are votes for
@@ -238,7 +259,7 @@ def _explain_one(
     }
     answers: list[ExplanationAnswer] = []
     reason = None
-    for attempt in range(config.votes):
+    for attempt in range(first_attempt, first_attempt + config.votes):
         reply = client.chat(
             messages,
             step="explain" if stage == LLM else stage,

@@ -108,7 +108,13 @@ def _explain(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
 
     config, llm = _explain_config(args), _llm_config(args)
     report = explain(
-        ws, config, llm, features=args.feature, escalate=_escalate_config(args), progress=progress
+        ws,
+        config,
+        llm,
+        features=args.feature,
+        escalate=_escalate_config(args),
+        progress=progress,
+        retry_failed=args.retry_failed,
     )
     _report(report)
     return 0
@@ -150,6 +156,11 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     explain.add_argument(
         "--feature", type=int, action="append", help="explain this feature (repeatable)"
+    )
+    explain.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="ask again about features whose every answer failed (new seeds; `status` counts them)",
     )
     add_config_flags(explain, ExplainConfig, [f for f in EXPLAIN_FLAGS if f != "scorers"])
     explain.add_argument(  # choices from the registry: cliconfig derives them from Literals only

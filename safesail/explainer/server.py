@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -102,8 +103,11 @@ class EmbeddedServer:
             return {"running": False, "log": str(self.log)}
         return {"running": True, "healthy": healthy(info.base_url), **info._asdict()}
 
-    def up(self, wait_s: float = 120.0) -> tuple[ServerInfo, bool]:
-        """(server, started now): a healthy recorded server is reused, never started twice."""
+    def up(self, wait_s: float = 120.0, *, owner: int | None = None) -> tuple[ServerInfo, bool]:
+        """(server, started now): a healthy recorded server is reused, never started twice.
+        With `owner` (a command's pid) the server is that command's: it stops when the owner
+        is gone, even when the owner was killed with no chance to stop it; without, it runs
+        until `llm down` (`safesail llm up`)."""
         info = self.info()
         if info is not None and healthy(info.base_url):
             return info, False
@@ -124,6 +128,7 @@ class EmbeddedServer:
             "safesail.explainer.server",
             "--supervise",
             str(self.exit_record),
+            f"{owner}:{start_time(owner) or ''}" if owner is not None else "-",
             sys.executable,
             "-m",
             "llama_cpp.server",
@@ -213,13 +218,31 @@ def _default_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def supervise(record: Path, command: list[str]) -> int:
+OWNER_POLL_S = 1.0
+"""How often a command's server checks that the command still runs."""
+
+
+def _stop_when_gone(owner: str, child: subprocess.Popen) -> None:
+    """Terminate `child` once the owner ('PID:START') has gone, e.g. killed with SIGKILL."""
+    pid, _, started = owner.partition(":")
+    while child.poll() is None:
+        if not pid_alive(int(pid), int(started) if started else None):
+            child.terminate()
+            return
+        time.sleep(OWNER_POLL_S)
+
+
+def supervise(record: Path, owner: str, command: list[str]) -> int:
     """Run the server as a child and write its exit status to `record` when it ends. SIGTERM
     and SIGINT are left to the child (the whole group receives them on `llm down`), so the
-    supervisor outlives it long enough to write the record."""
+    supervisor outlives it long enough to write the record. An `owner` ('PID:START', or '-'
+    for none) is the command the server serves: when it is gone the server is stopped, so a
+    killed `explain` leaves no orphan server."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     child = subprocess.Popen(command, preexec_fn=_default_signals)
+    if owner != "-":
+        threading.Thread(target=_stop_when_gone, args=(owner, child), daemon=True).start()
     code = child.wait()
     tmp = record.with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(), "returncode": code}))
@@ -228,6 +251,6 @@ def supervise(record: Path, command: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 3 and sys.argv[1] == "--supervise":
-        sys.exit(supervise(Path(sys.argv[2]), sys.argv[3:]))
-    sys.exit("usage: python -m safesail.explainer.server --supervise RECORD COMMAND...")
+    if len(sys.argv) > 4 and sys.argv[1] == "--supervise":
+        sys.exit(supervise(Path(sys.argv[2]), sys.argv[3], sys.argv[4:]))
+    sys.exit("usage: python -m safesail.explainer.server --supervise RECORD OWNER|- COMMAND...")

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from safesail.config import SaeSpec, TrainConfig
 from safesail.db.tables import SaeRecord
@@ -47,12 +47,53 @@ def read_sae_config(path: Path) -> dict[str, Any]:
     cfg_file = path / "cfg.json"
     if not cfg_file.is_file() or not (path / "sae_weights.safetensors").is_file():
         raise SafesailError(
-            f"{path} is not an SAE in sae-lens format (needs cfg.json and sae_weights.safetensors)"
+            f"{path} is not an SAE in sae-lens format (needs cfg.json and sae_weights.safetensors) "
+            "— point --path at the SAE's folder"
         )
     try:
-        return json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SafesailError(f"{cfg_file} is not valid JSON: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise SafesailError(f"{cfg_file} is not a JSON object — it must hold the SAE's config")
+    return cfg
+
+
+def config_size(cfg: dict[str, Any], name: str, path: Path) -> int:
+    """cfg.json's `d_in` or `d_sae` as a positive integer, else a one-line error."""
+    value = cfg.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SafesailError(
+            f"{path / 'cfg.json'}: {name} is {value!r}, not a positive integer — "
+            "it is not a sae-lens config"
+        )
+    return value
+
+
+def check_sae_weights(path: Path, d_in: int, d_sae: int) -> None:
+    """Load the whole weights file and check its shapes against cfg.json, so that a truncated
+    or mismatched file is refused when added, not in the middle of every later `collect`."""
+    from safetensors.torch import load_file
+
+    weights_file = path / "sae_weights.safetensors"
+    try:
+        weights = load_file(weights_file)
+    except Exception as exc:  # safetensors raises its own and OS errors for a bad file
+        reason = " ".join(str(exc).split())[:200]
+        raise SafesailError(
+            f"{weights_file} cannot be read ({reason}) — the file is truncated or not "
+            "safetensors; copy it again"
+        ) from None
+    expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
+    missing = [name for name in ("W_enc", "W_dec") if name not in weights]
+    if missing:
+        raise SafesailError(f"{weights_file} has no {', '.join(missing)} — not an SAE's weights")
+    for name, shape in expected.items():
+        if name in weights and tuple(weights[name].shape) != shape:
+            raise SafesailError(
+                f"{weights_file}: {name} has shape {tuple(weights[name].shape)}, but cfg.json "
+                f"(d_in={d_in}, d_sae={d_sae}) needs {shape} — the weights and cfg.json disagree"
+            )
 
 
 def hook_from_config(cfg: dict[str, Any]) -> str | None:
@@ -73,7 +114,7 @@ def site_of(record: SaeRecord) -> Site:
 
 def register_sae(
     session: Session,
-    lm: LanguageModel,
+    lm: LanguageModel | Callable[[], LanguageModel],
     path: Path,
     *,
     source: str,
@@ -81,12 +122,15 @@ def register_sae(
     sae_id: str | None = None,
     release: str | None = None,
 ) -> SaeRecord:
-    """Validate an SAE folder against the model and record it (idempotent for the same id)."""
+    """Validate an SAE folder (its files first, then against the model) and record it
+    (idempotent for the same id). `lm` may be a loader, called only once the files are good:
+    a wrong path or a truncated file is told without waiting for the model to load."""
     if sae_id is not None:
         check_sae_id(sae_id)
     path = path.resolve()
     cfg = read_sae_config(path)
-    d_in, d_sae = int(cfg.get("d_in", -1)), int(cfg.get("d_sae", -1))
+    d_in, d_sae = config_size(cfg, "d_in", path), config_size(cfg, "d_sae", path)
+    check_sae_weights(path, d_in, d_sae)
     architecture = check_architecture(cfg)
     hook = hook_from_config(cfg)
     if hook is None:
@@ -97,6 +141,8 @@ def register_sae(
     site = parse_site(hook)
     site = site.at_layer(layer) if layer is not None else site  # --layer moves it to that block
     layer = site.layer
+    if not isinstance(lm, LanguageModel):
+        lm = lm()
     lm.check_layer(layer)
     width = lm.site_width(site)
     if d_in != width:
@@ -106,6 +152,8 @@ def register_sae(
             "it was trained on another model or site"
         )
     k = cfg.get("k")
+    if k and (isinstance(k, bool) or not isinstance(k, int)):
+        raise SafesailError(f"{path / 'cfg.json'}: k is {k!r}, not an integer")
     if sae_id is None:  # the folder's name may hold any character: keep the safe ones
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name)
         sae_id = (f"L{layer}-w{d_sae}" + (f"-k{k}" if k else "") + f"-{name}")[:100]
@@ -237,3 +285,34 @@ def gather_residuals(
         for layer in layers:
             parts[layer].append(out[layer])
     return {layer: torch.cat(chunks) for layer, chunks in parts.items()}
+
+
+WORKSPACE_ROOT = "workspace_root"
+"""Meta key: the folder the workspace's SAE paths were written under."""
+
+
+def rebase_sae_paths(session: Session, root: Path) -> int:
+    """Point the SAE records of a workspace that was copied or moved at the SAE folders under
+    its new `root`, not the original's (which may be gone, or be changed by someone else).
+    Paths outside the old root (an SAE added from elsewhere) stay. A workspace written before
+    the root was recorded: its SAEs under a `saes/` folder are taken to be its own. Returns
+    how many records moved."""
+    from safesail.db.tables import get_meta, set_meta
+
+    root = root.resolve()
+    old = get_meta(session, WORKSPACE_ROOT)
+    moved = 0
+    if old != str(root):
+        for record in session.exec(select(SaeRecord).where(SaeRecord.path != "")):
+            path = Path(record.path)
+            base = (
+                Path(old) if old else (path.parent.parent if path.parent.name == "saes" else None)
+            )
+            if base is None or not path.is_relative_to(base):
+                continue
+            target = root / path.relative_to(base)
+            if target != path and target.is_dir():
+                record.path = str(target)
+                moved += 1
+        set_meta(session, WORKSPACE_ROOT, str(root))
+    return moved

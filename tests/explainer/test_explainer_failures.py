@@ -53,6 +53,14 @@ class Double:
                     return
                 if what == "slow":
                     time.sleep(1.5)
+                if what == "html":  # a web server, not an LLM, at that port
+                    page = b"<html><body>It works!</body></html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
+                    return
                 self._answer(double.content(what, body["messages"]))
 
             def _answer(self, content: str) -> None:
@@ -153,6 +161,18 @@ def test_endpoint_down_is_one_line_error_after_retries(ws):
     assert _calls(ws) == []
 
 
+def test_endpoint_answering_html_is_one_line_with_url_and_reply(double, tmp_path):
+    from safesail.db.tables import open_db
+
+    engine = open_db(f"sqlite:///{tmp_path / 'calls.db'}")
+    d = double([], default="html")
+    config = LlmConfig(model="double", prices={"double": (1.0, 2.0)}, backoff_s=0.0)
+    with pytest.raises(SafesailError, match=r"127\.0\.0\.1.*not OpenAI-compatible.*It works"):
+        _ask(LlmClient(engine, config, d.url))
+    with Session(engine) as session:
+        assert list(session.exec(select(LlmCall))) == []
+
+
 def test_timeout_retries_then_gives_up(ws, double):
     d = double([], default="slow")
     client = _client(ws, d.url, timeout_s=0.3, max_retries=1)
@@ -194,6 +214,28 @@ def test_non_json_answers_mark_features_failed_and_rerun_is_free(ws, double):
     assert again.explained == 0 and d.requests == asked
 
 
+def test_retry_failed_asks_again_with_new_seeds_and_status_counts_them(ws, double):
+    from safesail.status import workspace_status as status
+
+    d = double([], default="text")
+    llm = LlmConfig(base_url=d.url, model="double", prices={"double": (0.0, 0.0)})
+    assert explain(ws, ExplainConfig(limit=2), llm, progress=False).failed == 2
+    assert status(ws)["labels"]["failed_only"] == 2
+    d.default = "ok"  # the endpoint answers well now; the cache still holds the bad answers
+    asked = d.requests
+    retried = explain(ws, ExplainConfig(limit=2), llm, progress=False, retry_failed=True)
+    assert retried.explained == 2 and retried.failed == 0 and d.requests > asked
+    assert status(ws)["labels"]["failed_only"] == 0
+
+
+def test_unknown_feature_is_an_error(ws, double):
+    d = double([])
+    llm = LlmConfig(base_url=d.url, model="double", prices={"double": (0.0, 0.0)})
+    with pytest.raises(SafesailError, match="999999"):
+        explain(ws, ExplainConfig(limit=2), llm, features=[999999], progress=False)
+    assert d.requests == 0
+
+
 def test_empty_gold_set_refuses_calibration_and_queues_everything(ws, double):
     d = double([])
     llm = LlmConfig(base_url=d.url, model="double", prices={"double": (0.0, 0.0)})
@@ -232,3 +274,35 @@ def test_parse_json_repairs_what_small_models_break():
     }
     with pytest.raises(ValueError):
         parse_json("no json here")
+
+
+def test_a_commands_server_stops_when_the_command_is_killed(tmp_path):
+    """The supervisor of a server started by a command (not `llm up`) stops it once that
+    command is gone, even killed with SIGKILL; `sleep` stands in for llama.cpp here (the
+    embedded server itself is started and stopped in test_explainer.py)."""
+    import signal
+    import subprocess
+    import sys
+
+    from safesail.procs import start_time
+
+    owner = subprocess.Popen(["sleep", "60"])
+    record = tmp_path / "exit.json"
+    supervisor = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "safesail.explainer.server",
+            "--supervise",
+            str(record),
+            f"{owner.pid}:{start_time(owner.pid)}",
+            "sleep",
+            "60",
+        ]
+    )
+    time.sleep(1.0)
+    assert supervisor.poll() is None  # the owner runs: so does the server
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    assert supervisor.wait(timeout=15) != 0
+    assert json.loads(record.read_text())["returncode"] == -signal.SIGTERM

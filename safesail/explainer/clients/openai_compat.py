@@ -156,7 +156,7 @@ class LlmClient:
         started = time.perf_counter()
         response = self._send(messages, params)
         latency = time.perf_counter() - started
-        choice = response.choices[0]
+        choice = self._first_choice(response)
         text = choice.message.content or ""
         usage = response.usage
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -180,6 +180,19 @@ class LlmClient:
         except IntegrityError:  # another thread answered the same request first: keep one row
             pass
         return Completion(text, choice.finish_reason, prompt_tokens, completion_tokens, False)
+
+    def _first_choice(self, response: Any) -> Any:
+        """The answer's first choice; an endpoint that answers 200 with something else (an
+        HTML page of a proxy or a web server at that port, plain text) is not OpenAI-compatible,
+        and the user needs the URL and what came back, not an AttributeError."""
+        choices = getattr(response, "choices", None)
+        if not choices or getattr(choices[0], "message", None) is None:
+            shown = " ".join(str(response).split())[:120]
+            raise SafesailError(
+                f"LLM endpoint {self.base_url} is not OpenAI-compatible: it answered {shown!r} — "
+                "point --base-url at a /v1 chat-completions server"
+            )
+        return choices[0]
 
     def _send(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Any:
         """The HTTP request with backoff on transient failures; gives up with one clear line."""
