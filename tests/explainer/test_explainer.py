@@ -250,7 +250,7 @@ def test_cascade_benchmark_runs_on_any_reference_set(triaged_ws, tmp_path, lm, l
     path = tmp_path / "reference.json"
     path.write_text(json.dumps(reference))
     ws.engine.dispose()
-    script = Path(__file__).resolve().parents[1] / "bench" / "cascade.py"
+    script = Path(__file__).resolve().parents[2] / "bench" / "cascade.py"
     run = subprocess.run(
         [sys.executable, str(script), "--workspace", str(ws.config.workspace)]
         + ["--reference", str(path), "--base-url", llm_url, "--votes", "1", "--routed", "4"],
