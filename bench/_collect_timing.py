@@ -204,7 +204,7 @@ def instrumented(
 
     Yields the SAE loader to pass to collect: it times loading and wraps every SAE's encode.
     Finalize has few sub-functions, so its sections are found from its four streams over the
-    stored chunks (safesail.collection.finalize.ChunkStream.batches): the passes, the gaps between them (the decile table,
+    stored chunks (safesail.collection.stream.ChunkStream.batches): the passes, the gaps between them (the decile table,
     choosing examples) and after the last (building rows), then the write. Names that no
     longer exist are skipped with a note.
     """

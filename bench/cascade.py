@@ -43,8 +43,8 @@ from safesail.db.tables import Explanation  # noqa: E402
 from safesail.errors import SafesailError  # noqa: E402
 from safesail.explainer.config import ExplainConfig, LlmConfig  # noqa: E402
 from safesail.explainer.pipeline import endpoint, explain  # noqa: E402
-from safesail.explainer.routing import ORDER, is_safety  # noqa: E402
 from safesail.explainer.simulate import seed_gold  # noqa: E402
+from safesail.explainer.stages import ORDER, is_safety  # noqa: E402
 from safesail.plugins import find_learner  # noqa: E402
 from safesail.reference.check import default_file, open_reference  # noqa: E402
 from safesail.reference.labels import ReferenceLabel, ReferenceSet, agrees  # noqa: E402

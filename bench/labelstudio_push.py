@@ -23,7 +23,7 @@ from annotation.push import import_tasks
 from annotation.tasks import _block, heatmap_html, task_key
 from annotation.transport import ClientConfig, open_client
 from safesail.config import WorkspaceConfig, default_cache_dir
-from safesail.db.tables import LabelTask, SaeRecord, session_scope, set_meta
+from safesail.db.tables import LabelTask, SaeRecord, session_scope
 from safesail.workspace import Workspace
 
 SAE = "synthetic-L8-w16384"
@@ -68,8 +68,7 @@ def main() -> None:
         ws = Workspace(WorkspaceConfig(workspace))
         with session_scope(ws.engine) as session:
             session.add(SaeRecord(id=SAE, source="disk", path="-", layer=8, d_in=576,
-                                  d_sae=args.n, architecture="topk"))  # fmt: skip
-            set_meta(session, "selected_sae", SAE)
+                                  d_sae=args.n, architecture="topk", selected=True))  # fmt: skip
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]

@@ -170,7 +170,7 @@ def gather_records(
             *(stale_now(session, s) for s in {r.sae_id for r in rows if r.source == "auto"})
         )
         scores: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for s in session.exec(
+        for explanation_id, scorer, value, score_model, prompt_version, details in session.exec(
             select(
                 Score.explanation_id,
                 Score.scorer,
@@ -180,10 +180,15 @@ def gather_records(
                 Score.details,
             ).order_by(Score.explanation_id, Score.scorer, Score.id)
         ):
-            entry = {"scorer": s[1], "value": s[2], "model": s[3], "prompt_version": s[4]}
-            if s[5] and s[1] == CAUSAL_SCORER:  # its interval, alphas, effects and prompts
-                entry["details"] = s[5]
-            scores[s[0]].append(entry)
+            entry = {
+                "scorer": scorer,
+                "value": value,
+                "model": score_model,
+                "prompt_version": prompt_version,
+            }
+            if details and scorer == CAUSAL_SCORER:  # its interval, alphas, effects and prompts
+                entry["details"] = details
+            scores[explanation_id].append(entry)
         tasks: dict[tuple[str, int], list[Any]] = defaultdict(list)
         for task in session.exec(
             select(

@@ -6,6 +6,7 @@ the core never imports them and one `safesail` command still serves everything.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -16,6 +17,10 @@ from safesail.db.contracts import Learner, LearnerFactory, Workspace
 
 if TYPE_CHECKING:
     from safesail.install.doctor import Check
+
+log = logging.getLogger(__name__)
+"""Library messages go to a logger; the CLI decides what is shown (unconfigured, Python's
+last-resort handler writes warnings to stderr)."""
 
 Handler = Callable[[Workspace, argparse.Namespace, bool], int | None]
 """A command or demo step: (workspace, parsed args, show progress) -> exit code (None = 0)."""
@@ -50,14 +55,12 @@ class Plugin:
 def load_plugins() -> list[Plugin]:
     """Every installed plugin, in demo order; a plugin that fails to import is skipped with a
     one-line warning rather than breaking the core commands."""
-    import sys
-
     plugins = []
     for ep in entry_points(group="safesail.plugins"):
         try:
             plugin = ep.load()
         except Exception as exc:  # noqa: BLE001 - a broken room must not break the core CLI
-            print(f"safesail: warning: plugin '{ep.name}' not loaded: {exc}", file=sys.stderr)
+            log.warning("safesail: warning: plugin '%s' not loaded: %s", ep.name, exc)
             continue
         plugins.append(plugin)
     return sorted(plugins, key=lambda p: (p.order, p.name))

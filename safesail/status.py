@@ -81,18 +81,7 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
             )
         ).one()
         records = {cls.KEY: read_record(session, cls) for cls in ROOM_RECORDS}
-    rooms: dict[str, Any] = {key: r.to_dict() if r else None for key, r in records.items()}
-    if rooms.get(CalibrationReport.KEY) is not None:  # judged by the readers too, where known
-        from safesail.reference.check import reference_agreement
-
-        rooms[CalibrationReport.KEY]["reference_agreement"] = reference_agreement(ws)
-        # acceptances a later learner fit or calibration made stale, not yet re-routed
-        rooms[CalibrationReport.KEY]["stale_unrouted"] = len(stale)
-        rooms[CalibrationReport.KEY]["human_queue"] = (
-            dict(Counter(q.reason for q in queue.features))
-            if queue is not None and queue.sae_id == sae_id
-            else None
-        )
+    rooms = _rooms(ws, records, stale, queue, sae_id)
     # a stale acceptance is no coverage: its feature is open again
     labels = [(f, src, "stale" if i in stale else st) for i, f, src, st in labels]
     accepted = [(f, source) for f, source, st in labels if st == "accepted"]
@@ -109,21 +98,7 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
         "safety_candidates": len(states),
         "candidates_per_concept": dict(Counter(c for c, _ in states.values()).most_common()),
         "triage_rejected": dict(Counter(reason_kind(r) for r in rejected).most_common()),
-        "saes": [
-            {
-                "id": r.id,
-                "layer": r.layer,
-                "d_sae": r.d_sae,
-                "k": r.k,
-                "source": r.source,
-                "collected": r.collected,
-                "selection_score": r.selection_score,
-                "core": r.core,
-                "pre_explanation": _pre_explanation(r.selection),
-                "triage": r.triage,
-            }
-            for r in ws.saes()
-        ],
+        "saes": [_sae_row(r) for r in ws.saes()],
         "landscape": ws.landscape(),
         "selected_sae": sae_id,
         "labels": {
@@ -145,3 +120,43 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
             else 0.0
         ),
     }
+
+
+def _sae_row(r: Any) -> dict[str, Any]:
+    """One of `saes`: an SAE's identity and what selection and triage found."""
+    return {
+        "id": r.id,
+        "layer": r.layer,
+        "d_sae": r.d_sae,
+        "k": r.k,
+        "source": r.source,
+        "collected": r.collected,
+        "selection_score": r.selection_score,
+        "core": r.core,
+        "pre_explanation": _pre_explanation(r.selection),
+        "triage": r.triage,
+    }
+
+
+def _rooms(
+    ws: Workspace,
+    records: dict[str, Any],
+    stale: set[int],
+    queue: HumanQueue | None,
+    sae_id: str | None,
+) -> dict[str, Any]:
+    """Each room's record under its KEY; the calibration report also judged by the readers
+    (where known), with its stale acceptances and the human queue's reasons."""
+    rooms: dict[str, Any] = {key: r.to_dict() if r else None for key, r in records.items()}
+    if rooms.get(CalibrationReport.KEY) is not None:  # judged by the readers too, where known
+        from safesail.reference.check import reference_agreement
+
+        rooms[CalibrationReport.KEY]["reference_agreement"] = reference_agreement(ws)
+        # acceptances a later learner fit or calibration made stale, not yet re-routed
+        rooms[CalibrationReport.KEY]["stale_unrouted"] = len(stale)
+        rooms[CalibrationReport.KEY]["human_queue"] = (
+            dict(Counter(q.reason for q in queue.features))
+            if queue is not None and queue.sae_id == sae_id
+            else None
+        )
+    return rooms

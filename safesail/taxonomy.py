@@ -41,8 +41,8 @@ class Concept:
 
 def _compile(name: str, fragments: tuple[str, ...]) -> re.Pattern[str]:
     """One alternation of a concept's fragments on word boundaries, compiled once: corpora run
-    it on every text. Texts are lowercased before matching, which is ~3x faster than
-    re.IGNORECASE; fragments with capitals (e.g. \\S) keep the flag so their literals match."""
+    it on every text. Texts are lowercased before matching, which is cheaper than
+    re.IGNORECASE (bench/README.md, "Choices in the code"); fragments with capitals (e.g. \\S) keep the flag so their literals match."""
     alternation = "|".join(f"(?:{kw})" for kw in fragments)
     flags = 0 if alternation == alternation.lower() else re.IGNORECASE
     try:

@@ -7,17 +7,13 @@ steps can be rerun (idempotent) and interrupted (resumable) independently.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from sqlalchemy import func, update
+from sqlalchemy import func
 from sqlmodel import Session, select
 
 from safesail.config import (
@@ -28,11 +24,10 @@ from safesail.config import (
     TrainConfig,
     WorkspaceConfig,
 )
-from safesail.db.queries import chunked, require_selected_sae, selected_sae
+from safesail.db.queries import check_model, require_saes, require_selected_sae, selected_sae
 from safesail.db.tables import (
     Context,
     CorpusText,
-    Feature,
     SaeRecord,
     corpus_concepts,
     get_meta,
@@ -47,19 +42,6 @@ from safesail.triage.config import TriageConfig
 
 if TYPE_CHECKING:
     from safesail.collection.residuals import ResidualStore
-
-TRAIN_BATCH = 32
-"""Texts per forward pass when gathering SAE training residuals."""
-
-
-def _sample_tokens(contexts: list[list[int]], max_tokens: int | None, seed: int) -> list[int]:
-    """Indices of a seeded random subset of contexts holding at most max_tokens tokens (all if
-    None)."""
-    if max_tokens is None:
-        return list(range(len(contexts)))
-    order = np.random.default_rng(seed).permutation(len(contexts))
-    budget = np.cumsum([len(contexts[i]) for i in order])
-    return sorted(int(i) for i in order[budget <= max_tokens])
 
 
 class Workspace:
@@ -81,10 +63,8 @@ class Workspace:
                 rebase_sae_paths(session, config.workspace)
         with Session(self.engine) as session:
             stored = get_meta(session, "model")
-        if model_name and stored and model_name != stored:
-            raise SafesailError(
-                f"this workspace was built with model '{stored}', not '{model_name}'; use another --workspace"
-            )
+        if model_name:
+            check_model(stored, model_name)
         self.model_name = model_name or stored or EMBEDDED_MODEL
 
     @cached_property
@@ -186,25 +166,18 @@ class Workspace:
     def _training_residuals(
         self, layers: list[int], config: TrainConfig, max_tokens: int
     ) -> dict[int, Any]:
-        """The seeded training sample's residuals after each layer's block, in the same order
-        whether they are read from the residual store or computed by a forward pass."""
+        """The seeded training sample's residuals (safesail.model.training), read from the
+        residual store when it holds the layers."""
         from safesail.collection.plan import prepare_contexts
-        from safesail.model.lm import batches_by_length
-        from safesail.model.saes import gather_residuals
-        from safesail.model.sites import Site
+        from safesail.model.training import training_residuals
 
         prepare_contexts(self.engine, self.lm, max_tokens)
         with Session(self.engine) as session:
-            rows = list(session.exec(select(Context).order_by(Context.text_id)))
-        contexts = [c.token_ids for c in rows]
-        sample = _sample_tokens(contexts, config.max_tokens, config.seed)
-        sites = {layer: Site(layer, "resid_post") for layer in layers}
-        store = self.residual_store()
-        if store is None or not store.covers(list(sites.values())):
-            return gather_residuals(self.lm, [contexts[i] for i in sample], layers, TRAIN_BATCH)
-        batches = batches_by_length([contexts[i] for i in sample], TRAIN_BATCH)
-        order = [rows[sample[i]].text_id for batch in batches for i in batch]
-        return {layer: store.texts(order, site) for layer, site in sites.items()}
+            rows = session.exec(
+                select(Context.text_id, Context.token_ids).order_by(Context.text_id)
+            ).all()
+        contexts = [(int(text_id), list(ids)) for text_id, ids in rows]
+        return training_residuals(self.lm, contexts, self.residual_store(), layers, config)
 
     # -- the residual store ---------------------------------------------------------------------
     @property
@@ -282,10 +255,7 @@ class Workspace:
         from safesail.collection.collect import collect
         from safesail.model.saes import load_sae
 
-        if not self.saes():
-            raise SafesailError(
-                "no SAEs in this workspace: run `safesail sae train` or `safesail sae add`"
-            )
+        require_saes(self.engine)
         load = functools.partial(load_sae, device=self.config.device, dtype=self.config.dtype)
         store = self.residual_store()
         return collect(
@@ -300,66 +270,18 @@ class Workspace:
         among: Sequence[str] | None = None,
     ) -> list[SaeRecord]:
         """Score every collected SAE for concept-specific interpretability and select the best
-        by ``config.rank_by``; with ``among``, the best of those (the configuration search of
-        Safe-SAIL's protocol: the chosen configuration's SAEs at other layers are scored, never
-        chosen)."""
-        from safesail.collection.chunks import text_max_matrix
+        by ``config.rank_by`` (safesail.selection.run); with ``among``, the best of those (the
+        configuration search of Safe-SAIL's protocol: the chosen configuration's SAEs at other
+        layers are scored, never chosen)."""
         from safesail.model.saes import load_sae
-        from safesail.selection.contrastive import stored_pre_explanation
         from safesail.selection.core_metrics import ensure_core
-        from safesail.selection.score import choose_sae, rank_saes, score_sae, stored_score
+        from safesail.selection.run import select_sae
 
-        records = [r for r in self.saes() if r.collected]
-        if not records:
-            raise SafesailError("no collected SAEs: run `safesail collect` first")
-        if override and override not in {r.id for r in records}:
-            raise SafesailError(
-                f"cannot select '{override}': not a collected SAE ({', '.join(r.id for r in records)})"
-            )
-        eligible = [r.id for r in records if among is None or r.id in among]
-        if not eligible:
-            raise SafesailError(f"none of {', '.join(among or ())} is a collected SAE")
-        config = config or SelectionConfig()
-        concepts = self._concepts_by_text()
-        # an SAE's scores depend on its weights (fixed), the corpus' labels and the config:
-        # with the same two, a rerun reads them back (the protocol scores the search twice)
-        fingerprint = hashlib.sha256(
-            json.dumps([asdict(config), sorted(concepts.items())], default=sorted).encode()
-        ).hexdigest()[:16]
-        scores, pre, pairs = {}, {}, None
-        for record in records:
-            if (record.selection or {}).get("fingerprint") == fingerprint:
-                scores[record.id] = stored_score(record.selection_score, record.selection)
-                pre[record.id] = record.selection["pre_explanation"]
-                continue
-            text_ids, matrix = text_max_matrix(self.engine, record.id)
-            scores[record.id] = score_sae(
-                matrix,
-                [concepts[t] for t in text_ids],
-                self.taxonomy.safety_concepts(),
-                config,
-            )
-            pre[record.id], pairs = stored_pre_explanation(
-                self.engine, text_ids, matrix, self.taxonomy.safety_concepts(), pairs
-            )
-        ranking = rank_saes(scores)
-        chosen = override or choose_sae(scores, pre, config.rank_by, eligible)
-        with session_scope(self.engine) as session:
-            for sae_id, score in ranking:
-                record = session.get(SaeRecord, sae_id)
-                record.selection_score = float(score.score)
-                record.selection = {
-                    "fingerprint": fingerprint,
-                    "concepts": {c.concept: c._asdict() for c in score.concepts},
-                    "skipped": score.skipped,
-                    "pre_explanation": pre[sae_id],
-                    "rank_by": "override" if override else config.rank_by,
-                }
-                record.selected = sae_id == chosen
-                session.add(record)
-            set_meta(session, "selected_sae", chosen)
+        scored = select_sae(
+            self, self._concepts_by_text(), override=override, config=config, among=among
+        )
         ensure_core(self, self.lm, load_sae)  # measured once per SAE, kept across reruns
-        return [r for r in self.saes() if r.id in scores]
+        return [r for r in self.saes() if r.id in scored]
 
     @property
     def selected_sae(self) -> str | None:
@@ -370,127 +292,14 @@ class Workspace:
         self, config: TriageConfig | None = None, *, sae_id: str | None = None
     ) -> dict[str, int]:
         """Score every feature of an SAE (default: the selected one) per concept and mark the
-        safety candidates; returns, and stores on the SAE's record, the candidates per concept.
-
-        Text-level triage first (where the feature fires: enough of its texts carry the
-        concept), then, per text-level candidate, what it fires on (its firing rate and the
-        words its contexts peak on). A feature the text-level gates turn away still becomes a
-        candidate when most of its top contexts peak on one concept's term and it passes the
-        same token rules (the term path, ``TriageConfig.term_path_share``): a reader labels by
-        the marked tokens, and a feature firing on " CHARACTER" in four persona set-ups is a
-        jailbreak feature that four texts cannot prove. Every feature that is not a candidate
-        keeps the reason.
-        """
-        from safesail.collection.chunks import concept_token_counts, text_max_matrix
-        from safesail.features.examples import examples_of
-        from safesail.selection.metrics import BENIGN
-        from safesail.triage.text import (
-            candidates_for,
-            feature_selectivity,
-            text_rejections,
-            triage,
-        )
-        from safesail.triage.tokens import (
-            contrast_firing_rate,
-            peaks_of,
-            term_concept,
-            token_rejection,
-        )
+        safety candidates (safesail.triage.run); returns, and stores on the SAE's record, the
+        candidates per concept."""
+        from safesail.triage.run import triage_sae
 
         sae_id = sae_id or require_selected_sae(self.engine)
-        with Session(self.engine) as session:
-            record = session.get(SaeRecord, sae_id)
-            if record is None or not record.collected:
-                raise SafesailError(f"cannot triage '{sae_id}': not a collected SAE")
-        config = config or TriageConfig()
-        text_ids, matrix = text_max_matrix(self.engine, sae_id)
-        concepts = self._concepts_by_text()
-        taxonomy = self.taxonomy
-        selectivity = feature_selectivity(
-            matrix,
-            [concepts[t] for t in text_ids],
-            taxonomy.safety_concepts(),
-            config.fire_fraction,
-            config.contrast,
+        return triage_sae(
+            self.engine, self.taxonomy, self._concepts_by_text(), sae_id, config or TriageConfig()
         )
-        text_level = {c.feature: c for c in triage(selectivity, config)}
-        reasons = text_rejections(selectivity, config)
-        counts = concept_token_counts(
-            self.engine, sae_id, concepts, [*selectivity.concepts, BENIGN]
-        )
-        outside = {
-            name: contrast_firing_rate(counts, name, config.contrast)
-            for name in selectivity.concepts
-        }
-        best = np.argmax(selectivity.auroc, axis=0)
-        term_path_on = config.term_path_share < 1.0
-        with session_scope(self.engine) as session:
-            # columns, not Feature objects: at 65k features the rows and their blobs are GBs
-            rows = session.exec(
-                select(Feature.index, Feature.firing_rate, Feature.examples).where(
-                    Feature.sae_id == sae_id
-                )
-            ).all()
-            indices = [int(index) for index, _, _ in rows]
-            mean_rate = float(np.mean([rate for _, rate, _ in rows])) if rows else 0.0
-            examples = {
-                int(f): examples_of(blob)
-                for f, _, blob in rows
-                if f in text_level or (term_path_on and blob)
-            }
-            del rows
-            wanted = {e.text_id for exs in examples.values() for e in exs}
-            tokens = {
-                text_id: toks
-                for part in chunked(sorted(wanted))
-                for text_id, toks in session.exec(
-                    select(Context.text_id, Context.tokens).where(Context.text_id.in_(part))
-                )
-            }
-            term_path: dict[int, str] = {}
-            for f in sorted(set(examples) - set(text_level)):
-                peaks = peaks_of(examples[f], tokens, taxonomy.keywords_at)
-                concept = term_concept(peaks, config.term_path_share)
-                if concept in outside and not token_rejection(
-                    float(outside[concept][f]), peaks, config, mean_rate
-                ):
-                    term_path[f] = concept
-            for f in term_path:
-                reasons.pop(f, None)
-            for f, named in text_level.items():
-                concept = named.concept
-                # the term rule needs a lexicon: only for concepts the taxonomy gives words
-                words = taxonomy.concepts[concept].keywords + taxonomy.concepts[concept].terms
-                terms = taxonomy.keywords_at if words else None
-                peaks = peaks_of(examples[f], tokens, terms)
-                if reason := token_rejection(float(outside[concept][f]), peaks, config, mean_rate):
-                    reasons[f] = reason
-            text_level |= candidates_for(selectivity, term_path, config)
-            verdicts = []
-            for f in indices:
-                # a token-level rejection keeps the concept (and AUROC) it was rejected for
-                named = text_level.get(f)
-                cand = named if f not in reasons else None
-                verdicts.append(
-                    {
-                        "sae_id": sae_id,
-                        "index": f,
-                        "candidate": cand is not None,
-                        "triage_reason": reasons.get(f),
-                        "concept": named.concept if named else selectivity.concepts[best[f]],
-                        "safety_score": float(cand.score) if cand else 0.0,
-                        "auroc": float(named.auroc if named else selectivity.auroc[best[f], f]),
-                        "precision": float(cand.precision) if cand else None,
-                    }
-                )
-            if verdicts:  # one bulk UPDATE by primary key
-                session.execute(update(Feature), verdicts)
-            kept = [c for f, c in text_level.items() if f not in reasons]
-            found = dict(Counter(c.concept for c in kept).most_common())
-            record = session.get(SaeRecord, sae_id)
-            record.triage = found
-            session.add(record)
-        return found
 
     def configuration_saes(self) -> list[SaeRecord]:
         """The selected SAE's configuration (architecture, width, k, site) at every layer it
@@ -519,7 +328,9 @@ class Workspace:
         return {str(r.layer): r.triage for r in self.configuration_saes() if r.triage is not None}
 
     def _selected_record(self) -> SaeRecord | None:
-        return next((r for r in self.saes() if r.selected), None)
+        with Session(self.engine) as session:
+            sae_id = selected_sae(session)
+            return session.get(SaeRecord, sae_id) if sae_id is not None else None
 
     def train_configuration(
         self, layers: Sequence[int], config: TrainConfig | None = None

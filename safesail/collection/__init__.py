@@ -3,6 +3,7 @@ chunks, and the feature rows built from them.
 
 `plan` (tokenised contexts and the chunk plan), `residuals` (the residual store: one forward
 pass kept on disk), `collect` (encode and store each chunk), `ray` (the same over a Ray
-cluster), `finalize` (feature rows from the stored chunks), `chunks` (the stored chunks read
-back, and the corpus-wide matrices built from them).
+cluster), `finalize` (feature rows from the stored chunks: four passes), `stream` (the chunks
+as finalize's passes read them), `histograms` (per-feature activation histograms), `chunks`
+(the stored chunks read back, and the corpus-wide matrices built from them).
 """

@@ -202,9 +202,8 @@ def _older_objects_frozen() -> Iterator[None]:
     its modules, the libraries), for as long as it runs.
 
     Collection makes many small objects (contexts' token lists, feature rows), and each time
-    they trigger a full collection Python walks every object of the process again. Measured
-    in `bench/collect.py`: preparing contexts 0.52 -> 0.18 s, writing feature rows 0.64 ->
-    0.30 s, a tenth of collection's overhead over the forward. Objects made meanwhile are
+    they trigger a full collection Python walks every object of the process again (what it
+    costs: bench/README.md, "Choices in the code"). Objects made meanwhile are
     collected as usual; on exit everything frozen goes back to the oldest generation
     (`gc.unfreeze` also releases what another caller froze: none in this process)."""
     gc.freeze()

@@ -2,7 +2,7 @@
 mean and max activation, quantiles, per-concept means and firing rates) and its examples.
 
 Finalize is a pure function of the stored chunks, so rerunning it gives the same rows, and it
-holds a bounded run of chunks in memory at a time (`BATCH_CELLS`) plus arrays of a fixed size
+holds a bounded run of chunks in memory at a time (`stream.BATCH_CELLS`) plus arrays of a fixed size
 per feature (top-K texts, histograms, the decile sample), so corpus size does not bound it. It
 reads the chunks four times, each pass waiting for what the one before learned:
 1. statistics, each feature's max activation and its top-K texts;
@@ -26,7 +26,13 @@ from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from safesail.collection.chunks import stored_chunks
+from safesail.collection.histograms import (
+    bin_scale,
+    count_cells,
+    histogram_cells,
+    histogram_quantiles,
+)
+from safesail.collection.stream import ChunkStream, PairIndex
 from safesail.config import CollectConfig
 from safesail.db.tables import (
     Context,
@@ -42,18 +48,10 @@ from safesail.features.examples import (
     DecileReservoir,
     choose_examples,
     decile_table,
-    in_sorted,
 )
 
 ROW_BATCH = 8192
 """Feature rows inserted per statement."""
-BATCH_CELLS = 1 << 21
-"""Texts x features a pass handles at once (the top-K merge makes them dense: 8 MB in float32).
-Consecutive stored chunks are read together up to this size, so a narrow SAE's pass costs a
-few array operations instead of a few per 32-text chunk, and a 65k-wide one still takes one
-chunk at a time."""
-CACHE_BYTES = 128 << 20
-"""Decoded chunks kept between passes (see `ChunkStream`)."""
 
 
 class TextLayout(NamedTuple):
@@ -132,7 +130,7 @@ def finalize(
         stream, top, first.max_act, config, f"Deciles {sae_id}" if progress else None
     )
     pair_keys, pair_kinds = choose_examples(top.keys, *deciles)
-    hist, hits = _second_pass(
+    hist, hits = _fourth_pass(
         stream,
         layout,
         PairIndex(pair_keys, len(layout.order), d),
@@ -144,7 +142,7 @@ def finalize(
     rows = _feature_rows(
         sae_id,
         first,
-        _quantiles(hist, first.n_fire, first.max_act, config),
+        histogram_quantiles(hist, first.n_fire, first.max_act, config),
         [str(q) for q in config.quantiles],
         _concept_means(first),
         layout.names,
@@ -166,89 +164,6 @@ def _text_layout(
         (np.ones(len(rows_)), (rows_, cols_)), shape=(len(names), len(order))
     )
     return TextLayout(names, order, concept_of, np.array([lengths[t] for t in order], np.int64))
-
-
-class ChunkBatch(NamedTuple):
-    """Consecutive stored chunks read as one: the positions of their texts start at offset."""
-
-    offset: int
-    tokens: sp.csr_matrix | None
-    """[tokens, d] token activations (None when the pass reads texts only)."""
-    texts: sp.csr_matrix
-    """[texts, d] per-text maxima."""
-
-
-class ChunkStream:
-    """One SAE's stored chunks, read pass after pass in runs of up to `BATCH_CELLS` texts x
-    features. The first chunks read stay decoded in memory while they fit in `CACHE_BYTES`,
-    so the later passes over a small SAE (the demo's hold a few MB) skip the database and
-    the npz parsing, and a large one is read again from where the cache ends."""
-
-    def __init__(self, engine: Engine, sae_id: str, n_chunks: int, d: int) -> None:
-        self.engine, self.sae_id, self.n_chunks, self.d = engine, sae_id, n_chunks, d
-        self._cache: list[tuple[sp.csr_matrix, sp.csr_matrix]] = []
-        self._cached_bytes = 0
-        self._caching = True
-
-    def batches(self, desc: str | None, *, tokens: bool = True) -> Iterator[ChunkBatch]:
-        per_batch = max(1, BATCH_CELLS // max(self.d, 1))  # texts
-        run: list[tuple[sp.csr_matrix | None, sp.csr_matrix]] = []
-        offset = held = 0
-        for tok, txt in self._chunks(desc, tokens):
-            tok = tok if tokens else None  # a cached chunk holds both: join only what is asked
-            if run and held + txt.shape[0] > per_batch:
-                yield _joined(offset, run)
-                offset, run, held = offset + held, [], 0
-            run.append((tok, txt))
-            held += txt.shape[0]
-        if run:
-            yield _joined(offset, run)
-
-    def _chunks(
-        self, desc: str | None, tokens: bool
-    ) -> Iterator[tuple[sp.csr_matrix | None, sp.csr_matrix]]:
-        yield from self._cache
-        start = len(self._cache)
-        for _, tok, txt in stored_chunks(
-            self.engine, self.sae_id, self.n_chunks, desc, tokens=tokens, start=start
-        ):
-            if self._caching and tok is not None:
-                size = sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in (tok, txt))
-                self._caching = self._cached_bytes + size <= CACHE_BYTES
-                if self._caching:
-                    self._cache.append((tok, txt))
-                    self._cached_bytes += size
-            yield tok, txt
-
-
-def _joined(offset: int, run: list[tuple[sp.csr_matrix | None, sp.csr_matrix]]) -> ChunkBatch:
-    if len(run) == 1:
-        return ChunkBatch(offset, *run[0])
-    toks, txts = zip(*run, strict=True)
-    tokens = None if toks[0] is None else sp.vstack(toks, format="csr")
-    return ChunkBatch(offset, tokens, sp.vstack(txts, format="csr"))
-
-
-class PairIndex:
-    """A sorted set of (feature, text position) pair keys (feature * n_texts + position),
-    looked up one batch of positions at a time: a batch's own pairs, as codes
-    local position * d + feature, are a small sorted array, and the batch's entries come in
-    nearly that order, so the binary searches stay in cache (searching every entry in the
-    whole set took a third of finalize)."""
-
-    def __init__(self, keys: np.ndarray, n_texts: int, d: int) -> None:
-        self.keys, self.n_texts, self.d = keys, n_texts, d
-        pos, feature = keys % max(n_texts, 1), keys // max(n_texts, 1)
-        order = np.argsort(pos, kind="stable")  # keys are sorted: features ascend per position
-        self.pos, self.feature = pos[order], feature[order]
-
-    def contains(self, local: np.ndarray, features: np.ndarray, offset: int, n: int) -> np.ndarray:
-        """Which (position offset + local, feature) pairs are in the set, for entries of the
-        batch of positions [offset, offset + n): searched among that batch's own pairs, as
-        sorted codes local position * d + feature."""
-        a, b = np.searchsorted(self.pos, [offset, offset + n])
-        codes = (self.pos[a:b] - offset) * self.d + self.feature[a:b]
-        return in_sorted(local.astype(np.int64) * self.d + features, codes)
 
 
 def _first_pass(stream: ChunkStream, layout: TextLayout, top_k: int, desc: str | None) -> FirstPass:
@@ -374,10 +289,10 @@ def _other_texts(
         rest = ~top.contains(coo.row, coo.col, offset, texts.shape[0])
         rows, cols = coo.row[rest], coo.col[rest]
         keys = cols.astype(np.int64) * top.n_texts + offset + rows
-        yield keys, _cells(cols, coo.data[rest], scale, bins)
+        yield keys, histogram_cells(cols, coo.data[rest], scale, bins)
 
 
-def _second_pass(
+def _fourth_pass(
     stream: ChunkStream,
     layout: TextLayout,
     pairs: PairIndex,
@@ -393,7 +308,7 @@ def _second_pass(
     hit_keys, hit_pos, hit_val = [], [], []
     for offset, tokens, texts in stream.batches(desc):
         coo = tokens.tocoo()
-        count_cells(hist, _cells(coo.col, coo.data, scale, bins))
+        count_cells(hist, histogram_cells(coo.col, coo.data, scale, bins))
         lens = layout.lengths[offset : offset + texts.shape[0]]
         keys, pos, val = _batch_hits(coo, lens, offset, pairs)
         hit_keys.append(keys)
@@ -404,26 +319,6 @@ def _second_pass(
     )
     sort = np.lexsort((hit_pos, hit_keys))
     return hist, ExampleHits(hit_keys[sort], hit_pos[sort], hit_val[sort])
-
-
-def bin_scale(max_act: np.ndarray, bins: int) -> np.ndarray:
-    """Per feature, activation -> bin: histograms of max_act / bins wide (0 for a feature
-    that never fires)."""
-    return np.where(max_act > 0, bins / np.maximum(max_act, 1e-30), 0)
-
-
-def count_cells(hist: np.ndarray, cells: np.ndarray) -> None:
-    """Add one batch's histogram cells to a flat [d * bins] histogram. Counting only the
-    cells the batch touches keeps each batch's cost in its own size, not d * bins."""
-    touched, counts = np.unique(cells, return_counts=True)
-    hist[touched] += counts.astype(np.int32)
-
-
-def _cells(cols: np.ndarray, values: np.ndarray, scale: np.ndarray, bins: int) -> np.ndarray:
-    """Histogram cells feature * bins + bin of activations of the given features (scale from
-    `bin_scale`), the top bin closed, so that each feature's max falls inside it."""
-    bin_index = np.minimum((values * scale[cols]).astype(np.int64), bins - 1)
-    return cols.astype(np.int64) * bins + bin_index
 
 
 def _batch_hits(
@@ -438,24 +333,6 @@ def _batch_hits(
     text, col = local_text[hit], coo.col[hit]
     keys = col.astype(np.int64) * pairs.n_texts + offset + text
     return keys, coo.row[hit] - starts[text], coo.data[hit]
-
-
-def _quantiles(
-    hist: np.ndarray, n_fire: np.ndarray, max_act: np.ndarray, config: CollectConfig
-) -> np.ndarray:
-    """[d, quantiles]: every feature's activation at each quantile (the upper edge of the
-    histogram bin the quantile falls in), 0 for features that never fire; vectorised over
-    blocks of features (the cumulative counts of one block at a time, not of all d * bins)."""
-    d, bins = len(n_fire), config.histogram_bins
-    cells = hist.reshape(d, bins)
-    out = np.zeros((d, len(config.quantiles)))
-    for a in range(0, d, 8192):
-        cum = cells[a : a + 8192].cumsum(axis=1)
-        fire, peak = n_fire[a : a + 8192], max_act[a : a + 8192]
-        for j, q in enumerate(config.quantiles):
-            index = np.minimum((cum < (q * fire)[:, None]).sum(axis=1), bins - 1) + 1
-            out[a : a + 8192, j] = np.where(fire > 0, index * (peak / bins), 0.0)
-    return out
 
 
 def _concept_means(first: FirstPass) -> np.ndarray:

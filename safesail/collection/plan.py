@@ -14,6 +14,7 @@ from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
+from safesail.db.queries import check_model
 from safesail.db.tables import (
     ActivationChunk,
     Context,
@@ -33,11 +34,7 @@ if TYPE_CHECKING:
 def prepare_contexts(engine: Engine, lm: LanguageModel, max_tokens: int) -> int:
     """Tokenise every corpus text that has no context yet; returns how many were added."""
     with session_scope(engine) as session:
-        model = get_meta(session, "model")
-        if model is not None and model != lm.name:
-            raise SafesailError(
-                f"this workspace was built with model '{model}', not '{lm.name}'; use another --workspace"
-            )
+        check_model(get_meta(session, "model"), lm.name)
         set_meta(session, "model", lm.name)
         set_meta(session, "hidden_size", lm.hidden_size)
         done = set(session.exec(select(Context.text_id)))

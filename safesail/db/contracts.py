@@ -5,8 +5,8 @@ through the workspace database. Each shared record is one dataclass here, stored
 `KEY` in the Meta table as a versioned dict: every writer builds the dataclass, every reader
 gets it back through `read_record`, so a field renamed in one room fails in the tests of the
 others instead of reading as a missing key. `VERSION` rises when a field changes meaning;
-`from_dict` upgrades the older shapes it knows (version 0: the untyped blobs of safesail
-before these contracts), so workspaces made earlier keep working.
+`from_dict` upgrades the older shapes it knows (version 0: untyped dicts, which workspaces of
+older releases hold), so those workspaces keep working.
 
 `Workspace` is the protocol the rooms program against (what `safesail.workspace.Workspace`
 offers them), instead of `Any`.

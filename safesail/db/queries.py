@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from safesail.db.tables import Explanation, Feature, LabelTask, get_meta
+from safesail.db.tables import Explanation, Feature, LabelTask, SaeRecord, get_meta
 from safesail.errors import SafesailError
 
 T = TypeVar("T")
@@ -41,8 +41,31 @@ COVERAGE_STATES = ("human-labeled", "auto-accepted", "queued for humans", "unexp
 """Coverage states of a safety candidate, best first (the app's stacked bars keep this order)."""
 
 
+NO_SAES = "no SAEs in this workspace: run `safesail sae train` or `safesail sae add`"
+
+
+def require_saes(engine: Engine) -> None:
+    """The one-line error that says how to get an SAE, when the workspace has none."""
+    with Session(engine) as session:
+        if session.exec(select(SaeRecord.id).limit(1)).first() is None:
+            raise SafesailError(NO_SAES)
+
+
+def check_model(stored: str | None, name: str) -> None:
+    """A workspace holds one model's activations (``stored``): another model's would not be
+    comparable with them, so asking for ``name`` instead is an error."""
+    if stored is not None and stored != name:
+        raise SafesailError(
+            f"this workspace was built with model '{stored}', not '{name}'; use another --workspace"
+        )
+
+
 def selected_sae(session: Session) -> str | None:
-    return get_meta(session, "selected_sae")
+    """The SAE `safesail select` chose: the one record marked selected (written in the same
+    transaction as the selection scores, so the two never disagree)."""
+    return session.exec(
+        select(SaeRecord.id).where(SaeRecord.selected).order_by(SaeRecord.id)
+    ).first()
 
 
 def model_name(session: Session) -> str | None:

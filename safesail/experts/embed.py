@@ -49,7 +49,8 @@ class Embedder:
 
     `threads` is torch's thread count while embedding (the process's setting is restored
     after). One by default: on the 2-core machines this runs on, batches of short MiniLM
-    inputs ran 4x faster on one thread than on two, whose threads wait on each other."""
+    inputs run faster on one thread than on two, whose threads wait on each other
+    (bench/README.md, "Choices in the code")."""
 
     def __init__(self, batch_size: int = 128, max_length: int = 32, threads: int = 1) -> None:
         self.batch_size = batch_size

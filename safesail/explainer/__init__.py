@@ -9,7 +9,8 @@ Modules: `server` (embedded endpoint), `clients` (cached, accounted, retried cha
 intruder, embedding; measurements, not the acceptance), `calibration` (fixed-sequence testing,
 the cascade's thresholds), `materials` (gold labels, explain split, held-out material, marked
 tokens), `context` (a run's settings and models), `pipeline` (`safesail explain`: the run),
-`routing` (the agreement rule, the cascade's decisions, statuses, stale acceptances, the human
-queue), `report` (the CalibrationReport and the reliability diagram), `simulate` (oracle gold
+`stages` (the stages and the plan), `agreement` (the agreement rule and the concept model's
+sentence), `routing` (the cascade's decisions, statuses, stale acceptances, the human queue),
+`report` (the CalibrationReport and the reliability diagram), `simulate` (oracle gold
 labels for tests and benchmarks).
 """

@@ -41,8 +41,9 @@ from safesail.explainer.explainers import (
     segment,
 )
 from safesail.explainer.materials import Gold, Material, gold_labels, materials
-from safesail.explainer.routing import ESCALATE, LLM, plan, route
+from safesail.explainer.routing import plan, route
 from safesail.explainer.scorers import ScoreResult, get_scorer, score_explanation
+from safesail.explainer.stages import ESCALATE, LLM
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 

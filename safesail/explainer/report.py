@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from safesail.db.contracts import CalibrationReport, StageReport
 from safesail.explainer.calibration import min_accepted, reliability
 from safesail.explainer.context import RunContext
-
-if TYPE_CHECKING:
-    from safesail.explainer.routing import Plan, StageCost
+from safesail.explainer.stages import LLM, Plan, StageCost, is_safety
 
 
 def reliability_path(ctx: RunContext) -> Path:
@@ -36,8 +33,6 @@ def calibration_report(
 ) -> CalibrationReport:
     """The report of one routing: per stage its acceptance and cost, in all the features
     accepted (and of them the safety ones), the human queue's size and the stale count."""
-    from safesail.explainer.routing import LLM, is_safety
-
     config = ctx.config
     stages = []
     for stage, acceptance in zip(decided.stages, decided.acceptances, strict=True):

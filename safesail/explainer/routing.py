@@ -20,10 +20,7 @@ calibration become `stale`: never counted as coverage, their features back in th
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable
-from typing import NamedTuple
 
 from sqlalchemy import func
 from sqlmodel import Session, select
@@ -39,101 +36,25 @@ from safesail.db.contracts import (
 )
 from safesail.db.queries import chunked
 from safesail.db.tables import Explanation, Feature, LlmCall, session_scope
+from safesail.explainer.agreement import agrees, draft_sentence
 from safesail.explainer.calibration import Acceptance, GoldAnswer, cascade
 from safesail.explainer.context import RunContext
-from safesail.explainer.explainers import contradiction, named_concepts, names_what_fires
 from safesail.explainer.materials import Gold, gold_labels, marked_tokens
-from safesail.taxonomy import BENIGN, UNINTERPRETABLE
-
-CONCEPT_MODEL, LLM, ESCALATE = "concept_model", "llm", "escalate"
-"""The cascade's automatic stages, in order of cost."""
-ORDER = (CONCEPT_MODEL, LLM, ESCALATE)
-
-STALE = "stale"
-"""Status of an acceptance whose model, prompt or calibration is no longer current."""
-
-
-def is_safety(concept: str) -> bool:
-    return concept not in (BENIGN, UNINTERPRETABLE)
-
-
-def agrees(
-    concepts: list[str], text: str, gold: Gold, fired: Iterable[str], safety: list[str]
-) -> bool:
-    """The answer describes the same feature as the experts: its primary concept is one of
-    theirs, and for a safety concept its sentence names what fires (a marked token) and names
-    that concept, without saying it is no safety concept. `safety`: the taxonomy's safety
-    concepts."""
-    if not concepts or concepts[0] not in gold.concepts:
-        return False
-    primary = concepts[0]
-    if not is_safety(primary):
-        return True
-    return (
-        names_what_fires(text, set(fired))
-        and primary in named_concepts(text, safety)
-        and contradiction(concepts, text, safety) is None
-    )
-
-
-def draft_sentence(concepts: list[str], fired: list[str]) -> str:
-    """The concept model's explanation, written without an LLM: the most frequent marked
-    tokens, quoted, and the concept (the sentence an agreeing answer must be)."""
-    quoted = ", ".join(f'"{t}"' for t in fired[:3]) or "its marked tokens"
-    primary = concepts[0]
-    if primary == BENIGN:
-        return f"Fires on {quoted} in ordinary text (not safety-related)."
-    if primary == UNINTERPRETABLE:
-        return f"Fires on {quoted} with no clear pattern."
-    return f"Fires on {quoted} in {primary.replace('_', ' ')} text."
+from safesail.explainer.report import calibration_report
+from safesail.explainer.stages import (
+    CONCEPT_MODEL,
+    ESCALATE,
+    LLM,
+    STALE,
+    Plan,
+    Stage,
+    StageCost,
+    is_safety,
+)
 
 
 def concept_model_version(predictions: LearnerPredictions) -> str:
     return f"concept-model/{predictions.model_version}"
-
-
-class Stage(NamedTuple):
-    """One automatic stage as routing sees it: its answers and the acceptance on its gold."""
-
-    name: str
-    version: str
-    answers: dict[int, Explanation | PredictedLabel]
-    """Feature -> the stage's answer (an LLM stage's row, or the learner's prediction)."""
-    confidence: dict[int, float]
-    gold: dict[int, GoldAnswer]
-    asked: set[int]
-    """Features the stage answered or failed to (an LLM stage's failed answers included)."""
-
-
-class Plan(NamedTuple):
-    """The cascade decided on what is stored: per stage its acceptance, and per feature the
-    stage that accepts it."""
-
-    stages: list[Stage]
-    acceptances: list[Acceptance]
-    accepted_at: dict[int, str]
-    """Feature (gold or routed) -> the first stage whose threshold its confidence reaches."""
-    gold: dict[int, Gold]
-    fired: dict[int, list[str]]
-
-    def reaches(self, feature: int, stage: str) -> bool:
-        """Whether no stage before this one accepts the feature."""
-        at = self.accepted_at.get(feature)
-        return at is None or ORDER.index(at) >= ORDER.index(stage)
-
-    def version(self, ctx: RunContext) -> str:
-        """The calibration version: changes with the gold set, the stages and thresholds."""
-        payload = {
-            "target": ctx.config.target,
-            "delta": ctx.config.delta,
-            "gold": sorted((f, sorted(g.concepts), g.text) for f, g in self.gold.items()),
-            "stages": [
-                (s.name, s.version, a.threshold)
-                for s, a in zip(self.stages, self.acceptances, strict=True)
-            ],
-        }
-        text = json.dumps(payload, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _llm_rows(session: Session, sae_id: str, version: str) -> dict[int, Explanation]:
@@ -176,55 +97,11 @@ def plan(ctx: RunContext, routed: Iterable[int] = ()) -> Plan:
         fired = marked_tokens(session, features, ctx.config)
     safety = [c for c in ctx.labels if is_safety(c)]
     stages = []
-    # out-of-fold predictions only: in-sample ones would be fitted on the gold labels they
-    # are calibrated against (LearnerPredictions.usable_for). The routed features' come from
-    # the model fitted on all gold (cross-fitting): at least as good as a fold model, which is
-    # what the threshold was tested on.
-    learner = predictions.usable_for(sae_id) if predictions is not None else {}
-    if learner:
-        stages.append(
-            Stage(
-                CONCEPT_MODEL,
-                concept_model_version(predictions),
-                dict(learner),
-                {f: float(p.probability) for f, p in learner.items()},
-                {
-                    f: GoldAnswer(
-                        float(p.probability),
-                        agrees(
-                            p.concepts,
-                            draft_sentence(p.concepts, fired.get(f, [])),
-                            gold[f],
-                            fired.get(f, []),
-                            safety,
-                        ),
-                    )
-                    for f, p in learner.items()
-                    if f in gold and p.concepts
-                },
-                set(learner),
-            )
-        )
+    if predictions is not None:
+        stages += _concept_model_stage(sae_id, predictions, gold, fired, safety)
     for name, rows in llm_rows.items():
-        valid = {f: r for f, r in rows.items() if r.status != "failed" and r.concepts}
-        share = {f: float((r.details or {}).get("vote_share", 0.0)) for f, r in valid.items()}
-        stages.append(
-            Stage(
-                name,
-                ctx.version if name == LLM else str(ctx.escalate_version),
-                dict(valid),
-                share,
-                {
-                    f: GoldAnswer(
-                        share[f],
-                        agrees(r.concepts, r.text, gold[f], fired.get(f, []), safety),
-                    )
-                    for f, r in valid.items()
-                    if f in gold
-                },
-                set(rows),
-            )
-        )
+        version = ctx.version if name == LLM else str(ctx.escalate_version)
+        stages.append(_llm_stage(name, version, rows, gold, fired, safety))
     acceptances = cascade(
         [s.gold for s in stages], target=ctx.config.target, delta=ctx.config.delta
     )
@@ -234,6 +111,74 @@ def plan(ctx: RunContext, routed: Iterable[int] = ()) -> Plan:
             if f not in accepted_at and acceptance.accepts(c):
                 accepted_at[f] = stage.name
     return Plan(stages, acceptances, accepted_at, gold, fired)
+
+
+def _concept_model_stage(
+    sae_id: str,
+    predictions: LearnerPredictions,
+    gold: dict[int, Gold],
+    fired: dict[int, list[str]],
+    safety: list[str],
+) -> list[Stage]:
+    """The concept model's stage, if the learner has usable predictions for this SAE."""
+    # out-of-fold predictions only: in-sample ones would be fitted on the gold labels they
+    # are calibrated against (LearnerPredictions.usable_for). The routed features' come from
+    # the model fitted on all gold (cross-fitting): at least as good as a fold model, which is
+    # what the threshold was tested on.
+    learner = predictions.usable_for(sae_id)
+    if not learner:
+        return []
+    return [
+        Stage(
+            CONCEPT_MODEL,
+            concept_model_version(predictions),
+            dict(learner),
+            {f: float(p.probability) for f, p in learner.items()},
+            {
+                f: GoldAnswer(
+                    float(p.probability),
+                    agrees(
+                        p.concepts,
+                        draft_sentence(p.concepts, fired.get(f, [])),
+                        gold[f],
+                        fired.get(f, []),
+                        safety,
+                    ),
+                )
+                for f, p in learner.items()
+                if f in gold and p.concepts
+            },
+            set(learner),
+        )
+    ]
+
+
+def _llm_stage(
+    name: str,
+    version: str,
+    rows: dict[int, Explanation],
+    gold: dict[int, Gold],
+    fired: dict[int, list[str]],
+    safety: list[str],
+) -> Stage:
+    """An LLM stage: its valid answers, their vote shares as confidence, and on its gold."""
+    valid = {f: r for f, r in rows.items() if r.status != "failed" and r.concepts}
+    share = {f: float((r.details or {}).get("vote_share", 0.0)) for f, r in valid.items()}
+    return Stage(
+        name,
+        version,
+        dict(valid),
+        share,
+        {
+            f: GoldAnswer(
+                share[f],
+                agrees(r.concepts, r.text, gold[f], fired.get(f, []), safety),
+            )
+            for f, r in valid.items()
+            if f in gold
+        },
+        set(rows),
+    )
 
 
 def routed_pool(ctx: RunContext, features: list[int] | None) -> list[int]:
@@ -267,8 +212,6 @@ def route(ctx: RunContext, features: list[int] | None = None) -> CalibrationRepo
     another version), the concept model's accepted explanations, the CalibrationReport and
     the HumanQueue; returns the report. `features`: the routed pool (default: the safety
     candidates), see `routed_pool`."""
-    from safesail.explainer.report import calibration_report
-
     routed = routed_pool(ctx, features)
     decided = plan(ctx, routed)
     version = decided.version(ctx)
@@ -347,11 +290,6 @@ def _store_stage(
             details["bound"] = acceptance.bound if accepted else None
         row.details = details
         session.add(row)
-
-
-class StageCost(NamedTuple):
-    tokens: int
-    seconds: float
 
 
 def _costs(

@@ -28,6 +28,17 @@ class Example(NamedTuple):
     activations: np.ndarray  # one value per context token
 
 
+def peak_window(
+    acts: list[float] | np.ndarray, length: int, before: int, after: int
+) -> tuple[int, int]:
+    """[lo, hi) of the segment shown around a context's peak activation: up to `before`
+    tokens before the peak and `after` after it. Every view of a context (the reference
+    labels, Label Studio tasks, the reader, the explainer's prompts) cuts the same way, so a
+    segment judged in one place is the segment shown in another."""
+    peak = int(np.argmax(acts)) if len(acts) else 0
+    return max(0, peak - before), min(length, peak + after + 1)
+
+
 DECILES = 10
 """Activation deciles a feature's non-top examples are drawn from (kinds 1..DECILES)."""
 
@@ -114,9 +125,10 @@ class DecileReservoir:
 def _by_group_then_priority(groups: np.ndarray, priority: np.ndarray) -> np.ndarray:
     """The order of pairs by (group, priority), as `np.lexsort((priority, groups))` gives it,
     from one sort of a packed key: the group in the top 24 bits, the priority's top 40 bits
-    below (8x faster than the two-key sort on 600k pairs). When packing cannot tell two pairs
-    apart (a group beyond 2**24, or equal top bits, about one in 2**40 per pair of a group)
-    it falls back to the two-key sort, so the order is always exactly lexsort's."""
+    below (one sort instead of two; bench/README.md, "Choices in the code"). When packing
+    cannot tell two pairs apart (a group beyond 2**24, or equal top bits, about one in 2**40
+    per pair of a group) it falls back to the two-key sort, so the order is always exactly
+    lexsort's."""
     if len(groups) and int(groups.max()) < 1 << 24:
         packed = (groups.astype(np.uint64) << np.uint64(40)) | (priority >> np.uint64(24))
         order = np.argsort(packed)

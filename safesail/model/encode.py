@@ -23,9 +23,8 @@ SUPPORTED = ("standard", "jumprelu", "topk", "gated")
 """cfg.json architectures encoded here (BatchTopK SAEs are saved as jumprelu)."""
 BLOCK_ELEMENTS = 1 << 21
 """Pre-activations computed at once (8 MB in float32): bounds the encode's working memory, and
-a block this size stays in cache from the product to the threshold and the nonzero scan.
-Measured on 885 tokens x 65,536 JumpReLU features, interleaved: 145.7 -> 128.8 ms in
-bfloat16 and 463 -> 422 ms in float32 against blocks of 2**24."""
+a block this size stays in cache from the product to the threshold and the nonzero scan
+(measured against larger blocks: bench/README.md, "Choices in the code")."""
 
 
 def check_architecture(cfg: dict[str, Any]) -> str:
@@ -64,8 +63,7 @@ def _buffer(name: str, n: int, dtype: torch.dtype, device: torch.device) -> torc
     """A flat tensor of at least n elements that this thread reuses from block to block and
     from call to call (at most `BLOCK_ELEMENTS`). A fresh block-sized tensor is a new
     allocation whose pages the kernel zero-fills on first touch (large blocks are mapped anew
-    each time): 2.40 -> 1.85 s on 1,666 tokens x 65,536 JumpReLU features, 22.7 -> 18.4 ms
-    on a demo TopK chunk (850 tokens x 2,304 features)."""
+    each time; bench/README.md, "Choices in the code")."""
     held = getattr(_scratch, name, None)
     if held is None or held.numel() < n or held.dtype != dtype or held.device != device:
         held = torch.empty(n, dtype=dtype, device=device)
@@ -128,8 +126,8 @@ def _elementwise(sae: Any, arch: str, rows: torch.Tensor, step: int) -> sp.csr_m
 
 def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     """The flat indices of a mask's true elements in row-major order, as `nonzero` gives them.
-    On the CPU numpy's flatnonzero finds them 3x faster than torch's nonzero (2.5 vs 7.2 ms
-    for a 885 x 18,957 block), which is a fifth of a 65k JumpReLU encode in bfloat16."""
+    On the CPU numpy's flatnonzero finds them faster than torch's nonzero, and the scan is a
+    visible share of a wide encode (bench/README.md, "Choices in the code")."""
     if mask.device.type == "cpu":
         return torch.from_numpy(np.flatnonzero(mask.numpy()))
     return mask.view(-1).nonzero().squeeze(1)

@@ -29,7 +29,7 @@ from sqlmodel import Session, select
 
 from safesail.db.tables import Context, Feature, SaeRecord
 from safesail.errors import SafesailError
-from safesail.features.examples import TOP, feature_examples
+from safesail.features.examples import TOP, feature_examples, peak_window
 from safesail.stats import cohen_kappa
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 from safesail.triage.text import TEXT_LEVEL, reason_kind
@@ -46,9 +46,8 @@ SPLIT_SEED = 20261201
 
 
 def window(acts: list[float] | np.ndarray, length: int) -> tuple[int, int]:
-    """[lo, hi) of the segment shown around a context's peak activation."""
-    peak = int(np.argmax(acts)) if len(acts) else 0
-    return max(0, peak - WINDOW[0]), min(length, peak + WINDOW[1] + 1)
+    """[lo, hi) of the segment shown around a context's peak activation (`WINDOW`)."""
+    return peak_window(acts, length, *WINDOW)
 
 
 def sae_sha256(engine: Engine, sae_id: str) -> str:

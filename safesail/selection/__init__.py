@@ -3,5 +3,5 @@
 `config` (`SelectionConfig` and the validators configs share), `metrics` (per-feature
 statistics of a max-activation matrix, shared with triage), `score` (rank candidate SAEs),
 `contrastive` (Safe-SAIL's pre-explanation metric on contrastive pairs), `core_metrics`
-(SAEBench's core metrics).
+(SAEBench's core metrics), `run` (score the collected SAEs and select one).
 """

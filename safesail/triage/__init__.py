@@ -2,5 +2,5 @@
 why the others are not.
 
 `config` (`TriageConfig`), `text` (the text-level half: where a feature fires), `tokens` (the
-token-level half: what it fires on).
+token-level half: what it fires on), `run` (triage one SAE: both halves, written back).
 """

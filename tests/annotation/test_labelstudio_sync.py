@@ -20,7 +20,14 @@ from annotation.push import import_tasks
 from annotation.transport import ClientConfig, open_client
 from safesail.db.contracts import AnnotationSummary, write_record
 from safesail.db.queries import human_labels
-from safesail.db.tables import Annotation, Explanation, LabelTask, open_db, session_scope, set_meta
+from safesail.db.tables import (
+    Annotation,
+    Explanation,
+    LabelTask,
+    SaeRecord,
+    open_db,
+    session_scope,
+)
 from safesail.taxonomy import Taxonomy
 
 SAE = "L1-w64-k4"
@@ -111,7 +118,8 @@ def ws(tmp_path, fake_ls, monkeypatch):
     engine = open_db(f"sqlite:///{tmp_path / 'safesail.db'}")
     with session_scope(engine) as session:
         write_record(session, AnnotationSummary(url=fake_ls.url, project=PROJECT, sae_id=SAE))
-        set_meta(session, "selected_sae", SAE)
+        session.add(SaeRecord(id=SAE, source="disk", path="-", layer=1, d_in=64,
+                              d_sae=64, k=4, architecture="topk", selected=True))  # fmt: skip
     return SimpleNamespace(
         engine=engine,
         selected_sae=SAE,

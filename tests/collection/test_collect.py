@@ -245,14 +245,15 @@ def test_finalize_rows_do_not_depend_on_batching_or_cache(trained_ws, tmp_path, 
     passes (CACHE_BYTES). One chunk at a time with nothing cached gives the rows the shared
     workspace holds, byte for byte (on a copy of its database: it stays read-only)."""
     from safesail.collection import finalize as finalize_mod
+    from safesail.collection import stream as stream_mod
     from safesail.db.tables import open_db
 
     copy = tmp_path / "copy.db"
     with sqlite3.connect(trained_ws.engine.url.database) as src, sqlite3.connect(copy) as dst:
         src.backup(dst)
     engine = open_db(f"sqlite:///{copy}")
-    monkeypatch.setattr(finalize_mod, "BATCH_CELLS", 1)
-    monkeypatch.setattr(finalize_mod, "CACHE_BYTES", 0)
+    monkeypatch.setattr(stream_mod, "BATCH_CELLS", 1)
+    monkeypatch.setattr(stream_mod, "CACHE_BYTES", 0)
     for spec in TINY_SPECS:
         finalize_mod.finalize(engine, spec.sae_id, TINY_COLLECT, progress=False)
         got, want = _rows_of(engine, spec.sae_id), _feature_table(trained_ws, spec.sae_id)

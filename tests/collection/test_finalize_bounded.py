@@ -8,7 +8,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from safesail.collection.finalize import _cells, _update_top_k, bin_scale, count_cells
+from safesail.collection.finalize import _update_top_k
+from safesail.collection.histograms import bin_scale, count_cells, histogram_cells
 from safesail.db.tables import Feature
 from safesail.features.blobs import ExampleHits, example_blobs
 from safesail.features.examples import (
@@ -83,7 +84,7 @@ def test_histogram_cells_match_a_dense_bincount():
         minlength=d * bins,
     )
     hist = np.zeros(d * bins, dtype=np.int32)
-    count_cells(hist, _cells(tokens.col, tokens.data, scale, bins))
+    count_cells(hist, histogram_cells(tokens.col, tokens.data, scale, bins))
     assert (hist == dense).all() and hist.sum() == tokens.nnz
 
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from safesail.explainer.agreement import agrees, draft_sentence
 from safesail.explainer.calibration import (
     GoldAnswer,
     agreement_lower_bound,
@@ -16,7 +17,6 @@ from safesail.explainer.calibration import (
     min_accepted,
 )
 from safesail.explainer.materials import Gold
-from safesail.explainer.routing import agrees, draft_sentence
 from safesail.taxonomy import Taxonomy
 
 TARGET, DELTA = 0.9, 0.1
@@ -167,8 +167,9 @@ def test_concept_model_stage_accepts_routes_and_goes_stale(triaged_ws, tmp_path,
     from safesail.explainer.config import ExplainConfig, LlmConfig
     from safesail.explainer.context import RunContext
     from safesail.explainer.materials import gold_labels, marked_tokens
-    from safesail.explainer.routing import CONCEPT_MODEL, route
+    from safesail.explainer.routing import route
     from safesail.explainer.simulate import seed_gold
+    from safesail.explainer.stages import CONCEPT_MODEL
     from tests.conftest import copy_workspace
 
     ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)

@@ -112,7 +112,7 @@ def test_select_reads_back_scores_of_unchanged_saes(triaged_ws, tmp_path, lm, mo
     """The protocol scores the search candidates twice; with the same corpus labels and config
     the second `select` reads their scores back (the scorer is never called), and a changed
     config scores again."""
-    import safesail.selection.score as selection_score
+    import safesail.selection.run as selection_run
 
     ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)
     before = {r.id: (r.selection_score, r.selection) for r in ws.saes()}
@@ -120,7 +120,7 @@ def test_select_reads_back_scores_of_unchanged_saes(triaged_ws, tmp_path, lm, mo
     def refuse(*args, **kwargs):
         raise AssertionError("scored again")
 
-    monkeypatch.setattr(selection_score, "score_sae", refuse)
+    monkeypatch.setattr(selection_run, "score_sae", refuse)
     ws.select(config=SelectionConfig(rank_by="score"))
     assert {r.id: (r.selection_score, r.selection) for r in ws.saes()} == before
     with pytest.raises(AssertionError, match="scored again"):
@@ -344,7 +344,7 @@ def test_cli_steps_one_by_one(tmp_path, sae_copy, capsys):
 def test_triage_passes_its_settings_to_selectivity(triaged_ws, tmp_path, lm, monkeypatch):
     """--contrast and --fire-fraction must reach the selectivity computation, not just parse.
     On a copy: the shared fixtures stay as collected (other files compare rows with them)."""
-    from safesail.triage import text as selection
+    from safesail.triage import run as selection
     from safesail.triage.config import TriageConfig
 
     seen = []
@@ -366,7 +366,7 @@ def test_train_resumes_from_saved_sae_folders_without_a_forward(
     """A crash after training but before registering: the rerun registers, recomputing nothing."""
     import shutil
 
-    from safesail.model import saes
+    from safesail.model import training
     from tests.conftest import TINY_SPECS, TINY_TRAIN
 
     ws = make_workspace(tmp_path / "ws", lm)
@@ -376,7 +376,7 @@ def test_train_resumes_from_saved_sae_folders_without_a_forward(
     def no_forward(*_args, **_kwargs):
         raise AssertionError("residuals gathered although every SAE folder exists")
 
-    monkeypatch.setattr(saes, "gather_residuals", no_forward)
+    monkeypatch.setattr(training, "gather_residuals", no_forward)
     assert ws.train_saes(TINY_SPECS, TINY_TRAIN) == [s.sae_id for s in TINY_SPECS]
     assert {r.id for r in ws.saes()} == {s.sae_id for s in TINY_SPECS}
 

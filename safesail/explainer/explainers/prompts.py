@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ValidationInfo, field_validator, model_validator
 
+from safesail.features.examples import peak_window
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE, normalize_name
 
 if TYPE_CHECKING:  # the settings import the scorer registry, which renders with these helpers
@@ -255,8 +256,7 @@ def segment(tokens: list[str], acts: np.ndarray, config: ExplainConfig) -> Shown
     """The window around the peak activation (the whole context if it never fires)."""
     if len(acts) == 0 or acts.max() <= 0:
         return Shown(tokens, acts)
-    peak = int(acts.argmax())
-    lo, hi = max(0, peak - config.window_left), min(len(tokens), peak + config.window_right + 1)
+    lo, hi = peak_window(acts, len(tokens), config.window_left, config.window_right)
     return Shown(tokens[lo:hi], acts[lo:hi])
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from safesail.explainer.explainers.prompts import Shown, render
 from safesail.explainer.scorers.base import Scorer, ScoreResult, ScoringRecord, register_scorer
-from safesail.explainer.scorers.scoring import Ratings, _schema
+from safesail.explainer.scorers.scoring import Ratings, ratings_schema
 
 INSTRUCTION = (
     "You are shown numbered sets of texts. In each set every text but one makes the same "
@@ -113,7 +113,7 @@ class Intruder(Scorer):
             Ratings,
             step=self.name,
             max_tokens=4 * len(asked) + 16,
-            schema=_schema(len(asked), top),
+            schema=ratings_schema(len(asked), top),
             context={"n": len(asked), "max": top},
             sae_id=record.sae_id,
             feature=record.feature,

@@ -48,7 +48,9 @@ class Ratings(BaseModel):
         return value
 
 
-def _schema(n: int, top: int) -> dict[str, Any]:
+def ratings_schema(n: int, top: int) -> dict[str, Any]:
+    """The JSON schema of `n` integer ratings 0..`top`: what a scorer asks the endpoint to
+    answer in, so a malformed answer is refused by the server, not parsed by us."""
     items = {"type": "integer", "enum": list(range(top + 1))}
     return {
         "type": "object",
@@ -99,7 +101,7 @@ def _ask(
         Ratings,
         step=step,
         max_tokens=4 * len(texts) + 16,
-        schema=_schema(len(texts), top),
+        schema=ratings_schema(len(texts), top),
         context={"n": len(texts), "max": top},
         sae_id=record.sae_id,
         feature=record.feature,
