@@ -187,7 +187,7 @@ def remove_sae(engine: Engine, sae_id: str, *, force: bool = False) -> dict[str,
     from sqlalchemy import MetaData, delete
     from sqlalchemy import select as core_select
 
-    from safesail.db.tables import Meta, SaeRecord, session_scope
+    from safesail.db.tables import SaeRecord, session_scope
 
     tables = MetaData()
     tables.reflect(engine)
@@ -197,12 +197,10 @@ def remove_sae(engine: Engine, sae_id: str, *, force: bool = False) -> dict[str,
             raise SafesailError(
                 f"no SAE '{sae_id}' in this workspace — `safesail sae list` shows them"
             )
-        if selected_sae(session) == sae_id:
-            if not force:
-                raise SafesailError(
-                    f"SAE '{sae_id}' is the selected one — select another first, or pass --force"
-                )
-            session.delete(session.get(Meta, "selected_sae"))
+        if selected_sae(session) == sae_id and not force:
+            raise SafesailError(
+                f"SAE '{sae_id}' is the selected one — select another first, or pass --force"
+            )
         owned = {
             t.name: t for t in tables.sorted_tables if "sae_id" in t.c and t.name != "saerecord"
         }

@@ -19,7 +19,7 @@ from sqlalchemy import MetaData, func, select
 
 from safesail.cli.main import main
 from safesail.config import WorkspaceConfig
-from safesail.db.tables import Explanation, SaeRecord, session_scope, set_meta
+from safesail.db.tables import Explanation, SaeRecord, session_scope
 
 SAE_ID = "L1-w64-k4-tiny"
 FORMATS = ("jsonl", "parquet", "csv", "neuronpedia", "delphi", "openai", "safesail-db")
@@ -33,7 +33,14 @@ def _workspace(path: Path) -> Path:
     with session_scope(ws.engine) as session:
         session.add(
             SaeRecord(
-                id=SAE_ID, source="disk", path="", layer=1, d_in=576, d_sae=64, architecture="topk"
+                id=SAE_ID,
+                source="disk",
+                path="",
+                layer=1,
+                d_in=576,
+                d_sae=64,
+                architecture="topk",
+                selected=True,
             )
         )
         session.flush()
@@ -47,7 +54,6 @@ def _workspace(path: Path) -> Path:
                 text="insults",
             )
         )
-        set_meta(session, "selected_sae", SAE_ID)
     ws.engine.dispose()
     return path
 
