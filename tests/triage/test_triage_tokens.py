@@ -414,6 +414,10 @@ def test_cli_triage_flags_reach_the_config(tmp_path, monkeypatch, capsys) -> Non
     seen: list[TriageConfig] = []
     monkeypatch.setattr(Workspace, "triage", lambda self, config, sae_id: seen.append(config) or {})
     monkeypatch.setattr(cli, "_print_candidates", lambda ws, sae_id: None)
+    from safesail.db.tables import open_db
+
+    (tmp_path / "ws").mkdir()  # triage reads a workspace: it refuses one that does not exist
+    open_db(f"sqlite:///{tmp_path / 'ws' / 'safesail.db'}").dispose()
     ws = ["--workspace", str(tmp_path / "ws"), "--quiet", "--sae", "S"]
     flags = ["--max-density", "5", "--max-non-content", "0.4", "--min-term-share", "0.3"]
     assert cli.main(["triage", *flags, *ws]) == 0
