@@ -48,7 +48,7 @@ from safesail.db.tables import session_scope
 from safesail.errors import SafesailError
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
-LEARNER_VERSION = "al2"
+LEARNER_VERSION = "al3"
 """Bumped when the representation or the model changes, so model_version names change too."""
 
 
@@ -375,7 +375,7 @@ class ActiveLearner:
             proba = calibrate(proba, oof.temperature)
         best = proba.argmax(axis=1)
         out = {
-            f: PredictedLabel([str(model.classes_[b])], float(proba[i, b]), self.model_version)
+            f: self._label(i, str(model.classes_[b]), float(proba[i, b]))
             for i, (f, b) in enumerate(zip(features, best, strict=True))
         }
         if oof is not None:
@@ -383,8 +383,13 @@ class ActiveLearner:
             # the explainer's calibration can use "the learner agrees" without leaking it
             rows, _ = self._training()
             for r, label, prob in zip(rows, oof.labels, oof.probability, strict=True):
-                out[features[r]] = PredictedLabel([str(label)], float(prob), self.model_version)
+                out[features[r]] = self._label(int(r), str(label), float(prob))
         return out
+
+    def _label(self, row: int, concept: str, probability: float) -> PredictedLabel:
+        """The model's label of a matrix row, with the reader's own answer beside it."""
+        reader, confidence = self.matrix.reader[row]
+        return PredictedLabel([concept], probability, self.model_version, reader, confidence)
 
     def predict(self, features: list[int]) -> dict[int, PredictedLabel]:
         """The current model's label per feature; a feature without examples is uninterpretable

@@ -142,6 +142,12 @@ class PredictedLabel:
     probability: float
     model_version: str = ""
     """The model that made it (a cold-start prior or rule names its own version)."""
+    reader_label: str | None = None
+    """The reader's own first label for the feature (safesail.experts.reader, from the same
+    windows; it never sees gold): the cascade accepts the model's concept only where the two
+    readings agree."""
+    reader_confidence: int = 0
+    """The reader's 1-5 confidence in reader_label (0: no reader answer)."""
 
 
 @dataclass
@@ -166,6 +172,8 @@ class LearnerPredictions(MetaRecord):
                 "concepts": p.concepts,
                 "probability": round(p.probability, 4),
                 "model_version": p.model_version,
+                "reader_label": p.reader_label,
+                "reader_confidence": p.reader_confidence,
             }
             for f, p in self.predictions.items()
         }

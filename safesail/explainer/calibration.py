@@ -14,7 +14,10 @@ that even an error-free set cannot reject, and starting on the top two or three 
 stop the sequence at once.
 
 The cascade splits delta over its stages (Bonferroni), so one guarantee holds over every
-feature any stage accepts. The confidences of the gold features must not have been fitted on
+feature any stage accepts. A stage with fewer gold answers than an error-free set needs at its
+share can never reject; it gets no share and the others split delta (`delta_shares`). That rule
+reads only how many gold features each stage answered, never whether they agree, so the split
+is fixed before any agreement is looked at and the guarantee stands. The confidences of the gold features must not have been fitted on
 their own labels (out-of-fold predictions, or an answer whose prompt never showed that
 feature's label); this module only tests, it fits nothing.
 """
@@ -121,16 +124,37 @@ class GoldAnswer(NamedTuple):
     agrees: bool
 
 
+def delta_shares(n_gold: Sequence[int], *, target: float, delta: float) -> list[float]:
+    """Each stage's share of delta: equal among the stages whose gold answers (`n_gold`, all
+    they answered) are enough for an error-free set to reject at that share, 0 for the rest.
+    A stage of the embedded LLM asked on a few gold features can prove nothing; spending delta
+    on it would only raise what every other stage must show."""
+    live = [i for i, n in enumerate(n_gold)]
+    while live:
+        need = min_accepted(target, delta / len(live))
+        enough = [i for i in live if n_gold[i] >= need]
+        if enough == live:
+            break
+        live = enough
+    return [delta / len(live) if i in live else 0.0 for i in range(len(n_gold))]
+
+
 def cascade(
     stages: Sequence[Mapping[int, GoldAnswer]], *, target: float, delta: float
 ) -> list[Acceptance]:
     """Each stage's acceptance, in cascade order, on the gold features that reach it (those
-    with an answer at the stage that no earlier stage accepted), each at delta / stages."""
-    share = delta / max(len(stages), 1)
+    with an answer at the stage that no earlier stage accepted), each at its `delta_shares`
+    share (a stage with none accepts nothing)."""
+    shares = delta_shares([len(a) for a in stages], target=target, delta=delta)
+    even = delta / max(len(stages), 1)
     taken: set[int] = set()
     out = []
-    for answers in stages:
+    for answers, share in zip(stages, shares, strict=True):
         reach = sorted(f for f in answers if f not in taken)
+        if share == 0.0:
+            need = min_accepted(target, even)
+            out.append(Acceptance(math.inf, target, 0.0, len(reach), 0, 0, None, None, need))
+            continue
         acceptance = fixed_sequence(
             [answers[f].confidence for f in reach],
             [answers[f].agrees for f in reach],

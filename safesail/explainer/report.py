@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from safesail.db.contracts import CalibrationReport, StageReport
-from safesail.explainer.calibration import min_accepted, reliability
+from safesail.explainer.calibration import Acceptance, min_accepted, reliability
 from safesail.explainer.context import RunContext
 from safesail.explainer.stages import LLM, Plan, StageCost, is_safety
 
@@ -56,7 +56,7 @@ def calibration_report(
                 accepted_safety=sum(is_safety(answers[f].concepts[0]) for f in mine),
                 tokens=costs[stage.name].tokens,
                 seconds=costs[stage.name].seconds,
-                note=_note(acceptance.n_gold, acceptance.needed, acceptance.threshold),
+                note=_note(acceptance),
                 reliability=reliability(
                     [g.confidence for g in gold], [int(g.agrees) for g in gold]
                 ),
@@ -66,7 +66,7 @@ def calibration_report(
     safety = sum(s.accepted_safety for s in stages)
     llm = next((s for s in decided.stages if s.name == LLM), None)
     llm_gold = list(llm.gold.values()) if llm is not None else []
-    first_need = min_accepted(config.target, config.delta / max(len(stages), 1))
+    first_need = min_accepted(config.target, config.delta)  # one stage holding all of delta
     report = CalibrationReport(
         sae_id=ctx.sae_id,
         target=config.target,
@@ -98,7 +98,13 @@ def calibration_report(
     return report
 
 
-def _note(n_gold: int, needed: int, threshold: float) -> str | None:
+def _note(acceptance: Acceptance) -> str | None:
+    n_gold, needed, threshold = acceptance.n_gold, acceptance.needed, acceptance.threshold
+    if acceptance.delta == 0.0:
+        return (
+            f"answered too few gold features to prove anything ({needed} needed at an even "
+            "share of delta): no share of delta spent on it"
+        )
     if n_gold < needed:
         return f"{n_gold} gold features reached this stage; {needed} are needed to accept any"
     if not math.isfinite(threshold):

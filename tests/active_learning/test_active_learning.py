@@ -283,6 +283,7 @@ def _matrix(X, decoder, y_texts=None):
         [("benign", 0.5)] * n,
         decoder.astype(np.float32),
         pattern,
+        [("benign", 3)] * n,
     )
 
 

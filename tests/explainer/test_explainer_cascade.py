@@ -13,6 +13,7 @@ from safesail.explainer.calibration import (
     GoldAnswer,
     agreement_lower_bound,
     cascade,
+    delta_shares,
     fixed_sequence,
     min_accepted,
 )
@@ -107,6 +108,20 @@ def test_cascade_splits_delta_and_calibrates_each_stage_on_the_gold_that_reaches
     assert b.threshold == math.inf  # at confidence 1.0 all of the rest, too many wrong
 
 
+def test_a_stage_with_too_few_gold_answers_spends_no_delta():
+    rng = np.random.default_rng(3)
+    c1, y1 = _planted(rng, 120)
+    first = {f: GoldAnswer(float(c1[f]), bool(y1[f])) for f in range(120)}
+    # 25 perfect answers: enough at the whole delta (22), too few at half of it (29)
+    few = {f: GoldAnswer(1.0, True) for f in range(25)}
+    a, b = cascade([first, few], target=TARGET, delta=DELTA)
+    assert (a.delta, b.delta) == (DELTA, 0.0) and b.threshold == math.inf
+    assert delta_shares([120, 25], target=TARGET, delta=DELTA) == [DELTA, 0.0]
+    # the split reads counts only: 29 answers, every one wrong, still take half
+    assert delta_shares([120, 29], target=TARGET, delta=DELTA) == [DELTA / 2, DELTA / 2]
+    assert delta_shares([10, 10], target=TARGET, delta=DELTA) == [0.0, 0.0]
+
+
 SAFETY = [c for c in Taxonomy.load().label_values() if c not in ("benign", "uninterpretable")]
 
 
@@ -136,11 +151,13 @@ def _learner(ws, version: str, gold: dict, routed: list[int], probability: float
     from safesail.db.contracts import LearnerPredictions, PredictedLabel, write_record
     from safesail.db.tables import session_scope
 
+    def label(concepts: list[str]) -> PredictedLabel:  # the reader reads it the same way
+        return PredictedLabel(concepts, probability, version, concepts[0], 5)
+
     predictions = {
-        f: PredictedLabel(list(g.concepts) if right else ["uninterpretable"], probability, version)
-        for f, g in gold.items()
+        f: label(list(g.concepts) if right else ["uninterpretable"]) for f, g in gold.items()
     }
-    predictions |= {f: PredictedLabel(["violence"], probability, version) for f in routed}
+    predictions |= {f: label(["violence"]) for f in routed}
     with session_scope(ws.engine) as session:
         write_record(
             session,
@@ -151,6 +168,22 @@ def _learner(ws, version: str, gold: dict, routed: list[int], probability: float
                 predictions=predictions,
             ),
         )
+
+
+def test_the_concept_model_stage_trusts_only_a_concept_the_reader_also_reads():
+    from safesail.db.contracts import PredictedLabel
+    from safesail.explainer.routing import concept_model_score
+
+    sure = PredictedLabel(["terror"], 0.99, "v", "terror", 5)
+    unsure = PredictedLabel(["terror"], 0.99, "v", "terror", 3)
+    other = PredictedLabel(["terror"], 0.99, "v", "benign", 5)
+    model_only = PredictedLabel(["terror"], 0.99, "v")
+    assert concept_model_score(sure) > concept_model_score(unsure) > 0.5
+    assert concept_model_score(other) == concept_model_score(model_only) == 0.0
+    # the reader's confidence first: a surer reading outranks a surer model
+    assert concept_model_score(PredictedLabel(["terror"], 0.4, "v", "terror", 5)) > (
+        concept_model_score(unsure)
+    )
 
 
 def test_concept_model_stage_accepts_routes_and_goes_stale(triaged_ws, tmp_path, lm):
@@ -209,8 +242,9 @@ def test_concept_model_stage_accepts_routes_and_goes_stale(triaged_ws, tmp_path,
     report = route(ctx)
     (stage, llm) = report.stages
     assert (stage.name, llm.name) == (CONCEPT_MODEL, "llm")
-    assert stage.delta == pytest.approx(0.05) and stage.n_gold == 35
-    assert stage.threshold == pytest.approx(0.97) and stage.bound >= 0.9
+    # the LLM stage answered no gold feature: it can prove nothing and spends no delta
+    assert stage.delta == pytest.approx(0.1) and llm.delta == 0 and stage.n_gold == 35
+    assert stage.threshold == pytest.approx((5 + 0.97) / 6) and stage.bound >= 0.9
     assert report.accepted == len(candidates), report.stages
     with Session(ws.engine) as session:
         auto = list(session.exec(select(Explanation).where(Explanation.source == "auto")))
@@ -257,9 +291,9 @@ def test_concept_model_stage_accepts_routes_and_goes_stale(triaged_ws, tmp_path,
 def test_escalation_stage_answers_what_the_first_llm_could_not(triaged_ws, tmp_path, lm):
     """Two OpenAI-compatible endpoints over real HTTP (the stdlib double beside the real
     server's test): the first LLM answers nothing valid, so every feature reaches the
-    escalation endpoint, whose answers agree with the gold labels; delta is split over the two
-    stages and only the escalation stage accepts, with its own version, step and cost. A rerun
-    asks neither endpoint again."""
+    escalation endpoint, whose answers agree with the gold labels; the first, with no valid gold
+    answer, spends no delta, the escalation stage holds all of it and alone accepts, with its
+    own version, step and cost. A rerun asks neither endpoint again."""
     from sqlmodel import Session, select
 
     from safesail.db.tables import Explanation, Feature, LlmCall
@@ -297,7 +331,7 @@ def test_escalation_stage_answers_what_the_first_llm_could_not(triaged_ws, tmp_p
     cal = report.calibration
     llm_stage, esc = cal.stages
     assert (llm_stage.name, esc.name) == ("llm", "escalate")
-    assert llm_stage.delta == esc.delta == pytest.approx(0.05)
+    assert llm_stage.delta == 0 and esc.delta == pytest.approx(0.1)
     assert llm_stage.n_gold == 0 and llm_stage.threshold is None and llm_stage.accepted == 0
     assert esc.n_gold >= 29 and esc.gold_errors == 0, esc
     assert esc.threshold == 1.0 and esc.bound >= 0.9 and esc.accepted >= 1
