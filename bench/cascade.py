@@ -17,13 +17,15 @@ and seconds per accepted feature; beside them the majority baseline (every route
 the dev half's most common reader label) and Cohen's kappa of the accepted answers against the
 readers. Last lines: `coverage_at_target=<accepted / routed>`, `safety_coverage_at_target=
 <accepted as a safety concept / routed features the readers call safety>`,
-`accepted_agreement_reference=<agreeing / accepted>`.
+`accepted_agreement_reference=<agreeing / accepted>`; the same three figures are appended to
+the reference set's test-runs.log (every run reads the test half).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -46,7 +48,7 @@ from safesail.explainer.pipeline import endpoint, explain  # noqa: E402
 from safesail.explainer.simulate import seed_gold  # noqa: E402
 from safesail.explainer.stages import ORDER, is_safety  # noqa: E402
 from safesail.plugins import find_learner  # noqa: E402
-from safesail.reference.check import default_file, open_reference  # noqa: E402
+from safesail.reference.check import default_file, log_test_run, open_reference  # noqa: E402
 from safesail.reference.labels import ReferenceLabel, ReferenceSet, agrees  # noqa: E402
 from safesail.stats import wilson_interval  # noqa: E402
 from safesail.workspace import Workspace  # noqa: E402
@@ -147,7 +149,8 @@ def main() -> None:
 
     prices = load_prices(args.price_table)
     source = Workspace(WorkspaceConfig(args.workspace))
-    ref = open_reference(source, args.reference or default_file(source))
+    reference_file = args.reference or default_file(source)
+    ref = open_reference(source, reference_file)
     selected = source.selected_sae
     source.engine.dispose()
     if selected != ref.sae_id:
@@ -219,15 +222,18 @@ def main() -> None:
         f for f in safety_routed if f in accepted and is_safety(accepted[f].concepts[0])
     ]
     right = sum(agrees(r.concepts, ref.labels[f]) for f, r in accepted.items())
-    print(f"coverage_at_target={len(accepted) / len(routed):.3f}")
-    print(
-        "safety_coverage_at_target="
-        + (f"{len(safety_accepted) / len(safety_routed):.3f}" if safety_routed else "none routed")
-    )
-    print(
-        "accepted_agreement_reference="
-        + (f"{right / len(accepted):.3f}" if accepted else "none accepted")
-    )
+    figures = {
+        "coverage_at_target": f"{len(accepted) / len(routed):.3f}",
+        "safety_coverage_at_target": (
+            f"{len(safety_accepted) / len(safety_routed):.3f}" if safety_routed else "none routed"
+        ),
+        "accepted_agreement_reference": (
+            f"{right / len(accepted):.3f}" if accepted else "none accepted"
+        ),
+    }
+    log_test_run(reference_file.with_name("test-runs.log"), shlex.join(sys.argv), figures)
+    for name, value in figures.items():
+        print(f"{name}={value}")
 
 
 if __name__ == "__main__":
