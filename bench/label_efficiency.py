@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -45,7 +46,7 @@ from active_learning.strategies import select as pick
 from safesail.config import WorkspaceConfig
 from safesail.db.tables import Feature
 from safesail.errors import SafesailError
-from safesail.reference.check import open_reference, reference_dir
+from safesail.reference.check import log_test_run, open_reference, reference_dir
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 from safesail.workspace import Workspace
 
@@ -318,6 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"labels_random_over_default_with_tag_columns={tagged.ratio():.2f}")
     print(f"labels_random_over_default_{args.half}={plain.ratio():.2f}")
     print(f"labels_random_over_default={plain.ratio():.2f}")
+    if args.half == "test":  # every reading of a test half is a recorded fact
+        log_test_run(
+            args.reference.with_name("test-runs.log"),
+            shlex.join(sys.argv),
+            {
+                "labels_random_over_default_test": f"{plain.ratio():.2f}",
+                "labels_random_over_default_with_tag_columns": f"{tagged.ratio():.2f}",
+            },
+        )
     return 0
 
 
