@@ -109,6 +109,11 @@ class ExplainConfig:
     max_gold: int | None = None
     """An LLM stage asks about at most this many gold-labeled features per run (the
     yardstick, among those no earlier stage accepts); None: all."""
+    ask_unprovable: bool = False
+    """Ask an LLM stage about the routed features even when its gold answers accept nothing.
+    Off by default: such answers cannot be accepted, so the calls buy no coverage. On: the
+    answers are drafts people see beside the queued features (and a way to inspect a model
+    before there is gold to calibrate it)."""
     prompting: Prompting = "ours"
     """ours: marked segments + nearest gold few-shot + corpus evidence line; baseline:
     delphi-style whole contexts."""

@@ -4,7 +4,9 @@ LLM call), then the LLM asked several times on what it did not accept, then the 
 endpoint if one is given; accept what is proven, queue the rest for humans.
 
 This module is the run: choose the features each LLM stage must answer (those no earlier stage
-accepts), gather their material (materials.py), ask and score each, store it; then
+accepts), gather their material (materials.py), ask and score each, store it, the stage's gold
+features first: a stage whose gold answers accept nothing is not asked about the routed ones
+(they could not be accepted; the cost would buy nothing); then
 `routing.route` decides and stores the cascade and `report` says what it guarantees.
 
 Resumable: each feature's explanation and scores are written in one transaction, features
@@ -14,6 +16,7 @@ cached. Rerunning after new labels re-calibrates and re-routes without new expla
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -43,7 +46,7 @@ from safesail.explainer.explainers import (
 from safesail.explainer.materials import Gold, Material, gold_labels, materials
 from safesail.explainer.routing import plan, route
 from safesail.explainer.scorers import ScoreResult, get_scorer, score_explanation
-from safesail.explainer.stages import ESCALATE, LLM
+from safesail.explainer.stages import ESCALATE, LLM, Plan
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 
@@ -66,6 +69,9 @@ class ExplainReport(NamedTuple):
     accepted: int
     queued: int
     calibration: CalibrationReport
+    not_asked: dict[str, int]
+    """Per LLM stage, routed features it was not asked about because its gold answers accept
+    nothing (its answers could not be accepted, so asking would only cost)."""
 
 
 @contextmanager
@@ -106,21 +112,41 @@ def explain(
         gold = gold_labels(session, ctx.sae_id)
     yardstick, unlabeled = _choose(ctx, gold, features)
     explained = failed = 0
+    not_asked: dict[str, int] = {}
     stages = [(LLM, ctx.llm, ctx.version)]
     if ctx.escalate is not None:
         stages.append((ESCALATE, ctx.escalate, str(ctx.escalate_version)))
     for name, llm_config, version in stages:
+        # the stage's gold first: its threshold rests on them alone
         decided = plan(ctx, unlabeled)  # what the stages before this one accept now
         reach = [f for f in yardstick if decided.reaches(f, name)]
         reach = reach[: ctx.config.max_gold] if ctx.config.max_gold is not None else reach
+        todo = _not_done(ctx, reach, version, retry_failed)
+        if todo:
+            explained += len(todo)
+            failed += _run(ctx, todo, gold, llm_config, version, name)
+        decided = plan(ctx, unlabeled)
         more = [f for f in unlabeled if decided.reaches(f, name)]
         more = more[: ctx.config.limit] if ctx.config.limit is not None else more
-        todo = _not_done(ctx, reach + more, version, retry_failed)
+        if not (ctx.config.ask_unprovable or _can_accept(decided, name)):
+            not_asked[name] = len(more)
+            continue
+        todo = _not_done(ctx, more, version, retry_failed)
         if todo:
             explained += len(todo)
             failed += _run(ctx, todo, gold, llm_config, version, name)
     report = route(ctx, features)
-    return ExplainReport(explained, failed, report.accepted, report.queued, report)
+    return ExplainReport(explained, failed, report.accepted, report.queued, report, not_asked)
+
+
+def _can_accept(decided: Plan, name: str) -> bool:
+    """Whether the stage's threshold on its gold answers accepts anything (a routed answer
+    below it is queued whatever it says). Its gold answers are all in, so the threshold stands
+    until the gold labels or an earlier stage change, and a later run asks again then."""
+    return any(
+        s.name == name and math.isfinite(a.threshold)
+        for s, a in zip(decided.stages, decided.acceptances, strict=True)
+    )
 
 
 def _not_done(

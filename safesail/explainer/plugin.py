@@ -20,7 +20,16 @@ if TYPE_CHECKING:
 LLM_FLAGS = ("base_url", "concurrency", "requests_per_second", "timeout_s")
 """LlmConfig fields with a flag of their own name (`--llm-model`, the model, is apart: the
 common `--model` flag, the language model that is explained, holds its name)."""
-EXPLAIN_FLAGS = ("limit", "max_gold", "target", "delta", "votes", "prompting", "scorers")
+EXPLAIN_FLAGS = (
+    "limit",
+    "max_gold",
+    "ask_unprovable",
+    "target",
+    "delta",
+    "votes",
+    "prompting",
+    "scorers",
+)
 """ExplainConfig fields with a flag (`--scorers` is spelled `--scorer`, it repeats)."""
 
 
@@ -79,6 +88,8 @@ def _report(report: ExplainReport) -> None:
         f"{cal.routed} routed: accepted {cal.accepted} ({cal.accepted_safety} safety), queued "
         f"for humans {cal.queued}, stale acceptances {cal.stale}"
     )
+    for name, n in report.not_asked.items():
+        print(f"  {name}: not asked about {n} routed feature(s): its gold answers accept nothing")
     print(
         f"guarantee: target {cal.target:g}, delta {cal.delta:g}: with probability >= "
         f"{1 - cal.delta:g}, at least {cal.target:.0%} of the accepted agree with the experts "

@@ -66,8 +66,14 @@ def test_explain_end_to_end_over_real_http(triaged_ws, tmp_path, lm, llm_url):
     gold = (candidates[1:] + others)[:4]
     assert seed_gold(ws.engine, sae, gold) == 4
     every = ("detection", "fuzzing", "simulation", "intruder", "embedding")
-    config = ExplainConfig(
-        limit=1, votes=3, few_shot=1, n_score_pos=2, n_score_neg=2, scorers=every
+    config = ExplainConfig(  # 4 gold prove nothing: the routed candidate is asked as a draft
+        limit=1,
+        votes=3,
+        few_shot=1,
+        n_score_pos=2,
+        n_score_neg=2,
+        scorers=every,
+        ask_unprovable=True,
     )
     llm = LlmConfig(base_url=llm_url)
     report = explain(ws, config, llm, progress=False)

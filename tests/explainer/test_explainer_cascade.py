@@ -335,8 +335,10 @@ def test_escalation_stage_answers_what_the_first_llm_could_not(triaged_ws, tmp_p
     assert llm_stage.n_gold == 0 and llm_stage.threshold is None and llm_stage.accepted == 0
     assert esc.n_gold >= 29 and esc.gold_errors == 0, esc
     assert esc.threshold == 1.0 and esc.bound >= 0.9 and esc.accepted >= 1
-    # the first LLM's refused answers cost tokens too: each stage bills what reached it
-    assert llm_stage.reached == esc.reached == 2 and esc.tokens > 0 and llm_stage.tokens > 0
+    # the first LLM, whose gold answers accept nothing, is not asked about the routed
+    # features (its answers could not be accepted); the escalation stage is, and bills them
+    assert llm_stage.reached == 0 and report.not_asked == {"llm": 2} and llm_stage.tokens == 0
+    assert esc.reached == 2 and esc.tokens > 0
     with Session(ws.engine) as session:
         accepted = list(
             session.exec(

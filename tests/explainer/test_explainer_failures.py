@@ -203,14 +203,14 @@ def test_off_taxonomy_and_non_json_answers_are_refused_not_stored(ws, double):
 def test_non_json_answers_mark_features_failed_and_rerun_is_free(ws, double):
     d = double([], default="text")
     llm = LlmConfig(base_url=d.url, model="double", prices={"double": (0.0, 0.0)})
-    report = explain(ws, ExplainConfig(limit=2), llm, progress=False)
+    report = explain(ws, ExplainConfig(limit=2, ask_unprovable=True), llm, progress=False)
     assert report.failed == report.explained == 2
     with Session(ws.engine) as session:
         rows = list(session.exec(select(Explanation)))
     assert {r.status for r in rows} == {"failed"} and all(r.concepts == [] for r in rows)
     assert all("JSON" in r.details["reason"] for r in rows)
     asked = d.requests
-    again = explain(ws, ExplainConfig(limit=2), llm, progress=False)
+    again = explain(ws, ExplainConfig(limit=2, ask_unprovable=True), llm, progress=False)
     assert again.explained == 0 and d.requests == asked
 
 
@@ -219,11 +219,11 @@ def test_retry_failed_asks_again_with_new_seeds_and_status_counts_them(ws, doubl
 
     d = double([], default="text")
     llm = LlmConfig(base_url=d.url, model="double", prices={"double": (0.0, 0.0)})
-    assert explain(ws, ExplainConfig(limit=2), llm, progress=False).failed == 2
+    assert explain(ws, ExplainConfig(limit=2, ask_unprovable=True), llm, progress=False).failed == 2
     assert status(ws)["labels"]["failed_only"] == 2
     d.default = "ok"  # the endpoint answers well now; the cache still holds the bad answers
     asked = d.requests
-    retried = explain(ws, ExplainConfig(limit=2), llm, progress=False, retry_failed=True)
+    retried = explain(ws, ExplainConfig(limit=2, ask_unprovable=True), llm, progress=False, retry_failed=True)
     assert retried.explained == 2 and retried.failed == 0 and d.requests > asked
     assert status(ws)["labels"]["failed_only"] == 0
 
@@ -232,14 +232,14 @@ def test_unknown_feature_is_an_error(ws, double):
     d = double([])
     llm = LlmConfig(base_url=d.url, model="double", prices={"double": (0.0, 0.0)})
     with pytest.raises(SafesailError, match="999999"):
-        explain(ws, ExplainConfig(limit=2), llm, features=[999999], progress=False)
+        explain(ws, ExplainConfig(limit=2, ask_unprovable=True), llm, features=[999999], progress=False)
     assert d.requests == 0
 
 
 def test_empty_gold_set_refuses_calibration_and_queues_everything(ws, double):
     d = double([])
     llm = LlmConfig(base_url=d.url, model="double", prices={"double": (0.0, 0.0)})
-    report = explain(ws, ExplainConfig(limit=2, votes=2), llm, progress=False)
+    report = explain(ws, ExplainConfig(limit=2, votes=2, ask_unprovable=True), llm, progress=False)
     assert report.explained == 2 and report.accepted == 0
     with Session(ws.engine) as session:
         meta = read_record(session, CalibrationReport)
@@ -257,7 +257,7 @@ def test_price_table_missing_the_model_fails_before_any_call(ws, double, capsys)
     d = double([])
     llm = LlmConfig(base_url=d.url, model="mystery-model")
     with pytest.raises(SafesailError, match="no price for model 'mystery-model'"):
-        explain(ws, ExplainConfig(limit=1), llm, progress=False)
+        explain(ws, ExplainConfig(limit=1, ask_unprovable=True), llm, progress=False)
     code = main(
         ["explain", "--workspace", str(ws.config.workspace), "--base-url", d.url]
         + ["--llm-model", "mystery-model", "--quiet"]

@@ -158,7 +158,7 @@ def test_intruder_scores_are_stored_with_the_explanation(ws):
     judge = Judge("first")
     try:
         llm = LlmConfig(base_url=judge.url, model="double", prices={"double": (0.0, 0.0)})
-        config = ExplainConfig(limit=2, votes=1, scorers=("intruder",))
+        config = ExplainConfig(limit=2, votes=1, scorers=("intruder",), ask_unprovable=True)
         report = explain(ws, config, llm, progress=False)
     finally:
         judge.close()
