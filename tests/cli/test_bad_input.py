@@ -339,3 +339,34 @@ def test_a_moved_workspace_reads_its_own_sae_folders(tmp_path):
         assert session.get(SaeRecord, SAE_ID).path == str((moved / "saes" / "mine").resolve())
         assert session.get(SaeRecord, "other").path == str(elsewhere)
     ws.engine.dispose()
+
+
+def test_sae_add_relative_paths_follow_a_copied_workspace(tmp_path, monkeypatch, capsys):
+    """`sae add --path` relative to where the user stands: an SAE inside the workspace is the
+    workspace's own, so a copy whose database is opened before its `saes/` arrives (a `cp`
+    in two steps, an rsync) still reads its own folder, never the original's; one outside
+    stays where it is."""
+    import shutil
+
+    from sqlmodel import Session
+
+    from safesail.workspace import Workspace
+
+    original = _workspace(tmp_path / "ws")
+    _sae_folder(original / "saes" / "mine")
+    _sae_folder(tmp_path / "shared" / "theirs")
+    monkeypatch.chdir(original)
+    for path, record_id in (("saes/mine", "mine"), ("../shared/theirs", "theirs")):
+        assert main(["sae", "add", "--path", path, "--id", record_id, "--workspace", "."]) == 0
+    capsys.readouterr()
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy, ignore=shutil.ignore_patterns("saes"))  # the database first
+    assert main(["status", "--workspace", str(copy)]) == 0
+    shutil.copytree(original / "saes", copy / "saes")
+    for folder, own in ((original, original), (copy, copy)):
+        ws = Workspace(WorkspaceConfig(folder))
+        with Session(ws.engine) as session:
+            assert session.get(SaeRecord, "mine").path == str((own / "saes" / "mine").resolve())
+            theirs = session.get(SaeRecord, "theirs").path
+            assert theirs == str((tmp_path / "shared" / "theirs").resolve())
+        ws.engine.dispose()
