@@ -15,7 +15,7 @@ from pathlib import Path
 
 from safesail.causal.config import CausalConfig
 from safesail.causal.plugin import PLUGIN as CAUSAL_PLUGIN
-from safesail.cli.flags import add_config_flags
+from safesail.cli.flags import add_config_flags, field_docs
 from safesail.collection.ray import RayConfig
 from safesail.config import PROTOCOL_LAYERS, CollectConfig, TrainConfig, WorkspaceConfig
 from safesail.plugins import Plugin, load_plugins
@@ -50,6 +50,12 @@ COLLECT_FLAGS = ("top_k", "per_decile")
 RAY_FLAGS = ("address", "workers", "cpus")
 """RayConfig fields of `safesail collect` (`--ray auto|ADDRESS` shards it over Ray)."""
 RAY_FLAG_NAMES = {"address": "--ray", "workers": "--ray-workers", "cpus": "--ray-cpus"}
+RAY_HELPS = {
+    "address": "Shard the collection over Ray when --ray, --ray-workers or --ray-cpus is given "
+    "(with none, it runs in this process). " + field_docs(RayConfig)["address"]
+}
+"""`--ray`'s help says when Ray is used at all, which RayConfig's field (a cluster address)
+cannot: its `(default: auto)` would otherwise read as "Ray always"."""
 SELECTION_FLAGS = ("contrast", "threshold_auroc", "probe_features", "min_texts", "rank_by")
 """SelectionConfig fields of `safesail select`."""
 TRIAGE_FLAGS = (
@@ -176,7 +182,7 @@ def _steps(sub, common: argparse.ArgumentParser) -> None:
     )
     add_config_flags(collect, CollectConfig, COLLECT_FLAGS)
     collect.add_argument("--sae", action="append", help="only these SAE ids")
-    add_config_flags(collect, RayConfig, RAY_FLAGS, flags=RAY_FLAG_NAMES)
+    add_config_flags(collect, RayConfig, RAY_FLAGS, flags=RAY_FLAG_NAMES, helps=RAY_HELPS)
 
     residuals = sub.add_parser(
         "residuals",

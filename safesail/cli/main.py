@@ -111,7 +111,9 @@ def _specs(values: list[str] | None) -> list[SaeSpec]:
 def _collect_on_ray(
     ws: workspace.Workspace, config: CollectConfig, args: argparse.Namespace, progress: bool
 ) -> list[str]:
-    """`collect --ray`: the chunks on a Ray cluster, then one line on its workers and speed."""
+    """`collect --ray` (or `--ray-workers`/`--ray-cpus` alone: asking for Ray workers asks for
+    Ray, on the default `auto` cluster the help names): the chunks on a Ray cluster, then one
+    line on its workers and speed."""
     from safesail.collection.ray import RayConfig, collect_on_ray
 
     ray_config = config_from_args(RayConfig, args, RAY_FLAGS)
@@ -263,10 +265,8 @@ def run(args: argparse.Namespace) -> int:
             _print_ranking(ws)
     elif cmd == "collect":
         config = config_from_args(CollectConfig, args, COLLECT_FLAGS)
-        if args.address is not None:
+        if any(getattr(args, name) is not None for name in RAY_FLAGS):
             done = _collect_on_ray(ws, config, args, progress)
-        elif args.workers is not None or args.cpus is not None:
-            raise SafesailError("--ray-workers and --ray-cpus need --ray auto|ADDRESS")
         else:
             done = ws.collect(config, sae_ids=args.sae, progress=progress)
         print(f"collected {len(done)} SAE(s): {', '.join(done) or 'all already collected'}")
