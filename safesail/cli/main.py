@@ -280,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == "select":
         among = None if args.layer is None else [r.id for r in ws.saes() if r.layer == args.layer]
         if among == []:
-            raise SafesailError(f"no SAE on layer {args.layer}")
+            raise SafesailError(f"no SAE on layer {args.layer} — `safesail sae list` shows each SAE's layer")
         ws.select(
             override=args.sae,
             config=config_from_args(SelectionConfig, args, SELECTION_FLAGS),
@@ -536,8 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     except SafesailError as exc:
         if debug:
             raise
-        print(f"safesail: error: {exc}", file=sys.stderr)
-        return 2
+        message = str(exc)  # may quote a parser's multi-line text: folded below, as one line
     except KeyboardInterrupt:
         print("safesail: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -545,8 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         message = None if debug else expected_failure(exc, args)
         if message is None:
             raise
-        print(f"safesail: error: {' '.join(message.split())}", file=sys.stderr)
-        return 2
+    print(f"safesail: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

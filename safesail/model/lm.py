@@ -190,9 +190,14 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=precision, local_files_only=offline
         )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # a folder without a tokenizer is a ValueError
         if isinstance(source, Path):
-            raise SafesailError(f"cannot load model from folder {source}: {exc}") from None
+            raise SafesailError(
+                f"cannot load model from folder {source}: {exc} — pass a folder written by "
+                "save_pretrained (config.json, tokenizer and weights) with --model"
+            ) from None
+        if isinstance(exc, ValueError):
+            raise
         raise SafesailError(
             f"model '{name}' is not available offline and the Hugging Face hub cannot be reached; "
             "download it where you have access (save_pretrained) and pass the local folder with --model"

@@ -53,7 +53,7 @@ def read_sae_config(path: Path) -> dict[str, Any]:
     try:
         cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SafesailError(f"{cfg_file} is not valid JSON: {exc}") from None
+        raise SafesailError(f"{cfg_file} is not valid JSON: {exc} — it must hold the SAE's config") from None
     if not isinstance(cfg, dict):
         raise SafesailError(f"{cfg_file} is not a JSON object — it must hold the SAE's config")
     return cfg

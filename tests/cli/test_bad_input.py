@@ -370,3 +370,15 @@ def test_sae_add_relative_paths_follow_a_copied_workspace(tmp_path, monkeypatch,
             theirs = session.get(SaeRecord, "theirs").path
             assert theirs == str((tmp_path / "shared" / "theirs").resolve())
         ws.engine.dispose()
+
+
+def test_model_folder_without_a_model_is_one_line(ws, tmp_path, capsys):
+    """transformers explains a folder without a tokenizer over five lines: still one line here,
+    and the SAE (whose files are fine) is not registered."""
+    empty = tmp_path / "model"
+    empty.mkdir()
+    sae = _sae_folder(tmp_path / "sae")
+    argv = ["sae", "add", "--path", str(sae), "--model", str(empty), "--workspace", str(ws)]
+    line = _fails_in_one_line(argv, capsys)
+    assert f"cannot load model from folder {empty}" in line and "save_pretrained" in line
+    assert _counts(ws)["saerecord"] == 1
