@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import NoReturn
 
 from safesail.causal.config import CausalConfig
 from safesail.causal.plugin import PLUGIN as CAUSAL_PLUGIN
@@ -323,13 +324,22 @@ def _demo(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return demo
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser, whose refusals follow the rule every failure follows: one line
+    `safesail: error: <what> — <what to do>`, exit 2 (argparse's own prints its usage block
+    first). Subcommand parsers inherit the class, so each names its own `--help`."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"safesail: error: {message} — see `{self.prog} --help`\n")
+
+
 def build_parser(plugins: list[Plugin] | None = None) -> argparse.ArgumentParser:
     """The whole command line: the core's steps, then each room's commands and demo flags."""
     plugins = load_plugins() if plugins is None else plugins
     if CAUSAL_PLUGIN not in plugins:  # the core's own demo step, between labeling and exports
         plugins = sorted([*plugins, CAUSAL_PLUGIN], key=lambda p: (p.order, p.name))
     common = common_options()
-    parser = argparse.ArgumentParser(prog="safesail", description=DESCRIPTION)
+    parser = OneLineParser(prog="safesail", description=DESCRIPTION)
     add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     _corpus(sub, common)

@@ -382,3 +382,24 @@ def test_model_folder_without_a_model_is_one_line(ws, tmp_path, capsys):
     line = _fails_in_one_line(argv, capsys)
     assert f"cannot load model from folder {empty}" in line and "save_pretrained" in line
     assert _counts(ws)["saerecord"] == 1
+
+
+def test_a_refused_flag_is_one_line_naming_the_help(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["export", "--format", "bogus"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("safesail: error: argument --format: invalid choice: 'bogus'")
+    assert err.rstrip().endswith("— see `safesail export --help`")
+
+
+def test_collect_of_an_unknown_sae_changes_nothing(ws, capsys):
+    """Checked before the contexts and the chunk plan are written; the model it loads first
+    prints no progress bar before the line."""
+    (corpus := ws / "c.jsonl").write_text(json.dumps({"text": "a b c", "concept": "benign"}))
+    assert main(["corpus", "add", str(corpus), "--workspace", str(ws)]) == 0
+    capsys.readouterr()
+    before = _counts(ws)
+    line = _fails_in_one_line(["collect", "--sae", "nope", "--workspace", str(ws)], capsys)
+    assert "unknown SAE id(s): nope" in line
+    assert _counts(ws) == before
