@@ -341,22 +341,26 @@ def setup(args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
-def _checks(args: argparse.Namespace, corpus: bool, tests: bool) -> Iterator[doctor_.Check]:
+def _checks(
+    args: argparse.Namespace, corpus: bool, tests: bool, servers: bool
+) -> Iterator[doctor_.Check]:
     from safesail.install.doctor import run_checks
 
     rooms = [p.checks for p in args.plugins if p.checks]
-    return run_checks(default_cache_dir(), args.workspace, rooms, corpus=corpus, tests=tests)
+    return run_checks(
+        default_cache_dir(), args.workspace, rooms, corpus=corpus, tests=tests, servers=servers
+    )
 
 
 def doctor(args: argparse.Namespace) -> int:
     """`safesail doctor`: one line per part; exit 2 when a part the demo needs fails."""
     failed = []
-    for check in _checks(args, corpus=True, tests=True):
+    for check in _checks(args, corpus=True, tests=True, servers=True):
         print(check.line(), flush=True)
         if not check.ok and check.needed_by == "demo":
             failed.append(check.part)
     if failed:
-        raise SafesailError(f"{', '.join(failed)} not ready; the fix is on each FAIL line above")
+        raise SafesailError(f"{', '.join(failed)} not ready — the fix is on each FAIL line above")
     return 0
 
 
@@ -421,9 +425,9 @@ def demo(ws: workspace.Workspace, args: argparse.Namespace, progress: bool) -> i
     triaged (the landscape across depth); then each room's step (labeling, explaining, causal
     checks, exports, app) in plugin order on the selected SAE."""
     print(f"safesail demo: workspace {ws.config.workspace.resolve()}")
-    for check in _checks(args, corpus=args.corpus is None, tests=False):
+    for check in _checks(args, corpus=args.corpus is None, tests=False, servers=False):
         if not check.ok:  # stop now with the fix, not at the step that needs the part
-            raise SafesailError(f"{check.part}: {check.detail} -- fix: {check.fix}")
+            raise SafesailError(f"{check.part}: {check.detail} — fix: {check.fix}")
     times = StepTimes()
     with times.step("corpus"):
         if args.corpus:
