@@ -277,9 +277,10 @@ def _setup(cache_dir: Path, progress: bool) -> None:
     ensure_installed(cache_dir, progress)
 
 
-def _checks(cache_dir: Path) -> list[Check]:
+def _checks(cache_dir: Path, servers: bool) -> list[Check]:
     """Label Studio's own venv against its lock (a package that drifted, like sentry-sdk 3,
-    makes the server die at start), without starting it (a first start migrates for 60-100 s)."""
+    makes the server die at start), never starting it whatever `servers` asks (a first start
+    migrates for 60-100 s)."""
     from annotation.server import LOCK, LS_VERSION, lock_mismatches, venv_dir
     from safesail.install.doctor import Check
 

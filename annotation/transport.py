@@ -70,7 +70,8 @@ class Client:
                 code = getattr(exc, "status_code", None)
                 if code in (401, 403):
                     raise SafesailError(
-                        f"Label Studio at {self.url} refused the API token ({code})"
+                        f"Label Studio at {self.url} refused the API token ({code}) — check "
+                        "LABEL_STUDIO_API_KEY or --ls-token-file"
                     ) from None
                 transient = code is None or code == 429 or code >= 500
                 if not transient:

@@ -1,9 +1,13 @@
-"""What the explainer benchmarks share (bench/explainer.py, bench/delphi_peer.py): a clean copy
-of the demo database and one seeded draw of gold and routed features from the reference set,
-so that both benchmarks explain the same features for the same `--gold` / routed sizes."""
+"""What the benchmarks read against the reference set share (bench/explainer.py,
+bench/delphi_peer.py, bench/cascade.py, bench/label_efficiency.py): the `--workspace` and
+`--reference` flags, a clean copy of the demo database, and one seeded draw of gold and routed
+features from the reference set, so that the explainer benchmarks explain the same features
+for the same `--gold` / routed sizes."""
 
 from __future__ import annotations
 
+import argparse
+import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +18,27 @@ from safesail.config import WorkspaceConfig
 from safesail.db.tables import Explanation, LlmCall, Score
 from safesail.reference.labels import ReferenceSet
 from safesail.workspace import Workspace
+
+
+def add_source_args(
+    parser: argparse.ArgumentParser, workspace_help: str, reference_default: Path | None = None
+) -> None:
+    """`--workspace` ($SAFESAIL_WORKSPACE, else ./workspace, as the CLI) and `--reference`
+    (None: the reference set of the workspace's selected SAE), declared once so the benchmarks
+    cannot drift apart in how they find their inputs."""
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=Path(os.environ.get("SAFESAIL_WORKSPACE", "workspace")),
+        help=workspace_help,
+    )
+    shown = "bench/reference/" if reference_default is None else reference_default.name
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=reference_default,
+        help=f"reference set (default: {shown})",
+    )
 
 
 def copy_db(source: Path, target: Path) -> Workspace:

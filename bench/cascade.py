@@ -24,7 +24,6 @@ the reference set's test-runs.log (every run reads the test half).
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import shutil
 import sys
@@ -38,7 +37,7 @@ from sqlmodel import Session, select
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 
-from _reference_draw import copy_db, draw  # noqa: E402
+from _reference_draw import add_source_args, copy_db, draw  # noqa: E402
 
 from safesail.config import WorkspaceConfig  # noqa: E402
 from safesail.db.tables import Explanation  # noqa: E402
@@ -121,13 +120,9 @@ def evaluate(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--workspace",
-        type=Path,
-        default=Path(os.environ.get("SAFESAIL_WORKSPACE", "workspace")),
-        help="a workspace whose selected SAE the reference set was labeled on, read-only",
+    add_source_args(
+        parser, "a workspace whose selected SAE the reference set was labeled on, read-only"
     )
-    parser.add_argument("--reference", type=Path, help="reference set (default: bench/reference/)")
     parser.add_argument("--gold", type=int, help="dev-half features used as gold (default: all)")
     parser.add_argument("--routed", type=int, help="test-half features routed (default: all)")
     parser.add_argument("--target", type=float, default=0.9)

@@ -100,7 +100,7 @@ from sqlmodel import Session, select
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 
-from _reference_draw import copy_db, draw  # noqa: E402
+from _reference_draw import add_source_args, copy_db, draw  # noqa: E402
 
 from safesail.db.tables import Explanation, LlmCall  # noqa: E402
 from safesail.explainer.config import ExplainConfig, LlmConfig  # noqa: E402
@@ -397,13 +397,9 @@ def our_results(ws: Workspace, features: list[int]) -> tuple[dict[int, str], dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--workspace",
-        type=Path,
-        default=Path(os.environ.get("SAFESAIL_WORKSPACE", "workspace")),
-        help="a demo workspace, read-only (default: ./workspace, what `make demo` builds)",
+    add_source_args(
+        parser, "a demo workspace, read-only (default: ./workspace, what `make demo` builds)"
     )
-    parser.add_argument("--reference", type=Path, help="reference set (default: bench/reference/)")
     parser.add_argument("--features", type=int, default=20, help="reference test-half features")
     parser.add_argument("--gold", type=int, default=20, help="dev-half features used as gold")
     parser.add_argument("--base-url", help="endpoint …/v1 (default: the embedded server)")

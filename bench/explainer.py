@@ -21,7 +21,6 @@ per human label spent).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from sqlmodel import Session, select
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
 
-from _reference_draw import copy_db, draw  # noqa: E402
+from _reference_draw import add_source_args, copy_db, draw  # noqa: E402
 
 from safesail.config import WorkspaceConfig  # noqa: E402
 from safesail.db.tables import Explanation, LlmCall  # noqa: E402
@@ -63,13 +62,9 @@ def rows(ws: Workspace) -> list[Explanation]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--workspace",
-        type=Path,
-        default=Path(os.environ.get("SAFESAIL_WORKSPACE", "workspace")),
-        help="a demo workspace, read-only (default: ./workspace, what `make demo` builds)",
+    add_source_args(
+        parser, "a demo workspace, read-only (default: ./workspace, what `make demo` builds)"
     )
-    parser.add_argument("--reference", type=Path, help="reference set (default: bench/reference/)")
     parser.add_argument("--gold", type=int, default=60, help="dev-half features used as gold")
     parser.add_argument("--unlabeled", type=int, default=60, help="test-half features to route")
     parser.add_argument("--base-url", help="endpoint (default: the embedded server)")

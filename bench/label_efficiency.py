@@ -29,7 +29,6 @@ workspace holding the reference set's SAE weights (collected). Prints a table, s
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -49,6 +48,10 @@ from safesail.errors import SafesailError
 from safesail.reference.check import log_test_run, open_reference, reference_dir
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 from safesail.workspace import Workspace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
+
+from _reference_draw import add_source_args  # noqa: E402
 
 TARGET_SHARE = 0.95
 DEFAULT_REFERENCE = reference_dir() / "L8-w1152-k32.json"
@@ -280,13 +283,9 @@ class Variant:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--workspace",
-        type=Path,
-        default=Path(os.environ.get("SAFESAIL_WORKSPACE", "workspace")),
-        help="a workspace holding the reference set's SAE, collected",
+    add_source_args(
+        parser, "a workspace holding the reference set's SAE, collected", DEFAULT_REFERENCE
     )
-    parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
     parser.add_argument("--half", choices=("dev", "test"), default="dev")
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--test-share", type=float, default=0.3)

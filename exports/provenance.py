@@ -22,7 +22,7 @@ def read_manifest(fmt: str, path: Path) -> dict[str, Any]:
     """The manifest next to an export's folder or data file ({} without one: a file not made
     by safesail); a missing path is a one-line error."""
     if not path.exists():
-        raise SafesailError(f"no such file or folder: {path}")
+        raise SafesailError(f"no such file or folder: {path} — check the path")
     folder = path if path.is_dir() else path.parent
     manifest_file = folder / manifest_name(fmt)
     return json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}

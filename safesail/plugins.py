@@ -48,8 +48,9 @@ class Plugin:
     setup: Callable[[Path, bool], None] | None = None
     """(cache dir, show progress): install what this room runs on, from its lock, so that
     after `safesail setup` (which `make install` runs) nothing is downloaded."""
-    checks: Callable[[Path], list[Check]] | None = None
-    """(cache dir) -> this room's parts for `safesail doctor` (see safesail.install.doctor)."""
+    checks: Callable[[Path, bool], list[Check]] | None = None
+    """(cache dir, start servers) -> this room's parts for `safesail doctor`; with start servers
+    False, only what needs no server started (see safesail.install.doctor)."""
 
 
 def load_plugins() -> list[Plugin]:

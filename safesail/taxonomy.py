@@ -92,9 +92,9 @@ class Taxonomy:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
-            raise SafesailError(f"taxonomy file not found: {path}") from exc
+            raise SafesailError(f"taxonomy file not found: {path} — check the path") from exc
         except (OSError, UnicodeDecodeError) as exc:
-            raise SafesailError(f"cannot read taxonomy file {path}: {exc}") from exc
+            raise SafesailError(f"cannot read taxonomy file {path}: {exc} — save it as UTF-8 JSON") from exc
         except json.JSONDecodeError as exc:
             raise SafesailError(f"taxonomy file {path} is not valid JSON: {exc}") from exc
         return cls.from_json(raw, origin=str(path))

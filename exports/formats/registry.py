@@ -101,7 +101,7 @@ def sae_for(module: str, manifest: dict[str, Any], sae: SaeRecord | None) -> str
 def data_file(path: Path, name: str) -> Path:
     target = path / name if path.is_dir() else path
     if not target.is_file():
-        raise SafesailError(f"no {name} at {path}")
+        raise SafesailError(f"no {name} at {path} — point at the file, or the folder an export wrote")
     return target
 
 

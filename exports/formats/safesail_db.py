@@ -38,7 +38,7 @@ def read_neuron_db(file: Path) -> dict[str, Any]:
     try:
         db = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise SafesailError(f"cannot read Safe-SAIL DB {file}: {exc}") from None
+        raise SafesailError(f"cannot read Safe-SAIL DB {file}: {exc} — check it is a whole UTF-8 JSON file") from None
     if not isinstance(db, dict):
         raise SafesailError(f"{file} is not a Safe-SAIL neuron DB (expected a JSON object)")
     return db

@@ -83,7 +83,7 @@ def _read_parquet(path: Path, _manifest: dict, _sae: SaeRecord | None):
     try:
         rows = pq.read_table(data_file(path, "explanations.parquet")).to_pylist()
     except OSError as exc:
-        raise SafesailError(f"cannot read parquet {path}: {exc}") from None
+        raise SafesailError(f"cannot read parquet {path}: {exc} — check it is a whole parquet file") from None
     records, skipped = [], []
     for n, row in enumerate(rows, 1):
         try:

@@ -25,7 +25,7 @@ from safesail.causal.score import (
     scored_explanations,
 )
 from safesail.db.contracts import Workspace
-from safesail.db.queries import require_selected_sae
+from safesail.db.queries import LIST_SAES, require_selected_sae
 from safesail.db.tables import Explanation, Feature, SaeRecord, session_scope
 from safesail.errors import SafesailError
 from safesail.model.lm import LanguageModel
@@ -76,7 +76,7 @@ def run_causal(
     with Session(ws.engine) as session:
         record = session.get(SaeRecord, sae_id)
         if record is None or not record.path:
-            raise SafesailError(f"unknown SAE '{sae_id}' (or one without weights)")
+            raise SafesailError(f"unknown SAE '{sae_id}' (or one without weights) — {LIST_SAES}")
         site = site_of(record)
         layer = readout_layer(lm, config)
         if layer < site.layer:

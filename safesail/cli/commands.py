@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import NoReturn
 
 from safesail.causal.config import CausalConfig
 from safesail.causal.plugin import PLUGIN as CAUSAL_PLUGIN
-from safesail.cli.flags import add_config_flags
+from safesail.cli.flags import add_config_flags, field_docs
 from safesail.collection.ray import RayConfig
 from safesail.config import PROTOCOL_LAYERS, CollectConfig, TrainConfig, WorkspaceConfig
 from safesail.plugins import Plugin, load_plugins
@@ -50,6 +51,12 @@ COLLECT_FLAGS = ("top_k", "per_decile")
 RAY_FLAGS = ("address", "workers", "cpus")
 """RayConfig fields of `safesail collect` (`--ray auto|ADDRESS` shards it over Ray)."""
 RAY_FLAG_NAMES = {"address": "--ray", "workers": "--ray-workers", "cpus": "--ray-cpus"}
+RAY_HELPS = {
+    "address": "Shard the collection over Ray when --ray, --ray-workers or --ray-cpus is given "
+    "(with none, it runs in this process). " + field_docs(RayConfig)["address"]
+}
+"""`--ray`'s help says when Ray is used at all, which RayConfig's field (a cluster address)
+cannot: its `(default: auto)` would otherwise read as "Ray always"."""
 SELECTION_FLAGS = ("contrast", "threshold_auroc", "probe_features", "min_texts", "rank_by")
 """SelectionConfig fields of `safesail select`."""
 TRIAGE_FLAGS = (
@@ -176,7 +183,7 @@ def _steps(sub, common: argparse.ArgumentParser) -> None:
     )
     add_config_flags(collect, CollectConfig, COLLECT_FLAGS)
     collect.add_argument("--sae", action="append", help="only these SAE ids")
-    add_config_flags(collect, RayConfig, RAY_FLAGS, flags=RAY_FLAG_NAMES)
+    add_config_flags(collect, RayConfig, RAY_FLAGS, flags=RAY_FLAG_NAMES, helps=RAY_HELPS)
 
     residuals = sub.add_parser(
         "residuals",
@@ -317,13 +324,22 @@ def _demo(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return demo
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser, whose refusals follow the rule every failure follows: one line
+    `safesail: error: <what> — <what to do>`, exit 2 (argparse's own prints its usage block
+    first). Subcommand parsers inherit the class, so each names its own `--help`."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"safesail: error: {message} — see `{self.prog} --help`\n")
+
+
 def build_parser(plugins: list[Plugin] | None = None) -> argparse.ArgumentParser:
     """The whole command line: the core's steps, then each room's commands and demo flags."""
     plugins = load_plugins() if plugins is None else plugins
     if CAUSAL_PLUGIN not in plugins:  # the core's own demo step, between labeling and exports
         plugins = sorted([*plugins, CAUSAL_PLUGIN], key=lambda p: (p.order, p.name))
     common = common_options()
-    parser = argparse.ArgumentParser(prog="safesail", description=DESCRIPTION)
+    parser = OneLineParser(prog="safesail", description=DESCRIPTION)
     add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     _corpus(sub, common)

@@ -111,7 +111,9 @@ def _specs(values: list[str] | None) -> list[SaeSpec]:
 def _collect_on_ray(
     ws: workspace.Workspace, config: CollectConfig, args: argparse.Namespace, progress: bool
 ) -> list[str]:
-    """`collect --ray`: the chunks on a Ray cluster, then one line on its workers and speed."""
+    """`collect --ray` (or `--ray-workers`/`--ray-cpus` alone: asking for Ray workers asks for
+    Ray, on the default `auto` cluster the help names): the chunks on a Ray cluster, then one
+    line on its workers and speed."""
     from safesail.collection.ray import RayConfig, collect_on_ray
 
     ray_config = config_from_args(RayConfig, args, RAY_FLAGS)
@@ -263,10 +265,8 @@ def run(args: argparse.Namespace) -> int:
             _print_ranking(ws)
     elif cmd == "collect":
         config = config_from_args(CollectConfig, args, COLLECT_FLAGS)
-        if args.address is not None:
+        if any(getattr(args, name) is not None for name in RAY_FLAGS):
             done = _collect_on_ray(ws, config, args, progress)
-        elif args.workers is not None or args.cpus is not None:
-            raise SafesailError("--ray-workers and --ray-cpus need --ray auto|ADDRESS")
         else:
             done = ws.collect(config, sae_ids=args.sae, progress=progress)
         print(f"collected {len(done)} SAE(s): {', '.join(done) or 'all already collected'}")
@@ -280,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == "select":
         among = None if args.layer is None else [r.id for r in ws.saes() if r.layer == args.layer]
         if among == []:
-            raise SafesailError(f"no SAE on layer {args.layer}")
+            raise SafesailError(f"no SAE on layer {args.layer} — `safesail sae list` shows each SAE's layer")
         ws.select(
             override=args.sae,
             config=config_from_args(SelectionConfig, args, SELECTION_FLAGS),
@@ -341,22 +341,26 @@ def setup(args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
-def _checks(args: argparse.Namespace, corpus: bool, tests: bool) -> Iterator[doctor_.Check]:
+def _checks(
+    args: argparse.Namespace, corpus: bool, tests: bool, servers: bool
+) -> Iterator[doctor_.Check]:
     from safesail.install.doctor import run_checks
 
     rooms = [p.checks for p in args.plugins if p.checks]
-    return run_checks(default_cache_dir(), args.workspace, rooms, corpus=corpus, tests=tests)
+    return run_checks(
+        default_cache_dir(), args.workspace, rooms, corpus=corpus, tests=tests, servers=servers
+    )
 
 
 def doctor(args: argparse.Namespace) -> int:
     """`safesail doctor`: one line per part; exit 2 when a part the demo needs fails."""
     failed = []
-    for check in _checks(args, corpus=True, tests=True):
+    for check in _checks(args, corpus=True, tests=True, servers=True):
         print(check.line(), flush=True)
         if not check.ok and check.needed_by == "demo":
             failed.append(check.part)
     if failed:
-        raise SafesailError(f"{', '.join(failed)} not ready; the fix is on each FAIL line above")
+        raise SafesailError(f"{', '.join(failed)} not ready — the fix is on each FAIL line above")
     return 0
 
 
@@ -421,9 +425,9 @@ def demo(ws: workspace.Workspace, args: argparse.Namespace, progress: bool) -> i
     triaged (the landscape across depth); then each room's step (labeling, explaining, causal
     checks, exports, app) in plugin order on the selected SAE."""
     print(f"safesail demo: workspace {ws.config.workspace.resolve()}")
-    for check in _checks(args, corpus=args.corpus is None, tests=False):
+    for check in _checks(args, corpus=args.corpus is None, tests=False, servers=False):
         if not check.ok:  # stop now with the fix, not at the step that needs the part
-            raise SafesailError(f"{check.part}: {check.detail} -- fix: {check.fix}")
+            raise SafesailError(f"{check.part}: {check.detail} — fix: {check.fix}")
     times = StepTimes()
     with times.step("corpus"):
         if args.corpus:
@@ -536,8 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     except SafesailError as exc:
         if debug:
             raise
-        print(f"safesail: error: {exc}", file=sys.stderr)
-        return 2
+        message = str(exc)  # may quote a parser's multi-line text: folded below, as one line
     except KeyboardInterrupt:
         print("safesail: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -545,8 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         message = None if debug else expected_failure(exc, args)
         if message is None:
             raise
-        print(f"safesail: error: {' '.join(message.split())}", file=sys.stderr)
-        return 2
+    print(f"safesail: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from safesail.collection.finalize import CorpusView, finalize
 from safesail.collection.plan import chunk_plan, prepare_contexts
 from safesail.config import CollectConfig
+from safesail.db.queries import LIST_SAES
 from safesail.db.tables import (
     REFERENCE_ONLY,
     ActivationChunk,
@@ -223,13 +224,14 @@ def _collect(
     runner: ChunkRunner | None,
     store: ResidualStore | None,
 ) -> list[str]:
+    with Session(engine) as session:  # a mistyped --sae must change nothing: checked first
+        records = [r for r in session.exec(select(SaeRecord)) if sae_ids is None or r.id in sae_ids]
+    missing = set(sae_ids or ()) - {r.id for r in records}
+    if missing:
+        raise SafesailError(f"unknown SAE id(s): {', '.join(sorted(missing))} — {LIST_SAES}")
     prepare_contexts(engine, lm, config.max_tokens)
     plan = chunk_plan(engine, config.chunk_texts)
     with Session(engine) as session:
-        records = [r for r in session.exec(select(SaeRecord)) if sae_ids is None or r.id in sae_ids]
-        missing = set(sae_ids or ()) - {r.id for r in records}
-        if missing:
-            raise SafesailError(f"unknown SAE id(s): {', '.join(sorted(missing))}")
         todo = [r for r in records if not r.collected and r.source != REFERENCE_ONLY]
         done_chunks = {
             (c.sae_id, c.chunk)

@@ -129,7 +129,8 @@ def _worker_url(engine: Engine) -> str:
     url = engine.url
     if url.get_backend_name() == "sqlite":
         if not url.database or url.database == ":memory:":
-            raise SafesailError("an in-memory SQLite database cannot be shared with Ray workers")
+            raise SafesailError("an in-memory SQLite database cannot be shared with Ray workers — use a workspace "
+                "file or --db-url")
         url = url.set(database=str(Path(url.database).resolve()))
     return url.render_as_string(hide_password=False)
 
@@ -210,7 +211,8 @@ def _connect(config: RayConfig) -> bool:
             ray.init(address=config.address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise SafesailError(
-            f"cannot reach the Ray cluster at '{config.address}': {_first_line(str(exc))}"
+            f"cannot reach the Ray cluster at '{config.address}': {_first_line(str(exc))} — "
+            "check --ray ADDRESS, or use --ray auto for a local one"
         ) from None
     return True
 

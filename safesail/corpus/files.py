@@ -27,7 +27,7 @@ def _read_rows(path: Path) -> list[Any]:
             f"unsupported corpus file type '{suffix or path.name}'; use .jsonl, .json, .csv or .parquet"
         )
     if not path.is_file():
-        raise SafesailError(f"corpus file not found: {path}")
+        raise SafesailError(f"corpus file not found: {path} — check the path")
     try:
         if suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -35,9 +35,9 @@ def _read_rows(path: Path) -> list[Any]:
             return pq.read_table(path).to_pylist()
         content = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SafesailError(f"cannot read corpus file {path}: {exc}") from exc
+        raise SafesailError(f"cannot read corpus file {path}: {exc} — save it as UTF-8 text and rerun") from exc
     except Exception as exc:  # pyarrow raises its own error types for corrupt files
-        raise SafesailError(f"cannot read parquet file {path}: {exc}") from exc
+        raise SafesailError(f"cannot read parquet file {path}: {exc} — check it is a whole parquet file") from exc
     if suffix == ".csv":
         try:
             return list(csv.DictReader(io.StringIO(content)))
@@ -100,7 +100,7 @@ def load_corpus_file(
     path = Path(path)
     rows = _read_rows(path)
     if not rows:
-        raise SafesailError(f"corpus file {path} has no rows")
+        raise SafesailError(f"corpus file {path} has no rows — give a file with at least one text")
     columns: dict[str, None] = {}
     for row in rows:
         if isinstance(row, dict):

@@ -42,6 +42,8 @@ COVERAGE_STATES = ("human-labeled", "auto-accepted", "queued for humans", "unexp
 
 
 NO_SAES = "no SAEs in this workspace: run `safesail sae train` or `safesail sae add`"
+LIST_SAES = "`safesail sae list` shows the SAEs here"
+"""The what-to-do of every unknown-SAE error: one wording, one place."""
 
 
 def require_saes(engine: Engine) -> None:

@@ -242,9 +242,10 @@ def demo(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     return 0
 
 
-def _checks(cache_dir: Path) -> list[Check]:
-    """llama.cpp: the locked version, built without instructions some machines lack, and a
-    server that starts and answers on the embedded model (a few seconds)."""
+def _checks(cache_dir: Path, servers: bool) -> list[Check]:
+    """llama.cpp: the locked version, built without instructions some machines lack, and, when
+    `servers`, a server that starts and answers on the embedded model (~10 s: `doctor` pays it,
+    the demo's preflight does not, as its explain step starts that server anyway)."""
     import tempfile
 
     from safesail.errors import SafesailError
@@ -281,6 +282,8 @@ def _checks(cache_dir: Path) -> list[Check]:
                 f"rm -rf {cache_dir}/wheels/llama-cpp-python-* .venv/.installed && make install",
             )
         ]
+    if not servers:
+        return [Check("llama.cpp", True, f"llama-cpp-python {wanted}, {flags}, server not started")]
     with tempfile.TemporaryDirectory() as home:
         server = EmbeddedServer(Path(home))
         try:

@@ -15,7 +15,7 @@ import torch
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from safesail.db.queries import best_accepted, require_selected_sae
+from safesail.db.queries import LIST_SAES, best_accepted, require_selected_sae
 from safesail.db.tables import Feature, SaeRecord
 from safesail.errors import SafesailError
 from safesail.model.devices import dtype_name
@@ -107,7 +107,7 @@ class Inspector:
         with Session(engine) as session:
             record = session.get(SaeRecord, sae_id)
         if record is None:
-            raise SafesailError(f"no SAE '{sae_id}' in this workspace")
+            raise SafesailError(f"no SAE '{sae_id}' in this workspace — {LIST_SAES}")
         sae = load_sae(record, device=str(lm.device), dtype=dtype_name(lm.dtype))  # as the model
         return cls(lm, record, sae, safety_features(engine, record.id))
 

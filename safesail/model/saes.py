@@ -53,7 +53,7 @@ def read_sae_config(path: Path) -> dict[str, Any]:
     try:
         cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SafesailError(f"{cfg_file} is not valid JSON: {exc}") from None
+        raise SafesailError(f"{cfg_file} is not valid JSON: {exc} — it must hold the SAE's config") from None
     if not isinstance(cfg, dict):
         raise SafesailError(f"{cfg_file} is not a JSON object — it must hold the SAE's config")
     return cfg
@@ -294,9 +294,13 @@ WORKSPACE_ROOT = "workspace_root"
 def rebase_sae_paths(session: Session, root: Path) -> int:
     """Point the SAE records of a workspace that was copied or moved at the SAE folders under
     its new `root`, not the original's (which may be gone, or be changed by someone else).
-    Paths outside the old root (an SAE added from elsewhere) stay. A workspace written before
-    the root was recorded: its SAEs under a `saes/` folder are taken to be its own. Returns
-    how many records moved."""
+    A path under the recorded old root is relative to the workspace, so it follows even when
+    the folder is not there yet: a copy whose database was opened before its `saes/` arrived
+    must not keep reading the original's files (a missing folder is an error at load, naming
+    the path). Paths outside the old root (an SAE added from elsewhere) stay. A workspace
+    written before the root was recorded: its SAEs under a `saes/` folder are taken to be its
+    own, but only where the copy has that folder, as that root is a guess. Returns how many
+    records moved."""
     from safesail.db.tables import get_meta, set_meta
 
     root = root.resolve()
@@ -311,7 +315,7 @@ def rebase_sae_paths(session: Session, root: Path) -> int:
             if base is None or not path.is_relative_to(base):
                 continue
             target = root / path.relative_to(base)
-            if target != path and target.is_dir():
+            if target != path and (old or target.is_dir()):
                 record.path = str(target)
                 moved += 1
         set_meta(session, WORKSPACE_ROOT, str(root))

@@ -27,6 +27,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from safesail.db.queries import LIST_SAES
 from safesail.db.tables import Context, Feature, SaeRecord
 from safesail.errors import SafesailError
 from safesail.features.examples import TOP, feature_examples, peak_window
@@ -55,7 +56,7 @@ def sae_sha256(engine: Engine, sae_id: str) -> str:
     with Session(engine) as session:
         record = session.get(SaeRecord, sae_id)
     if record is None:
-        raise SafesailError(f"unknown SAE '{sae_id}'")
+        raise SafesailError(f"unknown SAE '{sae_id}' — {LIST_SAES}")
     weights = Path(record.path) / "sae_weights.safetensors"
     if not weights.exists():
         raise SafesailError(f"SAE {sae_id} has no weights file at {weights}")

@@ -70,7 +70,7 @@ def _eligible(
         )
     eligible = [r.id for r in records if among is None or r.id in among]
     if not eligible:
-        raise SafesailError(f"none of {', '.join(among or ())} is a collected SAE")
+        raise SafesailError(f"none of {', '.join(among or ())} is a collected SAE — run `safesail collect` first")
     return eligible
 
 

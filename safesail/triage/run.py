@@ -19,7 +19,7 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, select
 
 from safesail.collection.chunks import concept_token_counts, text_max_matrix
-from safesail.db.queries import chunked
+from safesail.db.queries import LIST_SAES, chunked
 from safesail.db.tables import Context, Feature, SaeRecord, session_scope
 from safesail.errors import SafesailError
 from safesail.features.examples import Example, examples_of
@@ -50,7 +50,8 @@ def triage_sae(
     with Session(engine) as session:
         record = session.get(SaeRecord, sae_id)
         if record is None or not record.collected:
-            raise SafesailError(f"cannot triage '{sae_id}': not a collected SAE")
+            raise SafesailError(f"cannot triage '{sae_id}': not a collected SAE — run `safesail collect` first "
+                f"({LIST_SAES})")
     text_ids, matrix = text_max_matrix(engine, sae_id)
     selectivity = feature_selectivity(
         matrix,

@@ -339,3 +339,67 @@ def test_a_moved_workspace_reads_its_own_sae_folders(tmp_path):
         assert session.get(SaeRecord, SAE_ID).path == str((moved / "saes" / "mine").resolve())
         assert session.get(SaeRecord, "other").path == str(elsewhere)
     ws.engine.dispose()
+
+
+def test_sae_add_relative_paths_follow_a_copied_workspace(tmp_path, monkeypatch, capsys):
+    """`sae add --path` relative to where the user stands: an SAE inside the workspace is the
+    workspace's own, so a copy whose database is opened before its `saes/` arrives (a `cp`
+    in two steps, an rsync) still reads its own folder, never the original's; one outside
+    stays where it is."""
+    import shutil
+
+    from sqlmodel import Session
+
+    from safesail.workspace import Workspace
+
+    original = _workspace(tmp_path / "ws")
+    _sae_folder(original / "saes" / "mine")
+    _sae_folder(tmp_path / "shared" / "theirs")
+    monkeypatch.chdir(original)
+    for path, record_id in (("saes/mine", "mine"), ("../shared/theirs", "theirs")):
+        assert main(["sae", "add", "--path", path, "--id", record_id, "--workspace", "."]) == 0
+    capsys.readouterr()
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy, ignore=shutil.ignore_patterns("saes"))  # the database first
+    assert main(["status", "--workspace", str(copy)]) == 0
+    shutil.copytree(original / "saes", copy / "saes")
+    for folder, own in ((original, original), (copy, copy)):
+        ws = Workspace(WorkspaceConfig(folder))
+        with Session(ws.engine) as session:
+            assert session.get(SaeRecord, "mine").path == str((own / "saes" / "mine").resolve())
+            theirs = session.get(SaeRecord, "theirs").path
+            assert theirs == str((tmp_path / "shared" / "theirs").resolve())
+        ws.engine.dispose()
+
+
+def test_model_folder_without_a_model_is_one_line(ws, tmp_path, capsys):
+    """transformers explains a folder without a tokenizer over five lines: still one line here,
+    and the SAE (whose files are fine) is not registered."""
+    empty = tmp_path / "model"
+    empty.mkdir()
+    sae = _sae_folder(tmp_path / "sae")
+    argv = ["sae", "add", "--path", str(sae), "--model", str(empty), "--workspace", str(ws)]
+    line = _fails_in_one_line(argv, capsys)
+    assert f"cannot load model from folder {empty}" in line and "save_pretrained" in line
+    assert _counts(ws)["saerecord"] == 1
+
+
+def test_a_refused_flag_is_one_line_naming_the_help(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["export", "--format", "bogus"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("safesail: error: argument --format: invalid choice: 'bogus'")
+    assert err.rstrip().endswith("— see `safesail export --help`")
+
+
+def test_collect_of_an_unknown_sae_changes_nothing(ws, capsys):
+    """Checked before the contexts and the chunk plan are written; the model it loads first
+    prints no progress bar before the line."""
+    (corpus := ws / "c.jsonl").write_text(json.dumps({"text": "a b c", "concept": "benign"}))
+    assert main(["corpus", "add", str(corpus), "--workspace", str(ws)]) == 0
+    capsys.readouterr()
+    before = _counts(ws)
+    line = _fails_in_one_line(["collect", "--sae", "nope", "--workspace", str(ws)], capsys)
+    assert "unknown SAE id(s): nope" in line
+    assert _counts(ws) == before

@@ -150,3 +150,34 @@ def test_a_venv_already_at_the_lock_is_kept_offline(tmp_path: Path) -> None:
     else:
         raise AssertionError("a venv that differs from the lock was accepted")
     assert (site / f"protobuf-{read_lock(LOCK)['protobuf']}.dist-info").exists()  # kept
+
+
+def test_the_demo_preflight_starts_no_server(tmp_path: Path, monkeypatch) -> None:
+    """The demo's preflight reads llama.cpp's version and build flags but starts no server
+    (doctor's ~10 s; the demo's explain step starts it anyway). A server that cannot start is
+    stood in for here, beside test_doctor_passes_on_this_install, which starts the real one."""
+    from safesail.errors import SafesailError
+    from safesail.explainer.plugin import PLUGIN
+    from safesail.explainer.server import EmbeddedServer
+    from safesail.install.doctor import run_checks
+
+    def cannot_start(self, *args, **kwargs):
+        raise SafesailError("the server was started")
+
+    monkeypatch.setattr(EmbeddedServer, "up", cannot_start)
+
+    def llama(servers: bool):
+        checks = run_checks(
+            default_cache_dir(),
+            tmp_path,
+            [PLUGIN.checks],
+            corpus=False,
+            tests=False,
+            servers=servers,
+        )
+        return next(check for check in checks if check.part == "llama.cpp")
+
+    static = llama(servers=False)
+    assert static.ok and "server not started" in static.detail
+    live = llama(servers=True)
+    assert not live.ok and "the server was started" in live.detail

@@ -221,7 +221,7 @@ class LlmClient:
             except oa.APIStatusError as exc:
                 raise SafesailError(
                     f"LLM endpoint {self.base_url} refused the request ({exc.status_code}): "
-                    f"{str(exc.message)[:160]}"
+                    f"{str(exc.message)[:160]} — check --model and the endpoint's API key"
                 ) from None
             if retry < self.config.max_retries:
                 time.sleep(wait)
