@@ -108,7 +108,9 @@ def default_embedder() -> Embedder:
 class Prototypes:
     """Embedded prototypes per label: each safety concept (description + exemplars) and
     `benign` (everyday topics). A text's score for a label is the mean of its two best
-    cosines with that label's prototypes, so one lucky exemplar does not decide."""
+    cosines with that label's prototypes, so one lucky exemplar does not decide. Each exemplar
+    in the file carries its provenance ("from"), which the reader does not use: it is there so
+    that tests/reference/test_provenance.py can show no test-half feature gave one."""
 
     def __init__(self, taxonomy: Taxonomy, embedder: Embedder, path: Path = EXEMPLARS_PATH):
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -119,11 +121,13 @@ class Prototypes:
         self.topic: list[str] = []
         """Per prototype: its benign topic (for the explanation), "" for concepts."""
         for i, name in enumerate(self.concepts):
-            entries = [taxonomy.concepts[name].description, *data["concepts"].get(name, [])]
+            exemplars = [e["text"] for e in data["concepts"].get(name, [])]
+            entries = [taxonomy.concepts[name].description, *exemplars]
             texts += entries
             owner += [i] * len(entries)
             self.topic += [""] * len(entries)
-        for topic, entries in data["benign"].items():
+        for topic, listed in data["benign"].items():
+            entries = [e["text"] for e in listed]
             texts += entries
             owner += [len(self.concepts)] * len(entries)
             self.topic += [topic] * len(entries)
