@@ -47,7 +47,7 @@ step() {  # step NAME SECONDS COMMAND...: its log in $OUT/NAME.log, its figures 
 : >"$OUT/figures.txt"
 step models 45 $PY bench/gpu.py models "$BUNDLE/model" "$MODELS" $SIZES
 for shape in smol wide; do
-  step "scale_$shape" 150 $PY bench/scale.py --model "$MODELS/$shape" --generated-corpus \
+  step "scale_$shape" 150 $PY bench/scale.py --collect-only --model "$MODELS/$shape" --generated-corpus \
     --device "$DEVICE" --dtype bfloat16 --width $WIDTH --tokens $TOKENS --layer $LAYER --pair-every $PAIR
 done
 step check 100 $PY bench/gpu.py check "$MODELS/smol" --device "$DEVICE" $CHECK

@@ -12,16 +12,29 @@ model, against the bare forward on the same tokens, and the memory it needs abov
    `--pair-every`-th chunk's own forward (before it or after it, alternately) and taken out of
    the collection time, so both see the same load on a shared machine.
 
+5. The rest of the protocol on that workspace, each step in a fresh process that loads the
+   model first (so each step's peak above the model is its own, not what an earlier step left
+   in the allocator): `select`, `triage`, the materials of one explain batch (the triage
+   candidates, highest safety score first, then the most-firing features with examples,
+   `--explain-features` in all) and the learner's feature matrix
+   (`active_learning.features.feature_matrix`, last: it embeds every feature's windows), under
+   `--memory-budget-mb` (the workspace default if not given).
+
 Run: `.venv/bin/python bench/scale.py [--tokens N] [--width W] [--device D] [--dtype T]
-[--model FOLDER] [--generated-corpus]` (bench/gpu.sh runs it on random-weight models).
-(`--dtype auto`, the default, is bfloat16 where the device computes it natively).
-Prints tokens/s, the ratio to the bare forward, peak RSS above the loaded model (sampled from
-/proc every 20 ms) and the finalize share; the last line is `peak_rss_over_model_gb_65k=<x>`.
+[--model FOLDER] [--generated-corpus] [--collect-only] [--collected FOLDER]` (bench/gpu.sh runs
+it with `--collect-only` on random-weight models; `--collected` reruns steps 5 on a folder an
+earlier run kept with `--keep`). (`--dtype auto`, the default, is bfloat16 where the device
+computes it natively). Prints tokens/s, the ratio to the bare forward, peak RSS above the loaded
+model (sampled from /proc every 20 ms) and the finalize share, then each later step's time and
+peak above the model; the last line is `peak_rss_over_model_gb_65k_protocol=<x>`, the largest
+peak of all the steps (`peak_rss_over_model_gb_65k=<x>` with `--collect-only`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -141,6 +154,86 @@ class PairedForward:
         self.bare_tokens += sum(len(row) for row in batch)
 
 
+STEPS = ("select", "triage", "explain_materials", "feature_matrix")
+"""The protocol after collection; each runs in its own process (`--step`), so the order only
+says what a cut-short run has measured: the learner's matrix, the longest (it embeds every
+feature's windows), last."""
+SAE_ID = "jumprelu-65k"
+
+
+def run_step(args: argparse.Namespace) -> None:
+    """One later step on the kept workspace, in this process: its wall time and its peak RSS
+    above the loaded model, as one JSON line."""
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    base_rss = rss_bytes()
+    budget = {} if args.memory_budget_mb is None else {"memory_budget_mb": args.memory_budget_mb}
+    ws = Workspace(
+        WorkspaceConfig(args.keep / "ws", device=args.device, dtype=args.dtype, **budget), lm=lm
+    )
+    sampler = RssSampler().start()
+    start = time.perf_counter()
+    detail: dict[str, Any] = {}
+    if args.step == "select":
+        ws.select()
+        detail["selected"] = ws.selected_sae
+    elif args.step == "triage":
+        detail["candidates"] = sum(ws.triage(sae_id=SAE_ID).values())
+    elif args.step == "feature_matrix":
+        from active_learning.features import feature_matrix
+
+        detail["features"] = len(feature_matrix(ws.engine, SAE_ID, ws.taxonomy).features)
+    else:
+        from safesail.explainer.config import ExplainConfig
+        from safesail.explainer.materials import materials
+
+        batch = explain_batch(ws, args.explain_features)
+        found = materials(ws, SAE_ID, batch, ExplainConfig(), list(ws.taxonomy.concepts))
+        detail["features"] = len(found)
+    seconds = time.perf_counter() - start
+    sampler.stop()
+    over = (sampler.peak - base_rss) / GB
+    print(json.dumps({"step": args.step, "s": seconds, "over_gb": over, **detail}), flush=True)
+
+
+def explain_batch(ws: Workspace, n: int) -> list[int]:
+    """The features one `explain` batch asks about: the candidates, highest safety score first,
+    then the most-firing features with examples, n in all."""
+    from sqlmodel import Session, select
+
+    from safesail.db.tables import Feature
+
+    with Session(ws.engine) as session:
+        rows = session.exec(
+            select(Feature.index)
+            .where(Feature.sae_id == SAE_ID, Feature.examples.is_not(None))
+            .order_by(Feature.candidate.desc(), Feature.safety_score.desc(), Feature.n_fire.desc())
+            .limit(n)
+        ).all()
+    return [int(f) for f in rows]
+
+
+def protocol(args: argparse.Namespace, folder: Path) -> list[float]:
+    """Steps 5, each in a fresh process; prints each step's figures, returns their peaks."""
+    peaks = []
+    for step in STEPS:
+        command = [sys.executable, __file__, "--step", step, "--keep", str(folder)]
+        command += ["--device", args.device, "--dtype", args.dtype, "--model", args.model]
+        command += ["--explain-features", str(args.explain_features)]
+        if args.memory_budget_mb is not None:
+            command += ["--memory-budget-mb", str(args.memory_budget_mb)]
+        say(f"{step} ...")
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+        figures = json.loads(done.stdout.strip().splitlines()[-1])
+        extra = " ".join(
+            f"{k}={v}" for k, v in figures.items() if k not in ("step", "s", "over_gb")
+        )
+        print(
+            f"step={step} s={figures['s']:.1f} peak_rss_over_model_gb={figures['over_gb']:.2f} {extra}"
+        )
+        peaks.append(figures["over_gb"])
+    return peaks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=1_000_000, help="corpus tokens to collect")
@@ -162,9 +255,21 @@ def main() -> None:
     parser.add_argument(
         "--generated-corpus", action="store_true", help="generated English, not the packaged corpus"
     )
+    parser.add_argument("--collect-only", action="store_true", help="stop after collection")
+    parser.add_argument("--collected", type=Path, help="a folder kept by --keep: skip collection")
+    parser.add_argument("--memory-budget-mb", type=float, help="WorkspaceConfig.memory_budget_mb")
+    parser.add_argument("--explain-features", type=int, default=256, help="one explain batch")
+    parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args()
 
     args.dtype = fast_dtype(args.device) if args.dtype == "auto" else args.dtype
+    if args.step:
+        run_step(args)
+        return
+    if args.collected:
+        peaks = protocol(args, args.collected)
+        print(f"peak_rss_over_model_gb_65k_protocol={max(peaks):.2f}")
+        return
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     base_rss = rss_bytes()
     say(f"model loaded on {lm.device}: RSS {base_rss / GB:.2f} GB")
@@ -177,7 +282,7 @@ def main() -> None:
     say(f"JumpReLU SAE of width {args.width} saved to {sae_path}")
     ws = Workspace(WorkspaceConfig(folder / "ws", device=args.device, dtype=args.dtype), lm=lm)
     ws.add_corpus(records)
-    ws.add_sae(sae_path, sae_id="jumprelu-65k")
+    ws.add_sae(sae_path, sae_id=SAE_ID)
     paired = PairedForward(lm.capture, args.pair_every)
     lm.capture = paired  # the instance attribute shadows the method for collection's calls
     finalize_time = {"s": 0.0}
@@ -200,7 +305,7 @@ def main() -> None:
     status = ws.status()
     n_fire = (
         ws.engine.connect()
-        .exec_driver_sql("select sum(n_fire), count(*) from feature where sae_id = 'jumprelu-65k'")
+        .exec_driver_sql(f"select sum(n_fire), count(*) from feature where sae_id = '{SAE_ID}'")
         .one()
     )
     tps = total / collect_s
@@ -215,7 +320,13 @@ def main() -> None:
     print(f"workspace={folder} status_saes={status.get('saes', '?')}")
     if lm.device.type == "cuda":
         print(f"peak_gpu_gb={torch.cuda.max_memory_allocated(lm.device) / GB:.2f}")
-    print(f"peak_rss_over_model_gb_65k={over:.2f}")
+    print(f"peak_rss_over_model_gb_65k={over:.2f}", flush=True)
+    if args.collect_only:
+        return
+    ws.engine.dispose()
+    del ws, lm
+    peaks = protocol(args, folder)
+    print(f"peak_rss_over_model_gb_65k_protocol={max([over, *peaks]):.2f}")
 
 
 if __name__ == "__main__":

@@ -142,12 +142,23 @@ class WorkspaceConfig:
     cpu, cuda, cuda:N or mps."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Precision of the model and the SAEs (stored activations are float32 either way)."""
+    memory_budget_mb: float = 512.0
+    """Memory select, triage and explain may give the corpus' per-text maxima at once: they
+    read them a block of features at a time, so a larger corpus takes more blocks, not more
+    memory (results do not depend on it)."""
 
     def __post_init__(self) -> None:
         if not _DEVICE.fullmatch(self.device):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        budget = self.memory_budget_mb
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget > 0:
+            raise ValueError(f"memory_budget_mb must be a number > 0, got {budget!r}")
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return int(self.memory_budget_mb * 2**20)
 
     @property
     def resolved_db_url(self) -> str:

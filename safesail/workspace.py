@@ -298,7 +298,12 @@ class Workspace:
 
         sae_id = sae_id or require_selected_sae(self.engine)
         return triage_sae(
-            self.engine, self.taxonomy, self._concepts_by_text(), sae_id, config or TriageConfig()
+            self.engine,
+            self.taxonomy,
+            self._concepts_by_text(),
+            sae_id,
+            config or TriageConfig(),
+            self.config.memory_budget_bytes,
         )
 
     def configuration_saes(self) -> list[SaeRecord]:

@@ -39,9 +39,9 @@ def layer_list(text: str) -> list[int]:
 
 DESCRIPTION = "`safesail`: one command, a subcommand per pipeline step, one-line errors."
 
-WORKSPACE_FLAGS = ("workspace", "db_url", "cache_dir", "device", "dtype")
+WORKSPACE_FLAGS = ("workspace", "db_url", "cache_dir", "device", "dtype", "memory_budget_mb")
 """WorkspaceConfig fields every command takes (`--workspace`, `--db-url`, `--cache-dir`,
-`--device`, `--dtype`)."""
+`--device`, `--dtype`, `--memory-budget-mb`)."""
 TRAIN_FLAGS = ("batch_size", "epochs", "lr", "seed")
 """TrainConfig fields of `safesail sae train`."""
 DEMO_TRAIN_FLAGS = ("epochs",)

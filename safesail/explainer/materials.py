@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 from sqlmodel import Session, select
 
-from safesail.collection.chunks import text_max_matrix
+from safesail.collection.chunks import StoredTextMaxima
 from safesail.db.contracts import Workspace
 from safesail.db.queries import chunked, human_labels
 from safesail.db.tables import Context, Feature, corpus_concepts
@@ -111,10 +111,10 @@ def materials(
     ws: Workspace, sae_id: str, features: list[int], config: ExplainConfig, concepts: list[str]
 ) -> dict[int, Material]:
     """Explain split (top contexts 0..S-1), held-out activating contexts (the other top ones and
-    the decile samples) and seeded non-activating texts, per feature."""
-    text_ids, matrix = text_max_matrix(ws.engine, sae_id)
-    matrix = matrix.tocsc()
-    text_ids = np.asarray(text_ids)
+    the decile samples) and seeded non-activating texts, per feature. Of the texts' maxima
+    only the features' own columns are read, within the workspace's memory budget."""
+    maxima = StoredTextMaxima(ws.engine, sae_id, ws.config.memory_budget_bytes)
+    text_ids = np.asarray(maxima.text_ids)
     out: dict[int, tuple[Feature, list, list, list[int]]] = {}
     with Session(ws.engine) as session:
         rows = [
@@ -125,12 +125,13 @@ def materials(
             )
         ]
         evidence = feature_evidence(session, list(rows), config)
+        columns = maxima.columns([[row.index] for row in rows])
         need: set[int] = set()
-        for row in rows:
+        for row, column in zip(rows, columns, strict=True):
             explain, rest = explain_split(row, config)
             rng = np.random.default_rng([config.seed, row.index])
             held = _spread(rest, config.n_score_pos)
-            rows_quiet = _non_activating(matrix.getcol(row.index), config.n_score_neg, rng)
+            rows_quiet = _non_activating(column, config.n_score_neg, rng)
             neg = [int(t) for t in text_ids[rows_quiet]]
             out[row.index] = (row, explain, held, neg)
             need |= {e.text_id for e in explain + held} | set(neg)

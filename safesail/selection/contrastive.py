@@ -53,7 +53,7 @@ from sqlmodel import Session, select
 from safesail.db.tables import Context, CorpusText
 from safesail.errors import SafesailError
 from safesail.selection.config import require_fraction, require_int
-from safesail.selection.metrics import as_sparse, concept_names
+from safesail.selection.metrics import as_maxima, as_sparse, concept_names
 
 _WORD = re.compile(r"[a-z0-9']+")
 TIERS = ("source", "family", "origin", "any")
@@ -214,22 +214,33 @@ class ConceptPreScore(NamedTuple):
 def pre_explanation(
     X: object, pairs: Sequence[Pairs], config: ContrastiveConfig = ContrastiveConfig()
 ) -> list[ConceptPreScore]:
-    """L0_t and I_CDF of one SAE per concept, from its text-level max activations ``X``."""
-    Xr = as_sparse(X, "csr")
-    scale = np.asarray(Xr.max(axis=0).toarray()).ravel() if Xr.nnz else np.zeros(Xr.shape[1])
-    inv = np.divide(1.0, scale, out=np.zeros_like(scale, dtype=float), where=scale > 0)
+    """L0_t and I_CDF of one SAE per concept, from its text-level max activations ``X``
+    (a matrix or ``TextMaxima``): each feature's distinguishing frequency and each pair's
+    count of distinguishing features add up over blocks of features, so no more than one
+    block is held."""
+    maxima = as_maxima(X)
+    d = maxima.shape[1]
+    freqs = [np.empty(d) for _ in pairs]
+    per_pair = [np.zeros(len(p.with_concept), dtype=np.int64) for p in pairs]
+    for start, block in maxima.feature_blocks():
+        Xr = as_sparse(block, "csr")
+        cols = slice(start, start + Xr.shape[1])
+        scale = np.asarray(Xr.max(axis=0).toarray()).ravel() if Xr.nnz else np.zeros(Xr.shape[1])
+        inv = np.divide(1.0, scale, out=np.zeros_like(scale, dtype=float), where=scale > 0)
+        for p, freq, count in zip(pairs, freqs, per_pair, strict=True):
+            diff = (Xr[p.with_concept] - Xr[p.without]) @ sp.diags(inv)
+            hits = np.asarray(diff.toarray() >= config.threshold)
+            freq[cols] = hits.mean(axis=0)
+            count += hits.sum(axis=1)
     out = []
-    for p in pairs:
-        diff = (Xr[p.with_concept] - Xr[p.without]) @ sp.diags(inv)
-        hits = np.asarray(diff.toarray() >= config.threshold)
-        freq = hits.mean(axis=0)
+    for p, freq, count in zip(pairs, freqs, per_pair, strict=True):
         total = float(freq.sum())
         best = int(np.argmax(freq))
         out.append(
             ConceptPreScore(
                 concept=p.concept,
                 n_pairs=len(p.with_concept),
-                l0_t=float(hits.sum(axis=1).mean()),
+                l0_t=float(count.mean()),
                 i_cdf=float((freq**2).sum() / total) if total > 0 else 0.0,
                 best_feature=best,
                 best_frequency=float(freq[best]),

@@ -11,8 +11,8 @@ those and the label handling live here once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
@@ -24,6 +24,57 @@ if TYPE_CHECKING:
 
 
 BENIGN = "benign"
+
+
+@runtime_checkable
+class TextMaxima(Protocol):
+    """``X`` read a group of features at a time: what selection, triage and the explainer
+    need of every text's maxima, never the whole matrix at once.
+
+    Every statistic here is per feature (a column of ``X``), so computing it over column
+    blocks gives exactly what it gives over the whole matrix, while a workspace's stored
+    maxima (``safesail.collection.chunks.StoredTextMaxima``) hold no more than one block,
+    however large the corpus. A plain matrix is one block (``as_maxima``).
+    """
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """[n_texts, d_sae]."""
+        ...
+
+    def feature_blocks(self) -> Iterator[tuple[int, sp.csc_array]]:
+        """(first feature, the [n_texts, width] block of consecutive features from it), in
+        feature order, covering every feature once."""
+        ...
+
+    def columns(self, requests: Sequence[np.ndarray]) -> Iterator[sp.csc_array]:
+        """For each array of feature indices, the [n_texts, len] matrix of those columns in
+        that order, one request after another."""
+        ...
+
+
+class MatrixMaxima:
+    """A matrix held in memory, as ``TextMaxima``: a single block."""
+
+    def __init__(self, X: object) -> None:
+        self.matrix = as_sparse(X, "csc")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.matrix.shape
+
+    def feature_blocks(self) -> Iterator[tuple[int, sp.csc_array]]:
+        yield 0, self.matrix
+
+    def columns(self, requests: Sequence[np.ndarray]) -> Iterator[sp.csc_array]:
+        for features in requests:
+            yield self.matrix[:, np.asarray(features, dtype=np.int64)]
+
+
+def as_maxima(X: object) -> TextMaxima:
+    """``X`` as ``TextMaxima``: itself when it reads blocks, else the matrix validated once
+    (``as_sparse``) and held as one block."""
+    return X if isinstance(X, TextMaxima) else MatrixMaxima(X)
 
 
 def as_sparse(X: object, fmt: str) -> sp.csr_array | sp.csc_array:

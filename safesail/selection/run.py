@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from safesail.collection.chunks import text_max_matrix
+from safesail.collection.chunks import StoredTextMaxima
 from safesail.db.contracts import Workspace
 from safesail.db.tables import SaeRecord, session_scope
 from safesail.errors import SafesailError
@@ -96,7 +96,10 @@ def _score_all(
             scores[record.id] = stored_score(record.selection_score, record.selection)
             pre[record.id] = record.selection["pre_explanation"]
             continue
-        text_ids, matrix = text_max_matrix(ws.engine, record.id)
-        scores[record.id] = score_sae(matrix, [concepts[t] for t in text_ids], safety, config)
-        pre[record.id], pairs = stored_pre_explanation(ws.engine, text_ids, matrix, safety, pairs)
+        maxima = StoredTextMaxima(ws.engine, record.id, ws.config.memory_budget_bytes)
+        labels = [concepts[t] for t in maxima.text_ids]
+        scores[record.id] = score_sae(maxima, labels, safety, config)
+        pre[record.id], pairs = stored_pre_explanation(
+            ws.engine, maxima.text_ids, maxima, safety, pairs
+        )
     return scores, pre

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
@@ -32,6 +31,8 @@ from safesail.selection.config import RankBy, SelectionConfig
 from safesail.selection.metrics import (
     BENIGN,
     SortedColumns,
+    TextMaxima,
+    as_maxima,
     as_sparse,
     concept_mask,
     concept_names,
@@ -92,61 +93,98 @@ def _top_features(auroc: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-auroc, kind="stable")[:k]
 
 
-def _probe_f1(
-    X: sp.csr_array,
-    ranked: SortedColumns,
-    pos: np.ndarray,
-    rows: np.ndarray,
-    config: SelectionConfig,
-) -> float:
-    """Cross-validated F1 of a logistic probe on the top features chosen per TRAIN fold, over
-    the given rows of ``X`` (``ranked`` is ``X`` sorted once; ``pos`` labels every row).
+class _Concept(NamedTuple):
+    """One scored concept: its texts, its contrast texts and the probe's folds over them."""
+
+    name: str
+    pos: np.ndarray
+    neg: np.ndarray
+    rows: np.ndarray
+    """The texts scored (concept or contrast), as row indices."""
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    """(train, test) positions within ``rows``, stratified by ``pos``."""
+
+
+class _ColumnStats(NamedTuple):
+    """What ``_score_concept`` needs of every feature for one concept, filled block by block."""
+
+    auroc: np.ndarray
+    frac_pos: np.ndarray
+    frac_neg: np.ndarray
+    fold_auroc: np.ndarray
+    """[folds, d_sae] AUROC over each fold's TRAIN texts (the probe's feature choice)."""
+
+
+def _column_stats(
+    maxima: TextMaxima, plan: list[_Concept], fire_fraction: float
+) -> list[_ColumnStats]:
+    """Each concept's per-feature statistics, computed over one block of features at a time
+    (each is a statistic of one column, so blocks give exactly the whole matrix's figures)."""
+    d = maxima.shape[1]
+    stats = [
+        _ColumnStats(np.empty(d), np.empty(d), np.empty(d), np.empty((len(c.folds), d)))
+        for c in plan
+    ]
+    for start, block in maxima.feature_blocks():
+        Xb = as_sparse(block, "csr")
+        cols = slice(start, start + Xb.shape[1])
+        fires = fire_matrix(Xb, fire_fraction)
+        ranked = SortedColumns(Xb)
+        for c, out in zip(plan, stats, strict=True):
+            out.auroc[cols] = ranked.auroc(c.pos, c.pos | c.neg)
+            out.frac_pos[cols] = (c.pos @ fires) / c.pos.sum()
+            out.frac_neg[cols] = (c.neg @ fires) / c.neg.sum()
+            for j, (train, _) in enumerate(c.folds):
+                member = np.zeros(Xb.shape[0], dtype=bool)
+                member[c.rows[train]] = True
+                out.fold_auroc[j, cols] = ranked.auroc(c.pos, member)
+    return stats
+
+
+def _probe_f1s(
+    maxima: TextMaxima, plan: list[_Concept], stats: list[_ColumnStats], config: SelectionConfig
+) -> list[float]:
+    """Each concept's cross-validated F1 of a logistic probe on the top features chosen per
+    TRAIN fold (``_ColumnStats.fold_auroc``), over its scored texts.
 
     Choosing the features on all rows would let the test fold pick them, and among
-    thousands of noise features some always separate a small sample by chance.
+    thousands of noise features some always separate a small sample by chance. Only the
+    chosen columns are read back, so the probe holds k features, not the SAE.
     """
-    X_sub, y = X[rows], pos[rows]
-    k = min(config.probe_features, X.shape[1])
-    folds = StratifiedKFold(n_splits=config.probe_folds, shuffle=True, random_state=config.seed)
+    k = min(config.probe_features, maxima.shape[1])
+    tops = [_top_features(fold, k) for s in stats for fold in s.fold_auroc]
+    chosen = maxima.columns(tops)
     f1s = []
-    for train, test in folds.split(np.zeros(len(y)), y):
-        member = np.zeros(X.shape[0], dtype=bool)
-        member[rows[train]] = True
-        top = _top_features(ranked.auroc(pos, member), k)
-        X_top = X_sub[:, top].toarray()
-        # Balanced weights: concepts are often much rarer than benign texts.
-        probe = make_pipeline(
-            StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=1000)
-        )
-        probe.fit(X_top[train], y[train])
-        f1s.append(f1_score(y[test], probe.predict(X_top[test]), zero_division=0.0))
-    return float(np.mean(f1s))
+    for c in plan:
+        y, fold_f1 = c.pos[c.rows], []
+        for train, test in c.folds:
+            X_top = as_sparse(next(chosen), "csr")[c.rows].toarray()
+            # Balanced weights: concepts are often much rarer than benign texts.
+            probe = make_pipeline(
+                StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=1000)
+            )
+            probe.fit(X_top[train], y[train])
+            fold_f1.append(f1_score(y[test], probe.predict(X_top[test]), zero_division=0.0))
+        f1s.append(float(np.mean(fold_f1)))
+    return f1s
 
 
 def _score_concept(
-    X: sp.csr_array,
-    ranked: SortedColumns,
-    fires: sp.csr_array,
-    pos: np.ndarray,
-    neg: np.ndarray,
-    name: str,
-    config: SelectionConfig,
+    c: _Concept, s: _ColumnStats, probe_f1: float, config: SelectionConfig
 ) -> ConceptScore:
-    rows = np.flatnonzero(pos | neg)
-    auroc = ranked.auroc(pos, pos | neg)
-    best = int(np.argmax(auroc))
-    specificity = feature_specificity(auroc, (pos @ fires) / pos.sum(), (neg @ fires) / neg.sum())
+    best = int(np.argmax(s.auroc))
+    specificity = feature_specificity(s.auroc, s.frac_pos, s.frac_neg)
     specific = int(np.argmax(specificity))
     return ConceptScore(
-        concept=name,
-        n_pos=int(pos.sum()),
-        n_neg=int(neg.sum()),
-        best_auroc=float(auroc[best]),
+        concept=c.name,
+        n_pos=int(c.pos.sum()),
+        n_neg=int(c.neg.sum()),
+        best_auroc=float(s.auroc[best]),
         best_feature=best,
         best_specificity=float(specificity[specific]),
         specific_feature=specific,
-        n_separating=int((auroc >= config.threshold_auroc).sum()),
-        probe_f1=_probe_f1(X, ranked, pos, rows, config),
+        n_separating=int((s.auroc >= config.threshold_auroc).sum()),
+        probe_f1=probe_f1,
     )
 
 
@@ -192,13 +230,13 @@ def score_sae(
     skipped and listed in ``skipped``; they are skipped for every SAE scored on the same
     texts, so scores stay comparable.
     """
-    Xr = as_sparse(X, "csr")
-    labels = label_sets(concepts, Xr.shape[0])
+    maxima = as_maxima(X)
+    n_texts = maxima.shape[0]
+    labels = label_sets(concepts, n_texts)
     names = concept_names(safety_concepts)
     benign = concept_mask(labels, BENIGN)
-    fires = fire_matrix(Xr, config.fire_fraction)
-    ranked = SortedColumns(Xr)
-    scored: list[ConceptScore] = []
+    folds = StratifiedKFold(n_splits=config.probe_folds, shuffle=True, random_state=config.seed)
+    plan: list[_Concept] = []
     skipped: dict[str, str] = {}
     counts: dict[str, str] = {}
     for name in names:
@@ -212,8 +250,11 @@ def score_sae(
                 f"need at least {config.min_texts} of each"
             )
             continue
-        scored.append(_score_concept(Xr, ranked, fires, pos, neg, name, config))
-    if not scored:
+        rows = np.flatnonzero(pos | neg)
+        plan.append(
+            _Concept(name, pos, neg, rows, list(folds.split(np.zeros(len(rows)), pos[rows])))
+        )
+    if not plan:
         got = ", ".join(f"{name}={n}" for name, n in counts.items())
         raise SafesailError(
             f"no safety concept has enough texts to score an SAE: each concept needs at least "
@@ -221,6 +262,9 @@ def score_sae(
             f"({config.contrast}: {'all other' if config.contrast == 'rest' else BENIGN} texts); "
             f"got concept/contrast counts {got}"
         )
+    stats = _column_stats(maxima, plan, config.fire_fraction)
+    f1s = _probe_f1s(maxima, plan, stats, config)
+    scored = [_score_concept(c, s, f1, config) for c, s, f1 in zip(plan, stats, f1s, strict=True)]
     score = float(np.mean([_concept_value(c) for c in scored]))
     return SaeScore(score=score, concepts=scored, skipped=skipped)
 

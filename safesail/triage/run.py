@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import Engine, update
 from sqlmodel import Session, select
 
-from safesail.collection.chunks import concept_token_counts, text_max_matrix
+from safesail.collection.chunks import StoredTextMaxima, concept_token_counts
 from safesail.db.queries import LIST_SAES, chunked
 from safesail.db.tables import Context, Feature, SaeRecord, session_scope
 from safesail.errors import SafesailError
@@ -43,19 +43,23 @@ def triage_sae(
     concepts: dict[int, list[str]],
     sae_id: str,
     config: TriageConfig,
+    memory_budget_bytes: int,
 ) -> dict[str, int]:
     """Score every feature of the collected SAE ``sae_id`` per concept (``concepts``: each
     corpus text's concepts) and mark the safety candidates; returns, and stores on the SAE's
-    record, the candidates per concept."""
+    record, the candidates per concept. The texts' maxima are read a block of features at a
+    time, within ``memory_budget_bytes`` (``WorkspaceConfig.memory_budget_mb``)."""
     with Session(engine) as session:
         record = session.get(SaeRecord, sae_id)
         if record is None or not record.collected:
-            raise SafesailError(f"cannot triage '{sae_id}': not a collected SAE — run `safesail collect` first "
-                f"({LIST_SAES})")
-    text_ids, matrix = text_max_matrix(engine, sae_id)
+            raise SafesailError(
+                f"cannot triage '{sae_id}': not a collected SAE — run `safesail collect` first "
+                f"({LIST_SAES})"
+            )
+    maxima = StoredTextMaxima(engine, sae_id, memory_budget_bytes)
     selectivity = feature_selectivity(
-        matrix,
-        [concepts[t] for t in text_ids],
+        maxima,
+        [concepts[t] for t in maxima.text_ids],
         taxonomy.safety_concepts(),
         config.fire_fraction,
         config.contrast,

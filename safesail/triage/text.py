@@ -21,6 +21,7 @@ from safesail.selection.config import Contrast, require_contrast, require_fracti
 from safesail.selection.metrics import (
     BENIGN,
     SortedColumns,
+    as_maxima,
     as_sparse,
     concept_mask,
     concept_names,
@@ -91,28 +92,32 @@ def feature_selectivity(
     """
     require_fraction("fire_fraction", fire_fraction, 0.0, 1.0)
     require_contrast(contrast)
-    Xr = as_sparse(X, "csr")
-    labels = label_sets(concepts, Xr.shape[0])
+    maxima = as_maxima(X)
+    n_texts, d = maxima.shape
+    labels = label_sets(concepts, n_texts)
     names = concept_names(safety_concepts)
     benign = concept_mask(labels, BENIGN)
     if contrast == "benign" and not benign.any():
         raise SafesailError(f"feature selectivity needs {BENIGN!r} texts to contrast with")
-    fires = fire_matrix(Xr, fire_fraction)
     masks = {name: m for name in names if (m := concept_mask(labels, name)).any()}
     if not masks:
         raise SafesailError(f"none of the safety concepts {names} labels any text")
-    d = Xr.shape[1]
-    ranked = SortedColumns(Xr)
+    for name, pos in masks.items():
+        if not negatives(pos, benign, contrast).any():
+            raise SafesailError(f"no texts to contrast {name!r} with ({contrast})")
     auroc = np.empty((len(masks), d))
     frac_pos = np.empty((len(masks), d))
     frac_neg = np.empty((len(masks), d))
-    for i, pos in enumerate(masks.values()):
-        neg = negatives(pos, benign, contrast)
-        if not neg.any():
-            raise SafesailError(f"no texts to contrast {names[i]!r} with ({contrast})")
-        auroc[i] = ranked.auroc(pos, pos | neg)
-        frac_pos[i] = (pos @ fires) / pos.sum()
-        frac_neg[i] = (neg @ fires) / neg.sum()
+    for start, block in maxima.feature_blocks():
+        Xb = as_sparse(block, "csr")
+        cols = slice(start, start + Xb.shape[1])
+        fires = fire_matrix(Xb, fire_fraction)
+        ranked = SortedColumns(Xb)
+        for i, pos in enumerate(masks.values()):
+            neg = negatives(pos, benign, contrast)
+            auroc[i, cols] = ranked.auroc(pos, pos | neg)
+            frac_pos[i, cols] = (pos @ fires) / pos.sum()
+            frac_neg[i, cols] = (neg @ fires) / neg.sum()
     n_pos = np.array([m.sum() for m in masks.values()])
     n_neg = np.array([negatives(m, benign, contrast).sum() for m in masks.values()])
     return FeatureSelectivity(auroc, frac_pos, frac_neg, n_pos, n_neg, list(masks))
