@@ -50,7 +50,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from safesail.db.tables import Context, Feature, SaeRecord, corpus_concepts
-from safesail.experts.embed import Embedder, Prototypes, default_embedder
+from safesail.experts.embed import EXEMPLARS_PATH, Embedder, Prototypes, default_embedder
 from safesail.experts.reader import Reader
 from safesail.experts.windows import ReaderConfig, Reading, Window, feature_windows, read_window
 from safesail.features.examples import TOP, examples_of
@@ -168,8 +168,9 @@ def feature_matrix(
     held = _CACHE.setdefault(engine, {}).get(key)
     if held is not None and held[0] == fingerprint:
         return held[1]
+    exemplars = hashlib.sha1(EXEMPLARS_PATH.read_bytes()).hexdigest()  # the reader's columns
     digest = hashlib.sha1(
-        json.dumps([FEATURES_VERSION, key, fingerprint], default=str).encode()
+        json.dumps([FEATURES_VERSION, key, fingerprint, exemplars], default=str).encode()
     ).hexdigest()[:16]
     path = cache_dir / f"concept-features-{sae_id}-{digest}.npz" if cache_dir else None
     matrix = _load(path, engine, sae_id) if path and path.exists() else None
