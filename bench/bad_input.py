@@ -29,13 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.sae_folders import zero_sae_folder  # noqa: E402
+
 SAE_ID = "tiny"
-D_IN = 576
-"""The embedded SmolLM2-135M's hidden size: the SAE must fit the model to be registered."""
 
 SKIPPED = {
     "explain against an endpoint answering 200 with HTML": "needs a collected, triaged "
@@ -53,26 +52,6 @@ class Case:
     workspace: Path | None = None
     """Whose row counts must not change (the shared workspace unless the case brings its own)."""
     hold_lock: bool = False
-
-
-def _sae_folder(path: Path, *, d_sae: int = 64, cfg_d_sae: int | None = None) -> Path:
-    path.mkdir(parents=True)
-    cfg = {
-        "d_in": D_IN,
-        "d_sae": cfg_d_sae or d_sae,
-        "k": 4,
-        "architecture": "topk",
-        "metadata": {"hook_name": "blocks.1.hook_resid_post"},
-    }
-    (path / "cfg.json").write_text(json.dumps(cfg))
-    weights = {
-        "W_enc": torch.zeros(D_IN, d_sae),
-        "W_dec": torch.zeros(d_sae, D_IN),
-        "b_enc": torch.zeros(d_sae),
-        "b_dec": torch.zeros(D_IN),
-    }
-    save_file(weights, path / "sae_weights.safetensors")
-    return path
 
 
 def _counts(workspace: Path) -> dict[str, int]:
@@ -115,7 +94,7 @@ def _build(tmp: Path) -> tuple[Path, dict[str, Path]]:
         )
     )
     f["corpus"] = corpus
-    f["sae"] = _sae_folder(tmp / "sae")
+    f["sae"] = zero_sae_folder(tmp / "sae")
     explanation = {
         "sae_id": SAE_ID,
         "index": 3,
@@ -150,11 +129,11 @@ def _bad_files(tmp: Path, ws: Path, f: dict[str, Path]) -> None:
         folder.mkdir()
         (folder / "safesail.db").write_bytes(content)
     (tmp / "a-file").write_text("x")
-    truncated = _sae_folder(tmp / "sae-truncated")
+    truncated = zero_sae_folder(tmp / "sae-truncated")
     weights = truncated / "sae_weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:5000])
-    _sae_folder(tmp / "sae-mismatched", cfg_d_sae=32)
-    garbage_cfg = _sae_folder(tmp / "sae-garbage-cfg")
+    zero_sae_folder(tmp / "sae-mismatched", cfg_d_sae=32)
+    garbage_cfg = zero_sae_folder(tmp / "sae-garbage-cfg")
     (garbage_cfg / "cfg.json").write_bytes(b"\xff\xfe{not json")
     row = {"sae_id": SAE_ID, "index": 5, "explanation": "x", "source": "prior", "concepts": []}
     writes: dict[str, bytes] = {

@@ -13,13 +13,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import save_file
 from sqlalchemy import MetaData, func, select
 
 from safesail.cli.main import main
 from safesail.config import WorkspaceConfig
 from safesail.db.tables import Explanation, SaeRecord, session_scope
+from tests.sae_folders import zero_sae_folder
 
 SAE_ID = "L1-w64-k4-tiny"
 FORMATS = ("jsonl", "parquet", "csv", "neuronpedia", "delphi", "openai", "safesail-db")
@@ -152,36 +151,16 @@ def test_export_to_a_path_under_a_file(ws, tmp_path, capsys):
         assert str(blocker) in line
 
 
-def _sae_folder(path: Path, d_in: int = 576, d_sae: int = 64) -> Path:
-    path.mkdir(parents=True)
-    cfg = {
-        "d_in": d_in,
-        "d_sae": d_sae,
-        "k": 4,
-        "architecture": "topk",
-        "metadata": {"hook_name": "blocks.1.hook_resid_post"},
-    }
-    (path / "cfg.json").write_text(json.dumps(cfg))
-    weights = {
-        "W_enc": torch.zeros(d_in, d_sae),
-        "W_dec": torch.zeros(d_sae, d_in),
-        "b_enc": torch.zeros(d_sae),
-        "b_dec": torch.zeros(d_in),
-    }
-    save_file(weights, path / "sae_weights.safetensors")
-    return path
-
-
 def test_sae_add_refuses_truncated_or_mismatched_weights(ws, tmp_path, capsys):
     """Refused before the model loads and before anything is registered."""
-    truncated = _sae_folder(tmp_path / "truncated")
+    truncated = zero_sae_folder(tmp_path / "truncated")
     weights = truncated / "sae_weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:5000])
     line = _fails_in_one_line(
         ["sae", "add", "--path", str(truncated), "--workspace", str(ws)], capsys
     )
     assert "cannot be read" in line
-    mismatched = _sae_folder(tmp_path / "mismatched")
+    mismatched = zero_sae_folder(tmp_path / "mismatched")
     cfg = json.loads((mismatched / "cfg.json").read_text())
     (mismatched / "cfg.json").write_text(json.dumps({**cfg, "d_sae": 32}))
     line = _fails_in_one_line(
@@ -282,7 +261,7 @@ def test_property_garbage_into_every_importer_and_sae_add(seed, tmp_path, capsys
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (fmt, err)
         assert _counts(ws) == before, fmt
     for n in range(4):
-        folder = _sae_folder(tmp_path / f"sae-{n}")
+        folder = zero_sae_folder(tmp_path / f"sae-{n}")
         target = folder / rng.choice(["cfg.json", "sae_weights.safetensors"])
         target.write_bytes(_garbage(rng, target.read_bytes()) if n % 2 else b"\0" * 64)
         _fails_in_one_line(["sae", "add", "--path", str(folder), "--workspace", str(ws)], capsys)
@@ -315,8 +294,8 @@ def test_a_moved_workspace_reads_its_own_sae_folders(tmp_path):
     from safesail.workspace import Workspace
 
     original = _workspace(tmp_path / "ws")
-    own = _sae_folder(original / "saes" / "mine")
-    elsewhere = _sae_folder(tmp_path / "shared" / "theirs")
+    own = zero_sae_folder(original / "saes" / "mine")
+    elsewhere = zero_sae_folder(tmp_path / "shared" / "theirs")
     ws = Workspace(WorkspaceConfig(original))
     with session_scope(ws.engine) as session:
         session.get(SaeRecord, SAE_ID).path = str(own)
@@ -353,8 +332,8 @@ def test_sae_add_relative_paths_follow_a_copied_workspace(tmp_path, monkeypatch,
     from safesail.workspace import Workspace
 
     original = _workspace(tmp_path / "ws")
-    _sae_folder(original / "saes" / "mine")
-    _sae_folder(tmp_path / "shared" / "theirs")
+    zero_sae_folder(original / "saes" / "mine")
+    zero_sae_folder(tmp_path / "shared" / "theirs")
     monkeypatch.chdir(original)
     for path, record_id in (("saes/mine", "mine"), ("../shared/theirs", "theirs")):
         assert main(["sae", "add", "--path", path, "--id", record_id, "--workspace", "."]) == 0
@@ -377,7 +356,7 @@ def test_model_folder_without_a_model_is_one_line(ws, tmp_path, capsys):
     and the SAE (whose files are fine) is not registered."""
     empty = tmp_path / "model"
     empty.mkdir()
-    sae = _sae_folder(tmp_path / "sae")
+    sae = zero_sae_folder(tmp_path / "sae")
     argv = ["sae", "add", "--path", str(sae), "--model", str(empty), "--workspace", str(ws)]
     line = _fails_in_one_line(argv, capsys)
     assert f"cannot load model from folder {empty}" in line and "save_pretrained" in line
