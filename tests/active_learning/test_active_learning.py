@@ -205,10 +205,13 @@ def test_feature_matrix_is_cached_until_the_rows_change(al_ws):
 
 
 def test_plugin_offers_the_learner(al_ws):
+    from active_learning.learner import LEARNER_VERSION
     from active_learning.plugin import PLUGIN
 
     learner = PLUGIN.learner(al_ws, "random")
-    assert learner.strategy.name == "random" and learner.model_version.startswith("al2-n")
+    assert learner.strategy.name == "random" and learner.model_version.startswith(
+        f"{LEARNER_VERSION}-n"
+    )
     assert PLUGIN.learner(al_ws, None).strategy.name == ALConfig.strategy
 
 
@@ -391,6 +394,13 @@ def test_feature_matrix_reads_what_annotators_read(al_ws):
     assert np.allclose(kinds.sum(axis=1), 1.0, atol=1e-5)  # every peak has one token class
     votes = m.X[:, [col[f"vote:{c}"] for c in labels]].sum(axis=1)
     assert np.all(np.isclose(votes, 1.0, atol=1e-5) | np.isclose(votes, 0.0))
+    # the reader's own answer, from the same windows: its columns say what it read, how sure
+    from safesail.experts.reader import read_features
+
+    read = read_features(ws.engine, sae_id, [int(f) for f in m.features], ws.taxonomy)
+    assert m.reader == [(read[int(f)].labels[0], read[int(f)].confidence) for f in m.features]
+    said = m.X[:, [col[f"reader:{c}"] for c in [*labels, "uninterpretable"]]]
+    assert np.allclose(said.max(axis=1), [c / 5 for _, c in m.reader])
     # the decoder rows are the SAE's own W_dec rows, unit length
     record = next(r for r in ws.saes() if r.id == sae_id)
     w_dec = load_file(f"{record.path}/sae_weights.safetensors")["W_dec"][m.features]
@@ -406,6 +416,7 @@ def test_feature_matrix_reads_what_annotators_read(al_ws):
     assert again is not m and again.columns == m.columns
     assert np.array_equal(again.X, m.X) and np.array_equal(again.decoder, m.decoder)
     assert (again.pattern != m.pattern).nnz == 0 and again.prior == m.prior
+    assert again.reader == m.reader
 
 
 def test_queue_order_and_guess_reach_the_task_data(al_ws):
