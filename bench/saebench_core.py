@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--sae", type=Path, default=HERE / "reference" / "L8-w4608-k32")
     args = parser.parse_args()
 
-    from safesail.config import default_cache_dir
+    from safesail.config import WorkspaceConfig, default_cache_dir
     from safesail.model.lm import load_model
 
     cache = default_cache_dir()
@@ -145,7 +145,11 @@ def main() -> None:
         lm, contexts, layer, lambda h: sae.decode(sae.encode(h)), batch_texts=N_CONTEXTS
     )
     mine = ours.sae_core(
-        sae, base, spliced, ours.CoreConfig(n_texts=N_CONTEXTS, max_tokens=N_TOKENS)
+        sae,
+        base,
+        spliced,
+        ours.CoreConfig(n_texts=N_CONTEXTS, max_tokens=N_TOKENS),
+        memory_budget_bytes=int(WorkspaceConfig.memory_budget_mb * 2**20),  # the default
     )
     quality = theirs["reconstruction_quality"]
     kept = theirs["model_performance_preservation"]

@@ -29,7 +29,8 @@ the block's output (the residual stream after it), so SAEs reading another site
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -236,12 +237,14 @@ def dead_and_dense(fires: np.ndarray, n_tokens: int, dense_threshold: float) -> 
     return float((density <= 0).mean()), float((density > dense_threshold).mean())
 
 
-def reconstruction_metrics(x: torch.Tensor, codes: torch.Tensor, x_hat: torch.Tensor) -> dict:
-    """L0, FVE and MSE of one SAE on residuals ``x`` [n, d_in] (see the module docstring)."""
+def reconstruction_metrics(x: torch.Tensor, active: torch.Tensor, x_hat: torch.Tensor) -> dict:
+    """L0, FVE and MSE of one SAE on residuals ``x`` [n, d_in] (see the module docstring), from
+    each token's count of non-zero codes ``active`` [n] (not the codes: [n, d_sae] is what
+    memory cannot hold at 65k features) and the reconstruction ``x_hat``."""
     resid = (x - x_hat).pow(2).sum()
     total = (x - x.mean(dim=0)).pow(2).sum()
     return {
-        "l0": float((codes != 0).sum(dim=-1).float().mean()),
+        "l0": float(active.float().mean()),
         "fve": float(1 - resid / total) if total > 0 else float("nan"),
         "mse": float((x - x_hat).pow(2).mean()),
     }
@@ -311,6 +314,36 @@ def _corpus_firing(engine: Any, record: SaeRecord) -> tuple[np.ndarray, int] | N
     return fires, int(n_tokens)
 
 
+_ENCODE_COPIES = 4
+"""Dense [tokens, d_sae] tensors an sae-lens ``encode`` holds at once at most (JumpReLU's:
+its pre-activations, their ReLU, the threshold mask as floats, and their product)."""
+
+
+def encode_blocks(
+    sae: torch.nn.Module, x: torch.Tensor, memory_budget_bytes: int
+) -> Iterator[torch.Tensor]:
+    """The codes of residuals ``x`` [n, d_in], a block of tokens at a time, each block's
+    encode within ``memory_budget_bytes``: the codes of every token at once are [n, d_sae],
+    and encoding them takes several such tensors (17k tokens at 65k features: 4.2 GB each).
+    Each token's codes depend on that token alone, so the blocks' codes are the whole's.
+    Run it under ``torch.no_grad``: autograd would keep every block's tensors."""
+    d_sae = int(sae.W_enc.shape[1])
+    per_token = _ENCODE_COPIES * d_sae * sae.W_enc.element_size()
+    rows = max(1, memory_budget_bytes // per_token)
+    for start in range(0, x.shape[0], rows):
+        yield sae.encode(x[start : start + rows])
+
+
+def reconstruct_blocks(
+    sae: torch.nn.Module, x: torch.Tensor, memory_budget_bytes: int
+) -> torch.Tensor:
+    """The SAE's reconstruction of ``x``, encoded a block of tokens at a time (``encode_blocks``)."""
+    with torch.no_grad():
+        return torch.cat(
+            [sae.decode(codes) for codes in encode_blocks(sae, x, memory_budget_bytes)]
+        )
+
+
 def sae_core(
     sae: torch.nn.Module,
     base: LayerBaseline,
@@ -318,20 +351,30 @@ def sae_core(
     config: CoreConfig,
     firing: tuple[np.ndarray, int] | None = None,
     residuals: torch.Tensor | None = None,
+    *,
+    memory_budget_bytes: int,
 ) -> dict[str, float]:
     """Every core metric of one loaded SAE, from its layer's baseline and its spliced CE;
     L0, FVE and MSE on ``residuals`` (the reconstruction sample) when given, else on the CE
     contexts' residuals; dead/dense from ``firing`` (corpus counts) when given, else from the
-    sample."""
+    sample. The sample is encoded a block of tokens at a time within ``memory_budget_bytes``
+    (``encode_blocks``): what the metrics need of the codes is per token (its count of active
+    features, its reconstruction) or a per-feature count, so blocks give the whole's figures."""
     x = base.residuals if residuals is None else residuals
+    active: list[torch.Tensor] = []
+    x_hat: list[torch.Tensor] = []
+    sample_fires = torch.zeros(int(sae.W_enc.shape[1]), dtype=torch.long)
     with torch.no_grad():
-        codes = sae.encode(x)
-        x_hat = sae.decode(codes)
-    fires, n_tokens = firing or ((codes != 0).sum(dim=0).numpy(), x.shape[0])
+        for codes in encode_blocks(sae, x, memory_budget_bytes):
+            on = codes != 0
+            active.append(on.sum(dim=-1))
+            sample_fires += on.sum(dim=0).cpu()
+            x_hat.append(sae.decode(codes))
+    fires, n_tokens = firing or (sample_fires.numpy(), x.shape[0])
     dead, dense = dead_and_dense(fires, n_tokens, config.dense_threshold)
     ce = CeLoss(base.clean, spliced, base.zero)
     return {
-        **reconstruction_metrics(x, codes, x_hat),
+        **reconstruction_metrics(x, torch.cat(active), torch.cat(x_hat)),
         "ce_loss_score": ce.score,
         "ce_loss_clean": ce.clean,
         "ce_loss_with_sae": ce.spliced,
@@ -373,6 +416,7 @@ def ensure_core(
     for record in todo:
         by_layer.setdefault(record.layer, []).append(record)
     measured: dict[str, dict[str, float]] = {}
+    budget = ws.config.memory_budget_bytes
     bar = tqdm(total=len(todo) + 1, desc="Core metrics", disable=not progress)
     baselines = layer_baselines(lm, contexts, sorted(by_layer), config.batch_texts)
     recon = reconstruction_residuals(ws, lm, sorted(by_layer), config)
@@ -380,14 +424,17 @@ def ensure_core(
     for layer, records in sorted(by_layer.items()):
         for record in records:
             sae = load_sae(record)
-
-            def reconstruct(h: torch.Tensor, sae: torch.nn.Module = sae) -> torch.Tensor:
-                return sae.decode(sae.encode(h))
-
+            reconstruct = functools.partial(reconstruct_blocks, sae, memory_budget_bytes=budget)
             spliced = spliced_ce(lm, contexts, layer, reconstruct, config.batch_texts)
             firing = _corpus_firing(ws.engine, record) if record.collected else None
             measured[record.id] = sae_core(
-                sae, baselines[layer], spliced, config, firing, recon[layer]
+                sae,
+                baselines[layer],
+                spliced,
+                config,
+                firing,
+                recon[layer],
+                memory_budget_bytes=budget,
             )
             bar.update()
     bar.close()

@@ -66,7 +66,10 @@ def test_planted_dead_features_are_counted(lm, contexts) -> None:
         sae.b_enc[12:] = 1.0  # the others stay positive on every token
     config = CoreConfig()
     base = layer_baseline(lm, contexts, 2)
-    core = sae_core(sae, base, base.zero, config)
+    core = sae_core(sae, base, base.zero, config, memory_budget_bytes=2**30)
+    # encoded 3 tokens at a time (4 float32 copies of 32 codes each), the figures are the same
+    blocks = sae_core(sae, base, base.zero, config, memory_budget_bytes=3 * 4 * 32 * 4)
+    assert blocks == pytest.approx(core)
     assert core["dead_fraction"] == pytest.approx(12 / 32)
     assert core["dense_fraction"] == pytest.approx(20 / 32)
     assert core["l0"] == pytest.approx(20.0)
