@@ -97,13 +97,14 @@ def test_every_room_end_to_end(db_url, triaged_ws, ls_home, lm, tmp_path):
     assert len(humans) == 6 == len({h.feature for h in humans})
     assert {h.feature for h in humans} == {t.feature for t in _rows(ws, LabelTask)}
 
-    # explain three features nobody labeled, against the OpenAI-compatible double
+    # explain three features nobody labeled, against the OpenAI-compatible double (no gold is
+    # asked, so nothing can be accepted: ask_unprovable stores the answers as drafts)
     labeled = {h.feature for h in humans}
     chosen = [i for i, f in sorted(_features(ws, sae_id).items()) if f[5] and i not in labeled][:3]
     double = Double([])
     try:
-        report = explain(ws, ExplainConfig(max_gold=0), _double_llm(double), features=chosen,
-                         progress=False)  # fmt: skip
+        report = explain(ws, ExplainConfig(max_gold=0, ask_unprovable=True), _double_llm(double),
+                         features=chosen, progress=False)  # fmt: skip
     finally:
         double.close()
     autos = _rows(ws, Explanation, Explanation.source == "auto")
@@ -163,8 +164,9 @@ def test_two_pulls_and_an_explain_at_once_lose_and_duplicate_nothing(
     double = Double([])
     env = {**os.environ, "SAFESAIL_DB_URL": pg_url}  # the password never goes on argv
     common = ["--workspace", str(root), "--quiet"]
+    # no gold is asked, so nothing can be accepted: --ask-unprovable stores drafts
     explain_args = ["explain", *common, "--base-url", double.url, "--llm-model", "double",
-                    "--price-table", str(prices), "--max-gold", "0"]  # fmt: skip
+                    "--price-table", str(prices), "--max-gold", "0", "--ask-unprovable"]  # fmt: skip
     for f in explained:
         explain_args += ["--feature", str(f)]
     try:
