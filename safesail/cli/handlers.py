@@ -196,7 +196,7 @@ def triage(ws: Workspace, args: argparse.Namespace, progress: bool) -> None:
 
 def reference_assemble(args: argparse.Namespace, progress: bool) -> None:
     """`safesail reference assemble`: reads files only, so it needs no workspace."""
-    from safesail.reference.labels import assemble
+    from safesail.reference.readings import assemble
 
     n = assemble(args.sample, args.labels, args.out, args.overlap, args.adjudication)
     print(f"wrote {n} labeled features to {args.out}")
@@ -204,7 +204,7 @@ def reference_assemble(args: argparse.Namespace, progress: bool) -> None:
 
 def reference_dump(ws: Workspace, args: argparse.Namespace, progress: bool) -> None:
     """`safesail reference dump`: blind views of a sample of the selected SAE for readers."""
-    from safesail.reference.labels import dump
+    from safesail.reference.sample import dump
 
     sae_id = require_selected_sae(ws.engine)
     n = dump(ws.engine, sae_id, args.out, args.n, args.seed, args.near_share, args.candidate_share)
