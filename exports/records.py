@@ -18,7 +18,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from safesail.causal.config import SCORER as CAUSAL_SCORER
-from safesail.db.contracts import AnnotationSummary, read_record
+from safesail.db.contracts import read_record
+from safesail.db.labeling import AnnotationSummary
 from safesail.db.queries import model_name, selected_sae
 from safesail.db.tables import (
     Annotation,
