@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 
 from annotation.agreement import ADJUDICATION_RULE, Answer, adjudicate, kappa_per_concept
 from annotation.label_interface import MAX_RATING
-from safesail.db.contracts import AnnotationSummary, ConceptKappa
+from safesail.db.labeling import AnnotationSummary, ConceptKappa
 from safesail.db.queries import human_labels
 from safesail.db.tables import Annotation, Explanation
 

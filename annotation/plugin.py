@@ -16,7 +16,8 @@ from annotation.server import ServerConfig
 from annotation.settings import LISTEN_PORT, PushConfig, SimulateConfig
 from annotation.transport import ClientConfig
 from safesail.cli.flags import add_config_flags, config_from_args
-from safesail.db.contracts import AnnotationSummary, Workspace, read_engine
+from safesail.db.contracts import Workspace, read_engine
+from safesail.db.labeling import AnnotationSummary
 from safesail.plugins import Plugin
 
 if TYPE_CHECKING:

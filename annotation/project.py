@@ -17,7 +17,8 @@ from sqlmodel import Session
 
 from annotation.label_interface import label_config
 from annotation.transport import Client
-from safesail.db.contracts import AnnotationSummary, Workspace, read_record, write_record
+from safesail.db.contracts import Workspace, read_record, write_record
+from safesail.db.labeling import AnnotationSummary
 from safesail.db.queries import require_selected_sae
 from safesail.db.tables import session_scope
 from safesail.errors import SafesailError

@@ -19,7 +19,8 @@ from annotation.label_interface import CONCEPTS, CONFIDENCE, EXPLANATION, MAX_RA
 from annotation.project import ensure_project
 from annotation.push import reconcile
 from annotation.transport import ClientConfig, open_client
-from safesail.db.contracts import AnnotationSummary, Workspace, read_record, write_record
+from safesail.db.contracts import Workspace, read_record, write_record
+from safesail.db.labeling import AnnotationSummary
 from safesail.db.tables import Annotation, LabelTask, lock, session_scope
 from safesail.errors import SafesailError
 from safesail.plugins import find_learner

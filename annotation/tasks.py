@@ -15,7 +15,7 @@ from annotation.label_interface import CONCEPTS, EXPLANATION, TO_NAME
 from safesail.db.queries import chunked
 from safesail.db.tables import Context, Explanation, Feature, SaeRecord
 from safesail.features.examples import TOP, feature_examples
-from safesail.reference.labels import N_LOW, N_TOP, window
+from safesail.reference.sample import N_LOW, N_TOP, window
 
 
 def task_key(sae_id: str, feature: int) -> str:

@@ -13,7 +13,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from safesail.db import queries
-from safesail.db.contracts import AnnotationSummary, CalibrationReport, LearnerState, read_engine
+from safesail.db.contracts import CalibrationReport, LearnerState, read_engine
+from safesail.db.labeling import AnnotationSummary
 from safesail.db.tables import SaeRecord
 
 _NEEDED_TABLES = {"meta", "feature", "saerecord", "explanation"}

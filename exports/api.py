@@ -19,9 +19,11 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from exports.formats import FORMATS, Format
+from exports.gather import gather_records
+from exports.importing import ImportReport, import_records
 from exports.neuron_db import import_safesail_db
 from exports.provenance import apply_trust, manifest_name, read_manifest
-from exports.records import ExportRecord, ImportReport, gather_records, import_records, require_sae
+from exports.records import ExportRecord, require_sae
 from safesail.db.contracts import Workspace
 from safesail.db.tables import SaeRecord
 from safesail.errors import SafesailError

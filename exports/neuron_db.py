@@ -17,8 +17,9 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from exports.formats.safesail_db import NEURON_KEY, read_neuron_db, read_safesail_db
+from exports.importing import ImportReport, import_records
 from exports.provenance import apply_trust, read_manifest
-from exports.records import ImportReport, import_records, require_sae
+from exports.records import require_sae
 from safesail.db.contracts import Workspace
 from safesail.db.queries import model_name
 from safesail.db.tables import REFERENCE_ONLY, SaeRecord

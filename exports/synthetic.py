@@ -14,9 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from safesail.db.contracts import (
-    AnnotationSummary,
     CalibrationReport,
-    ConceptKappa,
     CurvePoint,
     LearnerState,
     ReliabilityBin,
@@ -24,6 +22,7 @@ from safesail.db.contracts import (
     read_record,
     write_record,
 )
+from safesail.db.labeling import AnnotationSummary, ConceptKappa
 from safesail.db.tables import (
     Annotation,
     Explanation,

@@ -7,7 +7,7 @@ safesail.selection.core_metrics) and `pre_explanation` (Safe-SAIL's metric, safe
 until `select` has measured them, and `triage` (candidates per concept, null until triaged).
 `landscape` maps each layer of the selected configuration (`Workspace.landscape`) that triage
 has run on to its candidates per concept: Safe-SAIL's view across depth. The rooms report their
-own progress through the typed records of `safesail.contracts.ROOM_RECORDS`, each under its KEY (null until the room ran), so
+own progress through the typed records of `ROOM_RECORDS`, each under its KEY (null until the room ran), so
 status needs to know nothing of a room but its record.
 """
 
@@ -20,17 +20,22 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from safesail.db.contracts import (
-    ROOM_RECORDS,
     CalibrationReport,
     HumanQueue,
+    LearnerState,
+    MetaRecord,
     Workspace,
     read_record,
 )
+from safesail.db.labeling import AnnotationSummary
 from safesail.db.queries import COVERAGE_STATES, coverage_states, selected_sae
 from safesail.db.tables import CorpusText, Explanation, Feature, LlmCall
 
 COVERED = frozenset(COVERAGE_STATES[:2])
 """Coverage states that count as explained (human-labeled, auto-accepted)."""
+
+ROOM_RECORDS: tuple[type[MetaRecord], ...] = (LearnerState, AnnotationSummary, CalibrationReport)
+"""The records `status` reports as they are, under their KEY (null until the room ran)."""
 
 
 def _pre_explanation(selection: dict | None) -> dict[str, Any] | None:

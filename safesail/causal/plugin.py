@@ -1,5 +1,6 @@
-"""The causal check's part of `safesail demo`: after the labeling rounds, before the exports,
-human-labeled safety features get their causal score.
+"""The causal check's command (`safesail causal`) and its part of `safesail demo` (registered in
+pyproject.toml like the rooms'): after the labeling rounds, before the exports, human-labeled
+safety features get their causal score.
 
 On by default with `--simulate-annotators`, whose run ends with labels nobody waits on (the
 check is what tells a safety team whether a labeled feature matters); `--causal` forces it in the
@@ -11,13 +12,68 @@ cores (bench/causal.py), plus training the concept probes once per workspace, so
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
+from safesail.causal.config import CausalConfig
+from safesail.cli.flags import add_config_flags, config_from_args
 from safesail.db.contracts import Workspace
+from safesail.errors import SafesailError
 from safesail.plugins import Plugin
+
+CAUSAL_FLAGS = (
+    "alphas",
+    "n_harmful",
+    "n_benign",
+    "bootstrap",
+    "level",
+    "seed",
+    "batch_size",
+    "readout_layer",
+    "probe_texts",
+)
+"""CausalConfig fields of `safesail causal`."""
 
 DEMO_LIMIT = 6
 """Features the demo checks, the concepts in turns: about 1.5 minutes on the demo's 2 cores
 (training the probes, once per workspace, is about 1 minute more)."""
+
+
+def _commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    causal = sub.add_parser(
+        "causal",
+        parents=[common],
+        help="causal check of human-labeled safety features: ablate / steer each, measure refusal",
+    )
+    causal.add_argument("--sae", help="SAE whose features to check (default: the selected one)")
+    causal.add_argument(
+        "--feature", type=int, action="append", help="only these features (repeatable)"
+    )
+    causal.add_argument("--limit", type=int, help="score at most this many new features")
+    add_config_flags(causal, CausalConfig, CAUSAL_FLAGS, flags={"alphas": "--alpha"})
+    causal.set_defaults(handler=_causal)
+
+
+def _causal(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
+    """`safesail causal`: score the human-labeled safety features (safesail.causal.run)."""
+    from safesail.causal.run import run_causal
+
+    config = config_from_args(CausalConfig, args, CAUSAL_FLAGS)
+    if args.limit is not None and args.limit < 1:
+        raise SafesailError("--limit must be >= 1")
+    done = run_causal(
+        ws,
+        ws.lm,  # type: ignore[attr-defined]
+        config,
+        sae_id=args.sae,
+        features=args.feature,
+        limit=args.limit,
+        progress=progress,
+    )
+    for index, value in done.scored.items():
+        print(f"{done.sae_id} feature {index}: causal_refusal_delta={value:+.4f}")
+    speed = f", {done.seconds_per_feature:.1f} s per feature" if done.seconds_per_feature else ""
+    print(f"scored {len(done.scored)} feature(s), {done.skipped} already scored{speed}")
+    return 0
 
 
 def _options(demo: argparse.ArgumentParser) -> None:
@@ -56,8 +112,9 @@ def _demo(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
 PLUGIN = Plugin(
     name="causal",
     order=25,
+    add_commands=_commands,
     add_demo_options=_options,
     demo=_demo,
     resume=lambda args: f"safesail causal --workspace {args.workspace}",
 )
-"""Added to the rooms' plugins by `safesail.cli.commands.build_parser` (it is the core's)."""
+"""Registered in pyproject.toml (`safesail.plugins`), found like the rooms' plugins."""

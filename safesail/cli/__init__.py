@@ -1,3 +1,4 @@
-"""The `safesail` command: `main` (runs the commands), `commands` (the argument parser, the
-core's subcommands and the rooms'), `flags` (flags derived from the config dataclasses).
+"""The `safesail` command: `main` (parses and dispatches), `commands` (the argument parser, the
+core's subcommands and the rooms'), `handlers` and `demo` (the core's commands), `show` (the
+tables they print), `flags` (flags derived from the config dataclasses).
 """

@@ -1,9 +1,10 @@
 """The `safesail` argument parser: the core's subcommands and the rooms' (through plugins).
 
-Apart from `safesail.cli.main` (which runs the commands) so that the flags can be read, tested and
-documented without the dispatch. Wherever a step has a config dataclass its flags come from
-that class (`safesail.cli.flags`): name, type, choices, default and help are declared once,
-on the field, and `safesail.cli.main` maps them back with `config_from_args`. The remaining flags
+Every subcommand sets its handler with `set_defaults(handler=...)`, the core's here (from
+`safesail.cli.handlers` and `safesail.cli.demo`) as the rooms' in their plugins, so
+`safesail.cli.main` only parses and dispatches. Wherever a step has a config dataclass its flags
+come from that class (`safesail.cli.flags`): name, type, choices, default and help are declared
+once, on the field, and each handler maps them back with `config_from_args`. The remaining flags
 (paths, ids, counts with no config) are written here.
 """
 
@@ -14,9 +15,17 @@ import os
 from pathlib import Path
 from typing import NoReturn
 
-from safesail.causal.config import CausalConfig
-from safesail.causal.plugin import PLUGIN as CAUSAL_PLUGIN
+from safesail.cli import handlers
+from safesail.cli.demo import DEMO_TRAIN_FLAGS
+from safesail.cli.demo import demo as run_demo
 from safesail.cli.flags import add_config_flags, field_docs
+from safesail.cli.handlers import (
+    COLLECT_FLAGS,
+    RAY_FLAGS,
+    SELECTION_FLAGS,
+    TRAIN_FLAGS,
+    TRIAGE_FLAGS,
+)
 from safesail.collection.ray import RayConfig
 from safesail.config import PROTOCOL_LAYERS, CollectConfig, TrainConfig, WorkspaceConfig
 from safesail.plugins import Plugin, load_plugins
@@ -42,14 +51,6 @@ DESCRIPTION = "`safesail`: one command, a subcommand per pipeline step, one-line
 WORKSPACE_FLAGS = ("workspace", "db_url", "cache_dir", "device", "dtype", "memory_budget_mb")
 """WorkspaceConfig fields every command takes (`--workspace`, `--db-url`, `--cache-dir`,
 `--device`, `--dtype`, `--memory-budget-mb`)."""
-TRAIN_FLAGS = ("batch_size", "epochs", "lr", "seed")
-"""TrainConfig fields of `safesail sae train`."""
-DEMO_TRAIN_FLAGS = ("epochs",)
-"""TrainConfig fields of `safesail demo`."""
-COLLECT_FLAGS = ("top_k", "per_decile")
-"""CollectConfig fields of `safesail collect` (the others fix the cache's shape)."""
-RAY_FLAGS = ("address", "workers", "cpus")
-"""RayConfig fields of `safesail collect` (`--ray auto|ADDRESS` shards it over Ray)."""
 RAY_FLAG_NAMES = {"address": "--ray", "workers": "--ray-workers", "cpus": "--ray-cpus"}
 RAY_HELPS = {
     "address": "Shard the collection over Ray when --ray, --ray-workers or --ray-cpus is given "
@@ -57,32 +58,6 @@ RAY_HELPS = {
 }
 """`--ray`'s help says when Ray is used at all, which RayConfig's field (a cluster address)
 cannot: its `(default: auto)` would otherwise read as "Ray always"."""
-SELECTION_FLAGS = ("contrast", "threshold_auroc", "probe_features", "min_texts", "rank_by")
-"""SelectionConfig fields of `safesail select`."""
-TRIAGE_FLAGS = (
-    "min_precision",
-    "min_support",
-    "fire_fraction",
-    "alpha",
-    "contrast",
-    "max_density",
-    "max_non_content",
-    "min_term_share",
-    "term_path_share",
-)
-"""TriageConfig fields of `safesail triage`."""
-CAUSAL_FLAGS = (
-    "alphas",
-    "n_harmful",
-    "n_benign",
-    "bootstrap",
-    "level",
-    "seed",
-    "batch_size",
-    "readout_layer",
-    "probe_texts",
-)
-"""CausalConfig fields of `safesail causal`."""
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -143,7 +118,11 @@ def _corpus(sub, common: argparse.ArgumentParser) -> None:
     add.add_argument("path", type=Path)
     add.add_argument("--text-field", default="text")
     add.add_argument("--concept-field", default="concept")
-    corpus.add_parser("show", parents=[common], help="texts per concept")
+    build.set_defaults(handler=handlers.corpus_build)
+    add.set_defaults(handler=handlers.corpus_add)
+    corpus.add_parser("show", parents=[common], help="texts per concept").set_defaults(
+        handler=handlers.corpus_show
+    )
 
 
 def _sae(sub, common: argparse.ArgumentParser) -> None:
@@ -161,6 +140,7 @@ def _sae(sub, common: argparse.ArgumentParser) -> None:
         help="instead: the selected SAE's width and k at these layers (Safe-SAIL's protocol)",
     )
     add_config_flags(train, TrainConfig, TRAIN_FLAGS)
+    train.set_defaults(handler=handlers.sae_train)
     add = sae.add_parser(
         "add", parents=[common], help="add an SAE in sae-lens format or a pretrained release"
     )
@@ -169,12 +149,16 @@ def _sae(sub, common: argparse.ArgumentParser) -> None:
     add.add_argument("--sae-id", help="SAE id inside the release")
     add.add_argument("--layer", type=int, help="block the SAE reads (default: from its hook name)")
     add.add_argument("--id", dest="record_id", help="id to give it here")
-    sae.add_parser("list", parents=[common], help="candidate SAEs and their scores")
+    add.set_defaults(handler=handlers.sae_add)
+    sae.add_parser("list", parents=[common], help="candidate SAEs and their scores").set_defaults(
+        handler=handlers.sae_list
+    )
     remove = sae.add_parser(
         "remove", parents=[common], help="remove an SAE and every row about it (its files stay)"
     )
     remove.add_argument("remove_id", metavar="ID", help="the SAE's id (`safesail sae list`)")
     remove.add_argument("--force", action="store_true", help="even the selected SAE")
+    remove.set_defaults(handler=handlers.sae_remove)
 
 
 def _steps(sub, common: argparse.ArgumentParser) -> None:
@@ -184,6 +168,7 @@ def _steps(sub, common: argparse.ArgumentParser) -> None:
     add_config_flags(collect, CollectConfig, COLLECT_FLAGS)
     collect.add_argument("--sae", action="append", help="only these SAE ids")
     add_config_flags(collect, RayConfig, RAY_FLAGS, flags=RAY_FLAG_NAMES, helps=RAY_HELPS)
+    collect.set_defaults(handler=handlers.collect)
 
     residuals = sub.add_parser(
         "residuals",
@@ -195,6 +180,7 @@ def _steps(sub, common: argparse.ArgumentParser) -> None:
         "--layers", type=layer_list, metavar="L,L,...", help="the blocks whose output to keep"
     )
     which_store.add_argument("--drop", action="store_true", help="delete the store")
+    residuals.set_defaults(handler=handlers.residuals)
 
     select_ = sub.add_parser(
         "select", parents=[common], help="rank SAEs by concept-specific interpretability"
@@ -204,6 +190,7 @@ def _steps(sub, common: argparse.ArgumentParser) -> None:
         "--layer", type=int, help="choose among the SAEs on this layer (all are scored)"
     )
     add_config_flags(select_, SelectionConfig, SELECTION_FLAGS)
+    select_.set_defaults(handler=handlers.select)
 
     triage = sub.add_parser(
         "triage", parents=[common], help="mark safety-relevant features of the selected SAE"
@@ -216,6 +203,7 @@ def _steps(sub, common: argparse.ArgumentParser) -> None:
         help="triage the selected configuration at every layer it is collected at",
     )
     add_config_flags(triage, TriageConfig, TRIAGE_FLAGS)
+    triage.set_defaults(handler=handlers.triage)
 
 
 def _reference(sub, common: argparse.ArgumentParser) -> None:
@@ -241,6 +229,7 @@ def _reference(sub, common: argparse.ArgumentParser) -> None:
         default=0.0,
         help="share of near misses (top non-candidates by safety score, per rejection kind)",
     )
+    dump.set_defaults(handler=handlers.reference_dump)
     assemble = reference.add_parser(
         "assemble", help="join a dump's sample.json with the readers' labels (JSON lines)"
     )
@@ -257,6 +246,7 @@ def _reference(sub, common: argparse.ArgumentParser) -> None:
         default=[],
         help="third readings of the features the two readers split on (JSONL)",
     )
+    assemble.set_defaults(handler=handlers.reference_assemble, reads_workspace=False)
     check = reference.add_parser(
         "check",
         parents=[common],
@@ -268,20 +258,7 @@ def _reference(sub, common: argparse.ArgumentParser) -> None:
     check.add_argument(
         "--half", choices=["test", "dev", "all"], default="test", help="which half to judge on"
     )
-
-
-def _causal(sub, common: argparse.ArgumentParser) -> None:
-    causal = sub.add_parser(
-        "causal",
-        parents=[common],
-        help="causal check of human-labeled safety features: ablate / steer each, measure refusal",
-    )
-    causal.add_argument("--sae", help="SAE whose features to check (default: the selected one)")
-    causal.add_argument(
-        "--feature", type=int, action="append", help="only these features (repeatable)"
-    )
-    causal.add_argument("--limit", type=int, help="score at most this many new features")
-    add_config_flags(causal, CausalConfig, CAUSAL_FLAGS, flags={"alphas": "--alpha"})
+    check.set_defaults(handler=handlers.reference_check)
 
 
 def _install(sub, common: argparse.ArgumentParser) -> None:
@@ -289,12 +266,12 @@ def _install(sub, common: argparse.ArgumentParser) -> None:
         "setup",
         parents=[common],
         help="download what the demo needs once, from the locks (corpus packages, Label Studio)",
-    )
+    ).set_defaults(handler=handlers.setup, reads_workspace=False)
     sub.add_parser(
         "doctor",
         parents=[common],
         help="check every part (packages, llama.cpp, Label Studio, model, disk, ...), with fixes",
-    )
+    ).set_defaults(handler=handlers.doctor, reads_workspace=False)
 
 
 def _demo(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -321,6 +298,7 @@ def _demo(sub, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help=f"layers the chosen configuration is trained at (default: {','.join(map(str, PROTOCOL_LAYERS))})",
     )
     add_config_flags(demo, TrainConfig, DEMO_TRAIN_FLAGS)
+    demo.set_defaults(handler=run_demo)
     return demo
 
 
@@ -336,8 +314,6 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser(plugins: list[Plugin] | None = None) -> argparse.ArgumentParser:
     """The whole command line: the core's steps, then each room's commands and demo flags."""
     plugins = load_plugins() if plugins is None else plugins
-    if CAUSAL_PLUGIN not in plugins:  # the core's own demo step, between labeling and exports
-        plugins = sorted([*plugins, CAUSAL_PLUGIN], key=lambda p: (p.order, p.name))
     common = common_options()
     parser = OneLineParser(prog="safesail", description=DESCRIPTION)
     add_debug_flag(parser)
@@ -346,9 +322,9 @@ def build_parser(plugins: list[Plugin] | None = None) -> argparse.ArgumentParser
     _sae(sub, common)
     _steps(sub, common)
     _reference(sub, common)
-    _causal(sub, common)
     status = sub.add_parser("status", parents=[common], help="progress of the workspace")
     status.add_argument("--json", action="store_true", help="one JSON object (stable keys)")
+    status.set_defaults(handler=handlers.status)
     _install(sub, common)
     demo = _demo(sub, common)
     for plugin in plugins:

@@ -9,7 +9,7 @@ others instead of reading as a missing key. `VERSION` rises when a field changes
 older releases hold), so those workspaces keep working.
 
 `Workspace` is the protocol the rooms program against (what `safesail.workspace.Workspace`
-offers them), instead of `Any`.
+offers them), instead of `Any`. The labeling room's record lives in `safesail.db.labeling`.
 """
 
 from __future__ import annotations
@@ -65,14 +65,14 @@ class MetaRecord:
     def from_dict(cls, data: dict[str, Any]) -> Self:
         """The record from its stored dict; keys it does not know are dropped, missing ones
         take the field default (older workspaces wrote fewer keys)."""
-        return _part(cls, data)
+        return nested_record(cls, data)
 
 
 R = TypeVar("R", bound=MetaRecord)
 T = TypeVar("T")
 
 
-def _part(cls: type[T], value: Any) -> T:
+def nested_record(cls: type[T], value: Any) -> T:
     """A nested record from its stored dict, keys it does not know dropped (older writers
     stored more, e.g. the labeling loop's per-concept item counts)."""
     if isinstance(value, cls):
@@ -126,7 +126,7 @@ class LearnerState(MetaRecord):
         self.curve = [
             p
             if isinstance(p, CurvePoint)
-            else _part(CurvePoint, p)
+            else nested_record(CurvePoint, p)
             if isinstance(p, dict)
             else CurvePoint(int(p[0]), p[1])
             for p in self.curve
@@ -163,7 +163,9 @@ class LearnerPredictions(MetaRecord):
     predictions: dict[int, PredictedLabel] = field(default_factory=dict)
 
     def __post_init__(self) -> None:  # JSON object keys are strings
-        self.predictions = {int(f): _part(PredictedLabel, p) for f, p in self.predictions.items()}
+        self.predictions = {
+            int(f): nested_record(PredictedLabel, p) for f, p in self.predictions.items()
+        }
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -237,7 +239,7 @@ class StageReport:
     reliability: list[ReliabilityBin] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.reliability = [_part(ReliabilityBin, b) for b in self.reliability]
+        self.reliability = [nested_record(ReliabilityBin, b) for b in self.reliability]
 
 
 @dataclass
@@ -281,7 +283,7 @@ class CalibrationReport(MetaRecord):
     reliability_png: str | None = None
 
     def __post_init__(self) -> None:
-        self.stages = [_part(StageReport, s) for s in self.stages]
+        self.stages = [nested_record(StageReport, s) for s in self.stages]
 
     @property
     def reliability_path(self) -> Path | None:
@@ -312,56 +314,11 @@ class HumanQueue(MetaRecord):
     features: list[QueuedFeature] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.features = [_part(QueuedFeature, q) for q in self.features]
+        self.features = [nested_record(QueuedFeature, q) for q in self.features]
 
     def indices(self, sae_id: str) -> list[int]:
         """The queued features of this SAE (none when the queue belongs to another SAE)."""
         return [q.feature for q in self.features] if self.sae_id == sae_id else []
-
-
-@dataclass
-class ConceptKappa:
-    """Annotator agreement on one concept (None: too few overlapping items)."""
-
-    cohen: float | None
-    fleiss: float | None
-
-
-@dataclass
-class AnnotationSummary(MetaRecord):
-    """The labeling loop's project and its last pull: written by annotation, read by status,
-    the app and the exports."""
-
-    KEY: ClassVar[str] = "annotation"
-
-    url: str | None = None
-    project: int | None = None
-    sae_id: str | None = None
-    title: str | None = None
-    tasks: int = 0
-    last_pull: str | None = None
-    annotations: int = 0
-    invalid: int = 0
-    problems: list[str] = field(default_factory=list)
-    features_labeled: int = 0
-    overlap_items: int = 0
-    kappa: dict[str, ConceptKappa] = field(default_factory=dict)
-    cohen_kappa_mean: float | None = None
-    fleiss_kappa_mean: float | None = None
-    adjudication: str | None = None
-
-    def __post_init__(self) -> None:
-        self.kappa = {c: _part(ConceptKappa, k) for c, k in self.kappa.items()}
-
-    def kappa_per_concept(self) -> dict[str, float]:
-        """Each concept's agreement: Cohen's kappa, else Fleiss' (concepts with neither left
-        out)."""
-        out = {}
-        for concept, k in self.kappa.items():
-            value = k.cohen if k.cohen is not None else k.fleiss
-            if value is not None:
-                out[concept] = value
-        return out
 
 
 @dataclass(frozen=True)
@@ -407,7 +364,3 @@ class Learner(Protocol):
 
 LearnerFactory = Callable[[Workspace, str | None], Learner]
 """(workspace, query strategy name or None for the default) -> a learner for its selected SAE."""
-
-
-ROOM_RECORDS: tuple[type[MetaRecord], ...] = (LearnerState, AnnotationSummary, CalibrationReport)
-"""The records `status` reports as they are, under their KEY (null until the room ran)."""

@@ -20,7 +20,7 @@ from safesail.db.queries import chunked
 from safesail.db.tables import Context, Feature
 from safesail.features.examples import TOP, feature_examples
 from safesail.features.token_kinds import FORMAT, token_class
-from safesail.reference.labels import N_TOP, window
+from safesail.reference.sample import N_TOP, window
 
 
 @dataclass(frozen=True)

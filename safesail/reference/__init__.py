@@ -1,6 +1,8 @@
 """Step 7, the reference set: features labeled by people reading them, the yardstick for the
 simulated expert, triage and the explainer (bench/reference/).
 
-`labels` (the blind view, the sample, the dev/test halves, loading and assembling labels),
-`check` (`safesail reference check`: each part judged against the reference set).
+`sample` (the stratified sample and the blind views its readers read), `readings` (the readers'
+labels assembled into the set, their agreement), `labels` (the set: its dev/test halves, loading,
+agreement with an answer), `judge` and `check` (`safesail reference check`: each part judged
+against the reference set).
 """

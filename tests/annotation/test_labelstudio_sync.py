@@ -18,7 +18,8 @@ from sqlmodel import Session, select
 from annotation.pull import pull
 from annotation.push import import_tasks
 from annotation.transport import ClientConfig, open_client
-from safesail.db.contracts import AnnotationSummary, write_record
+from safesail.db.contracts import write_record
+from safesail.db.labeling import AnnotationSummary
 from safesail.db.queries import human_labels
 from safesail.db.tables import (
     Annotation,

@@ -262,7 +262,7 @@ def _label(ws, labels: dict[int, list[str]]) -> None:
 
 
 def test_run_causal_scores_labeled_safety_features_once(triaged_ws, lm, tmp_path) -> None:
-    from exports.records import gather_records
+    from exports.gather import gather_records
     from safesail.causal.run import run_causal
 
     ws = copy_workspace(triaged_ws, tmp_path / "ws", lm)

@@ -177,7 +177,7 @@ def test_a_refused_value_is_one_line(tmp_path, capsys):
 
 def test_flags_reach_the_configs(tmp_path, monkeypatch, capsys):
     """Given flags set their fields; the others keep the dataclass defaults."""
-    from safesail.cli import main as cli
+    from safesail.cli import handlers
     from safesail.workspace import Workspace
 
     seen: dict[str, object] = {}
@@ -192,7 +192,7 @@ def test_flags_reach_the_configs(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(
         Workspace, "train_saes", lambda self, specs, config: seen.update(train=config) or []
     )
-    monkeypatch.setattr(cli, "_print_ranking", lambda ws: None)
+    monkeypatch.setattr(handlers, "print_ranking", lambda ws: None)
     ws_dir = tmp_path / "ws"
     ws = ["--workspace", str(ws_dir), "--db-url", f"sqlite:///{tmp_path / 'x.db'}"]
     assert main(["select", "--contrast", "benign", "--threshold-auroc", "0.8", *ws]) == 0

@@ -163,8 +163,8 @@ def test_llm_commands_start_once_and_stop(tmp_path, capsys):
 def test_a_failed_demo_step_names_the_command_that_resumes_it(triaged_ws, tmp_path, lm):
     """The demo's core steps are done (so they are skipped); a room's step fails: the error
     names the step and the command that reruns only it."""
+    from safesail.cli.demo import demo as run_demo
     from safesail.cli.main import build_parser
-    from safesail.cli.main import demo as run_demo
     from safesail.plugins import Plugin
     from tests.conftest import TINY_SPECS
 

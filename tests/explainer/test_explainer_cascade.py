@@ -194,7 +194,7 @@ def test_concept_model_stage_accepts_routes_and_goes_stale(triaged_ws, tmp_path,
     an old prompt version is marked stale and its feature goes back to the human queue."""
     from sqlmodel import Session, select
 
-    from exports.records import gather_records
+    from exports.gather import gather_records
     from safesail.db.contracts import CalibrationReport, HumanQueue, read_record
     from safesail.db.tables import Explanation, Feature, LlmCall, session_scope
     from safesail.explainer.config import ExplainConfig, LlmConfig

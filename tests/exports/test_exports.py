@@ -10,8 +10,8 @@ from sqlmodel import Session, select
 
 from exports.api import import_file, read_export, write_export
 from exports.formats import FORMATS, one_per_feature
+from exports.gather import gather_records
 from exports.provenance import PROVENANCE
-from exports.records import gather_records
 from exports.synthetic import PROJECT, populate
 from safesail.cli.main import main
 from safesail.db.tables import Explanation, Score, session_scope

@@ -24,7 +24,7 @@ from sqlmodel import Session, select
 
 from exports.api import export_gold, import_file
 from exports.formats import one_per_feature
-from exports.records import gather_records
+from exports.gather import gather_records
 from exports.synthetic import populate
 from safesail.db.tables import Explanation, Feature, Score, session_scope
 from safesail.features.examples import TOP, feature_examples

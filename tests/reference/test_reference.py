@@ -16,11 +16,9 @@ from safesail.reference.labels import (
     ReferenceLabel,
     agrees,
     assign_splits,
-    blind_view,
-    dump,
-    sample,
     weighted_precision_recall,
 )
+from safesail.reference.sample import blind_view, dump, sample
 from tests.conftest import copy_workspace
 
 
@@ -121,7 +119,7 @@ def test_sae_training_is_deterministic(tmp_path, lm):
 
 
 def test_assemble_joins_labels_and_refuses_gaps_and_doubles(tmp_path):
-    from safesail.reference.labels import assemble
+    from safesail.reference.readings import assemble
 
     sample = tmp_path / "sample.json"
     rows = [{"feature": f, "stratum": "s", "weight": 2.0, "split": "dev"} for f in (1, 2, 3)]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sqlmodel import Session, select
 
-from safesail.cli.main import _print_ranking
+from safesail.cli.show import print_ranking
 from safesail.db.tables import Feature
 from safesail.errors import SafesailError
 from safesail.selection.core_metrics import (
@@ -99,7 +99,7 @@ def test_select_stores_core_and_pre_explanation(triaged_ws, capsys) -> None:
             assert core["ce_loss_score"] == pytest.approx(recovered)
             pre = sae["pre_explanation"]
             assert 0 <= pre["index"] <= 1 and set(pre["concepts"]) == {"violence", "cybercrime"}
-    _print_ranking(triaged_ws)
+    print_ranking(triaged_ws)
     out = capsys.readouterr().out
     assert "I_CDF" in out and "CE rec" in out
     assert out.count("L1-w64-k4") + out.count("L2-") == len(status["saes"])

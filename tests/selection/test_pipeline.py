@@ -384,8 +384,9 @@ def test_train_resumes_from_saved_sae_folders_without_a_forward(
 def test_status_reports_each_rooms_record_under_its_key(tmp_path):
     """Null until the room ran, then the record as its room wrote it (a typed contract)."""
     from safesail.config import WorkspaceConfig
-    from safesail.db.contracts import ROOM_RECORDS, LearnerState, write_record
+    from safesail.db.contracts import LearnerState, write_record
     from safesail.db.tables import session_scope
+    from safesail.status import ROOM_RECORDS
     from safesail.workspace import Workspace
 
     ws = Workspace(WorkspaceConfig(tmp_path / "ws"))

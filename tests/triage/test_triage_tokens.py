@@ -408,12 +408,13 @@ def test_peaks_of_reads_the_peak_word_of_each_context(triaged_ws) -> None:
 
 
 def test_cli_triage_flags_reach_the_config(tmp_path, monkeypatch, capsys) -> None:
+    from safesail.cli import handlers
     from safesail.cli import main as cli
     from safesail.workspace import Workspace
 
     seen: list[TriageConfig] = []
     monkeypatch.setattr(Workspace, "triage", lambda self, config, sae_id: seen.append(config) or {})
-    monkeypatch.setattr(cli, "_print_candidates", lambda ws, sae_id: None)
+    monkeypatch.setattr(handlers, "print_candidates", lambda ws, sae_id: None)
     from safesail.db.tables import open_db
 
     (tmp_path / "ws").mkdir()  # triage reads a workspace: it refuses one that does not exist
