@@ -129,7 +129,7 @@ def delta_shares(n_gold: Sequence[int], *, target: float, delta: float) -> list[
     they answered) are enough for an error-free set to reject at that share, 0 for the rest.
     A stage of the embedded LLM asked on a few gold features can prove nothing; spending delta
     on it would only raise what every other stage must show."""
-    live = [i for i, n in enumerate(n_gold)]
+    live = list(range(len(n_gold)))
     while live:
         need = min_accepted(target, delta / len(live))
         enough = [i for i in live if n_gold[i] >= need]
