@@ -225,13 +225,13 @@ def _collect(
     store: ResidualStore | None,
 ) -> list[str]:
     with Session(engine) as session:  # a mistyped --sae must change nothing: checked first
-        records = [r for r in session.exec(select(SaeRecord)) if sae_ids is None or r.id in sae_ids]
-    missing = set(sae_ids or ()) - {r.id for r in records}
+        missing = set(sae_ids or ()) - set(session.exec(select(SaeRecord.id)))
     if missing:
         raise SafesailError(f"unknown SAE id(s): {', '.join(sorted(missing))} — {LIST_SAES}")
-    prepare_contexts(engine, lm, config.max_tokens)
+    prepare_contexts(engine, lm, config.max_tokens)  # a changed corpus resets `collected`
     plan = chunk_plan(engine, config.chunk_texts)
     with Session(engine) as session:
+        records = [r for r in session.exec(select(SaeRecord)) if sae_ids is None or r.id in sae_ids]
         todo = [r for r in records if not r.collected and r.source != REFERENCE_ONLY]
         done_chunks = {
             (c.sae_id, c.chunk)
