@@ -17,7 +17,7 @@ columns are built from the same windows the task shows (`safesail.experts.window
   label, so it is a label-free column like the rest; the model learns from gold how far to
   trust it per concept, and the explainer's cascade accepts the model's concept only where the
   reader, reading on its own, names the same one (two readings that agree err less than
-  either: on the reference set's dev half, 32 of the top 33 such features agree with the
+  either: on the reference set's dev half, 31 of the top 33 such features agree with the
   readers, against 28 of the model's own top 33).
 
 Beside those, every feature keeps its unit decoder direction (from the SAE weights) and its

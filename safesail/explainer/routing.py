@@ -119,7 +119,7 @@ def concept_model_score(prediction: PredictedLabel) -> float:
     probability): 0 unless the reader, reading the feature's windows on its own, names the
     model's concept; then its 1-5 confidence first and the model's calibrated probability to
     break ties, scaled into [0, 1]. Two readings that agree err less than either alone: on the
-    reference set's dev half (the model out of fold), 32 of the top 33 features in this order
+    reference set's dev half (the model out of fold), 31 of the top 33 features in this order
     agree with the readers, against 28 of the top 33 by the model's probability alone; the
     order was fixed there, before the test half was routed."""
     if not prediction.concepts or prediction.reader_label != prediction.concepts[0]:
