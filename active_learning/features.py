@@ -478,7 +478,7 @@ def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> Featur
     )
     tokens, token_names = _token_columns(reads)
     reader = _reader_answers(windows, features, taxonomy)
-    said, said_names = _reader_columns(reader, reading_names)
+    said, said_names = _reader_columns(reader, taxonomy)
     n = len(rows)
     n_fire = np.array([r.n_fire for r in rows], dtype=np.float64)
     qkeys = sorted({k for r in rows for k in r.quantiles}, key=float)
@@ -536,11 +536,10 @@ def _reader_answers(
 
 
 def _reader_columns(
-    reader: list[tuple[str, int]], reading_names: list[str]
+    reader: list[tuple[str, int]], taxonomy: Taxonomy
 ) -> tuple[np.ndarray, list[str]]:
     """Per label the reader can give, its confidence / 5 where it gave it (else 0)."""
-    labels = [c.removeprefix("proto:") for c in reading_names if c.startswith("proto:")]
-    labels.append(UNINTERPRETABLE)
+    labels = [*taxonomy.safety_concepts(), BENIGN, UNINTERPRETABLE]
     X = np.zeros((len(reader), len(labels)), dtype=np.float32)
     for i, (label, confidence) in enumerate(reader):
         if label in labels:

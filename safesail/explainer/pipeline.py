@@ -116,16 +116,16 @@ def explain(
     stages = [(LLM, ctx.llm, ctx.version)]
     if ctx.escalate is not None:
         stages.append((ESCALATE, ctx.escalate, str(ctx.escalate_version)))
+    decided = plan(ctx, unlabeled)  # decided again only after new answers are stored
     for name, llm_config, version in stages:
         # the stage's gold first: its threshold rests on them alone
-        decided = plan(ctx, unlabeled)  # what the stages before this one accept now
         reach = [f for f in yardstick if decided.reaches(f, name)]
         reach = reach[: ctx.config.max_gold] if ctx.config.max_gold is not None else reach
         todo = _not_done(ctx, reach, version, retry_failed)
         if todo:
             explained += len(todo)
             failed += _run(ctx, todo, gold, llm_config, version, name)
-        decided = plan(ctx, unlabeled)
+            decided = plan(ctx, unlabeled)
         more = [f for f in unlabeled if decided.reaches(f, name)]
         more = more[: ctx.config.limit] if ctx.config.limit is not None else more
         if not (ctx.config.ask_unprovable or _can_accept(decided, name)):
@@ -135,6 +135,7 @@ def explain(
         if todo:
             explained += len(todo)
             failed += _run(ctx, todo, gold, llm_config, version, name)
+            decided = plan(ctx, unlabeled)
     report = route(ctx, features)
     return ExplainReport(explained, failed, report.accepted, report.queued, report, not_asked)
 
