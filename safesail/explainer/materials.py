@@ -87,10 +87,10 @@ def feature_evidence(
 def marked_tokens(
     session: Session, rows: list[Feature], config: ExplainConfig
 ) -> dict[int, list[str]]:
-    """Each feature's marked tokens, most frequent first: the tokens at or above
+    """Each feature's marked words, most frequent first: the words holding a token at or above
     `mark_fraction` of the peak in the segments of the contexts an explainer is shown (the
-    first `n_shown` of its explain split). An agreeing explanation of a safety concept names
-    one of them; the concept model's drafted sentence quotes them."""
+    first `n_shown` of its explain split; `ranked_fired_tokens`). An agreeing explanation of a
+    safety concept names one of them; the concept model's drafted sentence quotes them."""
     shown = {row.index: explain_split(row, config)[0][: config.n_shown] for row in rows}
     need = sorted({e.text_id for examples in shown.values() for e in examples})
     tokens = {

@@ -144,6 +144,22 @@ def test_agreement_needs_the_concept_and_for_safety_a_marked_token_and_the_conce
     assert agrees(["self_harm"], draft, Gold(["self_harm"], "", None), ["cut", "pills"], SAFETY)
 
 
+def test_a_marked_word_piece_stands_for_its_whole_word():
+    """A feature peaking on "Q" of "al-Qaeda" fires on the word "qaeda": the piece alone (one
+    character) named nothing, so no explanation of it could agree, however right."""
+    from safesail.explainer.explainers.prompts import Shown, ranked_fired_tokens
+
+    qaeda = Shown(
+        [" funded", " by", " al", "-", "Q", "aeda", ";"], np.array([0, 0, 9, 0, 40, 0, 0.0])
+    )
+    shiite = Shown([" Shi", "ite", " and", " Sunni", "s"], np.array([0, 30, 0, 0, 25.0]))
+    assert ranked_fired_tokens([qaeda], 0.5) == ["qaeda"]  # " al" is below half the peak
+    assert ranked_fired_tokens([qaeda, shiite, qaeda], 0.2) == ["al", "qaeda", "shiite", "sunnis"]
+    gold = Gold(["terror"], "Fires on Qaeda.", None)
+    fired = ranked_fired_tokens([qaeda], 0.5)
+    assert agrees(["terror"], draft_sentence(["terror"], fired), gold, fired, SAFETY)
+
+
 def _learner(ws, version: str, gold: dict, routed: list[int], probability: float, right=True):
     """A learner's predictions as active_learning writes them: out-of-fold for the labeled
     features (their gold concepts when `right`, else "uninterpretable"), one concept for the

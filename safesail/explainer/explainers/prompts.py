@@ -302,17 +302,35 @@ def _system(labels: list[str], evidence: bool = False) -> str:
     )
 
 
+def marked_words(shown: Shown, mark_fraction: float) -> list[str]:
+    """The words holding the marked tokens of one context, in order: a marked piece of a word
+    stands for the whole word ("Q" of "al-Qaeda" is "qaeda", "ite" of "Shiite" is "shiite"),
+    since a reader, and an explanation, names words, not tokenizer pieces. Lower-case; words of
+    one character are dropped."""
+    top = float(shown.acts.max(initial=0.0))
+    if top <= 0:
+        return []
+    text = "".join(shown.tokens)
+    starts = np.cumsum([0] + [len(t) for t in shown.tokens])
+    words = [(m.start(), m.end(), m.group().lower()) for m in re.finditer(r"\w+", text)]
+    out: list[str] = []
+    for i, act in enumerate(shown.acts):
+        if act < mark_fraction * top:
+            continue
+        for begin, end, word in words:
+            if begin < starts[i + 1] and end > starts[i] and len(word) >= 2 and word not in out:
+                out.append(word)
+    return out
+
+
 def ranked_fired_tokens(contexts: list[Shown], mark_fraction: float) -> list[str]:
-    """The marked tokens of the shown contexts (lower-case, stripped; 2+ characters), the most
-    frequent first (ties in order of appearance): what an explanation must name, and what a
-    sentence drafted without an LLM quotes."""
+    """The marked words of the shown contexts (`marked_words`), the most frequent first (ties
+    in order of appearance): what an explanation must name, and what a sentence drafted
+    without an LLM quotes."""
     counts: dict[str, int] = {}
     for shown in contexts:
-        top = float(shown.acts.max(initial=0.0))
-        for token, act in zip(shown.tokens, shown.acts, strict=True):
-            word = token.strip().lower()
-            if top > 0 and act >= mark_fraction * top and len(word) >= 2:
-                counts[word] = counts.get(word, 0) + 1
+        for word in marked_words(shown, mark_fraction):
+            counts[word] = counts.get(word, 0) + 1
     return sorted(counts, key=lambda w: -counts[w])
 
 
