@@ -188,15 +188,7 @@ def content_answer(
     feature `benign`, and spans of nothing in common `uninterpretable`."""
     n = len(reads)
     content = [i for i, r in enumerate(reads) if r.kind == CONTENT]
-    benign_col = len(prototypes.concepts)
-    votes: list[str] = []
-    for i in content:
-        row = scores[i]
-        best = int(np.argmax(row[:benign_col]))
-        if row[best] - row[benign_col] >= config.safety_margin:
-            votes.append(prototypes.concepts[best])
-        else:
-            votes.append(BENIGN)
+    votes = prototypes.votes(scores[content], config.safety_margin)
     counts = Counter(votes)
     spans = [reads[i].span for i in content]
     safety = [(c, k) for c, k in counts.most_common() if c != BENIGN]

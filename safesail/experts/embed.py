@@ -144,6 +144,16 @@ class Prototypes:
             out[:, j] = best.mean(axis=1)
         return out
 
+    def votes(self, scores: np.ndarray, margin: float) -> list[str]:
+        """Per row of `scores` (see `scores`): the best safety concept when it beats the
+        everyday prototypes by `margin`, else benign."""
+        n = len(self.concepts)
+        best = scores[:, :n].argmax(axis=1)
+        return [
+            self.concepts[b] if row[b] - row[n] >= margin else BENIGN
+            for b, row in zip(best, scores, strict=True)
+        ]
+
     def nearest_topic(self, vector: np.ndarray, min_similarity: float = 0.4) -> str | None:
         """The everyday topic closest to a text, for explaining a benign reading; None when
         no topic is close (naming a far one would mislead)."""

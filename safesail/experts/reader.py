@@ -30,6 +30,9 @@ It never reads corpus tags, triage results or the oracle.
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import NamedTuple
+
 import numpy as np
 from sqlalchemy.engine import Engine
 
@@ -44,6 +47,17 @@ from safesail.experts.embed import EMBEDDING_DIM, Embedder, Prototypes, default_
 from safesail.experts.windows import ReaderConfig, Reading, Window, feature_windows, read_window
 from safesail.features.token_kinds import CONTENT
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE, Taxonomy
+
+
+class Topic(NamedTuple):
+    """What a feature's top windows are about, each window read whole (the text around the
+    peak as Label Studio shows it, not the marked span): the most common reading, a safety
+    concept or benign, and the share of windows that read so. Readers label a construction by
+    the text it belongs to (" on" of "From now on, you are going to act as", "11" of
+    "September 11"), where the reader's token reading says benign."""
+
+    label: str
+    share: float
 
 
 class Reader:
@@ -100,6 +114,23 @@ class Reader:
                 else ReaderAnswer([UNINTERPRETABLE], 3, edge)
             )
         return {f: out[f] for f in features}
+
+    def topics(self, features: dict[int, list[Window]]) -> dict[int, Topic]:
+        """Each feature's `Topic` (features without windows are left out); every window's text
+        is embedded in one batch and voted as the reader votes a span."""
+        texts = {f: [" ".join("".join(w.tokens).split()) for w in ws] for f, ws in features.items()}
+        flat = [t for ts in texts.values() for t in ts]
+        votes = self.prototypes.votes(
+            self.prototypes.scores(self.embedder(flat)), self.config.safety_margin
+        )
+        out: dict[int, Topic] = {}
+        start = 0
+        for f, ts in texts.items():
+            part, start = votes[start : start + len(ts)], start + len(ts)
+            if part:
+                label, count = Counter(part).most_common(1)[0]
+                out[f] = Topic(label, count / len(part))
+        return out
 
 
 def read_features(

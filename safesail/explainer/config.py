@@ -151,6 +151,11 @@ class ExplainConfig:
     delta: float = 0.1
     """Allowed chance that the accepted features' agreement is below target; split over the
     cascade's stages (Bonferroni)."""
+    topic_share: float = 0.8
+    """The concept model's stage does not accept a feature when at least this share of its top
+    windows, each read whole, read as a safety concept other than its answer: a construction
+    (the token everyday, the text around it not), which readers label by the text. 0.8 is all
+    but one of five windows, the reader's own "all but one" confidence step."""
     votes: int = 5
     """Answers an LLM stage asks per feature (attempt 0 greedy, the rest sampled): the share
     agreeing with the most common concept is its confidence (Trust or Escalate's simulated
@@ -171,6 +176,8 @@ class ExplainConfig:
             raise ValueError("few_shot, n_score_neg must be >= 0, n_score_pos >= 1")
         if self.intruder_shown < 2:
             raise ValueError("intruder_shown must be >= 2 (an intruder and an activating text)")
+        if not 0 < self.topic_share <= 1:
+            raise ValueError(f"topic_share must be in (0, 1], got {self.topic_share}")
         if not 0 < self.delta < 1 or self.votes < 1:
             raise ValueError(
                 f"delta must be in (0, 1) and votes >= 1, got {self.delta}, {self.votes}"

@@ -2,7 +2,7 @@
 
 1. `concept_model`: the active learner's calibrated prediction (`LearnerPredictions`,
    out-of-fold for the labeled features) where the reader's own reading agrees with it
-   (`concept_model_score`); no LLM call decides, the sentence of an accepted concept is drafted
+   (`concept_stage.concept_model_score`); no LLM call decides, the sentence of an accepted concept is drafted
    from the feature's marked tokens;
 2. `llm`: the explainer's LLM asked `votes` times, the share of answers naming the most common
    concept its confidence;
@@ -39,6 +39,11 @@ from safesail.db.queries import chunked
 from safesail.db.tables import Explanation, Feature, LlmCall, session_scope
 from safesail.explainer.agreement import agrees, draft_sentence
 from safesail.explainer.calibration import Acceptance, GoldAnswer, cascade
+from safesail.explainer.concept_stage import (
+    concept_model_stage,
+    concept_model_version,
+    window_topics,
+)
 from safesail.explainer.context import RunContext
 from safesail.explainer.materials import Gold, gold_labels, marked_tokens
 from safesail.explainer.report import calibration_report
@@ -52,10 +57,6 @@ from safesail.explainer.stages import (
     StageCost,
     is_safety,
 )
-
-
-def concept_model_version(predictions: LearnerPredictions) -> str:
-    return f"concept-model/{predictions.model_version}"
 
 
 def _llm_rows(session: Session, sae_id: str, version: str) -> dict[int, Explanation]:
@@ -99,7 +100,18 @@ def plan(ctx: RunContext, routed: Iterable[int] = ()) -> Plan:
     safety = [c for c in ctx.labels if is_safety(c)]
     stages = []
     if predictions is not None:
-        stages += _concept_model_stage(sae_id, predictions, gold, fired, safety)
+        reads = {f.index for f in features}
+        topics = window_topics(ctx.ws.engine, sae_id, sorted(reads), ctx.ws.taxonomy)
+        stages += concept_model_stage(
+            sae_id,
+            predictions,
+            gold,
+            fired,
+            topics,
+            reads=reads,
+            safety=safety,
+            topic_share=ctx.config.topic_share,
+        )
     for name, rows in llm_rows.items():
         version = ctx.version if name == LLM else str(ctx.escalate_version)
         stages.append(_llm_stage(name, version, rows, gold, fired, safety))
@@ -112,59 +124,6 @@ def plan(ctx: RunContext, routed: Iterable[int] = ()) -> Plan:
             if f not in accepted_at and acceptance.accepts(c):
                 accepted_at[f] = stage.name
     return Plan(stages, acceptances, accepted_at, gold, fired)
-
-
-def concept_model_score(prediction: PredictedLabel) -> float:
-    """The concept model stage's confidence, an order for fixed-sequence testing (not a
-    probability): 0 unless the reader, reading the feature's windows on its own, names the
-    model's concept; then its 1-5 confidence first and the model's calibrated probability to
-    break ties, scaled into [0, 1]. Two readings that agree err less than either alone: on the
-    reference set's dev half (the model out of fold), 31 of the top 33 features in this order
-    agree with the readers, against 28 of the top 33 by the model's probability alone; the
-    order was fixed there, before the test half was routed."""
-    if not prediction.concepts or prediction.reader_label != prediction.concepts[0]:
-        return 0.0
-    return (prediction.reader_confidence + float(prediction.probability)) / 6
-
-
-def _concept_model_stage(
-    sae_id: str,
-    predictions: LearnerPredictions,
-    gold: dict[int, Gold],
-    fired: dict[int, list[str]],
-    safety: list[str],
-) -> list[Stage]:
-    """The concept model's stage, if the learner has usable predictions for this SAE."""
-    # out-of-fold predictions only: in-sample ones would be fitted on the gold labels they
-    # are calibrated against (LearnerPredictions.usable_for). The routed features' come from
-    # the model fitted on all gold (cross-fitting): at least as good as a fold model, which is
-    # what the threshold was tested on.
-    learner = predictions.usable_for(sae_id)
-    if not learner:
-        return []
-    return [
-        Stage(
-            CONCEPT_MODEL,
-            concept_model_version(predictions),
-            dict(learner),
-            {f: concept_model_score(p) for f, p in learner.items()},
-            {
-                f: GoldAnswer(
-                    concept_model_score(p),
-                    agrees(
-                        p.concepts,
-                        draft_sentence(p.concepts, fired.get(f, [])),
-                        gold[f],
-                        fired.get(f, []),
-                        safety,
-                    ),
-                )
-                for f, p in learner.items()
-                if f in gold and p.concepts
-            },
-            set(learner),
-        )
-    ]
 
 
 def _llm_stage(

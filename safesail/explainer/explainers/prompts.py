@@ -302,36 +302,45 @@ def _system(labels: list[str], evidence: bool = False) -> str:
     )
 
 
-def marked_words(shown: Shown, mark_fraction: float) -> list[str]:
-    """The words holding the marked tokens of one context, in order: a marked piece of a word
-    stands for the whole word ("Q" of "al-Qaeda" is "qaeda", "ite" of "Shiite" is "shiite"),
-    since a reader, and an explanation, names words, not tokenizer pieces. Lower-case; words of
-    one character are dropped."""
+def marked_words(shown: Shown, mark_fraction: float) -> tuple[list[str], list[str]]:
+    """The words holding the marked tokens of one context, in order, and the marked pieces
+    that are less than their word: a marked piece stands for the whole word ("Q" of "al-Qaeda"
+    is "qaeda", "ite" of "Shiite" is "shiite"), since a reader, and an explanation, names
+    words; an explanation that quotes the piece as marked still names what fires. Lower-case;
+    one-character words and pieces are dropped."""
     top = float(shown.acts.max(initial=0.0))
     if top <= 0:
-        return []
+        return [], []
     text = "".join(shown.tokens)
     starts = np.cumsum([0] + [len(t) for t in shown.tokens])
-    words = [(m.start(), m.end(), m.group().lower()) for m in re.finditer(r"\w+", text)]
-    out: list[str] = []
+    found = [(m.start(), m.end(), m.group().lower()) for m in re.finditer(r"\w+", text)]
+    words: list[str] = []
+    pieces: list[str] = []
     for i, act in enumerate(shown.acts):
         if act < mark_fraction * top:
             continue
-        for begin, end, word in words:
-            if begin < starts[i + 1] and end > starts[i] and len(word) >= 2 and word not in out:
-                out.append(word)
-    return out
+        held = [w for b, e, w in found if b < starts[i + 1] and e > starts[i] and len(w) >= 2]
+        words += [w for w in held if w not in words]
+        piece = shown.tokens[i].strip().lower()
+        if len(piece) >= 2 and piece not in held and piece not in pieces:
+            pieces.append(piece)
+    return words, pieces
 
 
 def ranked_fired_tokens(contexts: list[Shown], mark_fraction: float) -> list[str]:
     """The marked words of the shown contexts (`marked_words`), the most frequent first (ties
-    in order of appearance): what an explanation must name, and what a sentence drafted
-    without an LLM quotes."""
-    counts: dict[str, int] = {}
+    in order of appearance), then the marked pieces: what an explanation must name one of,
+    and what a sentence drafted without an LLM quotes (its first ones, so words)."""
+    words: dict[str, int] = {}
+    pieces: dict[str, int] = {}
     for shown in contexts:
-        for word in marked_words(shown, mark_fraction):
-            counts[word] = counts.get(word, 0) + 1
-    return sorted(counts, key=lambda w: -counts[w])
+        held, parts = marked_words(shown, mark_fraction)
+        for word in held:
+            words[word] = words.get(word, 0) + 1
+        for piece in parts:
+            pieces[piece] = pieces.get(piece, 0) + 1
+    ranked = sorted(words, key=lambda w: -words[w])
+    return ranked + sorted((p for p in pieces if p not in words), key=lambda p: -pieces[p])
 
 
 def fired_tokens(contexts: list[Shown], mark_fraction: float) -> set[str]:
