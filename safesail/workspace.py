@@ -344,11 +344,11 @@ class Workspace:
         (Safe-SAIL's protocol: one configuration, searched on one layer, applied to all)."""
         chosen = self._selected_record()
         if chosen is None:
-            raise SafesailError("no SAE selected: run `safesail select` first")
+            raise SafesailError("no SAE selected — run `safesail select` first")
         if chosen.k is None or chosen.architecture != "topk":
             raise SafesailError(
                 f"the selected SAE {chosen.id} is a {chosen.architecture} SAE; only TopK "
-                "configurations are trained here (add SAEs for other layers with `safesail sae add`)"
+                "configurations are trained here — add SAEs for other layers with `safesail sae add`"
             )
         specs = [
             SaeSpec(layer, chosen.d_sae, chosen.k) for layer in layers if layer != chosen.layer
