@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from safesail.config import SaeSpec, TrainConfig
 from safesail.db.tables import SaeRecord
@@ -288,38 +288,3 @@ def gather_residuals(
         for layer in layers:
             parts[layer].append(out[layer])
     return {layer: torch.cat(chunks) for layer, chunks in parts.items()}
-
-
-WORKSPACE_ROOT = "workspace_root"
-"""Meta key: the folder the workspace's SAE paths were written under."""
-
-
-def rebase_sae_paths(session: Session, root: Path) -> int:
-    """Point the SAE records of a workspace that was copied or moved at the SAE folders under
-    its new `root`, not the original's (which may be gone, or be changed by someone else).
-    A path under the recorded old root is relative to the workspace, so it follows even when
-    the folder is not there yet: a copy whose database was opened before its `saes/` arrived
-    must not keep reading the original's files (a missing folder is an error at load, naming
-    the path). Paths outside the old root (an SAE added from elsewhere) stay. A workspace
-    written before the root was recorded: its SAEs under a `saes/` folder are taken to be its
-    own, but only where the copy has that folder, as that root is a guess. Returns how many
-    records moved."""
-    from safesail.db.tables import get_meta, set_meta
-
-    root = root.resolve()
-    old = get_meta(session, WORKSPACE_ROOT)
-    moved = 0
-    if old != str(root):
-        for record in session.exec(select(SaeRecord).where(SaeRecord.path != "")):
-            path = Path(record.path)
-            base = (
-                Path(old) if old else (path.parent.parent if path.parent.name == "saes" else None)
-            )
-            if base is None or not path.is_relative_to(base):
-                continue
-            target = root / path.relative_to(base)
-            if target != path and (old or target.is_dir()):
-                record.path = str(target)
-                moved += 1
-        set_meta(session, WORKSPACE_ROOT, str(root))
-    return moved
