@@ -47,7 +47,7 @@ def webhook_server(
         httpd = ThreadingHTTPServer(("127.0.0.1", port), Hook)
     except OSError as exc:
         raise SafesailError(
-            f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); pass another --listen-port"
+            f"cannot listen on 127.0.0.1:{port} ({exc.strerror}) — pass another --listen-port"
         ) from None
     try:
         if not config.url:

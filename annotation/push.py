@@ -105,7 +105,7 @@ def push(
     try:
         PushConfig(batch=n, strategy=strategy, overlap=overlap)
     except ValueError as exc:
-        raise SafesailError(str(exc)) from None
+        raise SafesailError(f"{exc} — fix that flag (`safesail label push --help`)") from None
     client = open_client(ws, config)
     project_id, key = ensure_project(ws, client)
     sae_id = require_selected_sae(ws.engine)
@@ -196,8 +196,8 @@ def _import_once(
         ids = list(response.task_ids or [])
         if len(ids) != len(rest):
             raise SafesailError(
-                f"Label Studio returned {len(ids)} task ids for {len(rest)} tasks; "
-                "rerun to reconcile"
+                f"Label Studio returned {len(ids)} task ids for {len(rest)} tasks — "
+                "rerun `safesail label push` to reconcile"
             )
         for task, task_id in zip(rest, ids, strict=True):
             skey = task["data"]["safesail_key"]

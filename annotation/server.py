@@ -164,12 +164,13 @@ def ensure_installed(cache_dir: Path, progress: bool = True) -> Path:
                 if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode:
                     tail = log.read_text(errors="replace").strip().splitlines()[-1:]
                     raise SafesailError(
-                        f"installing Label Studio failed ({' '.join(tail)}); see {log}"
+                        f"installing Label Studio failed ({' '.join(tail)}) — read {log}, fix that, "
+                        "and rerun `safesail setup`"
                     )
         if wrong := lock_mismatches(cache_dir):
             raise SafesailError(
                 f"Label Studio's venv does not match {LOCK.name} after install: "
-                f"{', '.join(wrong[:3])}; see {log}"
+                f"{', '.join(wrong[:3])} — read {log}, then rerun `safesail setup`"
             )
         marker.write_text(wanted)
         if progress:
@@ -299,12 +300,13 @@ def up(
     current = status(workspace)
     if current.running:
         if not current.healthy and not _wait_healthy(current.url, config.start_timeout):
-            raise SafesailError(f"Label Studio (pid {current.pid}) runs but is not healthy")
+            raise SafesailError(f"Label Studio (pid {current.pid}) runs but is not healthy — restart it: "
+                "`safesail labelstudio down`, then `safesail labelstudio up`")
         return status(workspace)
     if not _port_free(config.host, config.port):
         raise SafesailError(
-            f"port {config.port} on {config.host} is in use; pass another --port "
-            "(Label Studio would silently move to another one)"
+            f"port {config.port} on {config.host} is in use (Label Studio would silently move to "
+            "another one) — pass another --port"
         )
     exe = ensure_installed(cache_dir, progress)
     creds = credentials(workspace)
@@ -341,7 +343,7 @@ def up(
     try:  # interrupted while waiting: stop it, so no server runs that `down` cannot find
         url = _wait_ready(proc, p.log, offset, config.start_timeout)
         if not _wait_healthy(url, config.start_timeout):
-            raise SafesailError(f"Label Studio did not become healthy at {url}; see {p.log}")
+            raise SafesailError(f"Label Studio did not become healthy at {url} — read {p.log}, then rerun")
     except BaseException:
         stop_group(proc.pid, STOP_GRACE_S)
         p.pid.unlink(missing_ok=True)
@@ -369,9 +371,9 @@ def _wait_ready(proc: subprocess.Popen, log: Path, offset: int, timeout: float) 
             return match.group(1).rstrip("/")
         if proc.poll() is not None:
             last = " | ".join(text.strip().splitlines()[-3:])
-            raise SafesailError(f"Label Studio exited with code {proc.returncode}: {last}")
+            raise SafesailError(f"Label Studio exited with code {proc.returncode} ({last}) — read {log}, then rerun")
         time.sleep(1.0)
-    raise SafesailError(f"Label Studio did not start within {timeout:.0f} s; see {log}")
+    raise SafesailError(f"Label Studio did not start within {timeout:.0f} s — read {log}, then rerun")
 
 
 def _wait_healthy(url: str, timeout: float) -> bool:

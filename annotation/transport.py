@@ -76,12 +76,13 @@ class Client:
                 transient = code is None or code == 429 or code >= 500
                 if not transient:
                     body = str(getattr(exc, "body", exc))[:200]
-                    raise SafesailError(f"Label Studio at {self.url}: {code} {body}") from None
+                    raise SafesailError(f"Label Studio at {self.url} refused the request ({code} {body}) — check "
+                        "--ls-url points at a Label Studio of a matching version") from None
                 if attempt == self.config.retries:
                     what = f"HTTP {code}" if code else type(exc).__name__
                     raise SafesailError(
                         f"Label Studio at {self.url} is unreachable or failing ({what}) after "
-                        f"{attempt + 1} attempts; start it (`safesail labelstudio up`) and rerun: "
+                        f"{attempt + 1} attempts — start it (`safesail labelstudio up`) and rerun: "
                         "the run resumes where it stopped"
                     ) from None
                 time.sleep(delay)
@@ -92,7 +93,7 @@ class Client:
 def _token_from_file(path: Path) -> str:
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SafesailError(f"token file {path} is readable by others; chmod 600 it")
+        raise SafesailError(f"token file {path} is readable by others — chmod 600 it")
     return path.read_text().strip()
 
 
@@ -106,13 +107,13 @@ def open_client(ws: Workspace, config: ClientConfig | None = None) -> Client:
             token = os.environ["LABEL_STUDIO_API_KEY"]
         else:
             raise SafesailError(
-                "--ls-url needs a token: set LABEL_STUDIO_API_KEY or pass --ls-token-file"
+                "--ls-url was given without a token — set LABEL_STUDIO_API_KEY or pass --ls-token-file"
             )
         return Client(config.url, token, config)
     p = server.paths(ws.config.workspace)
     if not p.state.exists():
         raise SafesailError(
-            "Label Studio is not started for this workspace: run `safesail labelstudio up` "
+            "Label Studio is not started for this workspace — run `safesail labelstudio up` "
             "(or pass --ls-url for an existing server)"
         )
     url = json.loads(p.state.read_text())["url"]

@@ -127,11 +127,13 @@ def start_background(ws: Workspace, port: int, address: str = LOCAL) -> dict[str
     while not _healthy(health):
         if proc.poll() is not None:
             raise SafesailError(
-                f"the app exited at start (port {port} busy?); see {Path(log.name)}"
+                f"the app exited at start (port {port} busy?) — read {Path(log.name)}, or pass "
+                "another --port"
             )
         if time.monotonic() > deadline:
             stop_group(proc.pid, STOP_GRACE_S)
-            raise SafesailError(f"the app did not answer on {url} in {START_TIMEOUT_S} s")
+            raise SafesailError(f"the app did not answer on {url} in {START_TIMEOUT_S} s — read {Path(log.name)}, "
+                "then rerun")
         time.sleep(0.5)
     info = {"pid": proc.pid, "started": started, "port": port, "address": address, "url": url}
     (Path(ws.config.workspace) / PID_FILE).write_text(json.dumps(info))

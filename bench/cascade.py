@@ -150,7 +150,7 @@ def main() -> None:
     source.engine.dispose()
     if selected != ref.sae_id:
         raise SafesailError(
-            f"the workspace's selected SAE is {selected}, the reference set's {ref.sae_id}: "
+            f"the workspace's selected SAE is {selected}, the reference set's {ref.sae_id} — run "
             f"`safesail select --sae {ref.sae_id}` in a copy first"
         )
     n_dev, n_test = len(ref.half("dev")), len(ref.half("test"))

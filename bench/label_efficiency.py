@@ -80,14 +80,14 @@ class Data:
 
 def _workspace(workspace: Path) -> Workspace:
     if not (workspace / "safesail.db").exists():
-        raise SafesailError(f"no workspace at {workspace}: run make demo first")
+        raise SafesailError(f"no workspace at {workspace} — run `make demo` first")
     ws = Workspace(WorkspaceConfig(workspace))
     with Session(ws.engine) as session:
         collected = session.exec(
             select(func.count()).select_from(Feature).where(Feature.examples.is_not(None))
         ).one()
     if not collected:
-        raise SafesailError(f"{workspace} has no collected features: run make demo first")
+        raise SafesailError(f"{workspace} has no collected features — run `make demo` first")
     return ws
 
 

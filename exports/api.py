@@ -32,7 +32,7 @@ from safesail.procs import pid_alive, start_time
 
 def get_format(name: str) -> Format:
     if name not in FORMATS:
-        raise SafesailError(f"unknown format '{name}'; known: {', '.join(FORMATS)}")
+        raise SafesailError(f"unknown format '{name}' — use --format {' or '.join(FORMATS)}")
     return FORMATS[name]
 
 

@@ -62,8 +62,8 @@ def db_identity(model: str | None, width: int | None) -> SaeIdentity:
     width = width or (base.d_sae if base else None)
     if width is None:
         raise SafesailError(
-            f"what width are the SAEs of {model} this DB explains? pass --db-width N (or --sae ID "
-            "for an SAE of this workspace)"
+            f"the width of the SAEs of {model} this DB explains is unknown — pass --db-width N "
+            "(or --sae ID for an SAE of this workspace)"
         )
     same = base is not None and width == base.d_sae
     return SaeIdentity(
@@ -98,12 +98,13 @@ def import_safesail_db(
         if model != sae_model:
             raise SafesailError(
                 f"this Safe-SAIL DB explains SAE features of {model}; SAE {sae.id} belongs to "
-                f"{sae_model}: not attaching them (import without --sae to register the DB's own "
-                "SAE, or pass --db-model if the DB was written for this model)"
+                f"{sae_model}, so they are not attached — import without --sae to register the DB's "
+                "own SAE, or pass --db-model if the DB was written for this model"
             )
         if db_width is not None and db_width != sae.d_sae:
             raise SafesailError(
-                f"this Safe-SAIL DB explains width-{db_width} SAEs; SAE {sae.id} has {sae.d_sae}"
+                f"this Safe-SAIL DB explains width-{db_width} SAEs; SAE {sae.id} has {sae.d_sae} — "
+                f"pass --sae an SAE of width {db_width}, or --db-width if the DB's is another"
             )
         records, skipped = reader(path, {}, sae)
         for r in records:

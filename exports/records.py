@@ -109,9 +109,9 @@ def require_sae(engine: Engine, sae_id: str | None) -> SaeRecord:
     with Session(engine) as session:
         chosen = sae_id or selected_sae(session)
         if chosen is None:
-            raise SafesailError("no SAE given and none selected: pass --sae ID")
+            raise SafesailError("no SAE given and none selected — pass --sae ID")
         record = session.get(SaeRecord, chosen)
         if record is None:
             known = ", ".join(r.id for r in session.exec(select(SaeRecord))) or "none"
-            raise SafesailError(f"unknown SAE '{chosen}' (SAEs here: {known})")
+            raise SafesailError(f"unknown SAE '{chosen}' — pass --sae one of: {known}")
         return record

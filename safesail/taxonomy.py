@@ -48,7 +48,8 @@ def _compile(name: str, fragments: tuple[str, ...]) -> re.Pattern[str]:
     try:
         return re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", flags)
     except re.error as exc:
-        raise SafesailError(f"taxonomy concept '{name}' has a bad keyword regex: {exc}") from exc
+        raise SafesailError(f"taxonomy concept '{name}' has a bad keyword regex ({exc}) — fix that keyword in the "
+            "taxonomy file") from exc
 
 
 def normalize_name(name: str) -> str:
@@ -69,11 +70,12 @@ class Taxonomy:
         self.sources = dict(sources or {})
         self.about = about
         if BENIGN not in concepts:
-            raise SafesailError(f"the taxonomy needs a '{BENIGN}' concept")
+            raise SafesailError(f"the taxonomy has no '{BENIGN}' concept — add one with \"safety\": false")
         for key, names in self.sources.items():
             for name in names:
                 if name not in concepts:
-                    raise SafesailError(f"taxonomy source '{key}' maps to unknown concept '{name}'")
+                    raise SafesailError(f"taxonomy source '{key}' maps to unknown concept '{name}' — add "
+                        f"'{name}' to 'concepts' or drop it from that source")
         self._patterns: dict[str, re.Pattern[str]] = {}
         self._term_patterns: dict[str, re.Pattern[str]] = {}
         for concept in concepts.values():
@@ -96,54 +98,60 @@ class Taxonomy:
         except (OSError, UnicodeDecodeError) as exc:
             raise SafesailError(f"cannot read taxonomy file {path}: {exc} — save it as UTF-8 JSON") from exc
         except json.JSONDecodeError as exc:
-            raise SafesailError(f"taxonomy file {path} is not valid JSON: {exc}") from exc
+            raise SafesailError(f"taxonomy file {path} is not valid JSON ({exc}) — fix it there") from exc
         return cls.from_json(raw, origin=str(path))
 
     @classmethod
     def from_json(cls, raw: Any, origin: str = "taxonomy") -> Taxonomy:
         """Build from the parsed JSON object, checking every field a user might get wrong."""
         if not isinstance(raw, dict) or not isinstance(raw.get("concepts"), dict):
-            raise SafesailError(f"{origin}: expected an object with a 'concepts' object")
+            raise SafesailError(f"{origin} has no 'concepts' object — write it as {{\"concepts\": {{name: {{...}}}}}} "
+                "(as safesail/data/taxonomy.json)")
         if not raw["concepts"]:
-            raise SafesailError(f"{origin}: 'concepts' is empty")
+            raise SafesailError(f"{origin}: 'concepts' is empty — add the safety concepts and '{BENIGN}'")
         concepts: dict[str, Concept] = {}
         for name, spec in raw["concepts"].items():
             if not isinstance(name, str) or not _NAME_OK.match(name):
                 raise SafesailError(
-                    f"{origin}: concept name {name!r} must be lowercase letters, digits, '_'"
+                    f"{origin}: concept name {name!r} is not a plain name — rename it to lowercase "
+                    "letters, digits and '_'"
                 )
             if not isinstance(spec, dict):
-                raise SafesailError(f"{origin}: concept '{name}' must be an object")
+                raise SafesailError(f"{origin}: concept '{name}' is not an object — give it as "
+                    "{\"description\": ..., \"safety\": ...}")
             description = spec.get("description", "")
             safety = spec.get("safety")
             keywords = spec.get("keywords", [])
             if not isinstance(description, str):
-                raise SafesailError(f"{origin}: concept '{name}' description must be a string")
+                raise SafesailError(f"{origin}: concept '{name}' description is not a string — write it as text")
             if not isinstance(safety, bool):
-                raise SafesailError(f"{origin}: concept '{name}' needs 'safety': true or false")
+                raise SafesailError(f"{origin}: concept '{name}' has no boolean 'safety' — set \"safety\": true or false")
             if not isinstance(keywords, list) or not all(
                 isinstance(k, str) and k.strip() for k in keywords
             ):
                 raise SafesailError(
-                    f"{origin}: concept '{name}' keywords must be a list of non-empty strings"
+                    f"{origin}: concept '{name}' keywords are not a list of non-empty strings — "
+                    "give them as [\"word\", ...]"
                 )
             terms = spec.get("terms", [])
             if not isinstance(terms, list) or not all(
                 isinstance(t, str) and t.strip() for t in terms
             ):
                 raise SafesailError(
-                    f"{origin}: concept '{name}' terms must be a list of non-empty strings"
+                    f"{origin}: concept '{name}' terms are not a list of non-empty strings — "
+                    "give them as [\"word\", ...]"
                 )
             concepts[name] = Concept(name, description, safety, tuple(keywords), tuple(terms))
         if BENIGN in concepts and concepts[BENIGN].safety:
-            raise SafesailError(f"{origin}: concept '{BENIGN}' must have 'safety': false")
+            raise SafesailError(f"{origin}: concept '{BENIGN}' is marked as a safety concept — set its \"safety\": false")
         raw_sources = raw.get("sources", {})
         if not isinstance(raw_sources, dict):
-            raise SafesailError(f"{origin}: 'sources' must be an object")
+            raise SafesailError(f"{origin}: 'sources' is not an object — give it as {{source: [concept, ...]}}")
         sources: dict[str, tuple[str, ...]] = {}
         for key, names in raw_sources.items():
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise SafesailError(f"{origin}: source '{key}' must map to a list of concepts")
+                raise SafesailError(f"{origin}: source '{key}' does not map to a list of concepts — give it as "
+                    "[concept, ...]")
             sources[key] = tuple(names)
         about = raw.get("about", "")
         return cls(concepts, sources, about if isinstance(about, str) else "")
@@ -153,7 +161,7 @@ class Taxonomy:
         canonical = normalize_name(name) if isinstance(name, str) else ""
         if canonical not in self.concepts:
             known = ", ".join(self.concepts)
-            raise SafesailError(f"unknown concept '{name}'; known concepts: {known}")
+            raise SafesailError(f"unknown concept '{name}' — use one of {known}")
         return canonical
 
     def safety_concepts(self) -> list[str]:

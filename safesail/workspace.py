@@ -44,6 +44,51 @@ if TYPE_CHECKING:
     from safesail.collection.residuals import ResidualStore
 
 
+WORKSPACE_ROOT = "workspace_root"
+"""Meta key: the folder the workspace's own paths (SAE folders, taxonomy file) were written
+under."""
+TAXONOMY_PATH = "taxonomy_path"
+"""Meta key: the workspace's taxonomy file (absent: the packaged default)."""
+
+
+def _moved(path: Path, base: Path | None, root: Path) -> Path | None:
+    """`path`, written under the folder `base`, at the same place under `root`; None for a path
+    outside `base` (a file added from elsewhere stays where it is)."""
+    if base is None or not path.is_relative_to(base):
+        return None
+    return root / path.relative_to(base)
+
+
+def rebase_paths(session: Session, root: Path) -> int:
+    """Point the paths a copied or moved workspace keeps, its SAE folders and its taxonomy
+    file, at their places under its new `root`, not the original's (which may be gone, or be
+    changed by someone else). A path under the recorded old root is relative to the
+    workspace, so it follows even when the file is not there yet: a copy whose database was
+    opened before its `saes/` arrived must not keep reading the original's files (a missing
+    file is an error at load, naming the path). Paths outside the old root (an SAE or a
+    taxonomy from elsewhere) stay. A workspace written before the root was recorded: its SAEs
+    under a `saes/` folder are taken to be its own, but only where the copy has that folder,
+    as that root is a guess. Returns how many paths moved."""
+    root = root.resolve()
+    old = get_meta(session, WORKSPACE_ROOT)
+    if old == str(root):
+        return 0
+    moved = 0
+    for record in session.exec(select(SaeRecord).where(SaeRecord.path != "")):
+        path = Path(record.path)
+        base = Path(old) if old else (path.parent.parent if path.parent.name == "saes" else None)
+        target = _moved(path, base, root)
+        if target is not None and target != path and (old or target.is_dir()):
+            record.path = str(target)
+            moved += 1
+    taxonomy = get_meta(session, TAXONOMY_PATH)
+    if old and taxonomy and (target := _moved(Path(taxonomy), Path(old), root)) is not None:
+        set_meta(session, TAXONOMY_PATH, str(target))
+        moved += 1
+    set_meta(session, WORKSPACE_ROOT, str(root))
+    return moved
+
+
 class Workspace:
     """A folder (and database) holding one project's corpus, SAEs, features and labels."""
 
@@ -56,11 +101,9 @@ class Workspace:
             model_name = model_name or lm.name
         config.workspace.mkdir(parents=True, exist_ok=True)
         self.engine = open_db(config.resolved_db_url)
-        if config.db_url is None:  # the database travels with the folder: so do its SAE paths
-            from safesail.model.saes import rebase_sae_paths
-
+        if config.db_url is None:  # the database travels with the folder: so do its own paths
             with session_scope(self.engine) as session:
-                rebase_sae_paths(session, config.workspace)
+                rebase_paths(session, config.workspace)
         with Session(self.engine) as session:
             stored = get_meta(session, "model")
         if model_name:
@@ -82,13 +125,13 @@ class Workspace:
     @property
     def taxonomy(self) -> Taxonomy:
         with Session(self.engine) as session:
-            stored = get_meta(session, "taxonomy_path")
+            stored = get_meta(session, TAXONOMY_PATH)
         return Taxonomy.load(Path(stored) if stored else None)
 
     def use_taxonomy(self, path: Path) -> Taxonomy:
         taxonomy = Taxonomy.load(path)
         with session_scope(self.engine) as session:
-            set_meta(session, "taxonomy_path", str(path.resolve()))
+            set_meta(session, TAXONOMY_PATH, str(path.resolve()))
         return taxonomy
 
     def add_corpus(self, records: Sequence[Any]) -> int:
@@ -344,11 +387,11 @@ class Workspace:
         (Safe-SAIL's protocol: one configuration, searched on one layer, applied to all)."""
         chosen = self._selected_record()
         if chosen is None:
-            raise SafesailError("no SAE selected: run `safesail select` first")
+            raise SafesailError("no SAE selected — run `safesail select` first")
         if chosen.k is None or chosen.architecture != "topk":
             raise SafesailError(
                 f"the selected SAE {chosen.id} is a {chosen.architecture} SAE; only TopK "
-                "configurations are trained here (add SAEs for other layers with `safesail sae add`)"
+                "configurations are trained here — add SAEs for other layers with `safesail sae add`"
             )
         specs = [
             SaeSpec(layer, chosen.d_sae, chosen.k) for layer in layers if layer != chosen.layer

@@ -157,7 +157,8 @@ def _read_neuronpedia(path: Path, _manifest: dict, _sae: SaeRecord | None):
         folder = folder / NP_FOLDER
     batches = sorted(folder.glob("batch-*.json"))
     if not batches:
-        raise SafesailError(f"no Neuronpedia upload batches (batch-*.json) at {path}")
+        raise SafesailError(f"no Neuronpedia upload batches (batch-*.json) at {path} — point at the folder a "
+            "neuronpedia export wrote")
     scores: dict[tuple, list[dict]] = {}
     score_file = (folder.parent if folder.name == NP_FOLDER else folder) / "scores.jsonl"
     if score_file.is_file():
@@ -245,7 +246,8 @@ def _write_delphi(records: list[ExportRecord], out: Path) -> dict[str, Any]:
 def _read_delphi(path: Path, manifest: dict, sae: SaeRecord | None):
     folder = path / "explanations" if (path / "explanations").is_dir() else path
     if not folder.is_dir():
-        raise SafesailError(f"no delphi explanations folder at {path}")
+        raise SafesailError(f"no delphi explanations folder at {path} — point at the folder a delphi export wrote "
+            "(or its explanations/ folder)")
     records, skipped = [], []
     for file in sorted(folder.iterdir()):
         match = _DELPHI_FILE.match(file.name)

@@ -87,10 +87,12 @@ def inside(out: Path, *parts: str) -> Path:
             or any(c in part for c in "/\\\0")
             or Path(part).is_absolute()
         ):
-            raise SafesailError(f"refusing to write {part!r}: it would leave the export folder")
+            raise SafesailError(f"refusing to write {part!r}: it would leave the export folder — export that SAE "
+                "under a plain id (letters, digits, '.', '_', '-')")
     target = out.joinpath(*parts)
     if not target.resolve().is_relative_to(out.resolve()):
-        raise SafesailError(f"refusing to write {target}: it would leave the export folder {out}")
+        raise SafesailError(f"refusing to write {target}: it would leave the export folder {out} — remove the link "
+            "there, or give another --out")
     return target
 
 

@@ -40,7 +40,8 @@ def read_neuron_db(file: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise SafesailError(f"cannot read Safe-SAIL DB {file}: {exc} — check it is a whole UTF-8 JSON file") from None
     if not isinstance(db, dict):
-        raise SafesailError(f"{file} is not a Safe-SAIL neuron DB (expected a JSON object)")
+        raise SafesailError(f"{file} is not a Safe-SAIL neuron DB (not a JSON object) — point at the DB's JSON file, "
+            "or give --format")
     return db
 
 
@@ -80,7 +81,7 @@ def read_safesail_db(
     for file in files:
         target = (manifest.get("modules") or {}).get(file.name) or (sae.id if sae else None)
         if target is None and not by_layer:
-            raise SafesailError(f"which SAE does {file.name} belong to? pass --sae ID")
+            raise SafesailError(f"{file.name} does not say which SAE it explains — pass --sae ID")
         layer = sae.layer if sae and sae.id == target else None
         db = read_neuron_db(file)
         for key, row in db.items():

@@ -180,8 +180,8 @@ class RefusalMeter:
         tok: Any = lm.tokenizer
         if not getattr(tok, "chat_template", None):
             raise SafesailError(
-                f"{lm.name} has no chat template: the causal check measures how a chat model "
-                "answers, so it needs an instruction-tuned model"
+                f"{lm.name} has no chat template, and the causal check measures how a chat model "
+                "answers — pass an instruction-tuned model with --model"
             )
         self.prompt_ids = [chat_ids(tok, p) for p in prompts]
         # batches of similar length waste little on padding; results go back in prompt order

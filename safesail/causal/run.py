@@ -82,7 +82,7 @@ def run_causal(
         if layer < site.layer:
             raise SafesailError(
                 f"readout_layer {layer} is upstream of {sae_id}'s site (layer {site.layer}), so "
-                f"no edit there can reach it: use --readout-layer {site.layer} or later"
+                f"no edit there can reach it — use --readout-layer {site.layer} or later"
             )
         labels = safety_labels(session, sae_id, safety)
         if features is not None:
@@ -90,7 +90,8 @@ def run_causal(
             if missing:
                 raise SafesailError(
                     f"feature(s) {', '.join(map(str, missing))} of {sae_id} have no human "
-                    "safety label: the causal check runs on labeled safety features"
+                    "safety label — label them first (`safesail label push`, then `safesail label pull`), "
+                    "or leave them out of --feature"
                 )
             labels = {f: labels[f] for f in features}
         done = scored_explanations(session, version)

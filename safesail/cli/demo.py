@@ -117,8 +117,8 @@ def demo(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
         except SafesailError as exc:
             again = f"`{plugin.resume(args)}` reruns only this step; " if plugin.resume else ""
             raise SafesailError(
-                f"demo step '{plugin.name}' failed: {exc}. Earlier steps are kept: {again}"
-                "rerunning the demo skips the finished ones"
+                f"demo step '{plugin.name}' failed ({exc}); earlier steps are kept — fix that, then "
+                f"{again}rerunning the demo skips the finished ones"
             ) from None
     print(f"\n{times.report()}")
     print(

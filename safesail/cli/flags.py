@@ -103,6 +103,15 @@ def add_config_flags(
         parser.add_argument(flag, dest=name, default=None, help=text.replace("%", "%%"), **spec)
 
 
+def command_name(args: argparse.Namespace) -> str:
+    """The subcommand as typed ("collect", "sae add"), for messages that name its `--help`."""
+    action = getattr(args, "action", None)
+    command = getattr(args, "command", None)
+    if not isinstance(command, str):
+        return ""
+    return f"{command} {action}" if isinstance(action, str) else command
+
+
 def config_from_args(
     cls: type[C], args: argparse.Namespace, names: Iterable[str], **extra: Any
 ) -> C:
@@ -124,4 +133,5 @@ def config_from_args(
     try:
         return cls(**{**given, **extra})
     except ValueError as exc:
-        raise SafesailError(str(exc)) from None
+        usage = " ".join(filter(None, ["safesail", command_name(args), "--help"]))
+        raise SafesailError(f"{exc} — fix that flag's value (`{usage}` lists them)") from None

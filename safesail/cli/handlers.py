@@ -58,7 +58,7 @@ def sae_specs(values: list[str] | None) -> list[SaeSpec]:
     try:
         return [SaeSpec.parse(v) for v in values]
     except ValueError as exc:
-        raise SafesailError(str(exc)) from None
+        raise SafesailError(f"{exc} — give --spec as LAYER:WIDTH:K") from None
 
 
 def corpus_build(ws: Workspace, args: argparse.Namespace, progress: bool) -> None:
@@ -92,7 +92,7 @@ def sae_train(ws: Workspace, args: argparse.Namespace, progress: bool) -> None:
     train = config_from_args(TrainConfig, args, TRAIN_FLAGS)
     if args.at_layers is not None:
         if args.spec:
-            raise SafesailError("give --spec or --at-layers, not both")
+            raise SafesailError("--spec and --at-layers both name the SAEs to train — give one of them, not both")
         trained = ws.train_configuration(args.at_layers, train)
     else:
         trained = ws.train_saes(sae_specs(args.spec), train)
@@ -103,12 +103,12 @@ def sae_add(ws: Workspace, args: argparse.Namespace, progress: bool) -> None:
     """`safesail sae add`: an SAE from a folder or a pretrained sae-lens release."""
     if args.release:
         if not args.sae_id:
-            raise SafesailError("--release needs --sae-id (the SAE inside the release)")
+            raise SafesailError("--release names a set of SAEs, not one — add --sae-id ID (the SAE inside the release)")
         print(f"added {ws.add_pretrained(args.release, args.sae_id, layer=args.layer)}")
     elif args.path:
         print(f"added {ws.add_sae(args.path, layer=args.layer, sae_id=args.record_id)}")
     else:
-        raise SafesailError("sae add needs --path DIR or --release NAME --sae-id ID")
+        raise SafesailError("sae add was given no SAE — pass --path DIR, or --release NAME --sae-id ID")
 
 
 def sae_remove(ws: Workspace, args: argparse.Namespace, progress: bool) -> None:

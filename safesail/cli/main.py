@@ -13,7 +13,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from safesail.cli.commands import WORKSPACE_FLAGS, build_parser
-from safesail.cli.flags import config_from_args
+from safesail.cli.flags import command_name, config_from_args
 from safesail.config import WorkspaceConfig
 from safesail.errors import SafesailError
 
@@ -28,11 +28,6 @@ CREATE_WORKSPACE = {"corpus build", "corpus add", "sae train", "sae add", "demo"
 and a mistyped `--workspace` must be an error, not a stray empty workspace reported as "0 texts"."""
 NO_WORKSPACE = {"llm", "labelstudio"}
 """Commands that run a server beside a workspace rather than read one."""
-
-
-def _command(args: argparse.Namespace) -> str:
-    action = getattr(args, "action", None)
-    return f"{args.command} {action}" if isinstance(action, str) else args.command
 
 
 def check_workspace(config: WorkspaceConfig, create: bool) -> None:
@@ -63,7 +58,7 @@ def _workspace(args: argparse.Namespace) -> Workspace:
     from safesail.workspace import Workspace as Core
 
     config = config_from_args(WorkspaceConfig, args, WORKSPACE_FLAGS)
-    command = _command(args)
+    command = command_name(args)
     check_workspace(config, create=command in CREATE_WORKSPACE or args.command in NO_WORKSPACE)
     try:
         return Core(config, args.model)

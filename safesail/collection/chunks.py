@@ -47,7 +47,7 @@ def stored_chunks(
             row = session.get(ActivationChunk, (sae_id, index))
             if row is None:
                 raise SafesailError(
-                    f"SAE {sae_id}: chunk {index} is missing; rerun `safesail collect`"
+                    f"SAE {sae_id}: chunk {index} is missing — rerun `safesail collect`"
                 )
             arrays = unpack_arrays(row.data, "" if tokens else "txt")
             yield index, unpack_csr("tok", arrays) if tokens else None, unpack_csr("txt", arrays)
@@ -84,7 +84,7 @@ class StoredTextMaxima:
             record = session.get(SaeRecord, sae_id)
         if not self.plan or record is None or not record.collected:
             raise SafesailError(
-                f"SAE {sae_id} has no collected activations; run `safesail collect`"
+                f"SAE {sae_id} has no collected activations — run `safesail collect`"
             )
         self.engine, self.sae_id = engine, sae_id
         self.text_ids = [t for chunk in self.plan for t in chunk]
@@ -245,5 +245,5 @@ def concept_token_counts(
         tokens += np.asarray(per_token.sum(axis=0)).ravel()
         tokens_all += tok.shape[0]
     if fires is None or fires_all is None:
-        raise SafesailError(f"SAE {sae_id} has no collected activations; run `safesail collect`")
+        raise SafesailError(f"SAE {sae_id} has no collected activations — run `safesail collect`")
     return ConceptTokenCounts(list(names), fires, tokens, fires_all, tokens_all)

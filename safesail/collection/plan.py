@@ -62,7 +62,7 @@ def chunk_plan(engine: Engine, chunk_texts: int) -> list[list[int]]:
         lengths = {c.text_id: len(c.token_ids) for c in session.exec(select(Context))}
         if not lengths:
             raise SafesailError(
-                "the corpus is empty: run `safesail corpus build` or `corpus add` first"
+                "the corpus is empty — run `safesail corpus build` or `safesail corpus add` first"
             )
         plan = plan_chunks(lengths, chunk_texts)
         if get_meta(session, "chunk_plan") != plan:

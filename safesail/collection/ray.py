@@ -227,7 +227,7 @@ def _plan_workers(config: RayConfig, chunks: int, *, sqlite: bool) -> tuple[int,
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     if sqlite and nodes > 1:
         raise SafesailError(
-            f"the Ray cluster has {nodes} nodes but the database is a SQLite file on this one; "
+            f"the Ray cluster has {nodes} nodes but the database is a SQLite file on this one — "
             "give a --db-url every node reaches (postgresql+psycopg://...)"
         )
     per_gpu = 1 if gpus else 0
@@ -236,7 +236,7 @@ def _plan_workers(config: RayConfig, chunks: int, *, sqlite: bool) -> tuple[int,
     if n * config.cpus > cpus or n * per_gpu > gpus:
         raise SafesailError(
             f"the Ray cluster has {cpus} CPUs and {gpus} GPUs; {n} workers need "
-            f"{n * config.cpus} CPUs and {n * per_gpu} GPUs (lower --ray-workers or --ray-cpus)"
+            f"{n * config.cpus} CPUs and {n * per_gpu} GPUs — lower --ray-workers or --ray-cpus"
         )
     return n, per_gpu
 
@@ -323,7 +323,7 @@ def collect_on_ray(
     try:
         import ray  # noqa: F401 - the extra this needs
     except ImportError:
-        raise SafesailError("--ray needs Ray: pip install 'safesail[ray]'") from None
+        raise SafesailError("--ray needs Ray, which is not installed — pip install 'safesail[ray]'") from None
     require_saes(ws.engine)
     runner = RayRunner(
         ray_config or RayConfig(),

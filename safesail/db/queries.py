@@ -34,14 +34,14 @@ def chunked(values: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
 
 
 NO_SAE_SELECTED = (
-    "no SAE selected yet: run `safesail select` and `safesail triage` (or `safesail demo`)"
+    "no SAE selected yet — run `safesail select` and `safesail triage` (or `safesail demo`)"
 )
 
 COVERAGE_STATES = ("human-labeled", "auto-accepted", "queued for humans", "unexplained")
 """Coverage states of a safety candidate, best first (the app's stacked bars keep this order)."""
 
 
-NO_SAES = "no SAEs in this workspace: run `safesail sae train` or `safesail sae add`"
+NO_SAES = "no SAEs in this workspace — run `safesail sae train` or `safesail sae add`"
 LIST_SAES = "`safesail sae list` shows the SAEs here"
 """The what-to-do of every unknown-SAE error: one wording, one place."""
 
@@ -58,7 +58,8 @@ def check_model(stored: str | None, name: str) -> None:
     comparable with them, so asking for ``name`` instead is an error."""
     if stored is not None and stored != name:
         raise SafesailError(
-            f"this workspace was built with model '{stored}', not '{name}'; use another --workspace"
+            f"this workspace was built with model '{stored}', not '{name}' — pass --model {stored}, "
+            "or use another --workspace"
         )
 
 

@@ -244,17 +244,19 @@ def open_db(url: str) -> Engine:
     except ImportError as exc:
         raise SafesailError(
             f"cannot open database URL '{shown}': its driver is not installed "
-            f"({_masked(exc, url)}); pip install it"
+            f"({_masked(exc, url)}) — pip install it"
         ) from None
     except (ArgumentError, ValueError) as exc:
-        raise SafesailError(f"cannot open database URL '{shown}': {_masked(exc, url)}") from None
+        raise SafesailError(f"cannot open database URL '{shown}' ({_masked(exc, url)}) — give --db-url as "
+            "dialect+driver://user:password@host/name, or leave it out for the workspace's SQLite file") from None
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
         SQLModel.metadata.create_all(engine)
         _add_missing_columns(engine)
     except OperationalError as exc:
-        raise SafesailError(f"cannot open database '{shown}': {_masked(exc.orig, url)}") from None
+        raise SafesailError(f"cannot open database '{shown}' ({_masked(exc.orig, url)}) — check the server runs "
+            "and --db-url's host, port, user and password") from None
     return engine
 
 

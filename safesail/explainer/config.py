@@ -37,7 +37,8 @@ def load_prices(path: Path | None) -> dict[str, tuple[float, float]]:
         prices.update({str(k): (float(v[0]), float(v[1])) for k, v in raw.items()})
     except (OSError, ValueError, TypeError, IndexError, AttributeError) as exc:
         raise SafesailError(
-            f"bad price table {path}: {exc} (want {{model: [usd_per_M_prompt, usd_per_M_completion]}})"
+            f"bad price table {path} ({exc}) — write it as JSON "
+            "{model: [usd_per_M_prompt, usd_per_M_completion]}"
         ) from None
     return prices
 
@@ -93,7 +94,7 @@ class LlmConfig:
         model = self.resolved_model
         if model not in self.prices:
             raise SafesailError(
-                f"no price for model '{model}' in the price table; add it with --price-table FILE "
+                f"no price for model '{model}' in the price table — add it with --price-table FILE "
                 f'(JSON {{"{model}": [usd_per_M_prompt, usd_per_M_completion]}}, zeros for a local model)'
             )
         return self.prices[model]

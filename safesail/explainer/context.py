@@ -57,7 +57,7 @@ class RunContext:
         unknown = set(config.scorers) - set(scorer_names())
         if unknown:
             raise SafesailError(
-                f"unknown scorers: {sorted(unknown)} (registered: {', '.join(scorer_names())})"
+                f"unknown scorers: {sorted(unknown)} — pick --scorer from {', '.join(scorer_names())}"
             )
         sae_id = require_selected_sae(ws.engine)
         model = llm.resolved_model
@@ -65,12 +65,12 @@ class RunContext:
         if escalate is not None:
             if escalate.resolved_base_url is None:
                 raise SafesailError(
-                    "the escalation stage needs its own endpoint: give --escalate-base-url"
+                    "the escalation stage has no endpoint of its own — give --escalate-base-url"
                 )
             escalate.price()
             if escalate.resolved_model == model:
                 raise SafesailError(
-                    f"the escalation model is the first LLM stage's ({model}): give a stronger "
+                    f"the escalation model is the first LLM stage's ({model}) — give a stronger "
                     "one with --escalate-model"
                 )
         return cls(

@@ -115,7 +115,7 @@ class EmbeddedServer:
             self.down()
         if importlib.util.find_spec("llama_cpp") is None:
             raise SafesailError(
-                "the embedded LLM server needs llama-cpp-python: pip install 'llama-cpp-python[server]' "
+                "the embedded LLM server needs llama-cpp-python — pip install 'llama-cpp-python[server]' "
                 "(or point --base-url / $SAFESAIL_LLM_BASE_URL at another OpenAI-compatible endpoint)"
             )
         model = gguf_path()
@@ -163,13 +163,14 @@ class EmbeddedServer:
             if proc.poll() is not None:
                 message = self.death() or f"the embedded LLM server exited (log {self.log})"
                 self.state.unlink(missing_ok=True)
-                raise SafesailError(f"at start, {message}")
+                raise SafesailError(f"at start, {message} — read the log, fix what it says and rerun")
             if healthy(info.base_url, timeout=1.0):
                 return info, True
             time.sleep(0.25)
         self.down()
         raise SafesailError(
-            f"the embedded LLM server did not answer within {wait_s:.0f} s (log {self.log})"
+            f"the embedded LLM server did not answer within {wait_s:.0f} s — read {self.log}, "
+            "then rerun (or start it on its own first with `safesail llm up`)"
         )
 
     def down(self) -> bool:

@@ -116,7 +116,7 @@ class Inspector:
         (memory-bounded whatever the SAE's width), read at the SAE's own hook site."""
         ids = self.lm.tokenize([text], max_tokens)[0]
         if not ids:
-            raise SafesailError("the prompt has no tokens")
+            raise SafesailError("the prompt has no tokens — give a non-empty prompt")
         site = site_of(self.record)
         return self.lm.decode_tokens(ids), encode_csr(
             self.sae, self.lm.capture([ids], [site])[site]

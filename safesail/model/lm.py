@@ -45,7 +45,8 @@ class LanguageModel:
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.n_layers:
             raise SafesailError(
-                f"layer {layer} does not exist: {self.name} has layers 0..{self.n_layers - 1}"
+                f"layer {layer} does not exist: {self.name} has layers 0..{self.n_layers - 1} — "
+                "give a layer in that range"
             )
 
     def tokenize(self, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
@@ -202,7 +203,7 @@ def load_model(
         if isinstance(exc, ValueError):
             raise
         raise SafesailError(
-            f"model '{name}' is not available offline and the Hugging Face hub cannot be reached; "
+            f"model '{name}' is not available offline and the Hugging Face hub cannot be reached — "
             "download it where you have access (save_pretrained) and pass the local folder with --model"
         ) from None
     finally:
@@ -214,7 +215,8 @@ def load_model(
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     if not hasattr(model, "model") or not hasattr(model.model, "layers"):
         raise SafesailError(
-            f"model '{name}' is not a decoder with .model.layers (Llama/Qwen/Mistral-style)"
+            f"model '{name}' is not a decoder with .model.layers — pass a Llama/Qwen/Mistral-style "
+            "model with --model"
         )
     return LanguageModel(
         name=name,

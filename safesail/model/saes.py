@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from safesail.config import SaeSpec, TrainConfig
 from safesail.db.tables import SaeRecord
@@ -36,7 +36,7 @@ def check_sae_id(sae_id: str) -> str:
     """The id when it is valid, else a one-line error."""
     if not SAE_ID.fullmatch(sae_id) or sae_id in {".", ".."}:
         raise SafesailError(
-            f"invalid SAE id {sae_id!r}: use 1-100 letters, digits, '.', '_' or '-', "
+            f"invalid SAE id {sae_id!r} — give --id of 1-100 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     return sae_id
@@ -108,7 +108,8 @@ def site_of(record: SaeRecord) -> Site:
         return parse_site(record.hook)
     hook = hook_from_config(read_sae_config(Path(record.path)))
     if hook is None:
-        raise SafesailError(f"SAE {record.id}: its cfg.json names no hook_name; add it again")
+        raise SafesailError(f"SAE {record.id}: its cfg.json names no hook_name — set metadata.hook_name there "
+            f"and add it again (`safesail sae remove {record.id}`, then `safesail sae add`)")
     return parse_site(hook).at_layer(record.layer)
 
 
@@ -135,7 +136,7 @@ def register_sae(
     hook = hook_from_config(cfg)
     if hook is None:
         raise SafesailError(
-            f"SAE {path.name}: cfg.json names no hook_name, so where it reads is unknown; set "
+            f"SAE {path.name}: cfg.json names no hook_name, so where it reads is unknown — set "
             "metadata.hook_name (e.g. blocks.8.hook_resid_post or model.layers.8.mlp.down_proj)"
         )
     site = parse_site(hook)
@@ -149,18 +150,19 @@ def register_sae(
         size = f"hidden size {width}" if width == lm.hidden_size else f"width {width}"
         raise SafesailError(
             f"SAE {path.name} has d_in={d_in} but {lm.name} has {size} at {site.name}; "
-            "it was trained on another model or site"
+            "it was trained on another model or site — pass that model with --model, or add an "
+            "SAE of this one"
         )
     k = cfg.get("k")
     if k and (isinstance(k, bool) or not isinstance(k, int)):
-        raise SafesailError(f"{path / 'cfg.json'}: k is {k!r}, not an integer")
+        raise SafesailError(f"{path / 'cfg.json'}: k is {k!r}, not an integer — set k to the SAE's TopK k")
     if sae_id is None:  # the folder's name may hold any character: keep the safe ones
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name)
         sae_id = (f"L{layer}-w{d_sae}" + (f"-k{k}" if k else "") + f"-{name}")[:100]
     existing = session.get(SaeRecord, sae_id)
     if existing is not None:
         if Path(existing.path) != path:
-            raise SafesailError(f"SAE id '{sae_id}' is already used for {existing.path}; pick --id")
+            raise SafesailError(f"SAE id '{sae_id}' is already used for {existing.path} — pick another --id")
         return existing
     record = SaeRecord(
         id=sae_id,
@@ -201,11 +203,12 @@ def add_pretrained(release: str, sae_name: str, dest: Path) -> Path:
         if "offline" in str(exc).lower() or "LocalEntryNotFound" in type(exc).__name__:
             raise SafesailError(
                 f"cannot fetch sae-lens release '{release}' / '{sae_name}': the Hugging Face hub is "
-                "unreachable (offline); save it with sae-lens where you have access and add the "
+                "unreachable (offline) — save it with sae-lens where you have access and add the "
                 "folder with `safesail sae add --path DIR`"
             ) from None
         raise SafesailError(
-            f"cannot load sae-lens release '{release}' / '{sae_name}': {exc}"
+            f"cannot load sae-lens release '{release}' / '{sae_name}' ({exc}) — check --release "
+            "and --sae-id against sae-lens' pretrained_saes.yaml"
         ) from None
     sae.save_model(target)
     return target
@@ -230,7 +233,7 @@ def train_sae(
     if acts.shape[0] < cfg.batch_size:
         raise SafesailError(
             f"only {acts.shape[0]} training tokens for SAE {spec.sae_id}; need at least one batch of "
-            f"{cfg.batch_size} (use a larger corpus or a smaller batch size)"
+            f"{cfg.batch_size} — add texts (`safesail corpus add`) or lower --batch-size"
         )
     torch.manual_seed(cfg.seed)
     sae = TopKTrainingSAE(
@@ -285,38 +288,3 @@ def gather_residuals(
         for layer in layers:
             parts[layer].append(out[layer])
     return {layer: torch.cat(chunks) for layer, chunks in parts.items()}
-
-
-WORKSPACE_ROOT = "workspace_root"
-"""Meta key: the folder the workspace's SAE paths were written under."""
-
-
-def rebase_sae_paths(session: Session, root: Path) -> int:
-    """Point the SAE records of a workspace that was copied or moved at the SAE folders under
-    its new `root`, not the original's (which may be gone, or be changed by someone else).
-    A path under the recorded old root is relative to the workspace, so it follows even when
-    the folder is not there yet: a copy whose database was opened before its `saes/` arrived
-    must not keep reading the original's files (a missing folder is an error at load, naming
-    the path). Paths outside the old root (an SAE added from elsewhere) stay. A workspace
-    written before the root was recorded: its SAEs under a `saes/` folder are taken to be its
-    own, but only where the copy has that folder, as that root is a guess. Returns how many
-    records moved."""
-    from safesail.db.tables import get_meta, set_meta
-
-    root = root.resolve()
-    old = get_meta(session, WORKSPACE_ROOT)
-    moved = 0
-    if old != str(root):
-        for record in session.exec(select(SaeRecord).where(SaeRecord.path != "")):
-            path = Path(record.path)
-            base = (
-                Path(old) if old else (path.parent.parent if path.parent.name == "saes" else None)
-            )
-            if base is None or not path.is_relative_to(base):
-                continue
-            target = root / path.relative_to(base)
-            if target != path and (old or target.is_dir()):
-                record.path = str(target)
-                moved += 1
-        set_meta(session, WORKSPACE_ROOT, str(root))
-    return moved

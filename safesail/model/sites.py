@@ -60,7 +60,7 @@ def parse_site(hook: str) -> Site:
             else Site(int(match.group(1)), KINDS[1])
         )
     raise SafesailError(
-        f"unknown hook site {hook!r}: use blocks.L.hook_resid_pre, hook_resid_post, hook_mlp_out, "
+        f"unknown hook site {hook!r} — use blocks.L.hook_resid_pre, hook_resid_post, hook_mlp_out, "
         "hook_attn_out, or a decoder module such as model.layers.L.mlp.down_proj"
     )
 
@@ -82,5 +82,6 @@ def site_module(layers: torch.nn.ModuleList, site: Site) -> tuple[torch.nn.Modul
     except AttributeError:
         raise SafesailError(
             f"the model has no module {site.name} (block {site.layer} has: "
-            f"{', '.join(n for n, _ in block.named_modules() if n and '.' not in n)})"
+            f"{', '.join(n for n, _ in block.named_modules() if n and '.' not in n)}) — name one "
+            "of those in the SAE's hook_name"
         ) from None

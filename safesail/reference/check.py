@@ -55,7 +55,7 @@ def open_reference(ws: Workspace, path: Path) -> ReferenceSet:
     the weights' sha256, whatever its id here); refused when no SAE here has those weights."""
     if not Path(path).exists():
         raise SafesailError(
-            f"no reference set at {path}: make one with `safesail reference dump` and the rubric "
+            f"no reference set at {path} — make one with `safesail reference dump` and the rubric "
             "in bench/reference/RUBRIC.md"
         )
     ref = load(path, ws.taxonomy.label_values())
@@ -66,14 +66,14 @@ def open_reference(ws: Workspace, path: Path) -> ReferenceSet:
             return replace(ref, sae_id=sae_id)
     shipped = Path(path).with_suffix("")
     hint = (
-        f"; the labeled weights ship in {shipped}: `safesail sae add --path {shipped} "
-        f"--id {ref.sae_id}-ref`, `safesail collect`, then `safesail select --sae {ref.sae_id}-ref`"
+        f"`safesail sae add --path {shipped} --id {ref.sae_id}-ref` (the labeled weights ship "
+        f"there), `safesail collect`, then `safesail select --sae {ref.sae_id}-ref`"
         if (shipped / "sae_weights.safetensors").exists()
-        else ""
+        else "add the SAE the reference set was labeled on (`safesail sae add`), then collect it"
     )
     raise SafesailError(
         f"{path} was labeled on SAE weights {ref.sae_sha256[:12]}, which no SAE of this "
-        f"workspace has ({', '.join(ids) or 'none'}): the labels describe other features{hint}"
+        f"workspace has ({', '.join(ids) or 'none'}), so its labels describe other features — {hint}"
     )
 
 
@@ -126,8 +126,8 @@ def log_test_run(path: Path, command: str, figures: dict[str, Any]) -> None:
             log.write(json.dumps(line) + "\n")
     except OSError as exc:
         raise SafesailError(
-            f"cannot append to the test-run log {path} ({exc.strerror}): the test half is read "
-            "only where the reading is recorded; use --half dev, or make the folder writable"
+            f"cannot append to the test-run log {path} ({exc.strerror}), and the test half is read "
+            "only where the reading is recorded — use --half dev, or make the folder writable"
         ) from None
 
 
@@ -140,7 +140,7 @@ def check(ws: Workspace, path: Path, half: str = "test", command: str = "") -> d
     ref = open_reference(ws, path)
     labels = ref.half(half) if half != "all" else list(ref.labels.values())
     if not labels:
-        raise SafesailError(f"{path} has no features in the '{half}' half")
+        raise SafesailError(f"{path} has no features in the '{half}' half — pick another --half (dev, test or all)")
     features = [r.feature for r in labels]
     expert = {
         f: a.labels for f, a in read_features(ws.engine, ref.sae_id, features, ws.taxonomy).items()

@@ -41,7 +41,8 @@ def sae_sha256(engine: Engine, sae_id: str) -> str:
         raise SafesailError(f"unknown SAE '{sae_id}' — {LIST_SAES}")
     weights = Path(record.path) / "sae_weights.safetensors"
     if not weights.exists():
-        raise SafesailError(f"SAE {sae_id} has no weights file at {weights}")
+        raise SafesailError(f"SAE {sae_id} has no weights file at {weights} — restore it there, or "
+            f"`safesail sae remove {sae_id}` and add it again")
     stat = weights.stat()
     return _file_sha256(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
 
@@ -121,7 +122,7 @@ def load(path: Path, label_values: Iterable[str]) -> ReferenceSet:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise SafesailError(f"cannot read the reference set {path}: {exc}") from None
+        raise SafesailError(f"cannot read the reference set {path} ({exc}) — rebuild it with `safesail reference assemble`") from None
     allowed = set(label_values)
     labels = {}
     for row in data["features"]:
@@ -129,7 +130,7 @@ def load(path: Path, label_values: Iterable[str]) -> ReferenceSet:
         if bad or not row["labels"] or not 1 <= int(row["confidence"]) <= 5:
             raise SafesailError(
                 f"{path}: feature {row['feature']} has labels {row['labels']} / confidence "
-                f"{row['confidence']}: labels must be taxonomy values, confidence 1-5"
+                f"{row['confidence']} — labels must be taxonomy values, confidence 1-5; fix that row"
             )
         labels[int(row["feature"])] = ReferenceLabel(
             int(row["feature"]),

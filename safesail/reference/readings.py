@@ -22,7 +22,7 @@ def _read_labels(label_files: Iterable[Path]) -> dict[int, dict]:
             row = json.loads(line)
             feature = int(row["feature"])
             if feature in labels:
-                raise SafesailError(f"{path}:{n}: feature {feature} is labeled twice")
+                raise SafesailError(f"{path}:{n}: feature {feature} is labeled twice — keep one of its lines")
             labels[feature] = row
     return labels
 
@@ -55,14 +55,17 @@ def assemble(
     second, third = _read_labels(overlap), _read_labels(adjudication)
     sampled = {int(f["feature"]) for f in manifest["features"]}
     if missing := sorted(sampled - set(labels)):
-        raise SafesailError(f"{len(missing)} sampled features have no label, e.g. {missing[:5]}")
+        raise SafesailError(f"{len(missing)} sampled features have no label, e.g. {missing[:5]} — add their labels to the "
+            "--labels files and rerun")
     if extra := sorted((set(labels) | set(second) | set(third)) - sampled):
-        raise SafesailError(f"labels for features not in the sample: {extra[:5]}")
+        raise SafesailError(f"labels for features not in the sample: {extra[:5]} — drop those lines, or give the "
+            "--sample they were read from")
     split = {f: r for f, r in second.items() if r["labels"][0] not in labels[f]["labels"]}
     if undecided := sorted(set(split) - set(third)):
         raise SafesailError(
             f"{len(undecided)} double-read features disagree and have no adjudication, "
-            f"e.g. {undecided[:5]}"
+            f"e.g. {undecided[:5]} — add a third reading of each "
+            "with --adjudication"
         )
     for row in manifest["features"]:
         feature = int(row["feature"])

@@ -122,7 +122,7 @@ def sample(
             ).where(Feature.sae_id == sae_id, Feature.examples.is_not(None))
         ).all()
     if not rows:
-        raise SafesailError(f"SAE {sae_id} has no features with examples; run `safesail collect`")
+        raise SafesailError(f"SAE {sae_id} has no features with examples — run `safesail collect`")
     strata: dict[str, list[int]] = {}
     for r in rows:
         if r.candidate:

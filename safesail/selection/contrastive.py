@@ -143,7 +143,8 @@ def build_pairs(
     positives, negatives = np.flatnonzero(has), np.flatnonzero(~has)
     if not positives.size or not negatives.size:
         raise SafesailError(
-            f"no contrastive pairs for {concept!r}: it needs texts with and without it"
+            f"no contrastive pairs for {concept!r}: it needs texts with and without it — add some "
+            "(`safesail corpus add`)"
         )
     rng = np.random.default_rng(config.seed)
     if positives.size > config.max_pairs:

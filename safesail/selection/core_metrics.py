@@ -186,7 +186,8 @@ def layer_baselines(
         for layer in layers:
             zero[layer] += _forward_ce(lm, batch, (layer, torch.zeros_like))[0]
     if not count:
-        raise SafesailError("no next-token predictions: the contexts need 2+ tokens each")
+        raise SafesailError("no next-token predictions: the contexts need 2+ tokens each — add longer texts "
+            "(`safesail corpus add`)")
     return {
         layer: LayerBaseline(clean / count, zero[layer] / count, torch.cat(captured[layer]))
         for layer in layers
@@ -232,7 +233,8 @@ def dead_and_dense(fires: np.ndarray, n_tokens: int, dense_threshold: float) -> 
     """Shares of features firing on no token and on more than ``dense_threshold`` of tokens,
     from per-feature token counts ``fires`` [d_sae]."""
     if not fires.size or n_tokens <= 0:
-        raise SafesailError("dead/dense fractions need at least one feature and one token")
+        raise SafesailError("dead/dense fractions need at least one feature and one token — run `safesail collect` "
+            "on a non-empty corpus first")
     density = np.asarray(fires, dtype=float) / n_tokens
     return float((density <= 0).mean()), float((density > dense_threshold).mean())
 
@@ -258,7 +260,7 @@ def _sample_rows(engine: Any, config: CoreConfig, n_texts: int) -> list[tuple[in
         )
     rows = [(t, c[: config.max_tokens]) for t, c in rows if len(c) >= 2]
     if not rows:
-        raise SafesailError("no tokenized corpus texts: run `safesail collect` first")
+        raise SafesailError("no tokenized corpus texts — run `safesail collect` first")
     rng = np.random.default_rng(config.seed)
     pick = rng.choice(len(rows), size=min(n_texts, len(rows)), replace=False)
     return [rows[i] for i in sorted(pick)]

@@ -182,7 +182,7 @@ def label_sets(concepts: Sequence[Sequence[str]], n_texts: int) -> list[frozense
         names = frozenset(labels)
         if BENIGN in names and len(names) > 1:
             others = sorted(names - {BENIGN})
-            raise SafesailError(f"text {i} is labelled {BENIGN!r} and also {others}")
+            raise SafesailError(f"text {i} is labelled {BENIGN!r} and also {others} — keep one of them")
         out.append(names)
     return out
 

@@ -63,10 +63,11 @@ def _eligible(
 ) -> list[str]:
     """The ids that may be chosen, or the one-line error that says why none can."""
     if not records:
-        raise SafesailError("no collected SAEs: run `safesail collect` first")
+        raise SafesailError("no collected SAEs — run `safesail collect` first")
     if override and override not in {r.id for r in records}:
         raise SafesailError(
-            f"cannot select '{override}': not a collected SAE ({', '.join(r.id for r in records)})"
+            f"cannot select '{override}': not a collected SAE — pass --sae one of "
+            f"{', '.join(r.id for r in records)}, or `safesail collect --sae {override}` first"
         )
     eligible = [r.id for r in records if among is None or r.id in among]
     if not eligible:

@@ -260,7 +260,7 @@ def score_sae(
             f"no safety concept has enough texts to score an SAE: each concept needs at least "
             f"{config.min_texts} texts and {config.min_texts} contrast texts "
             f"({config.contrast}: {'all other' if config.contrast == 'rest' else BENIGN} texts); "
-            f"got concept/contrast counts {got}"
+            f"got concept/contrast counts {got} — add texts (`safesail corpus add`) or lower --min-texts"
         )
     stats = _column_stats(maxima, plan, config.fire_fraction)
     f1s = _probe_f1s(maxima, plan, stats, config)

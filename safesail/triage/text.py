@@ -98,13 +98,15 @@ def feature_selectivity(
     names = concept_names(safety_concepts)
     benign = concept_mask(labels, BENIGN)
     if contrast == "benign" and not benign.any():
-        raise SafesailError(f"feature selectivity needs {BENIGN!r} texts to contrast with")
+        raise SafesailError(f"feature selectivity needs {BENIGN!r} texts to contrast with — add some "
+            "(`safesail corpus add`) or use --contrast rest")
     masks = {name: m for name in names if (m := concept_mask(labels, name)).any()}
     if not masks:
-        raise SafesailError(f"none of the safety concepts {names} labels any text")
+        raise SafesailError(f"none of the safety concepts {names} labels any text — add labeled texts "
+            "(`safesail corpus add`)")
     for name, pos in masks.items():
         if not negatives(pos, benign, contrast).any():
-            raise SafesailError(f"no texts to contrast {name!r} with ({contrast})")
+            raise SafesailError(f"no texts to contrast {name!r} with ({contrast}) — add other texts (`safesail corpus add`)")
     auroc = np.empty((len(masks), d))
     frac_pos = np.empty((len(masks), d))
     frac_neg = np.empty((len(masks), d))

@@ -261,9 +261,9 @@ def test_benchmark_refuses_a_workspace_without_triaged_features(tmp_path, lm):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     make_workspace(tmp_path / "ws", lm)
-    with pytest.raises(SafesailError, match="run make demo first"):
+    with pytest.raises(SafesailError, match="has no collected features — run `make demo` first"):
         bench.load(tmp_path / "ws")
-    with pytest.raises(SafesailError, match="run make demo first"):
+    with pytest.raises(SafesailError, match="no workspace at .* — run `make demo` first"):
         bench.load(tmp_path / "missing")
 
 

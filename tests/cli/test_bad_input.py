@@ -351,6 +351,41 @@ def test_sae_add_relative_paths_follow_a_copied_workspace(tmp_path, monkeypatch,
         ws.engine.dispose()
 
 
+@pytest.mark.parametrize("inside", [True, False], ids=["inside", "outside"])
+def test_a_copied_workspace_reads_its_own_taxonomy(tmp_path, inside, capsys):
+    """A custom taxonomy inside the workspace is the workspace's own: a copy opened after the
+    original is gone reads the copy's file (the original's path would be "not found"); one
+    outside the workspace stays where it is."""
+    import shutil
+
+    from sqlmodel import Session
+
+    from safesail.db.tables import get_meta
+    from safesail.workspace import TAXONOMY_PATH, Workspace
+
+    original = _workspace(tmp_path / "ws")
+    folder = original if inside else tmp_path / "shared"
+    folder.mkdir(exist_ok=True)
+    custom = {
+        "benign": {"description": "ordinary text", "safety": False},
+        "gardening": {"description": "garden tools", "safety": True, "keywords": ["trowel"]},
+    }
+    (folder / "taxonomy.json").write_text(json.dumps({"concepts": custom}))
+    ws = Workspace(WorkspaceConfig(original))
+    ws.use_taxonomy(folder / "taxonomy.json")
+    ws.engine.dispose()
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    shutil.move(original, tmp_path / "gone")
+    assert main(["status", "--workspace", str(copy)]) == 0, capsys.readouterr().err
+    ws = Workspace(WorkspaceConfig(copy))
+    assert list(ws.taxonomy.concepts) == ["benign", "gardening"]
+    with Session(ws.engine) as session:
+        expected = (copy if inside else folder) / "taxonomy.json"
+        assert get_meta(session, TAXONOMY_PATH) == str(expected.resolve())
+    ws.engine.dispose()
+
+
 def test_model_folder_without_a_model_is_one_line(ws, tmp_path, capsys):
     """transformers explains a folder without a tokenizer over five lines: still one line here,
     and the SAE (whose files are fine) is not registered."""

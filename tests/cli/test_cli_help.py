@@ -169,7 +169,10 @@ def test_a_refused_value_is_one_line(tmp_path, capsys):
     ws = ["--workspace", str(tmp_path / "ws"), "--quiet"]
     assert main(["sae", "train", "--batch-size", "2", *ws]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["safesail: error: batch_size must be >= 8"]
+    assert err == [
+        "safesail: error: batch_size must be >= 8 — fix that flag's value "
+        "(`safesail sae train --help` lists them)"
+    ]
     assert main(["select", "--threshold-auroc", "0.4", *ws]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("safesail: error: threshold_auroc must be in")

@@ -185,8 +185,8 @@ def test_a_failed_demo_step_names_the_command_that_resumes_it(triaged_ws, tmp_pa
     with pytest.raises(SafesailError) as caught:
         run_demo(ws, args, progress=False)
     assert str(caught.value) == (
-        "demo step 'explainer' failed: LLM endpoint gone. Earlier steps are kept: "
-        f"`safesail explain --workspace {tmp_path / 'ws'}` reruns only this step; rerunning "
+        "demo step 'explainer' failed (LLM endpoint gone); earlier steps are kept — fix that, "
+        f"then `safesail explain --workspace {tmp_path / 'ws'}` reruns only this step; rerunning "
         "the demo skips the finished ones"
     )
 

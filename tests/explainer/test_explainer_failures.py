@@ -156,7 +156,7 @@ def test_endpoint_down_is_one_line_error_after_retries(ws):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     client = _client(ws, f"http://127.0.0.1:{port}/v1", max_retries=1)
-    with pytest.raises(SafesailError, match=r"unavailable after 2 tries: connection failed"):
+    with pytest.raises(SafesailError, match=r"unavailable after 2 tries \(connection failed.*\) — start it or fix --base-url"):
         _ask(client)
     assert _calls(ws) == []
 

@@ -335,7 +335,10 @@ def test_cli_steps_one_by_one(tmp_path, sae_copy, capsys):
     assert main(["sae", "list", *ws]) == 0
     assert main(["triage", "--min-precision", "2", *ws]) == 2  # bad value: one line, exit 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["safesail: error: min_precision must be a number in [0.0, 1.0], got 2.0"]
+    assert err == [
+        "safesail: error: min_precision must be a number in [0.0, 1.0], got 2.0 — fix that "
+        "flag's value (`safesail triage --help` lists them)"
+    ]
     with Session(make_workspace(tmp_path / "ws", None).engine) as session:
         features = session.exec(select(Feature).where(Feature.sae_id == "mine")).all()
     assert all(len([e for e in feature_examples(f) if e.kind == 0]) <= 3 for f in features)

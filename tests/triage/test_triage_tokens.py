@@ -361,7 +361,7 @@ def test_terms_count_at_peaks_but_never_label_texts(tmp_path) -> None:
     assert taxonomy.match_keywords(text) == []
     raw = taxonomy.to_json()
     raw["concepts"]["violence"]["terms"] = "stab"
-    with pytest.raises(SafesailError, match="terms must be a list"):
+    with pytest.raises(SafesailError, match="terms are not a list .* — give them as"):
         Taxonomy.from_json(raw)
     raw["concepts"]["violence"]["terms"] = ["(unclosed"]
     with pytest.raises(SafesailError, match="bad keyword regex"):
@@ -429,4 +429,7 @@ def test_cli_triage_flags_reach_the_config(tmp_path, monkeypatch, capsys) -> Non
     )
     assert cli.main(["triage", "--min-term-share", "1.5", *ws]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["safesail: error: min_term_share must be a number in [0.0, 1.0], got 1.5"]
+    assert err == [
+        "safesail: error: min_term_share must be a number in [0.0, 1.0], got 1.5 — fix that "
+        "flag's value (`safesail triage --help` lists them)"
+    ]

@@ -226,13 +226,13 @@ class LlmClient:
             if retry < self.config.max_retries:
                 time.sleep(wait)
         raise SafesailError(
-            f"LLM endpoint {self.base_url} unavailable after {self.config.max_retries + 1} tries: "
-            f"{last}; rerun to resume (answered requests are cached)"
+            f"LLM endpoint {self.base_url} unavailable after {self.config.max_retries + 1} tries "
+            f"({last}) — start it or fix --base-url, then rerun: answered requests are cached"
         )
 
     def _raise_if_dead(self) -> None:
         if self.death is not None and (why := self.death()) is not None:
-            raise SafesailError(f"{why}; answered requests are cached, so a rerun resumes")
+            raise SafesailError(f"{why} — rerun the command: answered requests are cached, so it resumes")
 
     def structured(
         self,
