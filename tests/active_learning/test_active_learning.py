@@ -366,6 +366,7 @@ def test_calibration_is_valid_monotonic_and_honest():
 def test_feature_matrix_reads_what_annotators_read(al_ws):
     from safetensors.numpy import load_file
 
+    from active_learning import columns
     from active_learning import features as feats
 
     ws, sae_id = al_ws, al_ws.selected_sae
@@ -382,7 +383,7 @@ def test_feature_matrix_reads_what_annotators_read(al_ws):
     for group in (
         [f"proto:{c}" for c in labels],
         [f"vote:{c}" for c in labels],
-        [f"kind:{k}" for k in feats.KINDS],
+        [f"kind:{k}" for k in columns.KINDS],
         ["span_pc0", "phrase_pc0", "coherence", "same_token_share", "window_density"],
         ["log_n_fire", "log_rate", "tag:safety_score", "tag:frac:violence"],
     ):
@@ -390,7 +391,7 @@ def test_feature_matrix_reads_what_annotators_read(al_ws):
     free = [m.columns[i] for i in feats.tag_free(m.columns)]
     assert free and not any(c.startswith("tag:") for c in free)
     assert len(free) < len(m.columns)
-    kinds = m.X[:, [col[f"kind:{k}"] for k in feats.KINDS]]
+    kinds = m.X[:, [col[f"kind:{k}"] for k in columns.KINDS]]
     assert np.allclose(kinds.sum(axis=1), 1.0, atol=1e-5)  # every peak has one token class
     votes = m.X[:, [col[f"vote:{c}"] for c in labels]].sum(axis=1)
     assert np.all(np.isclose(votes, 1.0, atol=1e-5) | np.isclose(votes, 0.0))
