@@ -2,30 +2,24 @@
 Studio task, not the corpus tags of the texts it fires in.
 
 A reader labels a feature by what its marked tokens mean (bench/reference/RUBRIC.md), so the
-columns are built from the same windows the task shows (`safesail.experts.windows`):
+columns are built from the same windows the task shows (`safesail.experts.windows`): what the
+windows say, their tokens and the reader's answer (`active_learning.columns`), and how the
+feature fires (density in its windows, activation quantiles, firing rate and count).
 
-- reading: MiniLM embeddings (`safesail.experts.embed`, the reader's encoder) of each window's
-  marked span and of the phrase around it, as their per-concept prototype scores, each
-  concept's share of the windows' votes, a few principal components of the mean span and
-  phrase embeddings, and how alike the spans are;
-- tokens: the token classes of the peaks' whole words (`safesail.features.token_kinds`), word pieces, text
-  edges, one token throughout;
-- firing: density in its windows, activation quantiles, firing rate and count.
-
-- the reader's answer: the label the project's simulated expert (`safesail.experts.reader`)
-  gives from the same windows and embeddings, and its 1-5 confidence. It never sees a gold
-  label, so it is a label-free column like the rest; the model learns from gold how far to
-  trust it per concept, and the explainer's cascade accepts the model's concept only where the
-  reader, reading on its own, names the same one (two readings that agree err less than
-  either: on the reference set's dev half, 31 of the top 33 such features agree with the
-  readers, against 28 of the model's own top 33).
+The reader's answer is the label the project's simulated expert gives from the same windows
+and embeddings, and its 1-5 confidence. It never sees a gold label, so it is a label-free
+column like the rest; the model learns from gold how far to trust it per concept, and the
+explainer's cascade accepts the model's concept only where the reader, reading on its own,
+names the same one (two readings that agree err less than either: on the reference set's dev
+half, 31 of the top 33 such features agree with the readers, against 28 of the model's own top
+33).
 
 Beside those, every feature keeps its unit decoder direction (from the SAE weights) and its
 activation pattern (where in the corpus it fires), which the learner turns into "how close is
 it to each labeled concept" per round (`neighbour_columns`), leaving the feature itself out.
 
 The corpus-tag statistics and triage's results stay as optional columns, named `tag:...`
-(`TAG_PREFIX`), so every figure can be reported without them.
+(`columns.TAG_PREFIX`), so every figure can be reported without them.
 
 Building it embeds every window of every feature, so the matrix is built once per SAE and
 cached in the process and on disk under the workspace, keyed by everything it reads: a new
@@ -39,7 +33,6 @@ import json
 import os
 import re
 import weakref
-from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -49,23 +42,25 @@ from sqlalchemy import case, func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from active_learning.columns import (
+    TAG_PREFIX,
+    FeatureRow,
+    reader_answers,
+    reader_columns,
+    reading_columns,
+    tag_columns,
+    token_columns,
+)
 from safesail.db.tables import Context, Feature, SaeRecord, corpus_concepts
-from safesail.experts.embed import EXEMPLARS_PATH, Embedder, Prototypes, default_embedder
-from safesail.experts.reader import Reader
-from safesail.experts.windows import ReaderConfig, Reading, Window, feature_windows, read_window
+from safesail.experts.embed import EXEMPLARS_PATH, default_embedder
+from safesail.experts.windows import ReaderConfig, feature_windows, read_window
 from safesail.features.examples import TOP, examples_of
-from safesail.features.token_kinds import CONTENT, NON_CONTENT
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE, Taxonomy
 
 FEATURES_VERSION = 3
 """Part of the disk cache's key: rises when a column changes meaning."""
-EMBED_COMPONENTS = 16
-"""Principal components kept of the mean span and of the mean phrase embedding."""
 MIN_TOP = 5
 """Fewer top contexts than this leave too little to judge (the prior says uninterpretable)."""
-TAG_PREFIX = "tag:"
-"""Columns made of corpus tags or triage's results (optional: `tag_free`)."""
-KINDS = (CONTENT, *NON_CONTENT)
 
 
 class FeatureMatrix(NamedTuple):
@@ -259,125 +254,6 @@ def _decoder(engine: Engine, sae_id: str, features: np.ndarray) -> np.ndarray:
     return (rows / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
-class _Columns(NamedTuple):
-    """The Feature columns the representation reads, selected as plain columns (as triage
-    reads them): no ORM object per feature."""
-
-    index: int
-    n_fire: int
-    firing_rate: float
-    mean_act: float
-    max_act: float
-    quantiles: dict[str, float]
-    concept_stats: dict[str, list[float]]
-    examples: bytes
-    candidate: bool
-    concept: str | None
-    safety_score: float | None
-    auroc: float | None
-    precision: float | None
-
-
-def _pca(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """The first k principal components (zero-padded when there are fewer rows or dims)."""
-    from sklearn.decomposition import PCA
-
-    out = np.zeros((len(vectors), k), dtype=np.float32)
-    m = min(k, len(vectors) - 1, vectors.shape[1])
-    if m >= 1:
-        out[:, :m] = PCA(n_components=m, random_state=seed).fit_transform(vectors)
-    return out
-
-
-def _reading_columns(
-    reads: list[list[Reading]], taxonomy: Taxonomy, embedder: Embedder, seed: int
-) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Columns of what the windows say, and each feature's share of safety votes (its value):
-    per window, the reader's span/phrase prototype scores; per feature, their means and vote
-    shares over its content windows, the embeddings' principal components and the spans'
-    coherence."""
-    config = ReaderConfig()
-    prototypes = Prototypes(taxonomy, embedder)
-    labels = prototypes.labels
-    n = len(reads)
-    flat = [r for rs in reads for r in rs if r.kind == CONTENT]
-    spans = embedder(r.span for r in flat)
-    phrases = embedder(r.phrase for r in flat)
-    w = config.span_weight
-    scores = (
-        w * prototypes.scores(spans) + (1 - w) * prototypes.scores(phrases)
-        if flat
-        else np.zeros((0, len(labels)), dtype=np.float32)
-    )
-    dim = spans.shape[1]
-    mean_score = np.zeros((n, len(labels)), dtype=np.float32)
-    votes = np.zeros_like(mean_score)
-    mean_span = np.zeros((n, dim), dtype=np.float32)
-    mean_phrase = np.zeros_like(mean_span)
-    coherence = np.zeros(n, dtype=np.float32)
-    start = 0
-    for i, rs in enumerate(reads):
-        m = sum(r.kind == CONTENT for r in rs)
-        if not m:
-            continue
-        part = slice(start, start + m)
-        start += m
-        mean_score[i] = scores[part].mean(axis=0)
-        votes[i] = np.bincount(scores[part].argmax(axis=1), minlength=len(labels)) / m
-        mean_span[i] = spans[part].mean(axis=0)
-        mean_phrase[i] = phrases[part].mean(axis=0)
-        if m > 1:
-            sim = spans[part] @ spans[part].T
-            coherence[i] = (sim.sum() - np.trace(sim)) / (m * (m - 1))
-    X = np.hstack(
-        [
-            mean_score,
-            votes,
-            _pca(mean_span, EMBED_COMPONENTS, seed),
-            _pca(mean_phrase, EMBED_COMPONENTS, seed),
-            coherence[:, None],
-        ]
-    )
-    columns = (
-        [f"proto:{c}" for c in labels]
-        + [f"vote:{c}" for c in labels]
-        + [f"span_pc{i}" for i in range(EMBED_COMPONENTS)]
-        + [f"phrase_pc{i}" for i in range(EMBED_COMPONENTS)]
-        + ["coherence"]
-    )
-    safety_votes = votes[:, [j for j, c in enumerate(labels) if c != BENIGN]].sum(axis=1)
-    return X.astype(np.float32), columns, safety_votes
-
-
-def _token_columns(reads: list[list[Reading]]) -> tuple[np.ndarray, list[str]]:
-    """Per feature, over its windows: the share of each token class of the peaks' whole words,
-    of word pieces, of peaks at a text's edge, of the commonest peak token, the windows' mean
-    firing density and how many windows there are."""
-    rows = []
-    for rs in reads:
-        m = max(len(rs), 1)
-        kinds = Counter(r.kind for r in rs)
-        tokens = Counter(r.peak_token.strip().lower() for r in rs)
-        rows.append(
-            [kinds.get(k, 0) / m for k in KINDS]
-            + [
-                sum(r.fragment for r in rs) / m,
-                sum(r.at_edge for r in rs) / m,
-                (tokens.most_common(1)[0][1] / m) if rs else 0.0,
-                float(np.mean([r.density for r in rs])) if rs else 0.0,
-                np.log1p(len(rs)),
-            ]
-        )
-    columns = [f"kind:{k}" for k in KINDS] + [
-        "piece_share",
-        "edge_share",
-        "same_token_share",
-        "window_density",
-        "log_n_windows",
-    ]
-    return np.asarray(rows, dtype=np.float32).reshape(len(reads), len(columns)), columns
-
-
 def _pattern(examples: list[list], n: int) -> sparse.csr_matrix:
     """Unit rows over the corpus texts: each feature's strongest activation per text among its
     stored examples (top contexts and decile samples)."""
@@ -399,69 +275,12 @@ def _pattern(examples: list[list], n: int) -> sparse.csr_matrix:
     return sparse.csr_matrix(sparse.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ m)
 
 
-def _tag_columns(
-    rows: list[_Columns], tops: list[list], text_concepts: dict, taxonomy: Taxonomy
-) -> tuple[np.ndarray, list[str]]:
-    """The optional corpus-tag and triage columns: per concept, the share of firing texts, the
-    level there, their lift over the mean, the top contexts' concepts and their lift over the
-    corpus; triage's score, AUROC, precision, candidacy and concept."""
-    concepts = [c for c in taxonomy.concepts if c != UNINTERPRETABLE]
-    safety = taxonomy.safety_concepts()
-    n = len(rows)
-    frac = np.zeros((n, len(concepts)), dtype=np.float64)
-    level = np.zeros_like(frac)
-    for i, row in enumerate(rows):
-        for j, c in enumerate(concepts):
-            mean_max, frac_fire = row.concept_stats.get(c, (0.0, 0.0))
-            level[i, j] = mean_max / row.max_act if row.max_act > 0 else 0.0
-            frac[i, j] = frac_fire
-    mean_frac = frac.mean(axis=1, keepdims=True) if concepts else np.zeros((n, 1))
-    lift = np.log((frac + 0.01) / (mean_frac + 0.01))
-    top = np.zeros_like(frac)
-    col = {c: j for j, c in enumerate(concepts)}
-    for i, exs in enumerate(tops):
-        for ex in exs:
-            for c in set(text_concepts.get(ex.text_id, ())):
-                if c in col:
-                    top[i, col[c]] += 1.0 / len(exs)
-    base = np.zeros(len(concepts))
-    for labels in text_concepts.values():
-        for c in set(labels):
-            if c in col:
-                base[col[c]] += 1.0 / max(len(text_concepts), 1)
-    top_lift = np.log((top + 0.01) / (base + 0.01))
-    auroc = np.array([r.auroc if r.auroc is not None else 0.5 for r in rows])
-    triage = np.column_stack(
-        [
-            [r.safety_score or 0.0 for r in rows],
-            auroc,
-            [r.precision or 0.0 for r in rows],
-            [float(r.candidate) for r in rows],
-        ]
-    ).reshape(n, 4)
-    best = np.zeros((n, len(safety)))
-    for i, row in enumerate(rows):
-        if row.concept in safety:
-            best[i, safety.index(row.concept)] = auroc[i] - 0.5
-    names = (
-        [f"frac:{c}" for c in concepts]
-        + [f"level:{c}" for c in concepts]
-        + [f"lift:{c}" for c in concepts]
-        + [f"top:{c}" for c in concepts]
-        + [f"top_lift:{c}" for c in concepts]
-        + ["safety_score", "auroc", "precision", "candidate"]
-        + [f"triage:{c}" for c in safety]
-    )
-    X = np.hstack([frac, level, lift, top, top_lift, triage, best])
-    return X.astype(np.float32), [TAG_PREFIX + c for c in names]
-
-
 def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> FeatureMatrix:
     with Session(engine) as session:
         rows = [
-            _Columns(*r)
+            FeatureRow(*r)
             for r in session.exec(
-                select(*(getattr(Feature, name) for name in _Columns._fields))
+                select(*(getattr(Feature, name) for name in FeatureRow._fields))
                 .where(Feature.sae_id == sae_id, Feature.examples.is_not(None))
                 .order_by(Feature.index)
             )
@@ -473,12 +292,12 @@ def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> Featur
     windows = feature_windows(engine, sae_id, [int(f) for f in features])
     config = ReaderConfig()
     reads = [[read_window(w, config) for w in windows.get(int(f), [])] for f in features]
-    reading, reading_names, safety_votes = _reading_columns(
+    reading, reading_names, safety_votes = reading_columns(
         reads, taxonomy, default_embedder(), seed
     )
-    tokens, token_names = _token_columns(reads)
-    reader = _reader_answers(windows, features, taxonomy)
-    said, said_names = _reader_columns(reader, taxonomy)
+    tokens, token_names = token_columns(reads)
+    reader = reader_answers(windows, features, taxonomy)
+    said, said_names = reader_columns(reader, taxonomy)
     n = len(rows)
     n_fire = np.array([r.n_fire for r in rows], dtype=np.float64)
     qkeys = sorted({k for r in rows for k in r.quantiles}, key=float)
@@ -497,7 +316,7 @@ def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> Featur
             np.log1p([len(t) for t in tops]),
         ]
     ).reshape(n, 5)
-    tags, tag_names = _tag_columns(rows, tops, text_concepts, taxonomy)
+    tags, tag_names = tag_columns(rows, tops, text_concepts, taxonomy)
     X = np.hstack([reading, said, tokens, quant, firing, tags]).astype(np.float32)
     columns = (
         reading_names
@@ -524,30 +343,7 @@ def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> Featur
     )
 
 
-def _reader_answers(
-    windows: dict[int, list[Window]], features: np.ndarray, taxonomy: Taxonomy
-) -> list[tuple[str, int]]:
-    """The reader's (first label, confidence) per feature, from the windows the columns read;
-    it shares the process's embedder, whose cache already holds every span and phrase."""
-    answers = Reader(taxonomy, embedder=default_embedder()).read(
-        {int(f): windows.get(int(f), []) for f in features}
-    )
-    return [(answers[int(f)].labels[0], answers[int(f)].confidence) for f in features]
-
-
-def _reader_columns(
-    reader: list[tuple[str, int]], taxonomy: Taxonomy
-) -> tuple[np.ndarray, list[str]]:
-    """Per label the reader can give, its confidence / 5 where it gave it (else 0)."""
-    labels = [*taxonomy.safety_concepts(), BENIGN, UNINTERPRETABLE]
-    X = np.zeros((len(reader), len(labels)), dtype=np.float32)
-    for i, (label, confidence) in enumerate(reader):
-        if label in labels:
-            X[i, labels.index(label)] = confidence / 5
-    return X, [f"reader:{c}" for c in labels]
-
-
-def _prior(row: _Columns, n_top: int) -> tuple[str, float]:
+def _prior(row: FeatureRow, n_top: int) -> tuple[str, float]:
     """Triage's answer before any human label: its concept for candidates, else benign."""
     if n_top < MIN_TOP:
         return UNINTERPRETABLE, 0.5

@@ -9,29 +9,30 @@ safety concept of its human Explanation, else "benign" (not safety-related), els
 "uninterpretable". Macro-F1 is taken over the label values present.
 
 The model is `ConceptModel` (what annotators read, see active_learning/features.py): its
-out-of-fold predictions give the held-out macro-F1 and fit the temperature that calibrates
-every probability it publishes, because the explainer's cascade thresholds them. scikit-learn
-and modAL are imported inside the functions (the plugin imports this module only when used).
+out-of-fold predictions (active_learning/calibration.py) give the held-out macro-F1 and fit the
+temperature that calibrates every probability it publishes, because the explainer's cascade
+thresholds them. scikit-learn and modAL are imported inside the functions (the plugin imports
+this module only when used).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from sqlmodel import Session
 
+from active_learning.calibration import OutOfFold, calibrate, macro_f1, out_of_fold
+from active_learning.config import ALConfig
 from active_learning.features import FeatureMatrix, feature_matrix, neighbour_columns, tag_free
-from active_learning.strategies import can_fit, get_strategy, make_estimator, strategy_names
+from active_learning.strategies import can_fit, get_strategy, make_estimator
 from safesail.db.contracts import (
     CurvePoint,
     FitReport,
@@ -50,44 +51,6 @@ from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 LEARNER_VERSION = "al3"
 """Bumped when the representation or the model changes, so model_version names change too."""
-
-
-@dataclass(frozen=True)
-class ALConfig:
-    """How the concept model fits and which strategy picks the next batch."""
-
-    strategy: str = "value"
-    """uncertainty | margin | entropy | committee (max KL disagreement) | diverse (modAL ranked
-    batch over the most uncertain) | value (margin uncertainty x safety value, diverse batch:
-    the default, fixed before bench/label_efficiency.py ran) | random."""
-    seed: int = 0
-    """Seeds the model, committee bootstraps, cross-validation folds and random sampling."""
-    C: float = 0.3
-    """Inverse L2 regularisation of the logistic regression."""
-    tag_columns: bool = False
-    """Also learn from the corpus-tag and triage columns (features.TAG_PREFIX). Off by default:
-    a reader labels what the marked tokens mean, and tag statistics fire on co-occurrence."""
-    min_labels: int = 4
-    """Fewer human labels than this (or a single class): cold start, a value-weighted diverse
-    batch instead of model uncertainty."""
-    committee_size: int = 5
-    """Learners in the committee strategy."""
-    candidate_factor: int = 10
-    """Diverse batches re-rank the top candidate_factor x n features by score."""
-    cv_folds: int = 5
-    """At most this many folds for the out-of-fold predictions and their calibration."""
-
-    def __post_init__(self) -> None:
-        if self.strategy not in strategy_names():
-            raise ValueError(
-                f"strategy must be one of {', '.join(strategy_names())}, got '{self.strategy}'"
-            )
-        if self.C <= 0:
-            raise ValueError(f"C must be > 0, got {self.C}")
-        if self.min_labels < 2 or self.committee_size < 2 or self.cv_folds < 2:
-            raise ValueError("min_labels, committee_size and cv_folds must be >= 2")
-        if self.candidate_factor < 1:
-            raise ValueError(f"candidate_factor must be >= 1, got {self.candidate_factor}")
 
 
 def primary_label(concepts: list[str], values: list[str]) -> str | None:
@@ -120,95 +83,6 @@ def _one_blas_thread() -> Iterator[None]:
 
     with threadpool_limits(1):
         yield
-
-
-class OutOfFold(NamedTuple):
-    """Each labeled feature's prediction from a model that never saw its label."""
-
-    labels: np.ndarray  # predicted class per labeled feature
-    probability: np.ndarray  # its calibrated probability
-    proba: np.ndarray  # raw (uncalibrated) probabilities, (n_labeled, len(classes))
-    classes: np.ndarray  # the classes present in the labels, sorted
-    temperature: float  # fitted on these out-of-fold probabilities
-
-
-def fit_temperature(proba: np.ndarray, y_index: np.ndarray) -> float:
-    """The temperature T minimising the log-loss of softmax(log p / T) on out-of-fold
-    probabilities: one parameter, so a few dozen labels fit it without over-fitting, and it
-    keeps every argmax (the predicted concept never changes, only how sure it is). A logistic
-    regression on few labels is over-confident; the explainer's cascade thresholds these
-    probabilities, so they must mean what they say."""
-    from scipy.optimize import minimize_scalar
-
-    logp = np.log(np.clip(proba, 1e-9, 1.0))
-
-    def loss(log_t: float) -> float:
-        return -float(np.mean(_log_softmax(logp / np.exp(log_t))[np.arange(len(y_index)), y_index]))
-
-    return float(np.exp(minimize_scalar(loss, bounds=(-3.0, 3.0), method="bounded").x))
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
-def calibrate(proba: np.ndarray, temperature: float) -> np.ndarray:
-    """Probabilities rescaled by a fitted temperature (rows still sum to 1)."""
-    return np.exp(_log_softmax(np.log(np.clip(proba, 1e-9, 1.0)) / temperature))
-
-
-def out_of_fold(
-    Xs: np.ndarray | Callable[[np.ndarray], np.ndarray], y: np.ndarray, config: ALConfig
-) -> OutOfFold | None:
-    """Each labeled feature's prediction (label, calibrated probability) from a model that never
-    saw it: stratified cross-validation; a fold whose training part holds one class predicts
-    that class. `Xs` is the labeled rows, or a function of a fold's training indices giving the
-    labeled rows built from that fold's labels only (the neighbour columns read labels: built
-    from all of them, a held-out feature would see its own label). None when there are too
-    few labels."""
-    from sklearn.model_selection import StratifiedKFold
-
-    if not can_fit(y, config.min_labels):
-        return None
-    folds = min(config.cv_folds, max(Counter(y.tolist()).values()), len(y) // 2)
-    if folds < 2:
-        return None
-    classes = np.unique(y)
-    proba = np.zeros((len(y), len(classes)))
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # classes rarer than the fold count
-        splits = list(splitter.split(np.zeros(len(y)), y))
-    for train, test in splits:
-        if len(np.unique(y[train])) < 2:
-            proba[test, np.searchsorted(classes, y[train][0])] = 1.0
-            continue
-        X = Xs(train) if callable(Xs) else Xs
-        model = make_estimator(config.C, config.seed).fit(X[train], y[train])
-        proba[np.ix_(test, np.searchsorted(classes, model.classes_))] = model.predict_proba(X[test])
-    y_index = np.searchsorted(classes, y)
-    temperature = fit_temperature(proba, y_index)
-    calibrated = calibrate(proba, temperature)
-    best = proba.argmax(axis=1)
-    return OutOfFold(
-        classes[best], calibrated[np.arange(len(y)), best], proba, classes, temperature
-    )
-
-
-def _macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
-    """Macro-F1 over the label values present in y."""
-    from sklearn.metrics import f1_score
-
-    present = sorted(set(y.tolist()))
-    return float(f1_score(y, pred, labels=present, average="macro", zero_division=0))
-
-
-def heldout_macro_f1(Xs: np.ndarray, y: np.ndarray, config: ALConfig) -> float | None:
-    """Cross-validated macro-F1 over the label values present (None when there are too few
-    labels)."""
-    oof = out_of_fold(Xs, y, config)
-    return None if oof is None else _macro_f1(y, oof.labels)
 
 
 class ConceptModel:
@@ -404,7 +278,7 @@ class ActiveLearner:
         _, y = self._training()
         oof = self._fitted[1] if self._fitted else None
         predictions = self._predict_all()
-        f1 = None if oof is None else _macro_f1(y, oof.labels)
+        f1 = None if oof is None else macro_f1(y, oof.labels)
         distribution = dict(Counter(y.tolist()).most_common())
         point = CurvePoint(len(y), None if f1 is None else round(f1, 4))
         with session_scope(self.ws.engine) as session:

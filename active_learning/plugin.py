@@ -18,7 +18,8 @@ FLAGS = ("strategy", "seed", "tag_columns")
 def make_learner(ws: Workspace, strategy: str | None = None) -> Learner:
     """The LearnerFactory this room offers: the learner of the selected SAE with the default
     settings and the named query strategy (None: the default one)."""
-    from active_learning.learner import ActiveLearner, ALConfig
+    from active_learning.config import ALConfig
+    from active_learning.learner import ActiveLearner
 
     return ActiveLearner(ws, ALConfig(strategy=strategy) if strategy else ALConfig())
 
@@ -37,7 +38,8 @@ def _print_report(report: FitReport) -> None:
 
 def learn(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     """Retrain on the human labels, print the report, and optionally the next batch."""
-    from active_learning.learner import ActiveLearner, ALConfig
+    from active_learning.config import ALConfig
+    from active_learning.learner import ActiveLearner
 
     learner = ActiveLearner(ws, config_from_args(ALConfig, args, FLAGS))
     _print_report(learner.fit())
@@ -55,7 +57,7 @@ def learn(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
 
 
 def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    from active_learning.learner import ALConfig
+    from active_learning.config import ALConfig
     from active_learning.strategies import strategy_names
 
     parser = subparsers.add_parser(

@@ -14,6 +14,7 @@ from annotation.server import ensure_local_webhooks
 from annotation.transport import ClientConfig, open_client
 from safesail.db.contracts import Workspace
 from safesail.errors import SafesailError
+from safesail.plugins import learner_factory
 
 ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED"]
 
@@ -26,6 +27,7 @@ def webhook_server(
     listen path only, restarting it if needed) and register the webhook (once); returns the
     endpoint, bound but not yet serving; pulls never overlap."""
     lock = threading.Lock()
+    make_learner = learner_factory()  # found once, built anew on each pull from its labels
 
     class Hook(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
@@ -35,7 +37,7 @@ def webhook_server(
             action = (json.loads(body or b"{}") or {}).get("action")
             if action in ACTIONS:
                 with lock:
-                    r = pull(ws, config=config, progress=False)
+                    r = pull(ws, config=config, progress=False, make_learner=make_learner)
                 print(
                     f"{action}: {r.new} new, {r.updated} changed; learner {r.learner}", flush=True
                 )

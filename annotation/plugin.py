@@ -220,6 +220,7 @@ def demo(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     from annotation.push import push
     from annotation.server import down, status, up
     from annotation.simulate import simulate
+    from safesail.plugins import learner_factory
 
     print("\n== labeling loop (Label Studio) ==")
     if args.headless and not args.simulate_annotators:
@@ -230,6 +231,7 @@ def demo(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
     server = config_from_args(ServerConfig, args, ("port",))
     was_running = status(ws.config.workspace).running
     state = up(ws.config.workspace, ws.config.cache_dir, server, progress)
+    make_learner = learner_factory()  # found once, built anew each round from its labels
     try:
         rounds = args.rounds if args.simulate_annotators else 1
         done = _rounds_pushed(ws)
@@ -237,14 +239,14 @@ def demo(ws: Workspace, args: argparse.Namespace, progress: bool) -> int:
             print(f"{done} round(s) already pushed (--rounds {rounds}); no new round")
         for i in range(min(done + 1, rounds), rounds + 1):
             if i > done:
-                r = push(ws, settings.batch, progress=progress)
+                r = push(ws, settings.batch, progress=progress, make_learner=make_learner)
                 print(
                     f"round {i}: pushed {r.pushed} task(s) ({r.strategy}); {r.total_tasks} in all"
                 )
             if not args.simulate_annotators:
                 break
             s = simulate(ws, noise=answers.noise, expert=answers.expert, progress=progress)
-            p = pull(ws, progress=progress)
+            p = pull(ws, progress=progress, make_learner=make_learner)
             summary = read_engine(ws.engine, AnnotationSummary) or AnnotationSummary()
             print(
                 f"round {i}: {s.annotations} simulated answer(s); {p.features_labeled} feature(s) "

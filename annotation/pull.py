@@ -19,11 +19,11 @@ from annotation.label_interface import CONCEPTS, CONFIDENCE, EXPLANATION, MAX_RA
 from annotation.project import ensure_project
 from annotation.push import reconcile
 from annotation.transport import ClientConfig, open_client
-from safesail.db.contracts import Workspace, read_record, write_record
+from safesail.db.contracts import LearnerFactory, Workspace, read_record, write_record
 from safesail.db.labeling import AnnotationSummary
 from safesail.db.tables import Annotation, LabelTask, lock, session_scope
 from safesail.errors import SafesailError
-from safesail.plugins import find_learner
+from safesail.plugins import learner_factory
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
 
 
@@ -83,8 +83,11 @@ def pull(
     config: ClientConfig | None = None,
     retrain: bool = True,
     progress: bool = True,
+    make_learner: LearnerFactory | None = None,
 ) -> PullResult:
-    """Store new or changed annotations, adjudicate per feature, report agreement, retrain."""
+    """Store new or changed annotations, adjudicate per feature, report agreement, retrain.
+    `make_learner`: the learner factory a caller that pulls several times found once (None:
+    look it up)."""
     client = open_client(ws, config)
     project_id, key = ensure_project(ws, client)
     reconcile(ws, client, project_id, key)
@@ -159,7 +162,9 @@ def pull(
         )
         summary.last_pull = datetime.now(UTC).isoformat(timespec="seconds")
         write_record(session, summary)
-    learner = _retrain(ws) if retrain and touched else "not retrained (no new answers)"
+    learner = (
+        _retrain(ws, make_learner) if retrain and touched else "not retrained (no new answers)"
+    )
     return PullResult(
         key,
         new,
@@ -173,13 +178,14 @@ def pull(
     )
 
 
-def _retrain(ws: Workspace) -> str:
-    """Refit the active learner on the human labels (skipped while no room offers one)."""
+def _retrain(ws: Workspace, make_learner: LearnerFactory | None) -> str:
+    """Refit the active learner on the human labels (skipped while no room offers one): a new
+    one, built from the labels just stored."""
     try:
-        learner = find_learner(ws)
-        if learner is None:
+        factory = make_learner or learner_factory()
+        if factory is None:
             return "not retrained (active_learning not installed)"
-        report = learner.fit()
+        report = factory(ws, None).fit()
     except SafesailError as exc:
         return f"not retrained: {exc}"
     f1 = "-" if report.macro_f1_heldout is None else f"{report.macro_f1_heldout:.3f}"

@@ -17,11 +17,18 @@ from annotation.project import ensure_project, update_summary
 from annotation.settings import PushConfig
 from annotation.tasks import auto_predictions, build_tasks, prediction, task_key
 from annotation.transport import Client, ClientConfig, open_client
-from safesail.db.contracts import Learner, LearnerQuery, LearnerState, Workspace, read_record
-from safesail.db.queries import human_labels, require_selected_sae, taken_features
+from safesail.db.contracts import (
+    Learner,
+    LearnerFactory,
+    LearnerQuery,
+    LearnerState,
+    Workspace,
+    read_record,
+)
+from safesail.db.queries import NO_SAE_SELECTED, human_labels, selected_sae, taken_features
 from safesail.db.tables import Feature, LabelTask, get_meta, session_scope, set_meta
 from safesail.errors import SafesailError
-from safesail.plugins import find_learner
+from safesail.plugins import learner_factory
 
 PENDING = "annotation_pending"
 """Meta key of the keys of an import in flight (see the module docstring)."""
@@ -37,32 +44,28 @@ class PushResult(NamedTuple):
 
 
 def _query(
-    ws: Workspace, learner: Learner | None, sae_id: str, n: int, exclude: set[int]
+    session: Session, learner: Learner | None, sae_id: str, n: int, exclude: set[int]
 ) -> list[LearnerQuery]:
     """The next features to label: the active learner's query, or (while no room offers a
     learner) the untaken safety candidates by triage score."""
     if learner is not None:
         return learner.query(n, exclude)
-    with Session(ws.engine) as session:
-        taken = exclude | taken_features(session, sae_id)
-        rows = session.exec(
-            select(Feature.index, Feature.safety_score)
-            .where(Feature.sae_id == sae_id, Feature.examples.is_not(None))
-            .order_by(Feature.candidate.desc(), Feature.safety_score.desc(), Feature.index)
-        )
-        picked = [(f, s) for f, s in rows if f not in taken][:n]
+    taken = exclude | taken_features(session, sae_id)
+    rows = session.exec(
+        select(Feature.index, Feature.safety_score)
+        .where(Feature.sae_id == sae_id, Feature.examples.is_not(None))
+        .order_by(Feature.candidate.desc(), Feature.safety_score.desc(), Feature.index)
+    )
+    picked = [(f, s) for f, s in rows if f not in taken][:n]
     return [LearnerQuery(sae_id, f, s, "safety_score") for f, s in picked]
 
 
 def _learner_predictions(
-    ws: Workspace, learner: Learner | None, features: list[int]
+    session: Session, learner: Learner | None, features: list[int]
 ) -> dict[int, list[dict]]:
     """Pre-annotations from the active learner, once it has been trained."""
-    if learner is None:
+    if learner is None or read_record(session, LearnerState) is None:
         return {}
-    with Session(ws.engine) as session:
-        if read_record(session, LearnerState) is None:
-            return {}
     version = learner.model_version
     return {
         f: [prediction(p.concepts, "", version, p.probability)]
@@ -100,17 +103,25 @@ def push(
     overlap: float = 0.2,
     config: ClientConfig | None = None,
     progress: bool = True,
+    make_learner: LearnerFactory | None = None,
 ) -> PushResult:
-    """Query the next n features and push them as tasks (with pre-annotations)."""
+    """Query the next n features and push them as tasks (with pre-annotations). After the
+    project is found and an interrupted import adopted, everything the tasks need is read in
+    one session and the imports are recorded through one more. `make_learner`: the learner
+    factory a caller that pushes and pulls several times found once (None: look it up)."""
     try:
         PushConfig(batch=n, strategy=strategy, overlap=overlap)
     except ValueError as exc:
         raise SafesailError(f"{exc} — fix that flag (`safesail label push --help`)") from None
     client = open_client(ws, config)
     project_id, key = ensure_project(ws, client)
-    sae_id = require_selected_sae(ws.engine)
     adopted = reconcile(ws, client, project_id, key)
+    factory = make_learner or learner_factory()
+    learner = factory(ws, strategy) if factory is not None else None
     with Session(ws.engine) as session:
+        sae_id = selected_sae(session)
+        if sae_id is None:
+            raise SafesailError(NO_SAE_SELECTED)
         pushed = set(
             session.exec(
                 select(LabelTask.feature).where(
@@ -124,21 +135,18 @@ def push(
             or 0
         ) + 1
         queued = _task_count(session, key)
-    learner = find_learner(ws, strategy)
-    queries = _query(ws, learner, sae_id, n, pushed | labeled)
-    features = [q.feature for q in queries]
-    with Session(ws.engine) as session:
+        queries = _query(session, learner, sae_id, n, pushed | labeled)
+        features = [q.feature for q in queries]
         predictions = auto_predictions(session, sae_id, features)
-    for f, preds in _learner_predictions(ws, learner, features).items():
-        predictions.setdefault(f, []).extend(preds)
-    wanted = {f: 2 if wants_two(task_key(sae_id, f), overlap) else 1 for f in features}
-    with Session(ws.engine) as session:
+        for f, preds in _learner_predictions(session, learner, features).items():
+            predictions.setdefault(f, []).extend(preds)
+        wanted = {f: 2 if wants_two(task_key(sae_id, f), overlap) else 1 for f in features}
         tasks = build_tasks(
             session, sae_id, features, wanted, predictions, queue_fields(queries, queued)
         )
     info = {q.feature: q for q in queries}
-    n_pushed = import_tasks(ws, client, project_id, key, tasks, batch, info, progress)
     with Session(ws.engine) as session:
+        n_pushed = _import_tasks(session, client, project_id, key, tasks, batch, info, progress)
         total = _task_count(session, key)
     return PushResult(key, n_pushed, adopted, batch, queries[0].strategy if queries else "-", total)
 
@@ -154,6 +162,23 @@ def import_tasks(
     progress: bool = True,
 ) -> int:
     """Import tasks in batches; each batch's LabelTask rows commit with its push record."""
+    with Session(ws.engine) as session:
+        return _import_tasks(session, client, project_id, key, tasks, batch, info, progress)
+
+
+def _import_tasks(
+    session: Session,
+    client: Client,
+    project_id: int,
+    key: str,
+    tasks: list[dict[str, Any]],
+    batch: int,
+    info: dict[int, LearnerQuery] | None,
+    progress: bool,
+) -> int:
+    """`import_tasks` through the caller's write session: each batch's pending keys commit
+    before its HTTP import, its LabelTask rows with its push record after it (an error rolls
+    back only what is not yet committed)."""
     from tqdm import tqdm
 
     info = info or {}
@@ -163,10 +188,11 @@ def import_tasks(
         for start in range(0, len(tasks), size):
             chunk = tasks[start : start + size]
             keys = [t["data"]["safesail_key"] for t in chunk]
-            with session_scope(ws.engine) as session:
-                set_meta(session, PENDING, {"project": key, "batch": batch, "keys": keys})
+            set_meta(session, PENDING, {"project": key, "batch": batch, "keys": keys})
+            session.commit()
             ids = _import_once(client, project_id, chunk)
-            record_push(ws, key, ids, batch, info)
+            record_push(session, key, ids, batch, info)
+            session.commit()
             done += len(chunk)
             bar.update(len(chunk))
     return done
@@ -208,36 +234,35 @@ def _import_once(
 
 
 def record_push(
-    ws: Workspace,
+    session: Session,
     key: str,
     ids: dict[str, tuple[int, int]],
     batch: int,
     info: dict[int, LearnerQuery],
 ) -> None:
-    """One transaction: the LabelTask rows (key -> task id, annotators wanted), the cleared
-    pending marker, the task count."""
-    with session_scope(ws.engine) as session:
-        present = set(session.exec(select(LabelTask.task_id).where(LabelTask.project == key)))
-        for skey, (task_id, wanted) in ids.items():
-            if task_id in present:
-                continue
-            sae_id, feature = skey.rsplit(":", 1)
-            q = info.get(int(feature))
-            session.add(
-                LabelTask(
-                    project=key,
-                    sae_id=sae_id,
-                    feature=int(feature),
-                    task_id=task_id,
-                    batch=batch,
-                    strategy=q.strategy if q else "adopted",
-                    query_score=q.score if q else None,
-                    annotators_wanted=wanted,
-                )
+    """What one transaction (the caller commits it) holds: the LabelTask rows (key -> task id,
+    annotators wanted), the cleared pending marker, the task count."""
+    present = set(session.exec(select(LabelTask.task_id).where(LabelTask.project == key)))
+    for skey, (task_id, wanted) in ids.items():
+        if task_id in present:
+            continue
+        sae_id, feature = skey.rsplit(":", 1)
+        q = info.get(int(feature))
+        session.add(
+            LabelTask(
+                project=key,
+                sae_id=sae_id,
+                feature=int(feature),
+                task_id=task_id,
+                batch=batch,
+                strategy=q.strategy if q else "adopted",
+                query_score=q.score if q else None,
+                annotators_wanted=wanted,
             )
-        session.flush()
-        set_meta(session, PENDING, None)
-        update_summary(session, tasks=_task_count(session, key))
+        )
+    session.flush()
+    set_meta(session, PENDING, None)
+    update_summary(session, tasks=_task_count(session, key))
 
 
 def _task_count(session: Session, key: str) -> int:
@@ -268,5 +293,6 @@ def reconcile(ws: Workspace, client: Client, project_id: int, key: str) -> int:
         return 0
     on_server = server_keys(client, project_id)
     found = {k: on_server[k] for k in pending["keys"] if k in on_server}
-    record_push(ws, key, found, pending["batch"], {})
+    with session_scope(ws.engine) as session:
+        record_push(session, key, found, pending["batch"], {})
     return len(found)

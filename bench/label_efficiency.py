@@ -39,8 +39,9 @@ from sqlmodel import Session, func, select
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from active_learning.config import ALConfig
 from active_learning.features import feature_matrix
-from active_learning.learner import ALConfig, ConceptModel, primary_label
+from active_learning.learner import ConceptModel, primary_label
 from active_learning.strategies import select as pick
 from safesail.config import WorkspaceConfig
 from safesail.db.tables import Feature

@@ -67,10 +67,18 @@ def load_plugins() -> list[Plugin]:
     return sorted(plugins, key=lambda p: (p.order, p.name))
 
 
-def find_learner(ws: Workspace, strategy: str | None = None) -> Learner | None:
-    """The installed active learner for the workspace's selected SAE, or None when no room
-    offers one (the labeling room then falls back to the triage ranking)."""
+def learner_factory() -> LearnerFactory | None:
+    """The factory of the installed active learner, or None when no room offers one (the
+    labeling room then falls back to the triage ranking). One entry-point scan: a caller that
+    builds a learner per round (the demo's push/pull rounds, `label listen`) finds it once."""
     for plugin in load_plugins():
         if plugin.learner is not None:
-            return plugin.learner(ws, strategy)
+            return plugin.learner
     return None
+
+
+def find_learner(ws: Workspace, strategy: str | None = None) -> Learner | None:
+    """The installed active learner for the workspace's selected SAE, or None when no room
+    offers one."""
+    factory = learner_factory()
+    return None if factory is None else factory(ws, strategy)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sqlmodel import Session, select
 
-from active_learning.learner import ActiveLearner, ALConfig, primary_label
+from active_learning.config import ALConfig
+from active_learning.learner import ActiveLearner, primary_label
 from active_learning.strategies import diverse_pick, strategy_names
 from active_learning.strategies import select as pick
 from safesail.db.contracts import LearnerPredictions, LearnerState, read_record
@@ -233,7 +234,7 @@ def test_query_needs_a_selected_sae(tmp_path, lm):
 
 
 def test_heldout_macro_f1_known_answers():
-    from active_learning.learner import heldout_macro_f1
+    from active_learning.calibration import heldout_macro_f1
 
     rng = np.random.default_rng(0)
     X = np.vstack([rng.normal(-4, 0.2, (8, 2)), rng.normal(4, 0.2, (8, 2))])
@@ -321,22 +322,23 @@ def _planted(n, seed, signal):
 
 
 def test_out_of_fold_predictions_do_not_leak_the_own_label():
-    from active_learning.learner import ConceptModel, _macro_f1
+    from active_learning.calibration import macro_f1
+    from active_learning.learner import ConceptModel
 
     config = ALConfig()
     # signal-free: a held-out row that saw its own label in the neighbour columns would be
     # predicted perfectly; out of fold it is chance
     matrix, y = _planted(90, 0, signal=False)
     oof = ConceptModel(matrix, ["a", "b", "c"], config).out_of_fold(np.arange(90), y)
-    assert _macro_f1(y, oof.labels) < 0.55
+    assert macro_f1(y, oof.labels) < 0.55
     # planted: the partner's label (in another fold or the same training fold) carries it
     matrix, y = _planted(90, 1, signal=True)
     oof = ConceptModel(matrix, ["a", "b", "c"], config).out_of_fold(np.arange(90), y)
-    assert _macro_f1(y, oof.labels) > 0.6
+    assert macro_f1(y, oof.labels) > 0.6
 
 
 def test_calibration_is_valid_monotonic_and_honest():
-    from active_learning.learner import calibrate, fit_temperature, out_of_fold
+    from active_learning.calibration import calibrate, fit_temperature, out_of_fold
 
     rng = np.random.default_rng(3)
     raw = rng.dirichlet(np.ones(3), size=50)
@@ -366,6 +368,7 @@ def test_calibration_is_valid_monotonic_and_honest():
 def test_feature_matrix_reads_what_annotators_read(al_ws):
     from safetensors.numpy import load_file
 
+    from active_learning import columns
     from active_learning import features as feats
 
     ws, sae_id = al_ws, al_ws.selected_sae
@@ -382,7 +385,7 @@ def test_feature_matrix_reads_what_annotators_read(al_ws):
     for group in (
         [f"proto:{c}" for c in labels],
         [f"vote:{c}" for c in labels],
-        [f"kind:{k}" for k in feats.KINDS],
+        [f"kind:{k}" for k in columns.KINDS],
         ["span_pc0", "phrase_pc0", "coherence", "same_token_share", "window_density"],
         ["log_n_fire", "log_rate", "tag:safety_score", "tag:frac:violence"],
     ):
@@ -390,7 +393,7 @@ def test_feature_matrix_reads_what_annotators_read(al_ws):
     free = [m.columns[i] for i in feats.tag_free(m.columns)]
     assert free and not any(c.startswith("tag:") for c in free)
     assert len(free) < len(m.columns)
-    kinds = m.X[:, [col[f"kind:{k}"] for k in feats.KINDS]]
+    kinds = m.X[:, [col[f"kind:{k}"] for k in columns.KINDS]]
     assert np.allclose(kinds.sum(axis=1), 1.0, atol=1e-5)  # every peak has one token class
     votes = m.X[:, [col[f"vote:{c}"] for c in labels]].sum(axis=1)
     assert np.all(np.isclose(votes, 1.0, atol=1e-5) | np.isclose(votes, 0.0))
