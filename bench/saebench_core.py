@@ -112,6 +112,7 @@ def main() -> None:
     from sae_lens import SAE
 
     from safesail.selection import core_metrics as ours
+    from safesail.selection.ce_loss import layer_baseline, spliced_ce
     lm = load_model(cache_dir=cache, device="cpu")
     folder = cache / "models" / "smollm2-135m-instruct-fp32"  # what load_model converted to
     sae = SAE.load_from_disk(str(args.sae), device="cpu", dtype="float32")
@@ -140,8 +141,8 @@ def main() -> None:
     theirs, per_feature = core.run_evals(sae, _Store(tokens), model, config, ignore_tokens=ignore)
     density = torch.tensor(per_feature["feature_density"])
 
-    base = ours.layer_baseline(lm, contexts, layer, batch_texts=N_CONTEXTS)
-    spliced = ours.spliced_ce(
+    base = layer_baseline(lm, contexts, layer, batch_texts=N_CONTEXTS)
+    spliced = spliced_ce(
         lm, contexts, layer, lambda h: sae.decode(sae.encode(h)), batch_texts=N_CONTEXTS
     )
     mine = ours.sae_core(

@@ -9,7 +9,10 @@ opens the workspace and calls it, turning every expected failure into one line. 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from safesail.cli.commands import WORKSPACE_FLAGS, build_parser
@@ -117,13 +120,42 @@ def expected_failure(exc: BaseException, args: argparse.Namespace) -> str | None
     return None
 
 
+class _Shown(logging.Handler):
+    """A library message as the command's own output: the bare message, on stdout for INFO,
+    on stderr for warnings and errors (where Python's last-resort handler puts them when no
+    handler is configured), each written to the stream of the moment, as print() does."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+            print(self.format(record), file=stream)
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def library_messages() -> Iterator[None]:
+    """Show the `safesail` loggers' messages from INFO up while a command runs: the library
+    logs, the CLI decides what is shown (and leaves logging as it found it afterwards)."""
+    logger = logging.getLogger("safesail")
+    handler, level = _Shown(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The single dispatch path: every expected failure becomes one line
     `safesail: error: <what> — <what to do>` and exit 2; `--debug` shows the traceback."""
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False)
     try:
-        return run(args)
+        with library_messages():
+            return run(args)
     except SafesailError as exc:
         if debug:
             raise

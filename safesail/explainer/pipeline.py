@@ -16,6 +16,7 @@ cached. Rerunning after new labels re-calibrates and re-routes without new expla
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import Counter
@@ -48,6 +49,8 @@ from safesail.explainer.routing import plan, route
 from safesail.explainer.scorers import ScoreResult, get_scorer, score_explanation
 from safesail.explainer.stages import ESCALATE, LLM, Plan
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE
+
+log = logging.getLogger(__name__)
 
 
 class Outcome(NamedTuple):
@@ -86,7 +89,7 @@ def endpoint(ws: Workspace, config: LlmConfig, progress: bool = True) -> Iterato
     server = EmbeddedServer(ws.config.workspace)
     info, started = server.up(owner=os.getpid())  # stops with this command, even if killed
     if started and progress:
-        print(f"started the embedded LLM server at {info.base_url} (log {info.log})")
+        log.info("started the embedded LLM server at %s (log %s)", info.base_url, info.log)
     try:
         yield LlmClient(ws.engine, config, info.base_url, death=server.death)
     finally:

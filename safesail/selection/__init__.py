@@ -3,5 +3,6 @@
 `config` (`SelectionConfig` and the validators configs share), `metrics` (per-feature
 statistics of a max-activation matrix, shared with triage), `score` (rank candidate SAEs),
 `contrastive` (Safe-SAIL's pre-explanation metric on contrastive pairs), `core_metrics`
-(SAEBench's core metrics), `run` (score the collected SAEs and select one).
+(SAEBench's core metrics), `ce_loss` (their CE loss recovered: the splice), `run` (score the
+collected SAEs and select one).
 """

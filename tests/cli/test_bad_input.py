@@ -360,8 +360,9 @@ def test_a_copied_workspace_reads_its_own_taxonomy(tmp_path, inside, capsys):
 
     from sqlmodel import Session
 
+    from safesail.db.paths import TAXONOMY_PATH
     from safesail.db.tables import get_meta
-    from safesail.workspace import TAXONOMY_PATH, Workspace
+    from safesail.workspace import Workspace
 
     original = _workspace(tmp_path / "ws")
     folder = original if inside else tmp_path / "shared"

@@ -147,7 +147,7 @@ def test_agreement_needs_the_concept_and_for_safety_a_marked_token_and_the_conce
 def test_a_marked_word_piece_stands_for_its_whole_word():
     """A feature peaking on "Q" of "al-Qaeda" fires on the word "qaeda": the piece alone (one
     character) named nothing, so no explanation of it could agree, however right."""
-    from safesail.explainer.explainers.prompts import Shown, ranked_fired_tokens
+    from safesail.explainer.explainers.marks import Shown, ranked_fired_tokens
 
     qaeda = Shown(
         [" funded", " by", " al", "-", "Q", "aeda", ";"], np.array([0, 0, 9, 0, 40, 0, 0.0])

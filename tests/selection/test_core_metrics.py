@@ -12,13 +12,8 @@ from sqlmodel import Session, select
 from safesail.cli.show import print_ranking
 from safesail.db.tables import Feature
 from safesail.errors import SafesailError
-from safesail.selection.core_metrics import (
-    CoreConfig,
-    ce_loss_recovered,
-    dead_and_dense,
-    layer_baseline,
-    sae_core,
-)
+from safesail.selection.ce_loss import ce_loss_recovered, layer_baseline
+from safesail.selection.core_metrics import CoreConfig, dead_and_dense, sae_core
 
 _TEXTS = [
     "The gang beat him with metal bars until blood covered the kitchen.",

@@ -1,24 +1,28 @@
-"""Explainer prompts (ours: marked segments + nearest-gold few-shot; baseline: delphi-style)."""
+"""Explainer prompts (ours: marked segments + nearest-gold few-shot; baseline: delphi-style):
+`marks` (what is shown of a context and what in it fires), `prompts` (the chat, the evidence
+line, the answer and its check)."""
 
+from safesail.explainer.explainers.marks import (
+    Shown,
+    fired_tokens,
+    names_what_fires,
+    random_window,
+    ranked_fired_tokens,
+    render,
+    segment,
+)
 from safesail.explainer.explainers.prompts import (
     Evidence,
     ExplanationAnswer,
     GoldShot,
-    Shown,
     base_rates,
     concept_choices,
     contradiction,
     corpus_evidence,
     explain_messages,
     explanation_schema,
-    fired_tokens,
     named_concepts,
-    names_what_fires,
     nearest_shots,
-    random_window,
-    ranked_fired_tokens,
-    render,
-    segment,
 )
 
 __all__ = [

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from safesail.explainer.explainers.prompts import Shown, render
+from safesail.explainer.explainers.marks import Shown, render
 from safesail.explainer.scorers.base import Scorer, ScoreResult, ScoringRecord, register_scorer
 
 if TYPE_CHECKING:

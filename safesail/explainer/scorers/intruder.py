@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from safesail.explainer.explainers.prompts import Shown, render
+from safesail.explainer.explainers.marks import Shown, render
 from safesail.explainer.scorers.base import Scorer, ScoreResult, ScoringRecord, register_scorer
 from safesail.explainer.scorers.scoring import Ratings, ratings_schema
 

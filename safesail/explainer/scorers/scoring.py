@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ValidationInfo, field_validator
 
-from safesail.explainer.explainers.prompts import Shown, random_window, render, segment
+from safesail.explainer.explainers.marks import Shown, random_window, render, segment
 from safesail.explainer.scorers.base import (
     Scorer,
     ScoreResult,
