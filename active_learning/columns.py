@@ -23,10 +23,16 @@ from collections import Counter
 from typing import NamedTuple
 
 import numpy as np
+from scipy import sparse
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
 
+from safesail.db.queries import chunked
+from safesail.db.tables import Feature
 from safesail.experts.embed import Embedder, Prototypes, default_embedder
 from safesail.experts.reader import Reader
-from safesail.experts.windows import ReaderConfig, Reading, Window
+from safesail.experts.windows import ReaderConfig, Reading, Window, feature_windows, read_window
+from safesail.features.examples import TOP, examples_of
 from safesail.features.token_kinds import CONTENT, NON_CONTENT
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE, Taxonomy
 
@@ -48,7 +54,6 @@ class FeatureRow(NamedTuple):
     max_act: float
     quantiles: dict[str, float]
     concept_stats: dict[str, list[float]]
-    examples: bytes
     candidate: bool
     concept: str | None
     safety_score: float | None
@@ -67,15 +72,29 @@ def _pca(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
     return out
 
 
-def reading_columns(
-    reads: list[list[Reading]], taxonomy: Taxonomy, embedder: Embedder, seed: int
-) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Columns of what the windows say, and each feature's share of safety votes (its value):
-    per window, the reader's span/phrase prototype scores; per feature, their means and vote
-    shares over its content windows, the embeddings' principal components and the spans'
-    coherence."""
+class WindowStats(NamedTuple):
+    """Per feature (rows), what its content windows say: the mean of the reader's span/phrase
+    prototype scores, the share of windows voting each label, the mean span and phrase
+    embeddings and the spans' coherence. Per feature only, so blocks of features can be read
+    apart and stacked (`stack`)."""
+
+    mean_score: np.ndarray
+    votes: np.ndarray
+    mean_span: np.ndarray
+    mean_phrase: np.ndarray
+    coherence: np.ndarray
+
+    @classmethod
+    def stack(cls, parts: list[WindowStats]) -> WindowStats:
+        return cls(*(np.concatenate(arrays) for arrays in zip(*parts, strict=True)))
+
+
+def window_stats(
+    reads: list[list[Reading]], prototypes: Prototypes, embedder: Embedder
+) -> WindowStats:
+    """The `WindowStats` of these features' windows (every span and phrase embedded in one
+    batch)."""
     config = ReaderConfig()
-    prototypes = Prototypes(taxonomy, embedder)
     labels = prototypes.labels
     n = len(reads)
     flat = [r for rs in reads for r in rs if r.kind == CONTENT]
@@ -107,13 +126,23 @@ def reading_columns(
         if m > 1:
             sim = spans[part] @ spans[part].T
             coherence[i] = (sim.sum() - np.trace(sim)) / (m * (m - 1))
+    return WindowStats(mean_score, votes, mean_span, mean_phrase, coherence)
+
+
+def reading_columns(
+    stats: WindowStats, labels: list[str], seed: int
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Columns of what the windows say, and each feature's share of safety votes (its value):
+    the mean prototype scores and vote shares (`labels`: the prototypes' labels), the
+    principal components of the mean embeddings (fitted over all features at once) and the
+    spans' coherence."""
     X = np.hstack(
         [
-            mean_score,
-            votes,
-            _pca(mean_span, EMBED_COMPONENTS, seed),
-            _pca(mean_phrase, EMBED_COMPONENTS, seed),
-            coherence[:, None],
+            stats.mean_score,
+            stats.votes,
+            _pca(stats.mean_span, EMBED_COMPONENTS, seed),
+            _pca(stats.mean_phrase, EMBED_COMPONENTS, seed),
+            stats.coherence[:, None],
         ]
     )
     columns = (
@@ -123,7 +152,7 @@ def reading_columns(
         + [f"phrase_pc{i}" for i in range(EMBED_COMPONENTS)]
         + ["coherence"]
     )
-    safety_votes = votes[:, [j for j, c in enumerate(labels) if c != BENIGN]].sum(axis=1)
+    safety_votes = stats.votes[:, [j for j, c in enumerate(labels) if c != BENIGN]].sum(axis=1)
     return X.astype(np.float32), columns, safety_votes
 
 
@@ -157,7 +186,7 @@ def token_columns(reads: list[list[Reading]]) -> tuple[np.ndarray, list[str]]:
 
 
 def tag_columns(
-    rows: list[FeatureRow], tops: list[list], text_concepts: dict, taxonomy: Taxonomy
+    rows: list[FeatureRow], top_texts: list[list[int]], text_concepts: dict, taxonomy: Taxonomy
 ) -> tuple[np.ndarray, list[str]]:
     """The optional corpus-tag and triage columns: per concept, the share of firing texts, the
     level there, their lift over the mean, the top contexts' concepts and their lift over the
@@ -176,11 +205,11 @@ def tag_columns(
     lift = np.log((frac + 0.01) / (mean_frac + 0.01))
     top = np.zeros_like(frac)
     col = {c: j for j, c in enumerate(concepts)}
-    for i, exs in enumerate(tops):
-        for ex in exs:
-            for c in set(text_concepts.get(ex.text_id, ())):
+    for i, texts in enumerate(top_texts):
+        for text_id in texts:
+            for c in set(text_concepts.get(text_id, ())):
                 if c in col:
-                    top[i, col[c]] += 1.0 / len(exs)
+                    top[i, col[c]] += 1.0 / len(texts)
     base = np.zeros(len(concepts))
     for labels in text_concepts.values():
         for c in set(labels):
@@ -234,3 +263,70 @@ def reader_columns(
         if label in labels:
             X[i, labels.index(label)] = confidence / 5
     return X, [f"reader:{c}" for c in labels]
+
+
+def pattern_matrix(best: list[dict[int, float]], n: int) -> sparse.csr_matrix:
+    """Unit rows over the corpus texts: each feature's strongest activation per text among its
+    stored examples (top contexts and decile samples; `best`, per feature)."""
+    text_col: dict[int, int] = {}
+    rows, cols, vals = [], [], []
+    for i, per_text in enumerate(best):
+        for text_id, act in per_text.items():
+            if act > 0:
+                rows.append(i)
+                cols.append(text_col.setdefault(text_id, len(text_col)))
+                vals.append(act)
+    m = sparse.csr_matrix(
+        (np.asarray(vals, dtype=np.float32), (rows, cols)), shape=(n, max(len(text_col), 1))
+    )
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    return sparse.csr_matrix(sparse.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ m)
+
+
+class Block(NamedTuple):
+    """What one block of features leaves behind once its examples and windows are dropped."""
+
+    stats: WindowStats
+    tokens: np.ndarray
+    reader: list[tuple[str, int]]
+    top_texts: list[list[int]]
+    best: list[dict[int, float]]
+
+
+def read_block(
+    engine: Engine, sae_id: str, features: np.ndarray, taxonomy: Taxonomy, prototypes: Prototypes
+) -> Block:
+    """One block's per-feature columns, from its examples and top windows."""
+    wanted = [int(f) for f in features]
+    with Session(engine) as session:
+        blobs = {
+            index: blob
+            for part in chunked(wanted)
+            for index, blob in session.exec(
+                select(Feature.index, Feature.examples).where(
+                    Feature.sae_id == sae_id, Feature.index.in_(part)
+                )
+            )
+        }
+    top_texts: list[list[int]] = []
+    best: list[dict[int, float]] = []
+    for f in wanted:
+        per_text: dict[int, float] = {}
+        tops = []
+        for e in examples_of(blobs[f]):
+            per_text[e.text_id] = max(per_text.get(e.text_id, 0.0), float(e.max_act))
+            if e.kind == TOP:
+                tops.append(e.text_id)
+        top_texts.append(tops)
+        best.append(per_text)
+    del blobs
+    windows = feature_windows(engine, sae_id, wanted)
+    config = ReaderConfig()
+    reads = [[read_window(w, config) for w in windows.get(f, [])] for f in wanted]
+    return Block(
+        window_stats(reads, prototypes, default_embedder()),
+        token_columns(reads)[0],
+        reader_answers(windows, features, taxonomy),
+        top_texts,
+        best,
+    )

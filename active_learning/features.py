@@ -45,22 +45,27 @@ from sqlmodel import Session, select
 from active_learning.columns import (
     TAG_PREFIX,
     FeatureRow,
-    reader_answers,
+    WindowStats,
+    pattern_matrix,
+    read_block,
     reader_columns,
     reading_columns,
     tag_columns,
     token_columns,
+    window_stats,
 )
 from safesail.db.tables import Context, Feature, SaeRecord, corpus_concepts
-from safesail.experts.embed import EXEMPLARS_PATH, default_embedder
-from safesail.experts.windows import ReaderConfig, feature_windows, read_window
-from safesail.features.examples import TOP, examples_of
+from safesail.experts.embed import EXEMPLARS_PATH, Prototypes, default_embedder
 from safesail.taxonomy import BENIGN, UNINTERPRETABLE, Taxonomy
 
 FEATURES_VERSION = 3
 """Part of the disk cache's key: rises when a column changes meaning."""
 MIN_TOP = 5
 """Fewer top contexts than this leave too little to judge (the prior says uninterpretable)."""
+BUILD_BLOCK = 4096
+"""Features whose examples, windows and window embeddings are held at once while the matrix
+is built: every column but the principal components is per feature, so the blocks change only
+the peak (at 65,536 features one pass held 3.7 GB). A smaller SAE is one block."""
 
 
 class FeatureMatrix(NamedTuple):
@@ -254,27 +259,6 @@ def _decoder(engine: Engine, sae_id: str, features: np.ndarray) -> np.ndarray:
     return (rows / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
-def _pattern(examples: list[list], n: int) -> sparse.csr_matrix:
-    """Unit rows over the corpus texts: each feature's strongest activation per text among its
-    stored examples (top contexts and decile samples)."""
-    text_col: dict[int, int] = {}
-    rows, cols, vals = [], [], []
-    for i, exs in enumerate(examples):
-        best: dict[int, float] = {}
-        for e in exs:
-            best[e.text_id] = max(best.get(e.text_id, 0.0), float(e.max_act))
-        for text_id, act in best.items():
-            if act > 0:
-                rows.append(i)
-                cols.append(text_col.setdefault(text_id, len(text_col)))
-                vals.append(act)
-    m = sparse.csr_matrix(
-        (np.asarray(vals, dtype=np.float32), (rows, cols)), shape=(n, max(len(text_col), 1))
-    )
-    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
-    return sparse.csr_matrix(sparse.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ m)
-
-
 def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> FeatureMatrix:
     with Session(engine) as session:
         rows = [
@@ -287,16 +271,22 @@ def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> Featur
         ]
         text_concepts = corpus_concepts(session)
     features = np.array([r.index for r in rows], dtype=np.int64)
-    examples = [examples_of(r.examples) for r in rows]
-    tops = [[e for e in exs if e.kind == TOP] for exs in examples]
-    windows = feature_windows(engine, sae_id, [int(f) for f in features])
-    config = ReaderConfig()
-    reads = [[read_window(w, config) for w in windows.get(int(f), [])] for f in features]
+    prototypes = Prototypes(taxonomy, default_embedder())
+    blocks = [
+        read_block(engine, sae_id, features[start : start + BUILD_BLOCK], taxonomy, prototypes)
+        for start in range(0, len(features), BUILD_BLOCK)
+    ]
     reading, reading_names, safety_votes = reading_columns(
-        reads, taxonomy, default_embedder(), seed
+        WindowStats.stack([b.stats for b in blocks])
+        if blocks
+        else window_stats([], prototypes, default_embedder()),
+        prototypes.labels,
+        seed,
     )
-    tokens, token_names = token_columns(reads)
-    reader = reader_answers(windows, features, taxonomy)
+    token_names = token_columns([])[1]
+    tokens = np.vstack([b.tokens for b in blocks]) if blocks else np.zeros((0, len(token_names)))
+    reader = [answer for b in blocks for answer in b.reader]
+    top_texts = [texts for b in blocks for texts in b.top_texts]
     said, said_names = reader_columns(reader, taxonomy)
     n = len(rows)
     n_fire = np.array([r.n_fire for r in rows], dtype=np.float64)
@@ -313,10 +303,10 @@ def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> Featur
             np.log10([r.firing_rate + 1e-7 for r in rows]),
             np.log1p([r.mean_act for r in rows]),
             np.log1p([r.max_act for r in rows]),
-            np.log1p([len(t) for t in tops]),
+            np.log1p([len(t) for t in top_texts]),
         ]
     ).reshape(n, 5)
-    tags, tag_names = tag_columns(rows, tops, text_concepts, taxonomy)
+    tags, tag_names = tag_columns(rows, top_texts, text_concepts, taxonomy)
     X = np.hstack([reading, said, tokens, quant, firing, tags]).astype(np.float32)
     columns = (
         reading_names
@@ -329,7 +319,7 @@ def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> Featur
     frequency = np.log1p(n_fire) / max(np.log1p(n_fire).max(initial=0.0), 1e-9)
     value = (0.05 + safety_votes) * frequency
     value = value / max(value.max(initial=0.0), 1e-12)
-    prior = [_prior(r, len(t)) for r, t in zip(rows, tops, strict=True)]
+    prior = [_prior(r, len(t)) for r, t in zip(rows, top_texts, strict=True)]
     return FeatureMatrix(
         sae_id,
         features,
@@ -338,7 +328,7 @@ def _build(engine: Engine, sae_id: str, taxonomy: Taxonomy, seed: int) -> Featur
         value.astype(np.float64),
         prior,
         _decoder(engine, sae_id, features),
-        _pattern(examples, n),
+        pattern_matrix([per_text for b in blocks for per_text in b.best], n),
         reader,
     )
 

@@ -194,7 +194,9 @@ class ActiveLearner:
         """The next n features to label: none already labeled by a human, pushed to Label
         Studio, accepted automatically, or in `exclude`; best first."""
         if n < 0:
-            raise SafesailError(f"the batch size must be >= 0, got {n} — ask for 0 or more features (--query N)")
+            raise SafesailError(
+                f"the batch size must be >= 0, got {n} — ask for 0 or more features (--query N)"
+            )
         with Session(self.ws.engine) as session:
             taken = taken_features(session, self.sae_id) | (exclude or set())
         features = self.matrix.features

@@ -422,6 +422,27 @@ def test_feature_matrix_reads_what_annotators_read(al_ws):
     assert again.reader == m.reader
 
 
+def test_feature_matrix_built_in_blocks_is_the_one_built_at_once(al_ws, monkeypatch):
+    """A large SAE's matrix is built a block of features at a time (its examples, windows and
+    embeddings dropped after each); every column is per feature but the principal components,
+    fitted over all rows, so blocks change nothing but float rounding of the embeddings."""
+    from active_learning import features as feats
+
+    ws, sae_id = al_ws, al_ws.selected_sae
+    feats._CACHE.clear()
+    whole = feats.feature_matrix(ws.engine, sae_id, ws.taxonomy)
+    assert len(whole.features) > 7
+    feats._CACHE.clear()
+    monkeypatch.setattr(feats, "BUILD_BLOCK", 7)
+    blocks = feats.feature_matrix(ws.engine, sae_id, ws.taxonomy)
+    feats._CACHE.clear()
+    assert blocks is not whole and blocks.columns == whole.columns
+    assert np.array_equal(blocks.features, whole.features)
+    assert np.allclose(blocks.X, whole.X, atol=1e-4)
+    assert np.array_equal(blocks.value, whole.value) and blocks.prior == whole.prior
+    assert (blocks.pattern != whole.pattern).nnz == 0 and blocks.reader == whole.reader
+
+
 def test_queue_order_and_guess_reach_the_task_data(al_ws):
     from annotation.push import queue_fields
     from annotation.tasks import build_tasks, prediction
